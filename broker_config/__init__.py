@@ -1,0 +1,1 @@
+"""Configuration of host: typed settings, queue declarations and the Celery app factory."""

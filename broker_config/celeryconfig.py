@@ -1,0 +1,63 @@
+"""The Celery configuration host runs with, derived from Settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker_config import queues
+from broker_config.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for a host fleet; docs/configuration.md explains each choice."""
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.effective_result_backend,
+        "broker_connection_retry_on_startup": True,
+        # Only JSON crosses the wire: nothing a producer sends can become code in a worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Acknowledge after the task ran, and give the message back if the child process dies:
+        # a worker that crashes or is killed loses nothing.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Hold at most one message per process: a worker taken out of rotation holds little.
+        "worker_prefetch_multiplier": 1,
+        "worker_disable_prefetch": settings.broker_is_redis,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "task_queues": queues.work_queues(),
+        "task_default_queue": queues.DEFAULT,
+        "task_default_exchange": queues.DEFAULT,
+        "task_default_routing_key": queues.DEFAULT,
+        "task_routes": queues.TASK_ROUTES,
+        "task_create_missing_queues": False,
+        "result_expires": settings.result_expires,
+        "result_extended": False,
+        # Task events feed the health checker; they are how it sees failures and latency.
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+    }
+    if settings.broker_is_redis:
+        config["broker_transport_options"] = redis_transport_options(settings)
+        config["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
+    return config
+
+
+def redis_transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu's Redis options: how fast an unacknowledged message comes back.
+
+    kombu sweeps for expired messages every ``interval * throttle`` seconds. Its defaults
+    (10 s x 10) make a dead worker's messages wait ~100 s whatever the visibility timeout;
+    a throttle of 1 makes ``unacked_restore_interval`` the whole period (2 s by default).
+    """
+    return {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": settings.unacked_restore_interval,
+        "unacked_restore_throttle": 1,
+    }

@@ -1,0 +1,10 @@
+"""Every Redis key host writes, built in one place under one prefix."""
+
+from __future__ import annotations
+
+PREFIX = "host:"
+
+#: List of dead-letter records, newest first (JSON strings), trimmed to HOST_DEADLETTER_KEEP.
+DEADLETTER = PREFIX + "deadletter"
+#: Hash of dead-letter counts by reason code, plus the field ``total``.
+DEADLETTER_COUNTS = PREFIX + "deadletter:counts"

@@ -1,0 +1,218 @@
+"""Typed settings: read once from ``HOST_*`` variables and an optional TOML file, then frozen."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+PREFIX = "HOST_"
+#: Names the optional TOML file; its keys are the field names below, without the prefix.
+CONFIG_FILE_VAR = "HOST_CONFIG_FILE"
+
+ENVIRONMENTS = ("development", "production")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+BROKER_SCHEMES = ("redis", "rediss", "unix", "amqp", "amqps", "pyamqp", "memory")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value. ``str()`` is one line naming the key and the value.
+
+    Args:
+        key: the variable or file key, as the user wrote it (``HOST_WEAR_INTERVAL``).
+        value: the offending value, as given.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(f"{key}={value!r}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything host reads from its environment. Defaults are documented in docs/configuration.md."""
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    #: Where task results go; empty means the broker URL (it must be Redis then).
+    result_backend: str = ""
+    #: Where host keeps its own records (dead letters, worker states); empty means the broker URL.
+    store_url: str = ""
+    control_secret: str = ""
+    env: str = "development"
+    metrics_port: int = 9808
+    policy_file: str = ""
+    wear_interval: float = 1.0
+    wear_inject: str = ""
+    #: Seconds a reserved message may stay unacknowledged before Redis hands it to another worker.
+    visibility_timeout: float = 60.0
+    #: Seconds between kombu's sweeps for messages whose visibility timeout has expired.
+    unacked_restore_interval: float = 2.0
+    task_soft_time_limit: float = 30.0
+    task_time_limit: float = 60.0
+    result_expires: int = 3600
+    max_line_bytes: int = 1_048_576
+    max_text_chars: int = 10_000
+    max_batch: int = 1_000
+    deadletter_keep: int = 100_000
+    log_format: str = "auto"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check = _CHECKS.get(f.name)
+            if check is not None:
+                reason = check(getattr(self, f.name))
+                if reason:
+                    raise ConfigError(env_key(f.name), getattr(self, f.name), reason)
+        if self.task_soft_time_limit >= self.task_time_limit:
+            raise ConfigError(
+                env_key("task_soft_time_limit"),
+                self.task_soft_time_limit,
+                f"must be below HOST_TASK_TIME_LIMIT ({self.task_time_limit})",
+            )
+        if not self.result_backend and not _is_redis(self.broker_url):
+            raise ConfigError(
+                env_key("result_backend"), "", "must be set when the broker is not Redis"
+            )
+        if not self.store_url and not _is_redis(self.broker_url):
+            raise ConfigError(env_key("store_url"), "", "must be set when the broker is not Redis")
+
+    @property
+    def effective_result_backend(self) -> str:
+        """The result backend URL, defaulting to the broker's Redis."""
+        return self.result_backend or self.broker_url
+
+    @property
+    def effective_store_url(self) -> str:
+        """The Redis URL of host's own records, defaulting to the broker's Redis."""
+        return self.store_url or self.broker_url
+
+    @property
+    def broker_is_redis(self) -> bool:
+        """True when the broker is Redis (prefetch and visibility settings apply)."""
+        return _is_redis(self.broker_url)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from ``HOST_*`` variables, over the TOML file named by ``HOST_CONFIG_FILE``.
+
+        Raises:
+            ConfigError: an unknown ``HOST_*`` variable or file key, or a bad value.
+        """
+        values: dict[str, Any] = {}
+        file_name = env.get(CONFIG_FILE_VAR, "")
+        if file_name:
+            values.update(_read_file(file_name))
+        for name, raw in env.items():
+            if not name.startswith(PREFIX) or name == CONFIG_FILE_VAR:
+                continue
+            field_name = name[len(PREFIX) :].lower()
+            if field_name not in _TYPES:
+                raise ConfigError(name, raw, "unknown setting (see docs/configuration.md)")
+            values[field_name] = _coerce(name, raw, _TYPES[field_name])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def env_key(field_name: str) -> str:
+    """The environment variable for a field: ``wear_interval`` -> ``HOST_WEAR_INTERVAL``."""
+    return PREFIX + field_name.upper()
+
+
+def _is_redis(url: str) -> bool:
+    return urlsplit(url).scheme in REDIS_SCHEMES
+
+
+def _read_file(file_name: str) -> dict[str, Any]:
+    path = Path(file_name)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(CONFIG_FILE_VAR, file_name, f"cannot read: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(CONFIG_FILE_VAR, file_name, f"not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in _TYPES:
+            raise ConfigError(f"{file_name}: {key}", value, "unknown setting")
+        expected = _TYPES[key]
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise ConfigError(f"{file_name}: {key}", value, f"must be {expected.__name__}")
+        values[key] = value
+    return values
+
+
+def _coerce(key: str, raw: str, kind: type) -> Any:
+    if kind is str:
+        return raw
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ConfigError(key, raw, f"must be {'an integer' if kind is int else 'a number'}") from None
+
+
+def _url(schemes: tuple[str, ...], empty_ok: bool) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        if not value:
+            return None if empty_ok else "must not be empty"
+        parts = urlsplit(value)
+        if parts.scheme not in schemes:
+            return f"scheme must be one of {', '.join(schemes)}"
+        try:
+            parts.port  # noqa: B018 - raises on a non-numeric port
+        except ValueError:
+            return "port is not a number"
+        if parts.scheme in ("redis", "rediss", "amqp", "amqps", "pyamqp") and not parts.hostname:
+            return "has no host"
+        return None
+
+    return check
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[str], str | None]:
+    return lambda value: None if value in options else f"must be one of {', '.join(options)}"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 < value < 65536 else "must be a TCP port (1-65535)"
+
+
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "broker_url": _url(BROKER_SCHEMES, empty_ok=False),
+    "result_backend": _url(REDIS_SCHEMES, empty_ok=True),
+    "store_url": _url(REDIS_SCHEMES, empty_ok=True),
+    "env": _one_of(ENVIRONMENTS),
+    "metrics_port": _port,
+    "wear_interval": _positive,
+    "visibility_timeout": _positive,
+    "unacked_restore_interval": _positive,
+    "task_soft_time_limit": _positive,
+    "task_time_limit": _positive,
+    "result_expires": _positive,
+    "max_line_bytes": _positive,
+    "max_text_chars": _positive,
+    "max_batch": _positive,
+    "deadletter_keep": _positive,
+    "log_format": _one_of(LOG_FORMATS),
+    "log_level": _one_of(LOG_LEVELS),
+}
+
+_TYPES: dict[str, type] = {
+    f.name: {"str": str, "int": int, "float": float}[str(f.type)] for f in fields(Settings)
+}

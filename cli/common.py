@@ -1,0 +1,88 @@
+"""What every host command shares: exit codes, the app from Celery's context, progress output."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from kombu.exceptions import OperationalError
+
+from broker_config.app import HostCelery
+
+EXIT_OK = 0
+#: Some inputs were not accounted for (missing or failed), or the work did not finish.
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+EXIT_BROKER_UNREACHABLE = 3
+EXIT_CONFIG = 78
+
+
+class BrokerUnreachable(click.ClickException):
+    """The broker did not answer; one line, exit code 3."""
+
+    exit_code = EXIT_BROKER_UNREACHABLE
+
+
+def host_app(ctx: click.Context) -> HostCelery:
+    """The host app that ``celery -A host`` loaded."""
+    app = ctx.obj.app
+    if not isinstance(app, HostCelery):
+        raise click.UsageError("this command needs the host app: run it as `celery -A host ...`")
+    app.host_settings  # noqa: B018 - fail fast, with one line, on bad configuration
+    return app
+
+
+def check_broker(app: HostCelery, timeout: float = 5.0) -> None:
+    """Raise BrokerUnreachable unless the broker answers within ``timeout`` seconds."""
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=int(timeout))
+    except (OperationalError, OSError) as exc:
+        url = app.conf.broker_url
+        raise BrokerUnreachable(f"broker {_redact(url)} is unreachable: {exc}") from None
+
+
+def _redact(url: str) -> str:
+    from kombu.utils.url import maybe_sanitize_url
+
+    return str(maybe_sanitize_url(url))
+
+
+class Progress:
+    """A progress bar on a terminal; plain progress lines (at most every 2 s) otherwise."""
+
+    def __init__(self, label: str, stream: Any = None, interval: float = 2.0) -> None:
+        self._stream = stream or sys.stderr
+        self._label = label
+        self._interval = interval
+        self._last_line = 0.0
+        self._bar: Any = None
+        self._task: Any = None
+
+    @contextmanager
+    def running(self) -> Iterator[Progress]:
+        """Show progress while the block runs."""
+        if self._stream.isatty():
+            from rich.console import Console
+            from rich.progress import Progress as RichProgress
+
+            with RichProgress(console=Console(file=self._stream), transient=False) as bar:
+                self._bar, self._task = bar, bar.add_task(self._label, total=None)
+                yield self
+            return
+        yield self
+
+    def update(self, done: int, total: int, final_total: bool) -> None:
+        """Report ``done`` of ``total`` (the total may still grow until ``final_total``)."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total if final_total else None)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self._interval or (final_total and done == total):
+            self._last_line = now
+            pct = f" ({100 * done // total}%)" if final_total and total else ""
+            print(f"{self._label}: {done}/{total} accounted{pct}", file=self._stream, flush=True)

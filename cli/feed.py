@@ -1,0 +1,204 @@
+"""Feeding inbound messages to the fleet and accounting for every one of them.
+
+``feed`` is what ``celery -A host ingest`` and the demo run: it frames the input, dead-letters
+what cannot even be framed, queues the rest as analysis tasks, and waits until every input
+has a result, a dead-letter record, or is reported missing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from celery import Celery
+from celery.result import AsyncResult, ResultSet
+
+from workers.analysis import envelope
+from workers.deadletter import DeadLetterStore
+from workers.inbound import Limits, Line, Rejection, frame_lines, split_document
+
+#: Called with (accounted, total_known, sending_done) whenever progress is made.
+ProgressFn = Callable[[int, int, bool], None]
+
+
+class Stalled(Exception):
+    """No result arrived for longer than the idle timeout."""
+
+
+@dataclass
+class FeedReport:
+    """What happened to every input of one feed."""
+
+    inputs: int = 0
+    analysed: int = 0
+    rejected: int = 0
+    failed: int = 0
+    missing: list[str] = field(default_factory=list)
+    by_label: Counter[str] = field(default_factory=Counter)
+    by_worker: Counter[str] = field(default_factory=Counter)
+    by_reason: Counter[str] = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+
+    @property
+    def accounted(self) -> int:
+        """Inputs with a result or a dead-letter record."""
+        return self.analysed + self.rejected
+
+    @property
+    def complete(self) -> bool:
+        """True when every input was analysed or dead-lettered."""
+        return self.accounted == self.inputs
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "inputs": self.inputs, "analysed": self.analysed, "rejected": self.rejected,
+            "failed": self.failed, "missing": len(self.missing), "complete": self.complete,
+            "by_label": dict(self.by_label), "by_worker": dict(self.by_worker),
+            "by_reason": dict(self.by_reason), "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Count one output record."""
+        status = record.get("status")
+        if status == "analysed":
+            self.analysed += 1
+            self.by_label[str(record.get("label"))] += 1
+            self.by_worker[str(record.get("worker"))] += 1
+        elif status == "rejected":
+            self.rejected += 1
+            self.by_reason[str(record.get("reason"))] += 1
+        else:
+            self.failed += 1
+
+
+def read_lines(stream: IO[bytes], source: str, fmt: str, limits: Limits) -> Iterator[Line]:
+    """Frame the input: one Line per record (``json`` reads one whole document)."""
+    if fmt != "json":
+        yield from frame_lines(stream, source, limits)
+        return
+    data = stream.read(limits.max_line_bytes * 64 + 1)
+    if len(data) > limits.max_line_bytes * 64:
+        yield Line(source, None, Rejection(source, "document_too_large",
+                                           f"over {limits.max_line_bytes * 64} bytes", ""))
+        return
+    try:
+        document = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield Line(source, None, Rejection(source, "invalid_utf8", f"byte {exc.start}", ""))
+        return
+    split = split_document(document, source)
+    if isinstance(split, Rejection):
+        yield Line(source, None, split)
+    else:
+        yield from split
+
+
+def feed(
+    app: Celery,
+    lines: Iterable[Line],
+    out: IO[str],
+    store: DeadLetterStore,
+    fmt: str = "auto",
+    batch: int = 1,
+    idle_timeout: float = 60.0,
+    progress: ProgressFn | None = None,
+) -> FeedReport:
+    """Queue every line for analysis and write one JSON line per input to ``out``.
+
+    Args:
+        app: the host app (its broker and result backend are used).
+        lines: framed input; lines carrying a rejection are dead-lettered here.
+        out: where result and dead-letter records go, one JSON object per line.
+        store: where framing rejections are recorded (workers record their own).
+        fmt: the format hint passed to workers ("json" documents are sent as JSON lines).
+        batch: envelopes per task; 1 sends ``host.analyse``, more sends ``host.analyse_batch``.
+        idle_timeout: give up waiting after this many seconds without a new result.
+        progress: called as results arrive.
+    """
+    started = time.monotonic()
+    report = FeedReport()
+    pending: dict[str, list[str]] = {}
+    results: list[AsyncResult[Any]] = []
+    wire_fmt = "jsonl" if fmt == "json" else fmt
+
+    def emit(record: dict[str, Any]) -> None:
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        report.add(record)
+
+    with app.producer_or_acquire() as producer:
+        for chunk in _chunks(lines, batch):
+            rejected = [ln.rejection.record(at=time.time(), stage="ingest")
+                        for ln in chunk if ln.rejection is not None]
+            if rejected:
+                store.record(rejected)
+                for rec in rejected:
+                    emit(rec)
+            envs = [envelope(ln.ref, ln.text, wire_fmt, time.time())
+                    for ln in chunk if ln.text is not None]
+            report.inputs += len(chunk)
+            if envs:
+                res = _send(app, producer, envs, batch)
+                pending[res.id] = [e["ref"] for e in envs]
+                results.append(res)
+            if progress:
+                progress(report.accounted, report.inputs, False)
+    _collect(app, results, pending, emit, report, idle_timeout, progress)
+    report.missing = [ref for refs in pending.values() for ref in refs]
+    report.elapsed_s = time.monotonic() - started
+    return report
+
+
+def _send(app: Celery, producer: Any, envs: list[dict[str, Any]], batch: int) -> AsyncResult[Any]:
+    if batch == 1:
+        return app.send_task("host.analyse", args=[envs[0]], producer=producer)
+    return app.send_task("host.analyse_batch", args=[envs], producer=producer)
+
+
+def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
+    it = iter(lines)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _collect(app: Celery, results: list[AsyncResult[Any]], pending: dict[str, list[str]],
+             emit: Callable[[dict[str, Any]], None], report: FeedReport,
+             idle_timeout: float, progress: ProgressFn | None) -> None:
+    if not results:
+        if progress:
+            progress(report.accounted, report.inputs, True)
+        return
+    last = time.monotonic()
+
+    def on_interval() -> None:
+        if time.monotonic() - last > idle_timeout:
+            raise Stalled
+
+    try:
+        for task_id, meta in ResultSet(results, app=app).iter_native(on_interval=on_interval):
+            refs = pending.pop(task_id, None)
+            if refs is None:
+                continue
+            for record in _records(meta, refs):
+                emit(record)
+            last = time.monotonic()
+            if progress:
+                progress(report.accounted, report.inputs, True)
+    except Stalled:
+        pass
+
+
+def _records(meta: dict[str, Any], refs: list[str]) -> list[dict[str, Any]]:
+    value = meta.get("result")
+    if meta.get("status") == "SUCCESS":
+        if isinstance(value, list) and len(value) == len(refs):
+            return value
+        if isinstance(value, dict) and len(refs) == 1:
+            return [value]
+    reason = f"task {meta.get('status')}: {value!r}"[:300]
+    return [{"status": "failed", "ref": ref, "reason": reason} for ref in refs]

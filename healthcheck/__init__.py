@@ -1,0 +1,1 @@
+"""The health checker: a pure policy core and the service around it."""

@@ -1,0 +1,89 @@
+"""Fixtures shared by every suite: a private redis-server, the app, real worker processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from broker_config.app import HostCelery, create_app
+from broker_config.settings import Settings
+from cli.processes import WorkerProcess, node_name
+from cli.redis_server import RedisServer, RedisServerNotFound
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+GROUND_TRUTH = SHARED_DATA / "tweets_groundtruth.tsv"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of the session's own on a free port (never the machine's 6379)."""
+    try:
+        server = RedisServer().start()
+    except RedisServerNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the private server, emptied before the test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def host_env(redis_server: RedisServer) -> dict[str, str]:
+    """The environment a host process of this test runs with."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
+    env.update(HOST_BROKER_URL=redis_server.url, HOST_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture
+def app(redis_server: RedisServer, redis_client: redis.Redis) -> HostCelery:
+    """The host app pointed at the private server."""
+    return create_app(Settings(broker_url=redis_server.url))
+
+
+WorkerFactory = Callable[..., WorkerProcess]
+
+
+@pytest.fixture
+def start_worker(app: HostCelery, host_env: dict[str, str], tmp_path: Path,
+                 request: pytest.FixtureRequest) -> Iterator[WorkerFactory]:
+    """Start real ``celery -A host worker`` processes; every one is stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(short: str = "w1", queues: tuple[str, ...] = (), concurrency: int = 1,
+              env: dict[str, str] | None = None, wait: bool = True) -> WorkerProcess:
+        worker = WorkerProcess(node_name(short), {**host_env, **(env or {})}, queues, concurrency,
+                               log_path=tmp_path / f"{short}.log")
+        started.append(worker.start())
+        if wait:
+            worker.wait_ready(app)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for worker in started:
+            if worker.log_path and worker.log_path.exists():
+                print(f"--- {worker.name} log (tail) ---")
+                print("\n".join(worker.log_path.read_text(errors="replace").splitlines()[-40:]))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Keep each phase's report on the item, so fixtures can print logs on failure."""
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep

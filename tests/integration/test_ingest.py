@@ -1,0 +1,181 @@
+"""`celery -A host ingest` against real workers: real tweets, hostile input, exact accounting."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import redis
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+from broker_config import keys
+from broker_config.app import HostCelery
+from tests.conftest import GROUND_TRUTH, WorkerFactory
+from tests.support.cli import celery, read_jsonl
+from workers.analysis import envelope
+from workers.deadletter import RedisDeadLetterStore
+
+
+def hostile_corpus(directory: Path) -> dict[str, bytes]:
+    """Files of hostile input, each written to ``directory``; returns name -> content."""
+    zalgo = "h\u0336\u0335e\u0337\u0334l\u0338l\u0336o\u0335" * 3 + " happy"
+    files = {
+        "invalid_utf8.txt": b"fine line\n\xc3\x28 broken\n\xff\xfe\xfd\n",
+        "nul.txt": b'{"data": {"id": "1", "text": "nul\\u0000inside"}}\nraw\x00nul line\n',
+        "huge_line.txt": b"x" * (10 * 1024 * 1024) + b"\nafter the huge line\n",
+        "deep.jsonl": (b"[" * 10_000 + b"]" * 10_000 + b"\n"
+                       + b'{"a":' * 10_000 + b"1" + b"}" * 10_000 + b"\n"),
+        "wrong_types.jsonl": b"\n".join([
+            b'{"data": {"id": "1", "text": 42}}',
+            b'{"data": {"id": {"x": 1}, "text": "ok"}}',
+            b'{"data": "not an object"}',
+            b'{"id_str": "5", "text": ["list"]}',
+            b'{"id_str": "5", "text": "hi", "user": 7}',
+            b"[1, 2, 3]",
+            b"12345678901234567890123456789012345678901234567890" * 100,
+        ]) + b"\n",
+        "empty.txt": b"",
+        "zalgo_rtl.txt": (zalgo + "\n"
+                          + "\u202eevil reversed text\u202c is terrible\n"
+                          + "\u200f\u202bright to left override\u202c great\n").encode(),
+        "control_mimic.jsonl": b"\n".join([
+            b'{"method": "shutdown", "destination": []}',
+            b'{"method": "pool_restart", "arguments": {}, "destination": null}',
+            b'{"data": {"id": "9", "text": "{\\"method\\": \\"shutdown\\", \\"destination\\": []}"}}',
+        ]) + b"\n",
+    }
+    for name, content in files.items():
+        (directory / name).write_bytes(content)
+    return files
+
+
+class TestGroundTruth:
+    @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
+    def test_all_tweets_through_two_workers(self, app: HostCelery, start_worker: WorkerFactory,
+                                            host_env: dict[str, str], tmp_path: Path) -> None:
+        """4,200 tweets, one per task: exact VADER scores, r = 0.872 against human ratings."""
+        # Given two workers
+        workers = {start_worker("gt1").name, start_worker("gt2").name}
+        out = tmp_path / "results.jsonl"
+        # When every line of the ground truth is ingested, one tweet per task
+        proc = celery("ingest", str(GROUND_TRUTH), "--out", str(out), "--json", env=host_env)
+        # Then every tweet has exactly one result, equal to the library's own scores
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results = read_jsonl(out)
+        expected = {}
+        for line in GROUND_TRUTH.read_text(encoding="utf-8").splitlines():
+            tweet_id, rating, text = line.split("\t", 2)
+            expected[tweet_id] = (float(rating), text)
+        assert len(results) == len(expected) == 4200
+        assert {r["id"] for r in results} == set(expected)
+        vader = SentimentIntensityAnalyzer()
+        for r in results:
+            assert r["status"] == "analysed"
+            direct = vader.polarity_scores(expected[r["id"]][1])
+            assert {k: r[k] for k in ("neg", "neu", "pos", "compound")} == direct, r["id"]
+        assert {r["worker"] for r in results} == workers
+        r_value = statistics.correlation([r["compound"] for r in results],
+                                         [expected[r["id"]][0] for r in results])
+        assert r_value == pytest.approx(0.872, abs=0.001)
+        summary = json.loads(proc.stderr.strip().splitlines()[-1])
+        assert summary["analysed"] == 4200 and summary["complete"] is True
+
+
+class TestHostileInput:
+    def test_every_hostile_input_is_accounted_for_and_the_worker_survives(
+            self, app: HostCelery, start_worker: WorkerFactory, host_env: dict[str, str],
+            redis_client: redis.Redis, tmp_path: Path) -> None:
+        """Each hostile line is dead-lettered or analysed exactly once; the worker keeps serving."""
+        worker = start_worker("hx1")
+        corpus = tmp_path / "corpus"
+        corpus.mkdir()
+        files = hostile_corpus(corpus)
+        total_rejected = 0
+        for name, content in files.items():
+            out = tmp_path / f"{name}.out"
+            proc = celery("ingest", str(corpus / name), "--out", str(out), "--json", env=host_env)
+            assert proc.returncode == 0, (name, proc.stderr[-2000:])
+            records = read_jsonl(out)
+            n_inputs = sum(1 for ln in content.split(b"\n") if ln.strip())
+            assert len(records) == n_inputs, name
+            assert len({r["ref"] for r in records}) == n_inputs, name
+            assert all(r["status"] in ("analysed", "rejected") for r in records), name
+            assert all(r["reason"] for r in records if r["status"] == "rejected"), name
+            total_rejected += sum(r["status"] == "rejected" for r in records)
+        # The worker is alive and still serving
+        assert worker.alive()
+        result = app.send_task("host.analyse", args=[envelope("after:1", "still working, great")])
+        assert result.get(timeout=20)["status"] == "analysed"
+        # Every rejection is kept and counted in Redis
+        counts = RedisDeadLetterStore(redis_client).counts()
+        assert counts["total"] == total_rejected
+        assert redis_client.llen(keys.DEADLETTER) == total_rejected
+        for reason in ("invalid_utf8", "line_too_long", "json_too_deep", "nul_byte",
+                       "wrong_type", "unrecognised_json"):
+            assert counts.get(reason, 0) >= 1, reason
+
+    def test_forged_task_payloads_are_dead_lettered(self, app: HostCelery,
+                                                    start_worker: WorkerFactory) -> None:
+        """Producers other than ingest cannot crash a worker with malformed task arguments."""
+        start_worker("hx2")
+        bad_args = [None, 7, "raw string", ["list"], {"line": {"nested": True}},
+                    {"method": "shutdown", "destination": []}]
+        for arg in bad_args:
+            record = app.send_task("host.analyse", args=[arg]).get(timeout=20)
+            assert record["status"] == "rejected", arg
+        batch = app.send_task("host.analyse_batch", args=[{"not": "a list"}]).get(timeout=20)
+        assert batch[0]["reason"] == "wrong_type"
+
+
+class TestIngestAccounting:
+    def test_batches_account_for_every_line(self, start_worker: WorkerFactory,
+                                            host_env: dict[str, str], tmp_path: Path) -> None:
+        """With --batch, every input still yields exactly one output line."""
+        start_worker("ba1")
+        src = tmp_path / "mixed.txt"
+        lines = [f"line {i} is {'great' if i % 2 else 'awful'}" for i in range(250)]
+        lines[7] = "{broken json"
+        src.write_text("\n".join(lines) + "\n")
+        out = tmp_path / "out.jsonl"
+        proc = celery("ingest", str(src), "--batch", "40", "--out", str(out), env=host_env)
+        assert proc.returncode == 0, proc.stderr
+        records = read_jsonl(out)
+        assert sorted(r["ref"] for r in records) == sorted(f"{src}:{i}" for i in range(1, 251))
+        assert sum(r["status"] == "rejected" for r in records) == 1
+
+    def test_stdin_and_v2_document(self, start_worker: WorkerFactory,
+                                   host_env: dict[str, str]) -> None:
+        """A whole v2 response on standard input is split into its tweets."""
+        start_worker("sd1")
+        doc = json.dumps({"data": [{"id": "1", "text": "love it"}, {"id": "2", "text": "hate it"}]})
+        proc = celery("ingest", "-", "--format", "json", env=host_env, stdin=doc.encode())
+        assert proc.returncode == 0, proc.stderr
+        records = [json.loads(ln) for ln in proc.stdout.splitlines()]
+        assert sorted((r["id"], r["label"]) for r in records) == [("1", "positive"),
+                                                                  ("2", "negative")]
+
+    def test_no_worker_means_incomplete_exit_code(self, host_env: dict[str, str],
+                                                  redis_client: redis.Redis,
+                                                  tmp_path: Path) -> None:
+        """With nobody to run the tasks, ingest gives up after --timeout and exits 1."""
+        src = tmp_path / "two.txt"
+        src.write_text("first\nsecond\n")
+        proc = celery("ingest", str(src), "--timeout", "1", "--json", env=host_env, timeout=60)
+        assert proc.returncode == 1
+        summary = json.loads(proc.stderr.strip().splitlines()[-1])
+        assert summary["missing"] == 2 and summary["complete"] is False
+
+    def test_unreachable_broker_is_one_line_and_exit_3(self, host_env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+        """A broker nobody listens on gives exit code 3 and no traceback."""
+        from cli.redis_server import free_port
+
+        src = tmp_path / "one.txt"
+        src.write_text("hello\n")
+        env = {**host_env, "HOST_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+        proc = celery("ingest", str(src), env=env, timeout=60)
+        assert proc.returncode == 3, proc.stderr
+        assert "unreachable" in proc.stderr
+        assert "Traceback" not in proc.stderr

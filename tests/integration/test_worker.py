@@ -1,0 +1,69 @@
+"""A real `celery -A host worker`: its queues, its configuration errors, its tasks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker_config.app import HostCelery
+from broker_config.queues import verify_queue_name
+from tests.conftest import WorkerFactory
+from tests.support.cli import celery
+from workers.analysis import envelope
+
+
+def consumed_queues(app: HostCelery, name: str) -> set[str]:
+    replies = app.control.inspect(destination=[name], timeout=2).active_queues() or {}
+    return {q["name"] for q in replies.get(name, [])}
+
+
+class TestWorkerQueues:
+    def test_consumes_work_queues_and_its_verify_queue(self, app: HostCelery,
+                                                       start_worker: WorkerFactory) -> None:
+        """Without -Q a worker consumes tweets, default and bulk, plus host.verify.<name>."""
+        worker = start_worker("wq1")
+        assert consumed_queues(app, worker.name) == {"tweets", "default", "bulk",
+                                                     verify_queue_name(worker.name)}
+
+    def test_q_selects_work_queues_but_verify_queue_stays(self, app: HostCelery,
+                                                          start_worker: WorkerFactory) -> None:
+        """-Q narrows the work queues; the private verify queue is always consumed."""
+        worker = start_worker("wq2", queues=("tweets",))
+        assert consumed_queues(app, worker.name) == {"tweets", verify_queue_name(worker.name)}
+
+    def test_analyses_a_tweet(self, app: HostCelery, start_worker: WorkerFactory) -> None:
+        """A task sent by name runs on the worker and names it in the result."""
+        worker = start_worker("wq3")
+        result = app.send_task("host.analyse", args=[envelope("t:1", "what a lovely day")])
+        record = result.get(timeout=20)
+        assert record["status"] == "analysed"
+        assert record["label"] == "positive"
+        assert record["worker"] == worker.name
+        assert record["queue"] == "tweets"
+
+
+class TestConfigurationErrors:
+    @pytest.mark.parametrize(("key", "value"), [
+        ("HOST_WEAR_INTERVAL", "-1"),
+        ("HOST_BROKER_URL", "redis://localhost:notaport/0"),
+        ("HOST_UNKNOWN_KNOB", "1"),
+    ])
+    def test_bad_value_stops_the_worker_with_one_line(self, host_env: dict[str, str], key: str,
+                                                      value: str) -> None:
+        """A bad setting exits non-zero with one line naming the key, and no traceback."""
+        proc = celery("worker", "-c", "1", env={**host_env, key: value}, timeout=60)
+        assert proc.returncode == 78, proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1, proc.stderr
+        assert key in lines[0]
+        assert "Traceback" not in proc.stderr + proc.stdout
+
+    def test_bad_config_file_key_is_named(self, host_env: dict[str, str], tmp_path: Path) -> None:
+        """An unknown key in the TOML file stops the process and is named."""
+        f = tmp_path / "host.toml"
+        f.write_text("wear_intervall = 2\n")
+        proc = celery("ingest", "-", env={**host_env, "HOST_CONFIG_FILE": str(f)}, timeout=60)
+        assert proc.returncode == 78
+        assert "wear_intervall" in proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -1,0 +1,1 @@
+"""Helpers the test suites share: a private Redis server and real worker processes."""

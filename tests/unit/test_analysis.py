@@ -1,0 +1,61 @@
+"""The analysis pipeline: exact VADER scores, labels, stamps, and dead letters for bad envelopes."""
+
+from __future__ import annotations
+
+import pytest
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+from workers.analysis import RunContext, analyse_envelope, analyse_many, envelope, keep_dead_letters
+from workers.deadletter import InMemoryDeadLetterStore
+from workers.inbound import Limits
+from workers.sentiment import label
+
+CTX = RunContext(worker="w1@n", queue="tweets", task_id="t-1", limits=Limits(),
+                 clock=lambda: 100.0)
+
+
+class TestAnalysis:
+    @pytest.mark.parametrize(("compound", "expected"), [
+        (0.05, "positive"), (0.0499, "neutral"), (-0.0499, "neutral"), (-0.05, "negative"),
+        (1.0, "positive"), (-1.0, "negative"),
+    ])
+    def test_label_thresholds(self, compound: float, expected: str) -> None:
+        """Labels follow VADER's ±0.05 cut-offs, inclusive."""
+        assert label(compound) == expected
+
+    def test_scores_equal_the_library_called_directly(self) -> None:
+        """The result carries exactly vaderSentiment's scores for the text."""
+        text = "The movie was not bad at all, actually GREAT!!! :)"
+        result = analyse_envelope(envelope("r:1", text, "text", queued_at=99.5), CTX)
+        direct = SentimentIntensityAnalyzer().polarity_scores(text)
+        assert {k: result[k] for k in ("neg", "neu", "pos", "compound")} == direct
+        assert result["label"] == "positive"
+        assert (result["worker"], result["queue"], result["task_id"]) == ("w1@n", "tweets", "t-1")
+        assert result["queue_wait_s"] == pytest.approx(0.5)
+        assert result["runtime_s"] == 0.0
+
+    @pytest.mark.parametrize("bad", [None, "a string", 5, [1, 2], {"ref": "r", "line": 7},
+                                     {"ref": ["x"], "line": "{"}])
+    def test_bad_envelopes_become_dead_letters(self, bad: object) -> None:
+        """Anything that is not a well-formed envelope becomes a rejected record."""
+        result = analyse_envelope(bad, CTX)
+        assert result["status"] == "rejected"
+        assert result["stage"] == "worker"
+        assert result["worker"] == "w1@n"
+
+    def test_batch_keeps_order_and_counts_dead_letters(self) -> None:
+        """A batch returns one record per envelope in order, and rejections reach the store."""
+        envs = [envelope("r:1", "good times"), envelope("r:2", "{bad json"),
+                envelope("r:3", "awful")]
+        results = analyse_many(envs, CTX, max_batch=10)
+        assert [r["ref"] for r in results] == ["r:1", "r:2", "r:3"]
+        store = InMemoryDeadLetterStore()
+        keep_dead_letters(results, store)
+        assert store.counts() == {"invalid_json": 1, "total": 1}
+
+    @pytest.mark.parametrize(("batch", "reason"), [("nope", "wrong_type"),
+                                                   ([{}] * 11, "batch_too_large")])
+    def test_malformed_batch_is_one_dead_letter(self, batch: object, reason: str) -> None:
+        """A batch that is not a list, or too long, is rejected whole."""
+        results = analyse_many(batch, CTX, max_batch=10)
+        assert [r["reason"] for r in results] == [reason]

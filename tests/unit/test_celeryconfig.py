@@ -1,0 +1,44 @@
+"""The Celery configuration derived from Settings: the reliability defaults of PRODUCT.md §4."""
+
+from __future__ import annotations
+
+from broker_config.celeryconfig import celery_config
+from broker_config.queues import WORK_QUEUES, verify_queue_name
+from broker_config.settings import Settings
+
+
+class TestCeleryConfig:
+    def test_reliability_defaults(self) -> None:
+        """Late ack, reject on worker lost, prefetch 1 and JSON only are on by default."""
+        c = celery_config(Settings())
+        assert c["task_acks_late"] is True
+        assert c["task_reject_on_worker_lost"] is True
+        assert c["worker_prefetch_multiplier"] == 1
+        assert c["worker_disable_prefetch"] is True
+        assert c["accept_content"] == ["json"]
+        assert c["task_serializer"] == "json"
+
+    def test_redis_restore_cadence_comes_from_settings(self) -> None:
+        """kombu's sweep runs every unacked_restore_interval seconds (throttle 1)."""
+        c = celery_config(Settings(visibility_timeout=10, unacked_restore_interval=1))
+        opts = c["broker_transport_options"]
+        assert opts == {"visibility_timeout": 10, "unacked_restore_interval": 1,
+                        "unacked_restore_throttle": 1}
+
+    def test_non_redis_broker_gets_no_redis_options(self) -> None:
+        """Prefetch disabling and visibility options apply only to Redis."""
+        c = celery_config(Settings(broker_url="amqp://guest@localhost//",
+                                   result_backend="redis://r/0", store_url="redis://r/0"))
+        assert "broker_transport_options" not in c
+        assert c["worker_disable_prefetch"] is False
+
+    def test_work_queues_and_routes(self) -> None:
+        """The three work queues are declared and analysis tasks route to tweets."""
+        c = celery_config(Settings())
+        assert tuple(q.name for q in c["task_queues"]) == WORK_QUEUES
+        assert c["task_routes"]["host.analyse"] == {"queue": "tweets"}
+        assert c["task_routes"]["host.analyse_batch"] == {"queue": "tweets"}
+
+    def test_verify_queue_is_per_worker(self) -> None:
+        """Each worker's private queue is named after it."""
+        assert verify_queue_name("w1@node") == "host.verify.w1@node"

@@ -1,0 +1,86 @@
+"""Settings: defaults, environment parsing, the TOML file, and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker_config.settings import ConfigError, Settings
+
+
+class TestSettingsFromEnv:
+    def test_defaults_match_the_product_contract(self) -> None:
+        """With no HOST_ variables the documented defaults apply."""
+        s = Settings.from_env({})
+        assert s.broker_url == "redis://127.0.0.1:6379/0"
+        assert s.metrics_port == 9808
+        assert s.wear_interval == 1.0
+        assert s.effective_result_backend == s.broker_url
+        assert s.effective_store_url == s.broker_url
+
+    def test_reads_and_converts_prefixed_variables(self) -> None:
+        """HOST_ variables are typed by their field."""
+        s = Settings.from_env({"HOST_METRICS_PORT": "9100", "HOST_WEAR_INTERVAL": "0.5",
+                               "HOST_WEAR_INJECT": "cpu=97", "PATH": "/bin"})
+        assert (s.metrics_port, s.wear_interval, s.wear_inject) == (9100, 0.5, "cpu=97")
+
+    @pytest.mark.parametrize(("key", "value", "fragment"), [
+        ("HOST_WEAR_INTERVAL", "-1", "must be > 0"),
+        ("HOST_WEAR_INTERVAL", "fast", "must be a number"),
+        ("HOST_METRICS_PORT", "70000", "TCP port"),
+        ("HOST_BROKER_URL", "http://x", "scheme must be one of"),
+        ("HOST_BROKER_URL", "redis://host:port/0", "port is not a number"),
+        ("HOST_BROKER_URL", "redis:///0", "has no host"),
+        ("HOST_ENV", "staging", "must be one of development, production"),
+        ("HOST_NO_SUCH_THING", "1", "unknown setting"),
+    ])
+    def test_bad_values_name_the_key_and_the_value(self, key: str, value: str, fragment: str) -> None:
+        """A bad value raises ConfigError whose one-line message names key, value and reason."""
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({key: value})
+        message = str(info.value)
+        assert key in message
+        assert fragment in message
+        assert "\n" not in message
+
+    def test_soft_time_limit_must_be_below_hard(self) -> None:
+        """The soft limit must leave the task time to clean up before the hard kill."""
+        with pytest.raises(ConfigError, match="HOST_TASK_SOFT_TIME_LIMIT"):
+            Settings(task_soft_time_limit=60, task_time_limit=30)
+
+    def test_non_redis_broker_needs_a_result_backend(self) -> None:
+        """Results and records live in Redis: an AMQP broker needs HOST_RESULT_BACKEND."""
+        with pytest.raises(ConfigError, match="HOST_RESULT_BACKEND"):
+            Settings(broker_url="amqp://guest@localhost//")
+        s = Settings(broker_url="amqp://guest@localhost//", result_backend="redis://r/0",
+                     store_url="redis://r/1")
+        assert not s.broker_is_redis
+
+
+class TestSettingsFile:
+    def test_file_values_apply_and_env_overrides_them(self, tmp_path: Path) -> None:
+        """The TOML file sets values; HOST_ variables win over it."""
+        f = tmp_path / "host.toml"
+        f.write_text('metrics_port = 9200\nwear_interval = 2\nlog_format = "json"\n')
+        s = Settings.from_env({"HOST_CONFIG_FILE": str(f), "HOST_METRICS_PORT": "9300"})
+        assert (s.metrics_port, s.wear_interval, s.log_format) == (9300, 2.0, "json")
+
+    @pytest.mark.parametrize(("content", "fragment"), [
+        ("bogus_key = 1\n", "bogus_key"),
+        ('metrics_port = "high"\n', "must be int"),
+        ("metrics_port = true\n", "must be int"),
+        ("= broken", "not valid TOML"),
+    ])
+    def test_bad_file_is_refused_with_the_key(self, tmp_path: Path, content: str,
+                                              fragment: str) -> None:
+        """Unknown keys, wrong types and broken TOML are refused, naming what is wrong."""
+        f = tmp_path / "host.toml"
+        f.write_text(content)
+        with pytest.raises(ConfigError, match=fragment):
+            Settings.from_env({"HOST_CONFIG_FILE": str(f)})
+
+    def test_missing_file_is_refused(self, tmp_path: Path) -> None:
+        """A config file that cannot be read is an error, not silently ignored."""
+        with pytest.raises(ConfigError, match="HOST_CONFIG_FILE"):
+            Settings.from_env({"HOST_CONFIG_FILE": str(tmp_path / "absent.toml")})

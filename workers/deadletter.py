@@ -1,0 +1,85 @@
+"""Dead-letter records: every rejected input is kept with its reason and counted."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import redis
+
+from broker_config import keys
+
+
+class DeadLetterStore(Protocol):
+    """Where rejected inputs go. ``record`` never raises for a bad record."""
+
+    def record(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Keep these dead-letter records and count them by reason."""
+
+    def counts(self) -> dict[str, int]:
+        """Records kept so far by reason code, with ``total``."""
+
+    def latest(self, n: int = 10) -> list[dict[str, Any]]:
+        """The newest ``n`` records, newest first."""
+
+
+class RedisDeadLetterStore:
+    """Dead letters in Redis: a capped list of JSON records and a hash of counts.
+
+    Args:
+        client: a Redis client.
+        keep: how many records the list keeps; counts are never trimmed.
+    """
+
+    def __init__(self, client: redis.Redis, keep: int = 100_000) -> None:
+        self._client = client
+        self._keep = keep
+
+    @classmethod
+    def from_url(cls, url: str, keep: int = 100_000) -> RedisDeadLetterStore:
+        """A store on the Redis at ``url``."""
+        return cls(redis.Redis.from_url(url, socket_timeout=10), keep)
+
+    def record(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Push the records and bump their counts in one round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        n = 0
+        for rec in records:
+            pipe.lpush(keys.DEADLETTER, json.dumps(rec, ensure_ascii=False))
+            pipe.hincrby(keys.DEADLETTER_COUNTS, str(rec.get("reason", "unknown")), 1)
+            n += 1
+        if n:
+            pipe.hincrby(keys.DEADLETTER_COUNTS, "total", n)
+            pipe.ltrim(keys.DEADLETTER, 0, self._keep - 1)
+            pipe.execute()
+
+    def counts(self) -> dict[str, int]:
+        """Counts by reason code, with ``total``."""
+        raw: dict[bytes, bytes] = self._client.hgetall(keys.DEADLETTER_COUNTS)  # type: ignore[assignment]
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def latest(self, n: int = 10) -> list[dict[str, Any]]:
+        """The newest records, newest first."""
+        return [json.loads(r) for r in self._client.lrange(keys.DEADLETTER, 0, n - 1)]
+
+
+class InMemoryDeadLetterStore:
+    """A dead-letter store in a list, for unit tests and the simulator."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def record(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Keep the records."""
+        self.records.extend(dict(r) for r in records)
+
+    def counts(self) -> dict[str, int]:
+        """Counts by reason code, with ``total``."""
+        counts = Counter(str(r.get("reason", "unknown")) for r in self.records)
+        return {**counts, "total": len(self.records)}
+
+    def latest(self, n: int = 10) -> list[dict[str, Any]]:
+        """The newest records, newest first."""
+        return list(reversed(self.records[-n:]))

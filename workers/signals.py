@@ -1,0 +1,50 @@
+"""Celery signal receivers: logging set-up, per-task log context, the private verify queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from celery import Celery, signals
+
+from broker_config.queues import verify_queue
+from workers.logs import configure_logging, get_logger
+
+log = get_logger(__name__)
+
+
+def connect(app: Celery) -> None:
+    """Connect host's receivers (idempotent: Celery signals dedupe by dispatch_uid)."""
+    signals.setup_logging.connect(_setup_logging, weak=False, dispatch_uid="host.setup_logging")
+    signals.celeryd_after_setup.connect(_add_verify_queue, weak=False,
+                                        dispatch_uid="host.verify_queue")
+    signals.task_prerun.connect(_bind_task, weak=False, dispatch_uid="host.bind_task")
+    signals.task_postrun.connect(_unbind_task, weak=False, dispatch_uid="host.unbind_task")
+
+
+def _setup_logging(loglevel: Any = None, **_: Any) -> None:
+    from celery import current_app
+
+    from broker_config.app import settings_of
+
+    settings = settings_of(current_app)
+    level = loglevel if isinstance(loglevel, str) else settings.log_level
+    configure_logging(settings.log_format, level.upper() if isinstance(level, str) else "INFO")
+
+
+def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
+    """Every worker consumes its own ``host.verify.<name>`` queue, whatever ``-Q`` says."""
+    queue = verify_queue(sender)
+    instance.app.amqp.queues.select_add(queue)
+    structlog.contextvars.bind_contextvars(worker=sender)
+    log.info("verify_queue_added", queue=queue.name)
+
+
+def _bind_task(task_id: str, task: Any, **_: Any) -> None:
+    delivery = task.request.delivery_info or {}
+    structlog.contextvars.bind_contextvars(task_id=task_id, queue=delivery.get("routing_key"),
+                                           worker=task.request.hostname)
+
+
+def _unbind_task(**_: Any) -> None:
+    structlog.contextvars.unbind_contextvars("task_id", "queue")

@@ -1,0 +1,52 @@
+"""The data-plane tasks: thin wrappers that hand their arguments to the analysis pipeline."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from celery import Task, shared_task
+
+from broker_config.app import settings_of
+from workers.analysis import RunContext, analyse_envelope, analyse_many, keep_dead_letters
+from workers.deadletter import RedisDeadLetterStore
+from workers.inbound import Limits
+
+
+@shared_task(name="host.analyse", bind=True)
+def analyse(self: Task[Any, Any], envelope: object) -> dict[str, Any]:
+    """Analyse one inbound message; rejected input comes back as a dead-letter record."""
+    results = [analyse_envelope(envelope, _context(self))]
+    keep_dead_letters(results, _store_for(self.app))
+    return results[0]
+
+
+@shared_task(name="host.analyse_batch", bind=True)
+def analyse_batch(self: Task[Any, Any], envelopes: object) -> list[dict[str, Any]]:
+    """Analyse a batch of inbound messages in one task: one result per envelope, in order."""
+    settings = settings_of(self.app)
+    results = analyse_many(envelopes, _context(self), settings.max_batch)
+    keep_dead_letters(results, _store_for(self.app))
+    return results
+
+
+def _context(task: Task[Any, Any]) -> RunContext:
+    settings = settings_of(task.app)
+    delivery = task.request.delivery_info or {}
+    return RunContext(
+        worker=task.request.hostname or "unknown",
+        queue=delivery.get("routing_key"),
+        task_id=task.request.id,
+        limits=Limits(settings.max_line_bytes, settings.max_text_chars),
+    )
+
+
+def _store_for(app: Any) -> RedisDeadLetterStore:
+    settings = settings_of(app)
+    return _store(settings.effective_store_url, settings.deadletter_keep)
+
+
+@cache
+def _store(url: str, keep: int) -> RedisDeadLetterStore:
+    # One client per process; redis-py reconnects after a fork or a broker restart.
+    return RedisDeadLetterStore.from_url(url, keep)
