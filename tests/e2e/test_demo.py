@@ -1,0 +1,94 @@
+"""`celery -A host demo`: runs the whole system and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import GROUND_TRUTH
+from tests.support.cli import REPO
+
+
+def host_processes() -> set[int]:
+    """Pids of worker processes and of private redis-servers (they chdir into a host-redis- dir)."""
+    found = set()
+    for p in psutil.process_iter(["pid", "name", "cmdline", "cwd"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        private_redis = p.info["name"] == "redis-server" and "host-redis-" in (p.info["cwd"] or "")
+        if "-A host worker" in cmd or private_redis:
+            found.add(p.info["pid"])
+    return found
+
+
+def redis_pids(pids: set[int]) -> set[int]:
+    """The redis-servers among ``pids``."""
+    return {pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).name() == "redis-server"}
+
+
+def wait_for_no_new(before: set[int], deadline_s: float = 10.0) -> set[int]:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        stray = host_processes() - before
+        if not stray:
+            return stray
+        time.sleep(0.1)
+    return host_processes() - before
+
+
+@pytest.fixture
+def demo_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
+    env["HOST_LOG_FORMAT"] = "json"
+    return env
+
+
+class TestDemo:
+    def test_runs_the_sample_end_to_end_and_cleans_up(self, demo_env: dict[str, str]) -> None:
+        """With no broker configured, the demo embeds Redis, analyses the sample, stops all."""
+        before = host_processes()
+        proc = subprocess.run([sys.executable, "-m", "celery", "-A", "host", "demo", "--json"],
+                              env=demo_env, cwd=REPO, capture_output=True, text=True, timeout=240,
+                              check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads(proc.stdout.strip().splitlines()[-1])
+        sample_lines = [ln for ln in (REPO / "cli" / "data" / "sample.txt").read_bytes().split(b"\n")
+                        if ln.strip()]
+        assert summary["inputs"] == len(sample_lines)
+        assert summary["analysed"] + summary["rejected"] == summary["inputs"]
+        assert summary["rejected"] >= 10  # the sample carries hostile lines
+        assert len(summary["by_worker"]) == 3
+        assert "embedded Redis" in proc.stderr
+        assert wait_for_no_new(before) == set()
+
+    @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
+    def test_ctrl_c_stops_everything(self, demo_env: dict[str, str], tmp_path: Path) -> None:
+        """Ctrl-C in the middle of a run stops every worker and the embedded Redis."""
+        before = host_processes()
+        log = (tmp_path / "demo.err").open("w")
+        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "demo", "--input",
+                                 str(GROUND_TRUTH)], env=demo_env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=log)
+        try:
+            deadline = time.monotonic() + 90
+            while "workers ready" not in (tmp_path / "demo.err").read_text():
+                assert proc.poll() is None, (tmp_path / "demo.err").read_text()
+                assert time.monotonic() < deadline, "demo never became ready"
+                time.sleep(0.1)
+            started = host_processes() - before
+            assert len(redis_pids(started)) == 1  # the embedded Redis
+            assert len(started) >= 4  # and the workers
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(60) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+        assert wait_for_no_new(before) == set()
