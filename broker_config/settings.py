@@ -55,7 +55,7 @@ class Settings:
     #: Seconds between kombu's sweeps for messages whose visibility timeout has expired.
     unacked_restore_interval: float = 2.0
     task_soft_time_limit: float = 30.0
-    task_time_limit: float = 60.0
+    task_time_limit: float = 45.0
     result_expires: int = 3600
     max_line_bytes: int = 1_048_576
     max_text_chars: int = 10_000

@@ -30,24 +30,30 @@ class WorkerProcess:
         queues: the work queues it consumes.
         concurrency: its pool size.
         log_path: where its output goes (discarded when None).
+        extra_args: more ``celery worker`` options.
+        app: what ``-A`` names (``host``; benchmarks name their plain baseline).
+        loglevel: the worker's ``-l``.
     """
 
     def __init__(self, name: str, env: Mapping[str, str], queues: Sequence[str] = (),
                  concurrency: int = 1, log_path: Path | None = None,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), app: str = "host", loglevel: str = "INFO") -> None:
         self.name = name
         self.env = dict(env)
         self.queues = tuple(queues)
         self.concurrency = concurrency
         self.log_path = log_path
         self.extra_args = tuple(extra_args)
+        self.app = app
+        self.loglevel = loglevel
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     def command(self) -> list[str]:
         """The command line that starts this worker."""
-        cmd = [sys.executable, "-m", "celery", "-A", "host", "worker", "-n", self.name,
-               "-c", str(self.concurrency), "--without-mingle", "--without-gossip", "-l", "INFO"]
+        cmd = [sys.executable, "-m", "celery", "-A", self.app, "worker", "-n", self.name,
+               "-c", str(self.concurrency), "--without-mingle", "--without-gossip",
+               "-l", self.loglevel]
         if self.queues:
             cmd += ["-Q", ",".join(self.queues)]
         return cmd + list(self.extra_args)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import structlog
@@ -18,6 +19,7 @@ def connect(app: Celery) -> None:
     signals.setup_logging.connect(_setup_logging, weak=False, dispatch_uid="host.setup_logging")
     signals.celeryd_after_setup.connect(_add_verify_queue, weak=False,
                                         dispatch_uid="host.verify_queue")
+    signals.worker_process_init.connect(_warm_up, weak=False, dispatch_uid="host.warm_up")
     signals.task_prerun.connect(_bind_task, weak=False, dispatch_uid="host.bind_task")
     signals.task_postrun.connect(_unbind_task, weak=False, dispatch_uid="host.unbind_task")
 
@@ -28,8 +30,9 @@ def _setup_logging(loglevel: Any = None, **_: Any) -> None:
     from broker_config.app import settings_of
 
     settings = settings_of(current_app)
-    level = loglevel if isinstance(loglevel, str) else settings.log_level
-    configure_logging(settings.log_format, level.upper() if isinstance(level, str) else "INFO")
+    # `celery worker -l` arrives as a level number; without it, HOST_LOG_LEVEL decides.
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else settings.log_level
+    configure_logging(settings.log_format, str(level))
 
 
 def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
@@ -38,6 +41,13 @@ def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
     instance.app.amqp.queues.select_add(queue)
     structlog.contextvars.bind_contextvars(worker=sender)
     log.info("verify_queue_added", queue=queue.name)
+
+
+def _warm_up(**_: Any) -> None:
+    """Load VADER's lexicon when a pool process starts, not during its first task."""
+    from workers.sentiment import analyzer
+
+    analyzer()
 
 
 def _bind_task(task_id: str, task: Any, **_: Any) -> None:

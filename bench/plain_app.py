@@ -1,0 +1,43 @@
+"""The baseline: a bare Celery app doing the same VADER work, for benchmarks to compare against.
+
+``PLAIN_PROFILE=default`` runs Celery's defaults; ``reliable`` adds the reliability settings
+host uses (late ack, reject on worker lost, prefetch 1, no prefetch, JSON only); ``same`` adds
+task events on top, as host sends them (its checker reads them), which makes it host's own
+Celery settings. ``PLAIN_BROKER_URL`` names the broker. Workers run ``-A bench.plain_app``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+_analyzer = SentimentIntensityAnalyzer()
+
+
+def make_app(profile: str, broker_url: str) -> Celery:
+    """A plain app with Celery's defaults, or with host's reliability settings."""
+    app = Celery("plain", broker=broker_url, backend=broker_url, set_as_current=False)
+    app.conf.task_default_queue = f"plain_{profile}"
+    if profile in ("reliable", "same"):
+        app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True,
+                        worker_prefetch_multiplier=1, worker_disable_prefetch=True,
+                        accept_content=["json"])
+    if profile == "same":
+        app.conf.worker_send_task_events = True
+
+    @app.task(name="plain.analyse")
+    def analyse(text: str) -> dict[str, Any]:
+        return dict(_analyzer.polarity_scores(text))
+
+    @app.task(name="plain.analyse_batch")
+    def analyse_batch(texts: list[str]) -> list[dict[str, Any]]:
+        return [dict(_analyzer.polarity_scores(t)) for t in texts]
+
+    return app
+
+
+app = make_app(os.environ.get("PLAIN_PROFILE", "default"),
+               os.environ.get("PLAIN_BROKER_URL", "redis://127.0.0.1:6379/0"))

@@ -1,0 +1,182 @@
+"""Tweets per second through a fleet: host against plain Celery, same machine, same run.
+
+Each configuration gets one worker process (``-c 2``, one child per core) on a private
+redis-server; every run publishes the same tweets from ../shared/data and waits for every
+result. Runs are interleaved across configurations so that machine noise spreads evenly, and
+the table reports medians and the ratio to each plain baseline.
+
+    python bench/throughput.py [--tweets 2000] [--runs 5] [--batch 100] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.result import ResultSet
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from broker_config.app import create_app  # noqa: E402
+from broker_config.settings import Settings  # noqa: E402
+from cli.processes import WorkerProcess, node_name  # noqa: E402
+from cli.redis_server import RedisServer  # noqa: E402
+from workers.analysis import envelope  # noqa: E402
+
+PLAIN = "bench.plain_app"
+GROUND_TRUTH = REPO.parent / "shared" / "data" / "tweets_groundtruth.tsv"
+
+
+@dataclass
+class Config:
+    """One thing to measure: an app, the worker that serves it, and how tweets become tasks."""
+
+    name: str
+    app: Celery
+    worker_app: str
+    worker_env: dict[str, str]
+    send: Callable[[Celery, list[tuple[str, str]]], list[Any]]
+    rates: list[float] = field(default_factory=list)
+
+
+def load_tweets(n: int) -> list[tuple[str, str]]:
+    """The first ``n`` (id, text) pairs of the ground truth, repeated if n is larger."""
+    rows = [line.split("\t", 2) for line in GROUND_TRUTH.read_text(encoding="utf-8").splitlines()]
+    pairs = [(r[0], r[2]) for r in rows]
+    return [pairs[i % len(pairs)] for i in range(n)]
+
+
+def chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def send_plain(batch: int) -> Callable[[Celery, list[tuple[str, str]]], list[Any]]:
+    def send(app: Celery, tweets: list[tuple[str, str]]) -> list[Any]:
+        with app.producer_or_acquire() as producer:
+            if batch == 1:
+                return [app.send_task("plain.analyse", args=[text], producer=producer)
+                        for _, text in tweets]
+            return [app.send_task("plain.analyse_batch", args=[[t for _, t in chunk]],
+                                  producer=producer) for chunk in chunks(tweets, batch)]
+    return send
+
+
+def send_host(batch: int) -> Callable[[Celery, list[tuple[str, str]]], list[Any]]:
+    def send(app: Celery, tweets: list[tuple[str, str]]) -> list[Any]:
+        now = time.time()
+        envs = [envelope(f"bench:{i}", text, "text", now) for i, (_, text) in enumerate(tweets)]
+        with app.producer_or_acquire() as producer:
+            if batch == 1:
+                return [app.send_task("host.analyse", args=[e], producer=producer) for e in envs]
+            return [app.send_task("host.analyse_batch", args=[chunk], producer=producer)
+                    for chunk in chunks(envs, batch)]
+    return send
+
+
+def run_once(cfg: Config, tweets: list[tuple[str, str]]) -> float:
+    """Publish every tweet, wait for every result; tweets per second."""
+    start = time.perf_counter()
+    results = cfg.send(cfg.app, tweets)
+    got = 0
+    for _, meta in ResultSet(results, app=cfg.app).iter_native(timeout=600):
+        value = meta["result"]
+        got += len(value) if isinstance(value, list) else 1
+    elapsed = time.perf_counter() - start
+    if got != len(tweets):
+        raise RuntimeError(f"{cfg.name}: {got} results for {len(tweets)} tweets")
+    return len(tweets) / elapsed
+
+
+def configs(url: str, batch: int) -> list[Config]:
+    from bench.plain_app import make_app
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOST_", "PLAIN_"))}
+    env.update(PYTHONPATH=str(REPO), PLAIN_BROKER_URL=url, HOST_BROKER_URL=url)
+    host_app = create_app(Settings(broker_url=url))
+    plain = {p: make_app(p, url) for p in ("default", "reliable", "same")}
+    penv = {p: {**env, "PLAIN_PROFILE": p} for p in plain}
+    return [
+        Config("plain celery, defaults", plain["default"], PLAIN, penv["default"], send_plain(1)),
+        Config("plain celery, reliability settings", plain["reliable"], PLAIN, penv["reliable"],
+               send_plain(1)),
+        Config("plain celery, host's settings (+ task events)", plain["same"], PLAIN, penv["same"],
+               send_plain(1)),
+        Config("host, one tweet per task", host_app, "host", env, send_host(1)),
+        Config(f"plain celery, defaults, batch {batch}", plain["default"], PLAIN, penv["default"],
+               send_plain(batch)),
+        Config(f"host, batch {batch}", host_app, "host", env, send_host(batch)),
+    ]
+
+
+def start_worker(cfg: Config, index: int, logs: Path) -> WorkerProcess:
+    """One worker for ``cfg``, one pool child per core."""
+    worker = WorkerProcess(node_name(f"bench{index}"), cfg.worker_env, concurrency=2,
+                           log_path=logs / f"bench{index}.log", app=cfg.worker_app,
+                           loglevel="WARNING")
+    worker.start()
+    worker.wait_ready(cfg.app, timeout=60)
+    return worker
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tweets", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    tweets = load_tweets(args.tweets)
+    server = RedisServer().start()
+    with tempfile.TemporaryDirectory(prefix="host-bench-") as logs:
+        all_cfgs = configs(server.url, args.batch)
+        workers: list[WorkerProcess] = []
+        try:
+            for run in range(args.runs):
+                for i, cfg in enumerate(all_cfgs):
+                    # One worker at a time, so configurations never share the cores.
+                    worker = start_worker(cfg, i, Path(logs))
+                    workers.append(worker)
+                    run_once(cfg, tweets[:50])  # warm-up: lexicon, connections, pool
+                    cfg.rates.append(run_once(cfg, tweets))
+                    worker.stop()
+                print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
+        finally:
+            for w in workers:
+                w.stop()
+            server.stop()
+    report(all_cfgs, args)
+    return 0
+
+
+def report(cfgs: list[Config], args: argparse.Namespace) -> None:
+    med = {c.name: statistics.median(c.rates) for c in cfgs}
+    # The references: Celery's defaults, and Celery with exactly host's settings.
+    plain_default, plain_reliable = med[cfgs[0].name], med[cfgs[2].name]
+    rows = [{"config": c.name, "median_tweets_per_s": round(med[c.name], 1),
+             "runs": [round(r, 1) for r in c.rates],
+             "vs_plain_defaults": round(med[c.name] / plain_default, 3),
+             "vs_plain_same_settings": round(med[c.name] / plain_reliable, 3)} for c in cfgs]
+    if args.json:
+        print(json.dumps({"tweets": args.tweets, "runs": args.runs, "results": rows}, indent=2))
+        return
+    print(f"\n{args.tweets} tweets per run, {args.runs} runs, medians (tweets/s):")
+    print(f"{'configuration':48} {'median':>9} {'÷ plain':>8} {'÷ plain same settings':>22}")
+    print(f"{'':48} {'':>9} {'defaults':>8} {'(row 3)':>22}")
+    for r in rows:
+        print(f"{r['config']:48} {r['median_tweets_per_s']:9.1f} {r['vs_plain_defaults']:8.2f} "
+              f"{r['vs_plain_same_settings']:22.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
