@@ -1,0 +1,219 @@
+"""Every threshold, window and bound of the health policy, with defaults and their sources.
+
+docs/policy.md explains where each default comes from. ``PolicyConfig.from_mapping`` reads the
+TOML policy file (``HOST_POLICY_FILE``) already parsed into a dict, and refuses unknown keys and
+bad values with the key and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """Soft and hard limits on one wear metric, on its smoothed value and on its window peak.
+
+    A limit of None is not checked. Peaks catch transient spikes that averages hide: memory
+    that touches 99% for one second can be killed by the OOM killer in that second.
+    """
+
+    soft: float | None = None
+    hard: float | None = None
+    peak_soft: float | None = None
+    peak_hard: float | None = None
+
+    def __post_init__(self) -> None:
+        for low, high in ((self.soft, self.hard), (self.peak_soft, self.peak_hard)):
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"soft limit {low} is above hard limit {high}")
+
+
+def _default_thresholds() -> dict[str, Threshold]:
+    return {
+        "cpu_percent": Threshold(soft=85, hard=97),
+        "memory_percent": Threshold(soft=85, hard=95, peak_soft=92, peak_hard=98),
+        "load_per_core": Threshold(soft=2.0, hard=4.0),
+        "open_files_percent": Threshold(soft=80, hard=95),
+        "temperature_c": Threshold(soft=80, hard=90, peak_soft=85, peak_hard=95),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Failures:
+    """Task failures: a rate over the window gated by volume, and a consecutive count."""
+
+    min_volume: int = 10
+    soft_rate: float = 0.2
+    hard_rate: float = 0.5
+    consecutive: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Latency outliers: a worker's p95 against the fleet's median p95."""
+
+    min_fleet: int = 5
+    min_volume: int = 10
+    factor: float = 3.0
+    floor_s: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """How slowly a worker is forgiven."""
+
+    #: Consecutive soft breaches that confirm degradation (SUSPECT -> DRAINING).
+    confirm_breaches: int = 3
+    #: Consecutive clean observations needed to leave SUSPECT or PROBATION.
+    passes: int = 3
+    #: Minimum seconds in SUSPECT before it may return to HEALTHY.
+    min_suspect_s: float = 10.0
+    #: Consecutive passed probes that move QUARANTINED to PROBATION once the back-off ran out.
+    probe_passes: int = 3
+    #: Minimum clean seconds in PROBATION before HEALTHY.
+    probation_s: float = 60.0
+    #: In PROBATION soft limits are multiplied by this (tighter thresholds).
+    probation_tighten: float = 0.9
+    #: Seconds HEALTHY after which past ejections are forgiven (the back-off starts over).
+    forgive_after_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Quarantine length: min(base x 2^(ejections-1), max) + jitter."""
+
+    base_s: float = 30.0
+    max_s: float = 300.0
+    jitter_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """The fleet guard: how much automatic action may take out of rotation."""
+
+    max_ejected_fraction: float = 0.25
+    #: Even a small fleet may eject this many (a fleet of 3 at 25% would otherwise eject none).
+    min_ejections: int = 1
+    #: New ejections per window: the larger of this and ``max_ejection_rate_fraction`` x n.
+    max_ejections_per_window: int = 3
+    max_ejection_rate_fraction: float = 0.05
+    window_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """The whole policy. ``enforce=False`` is a dry run: transitions say ``enforced=False``."""
+
+    thresholds: Mapping[str, Threshold] = field(default_factory=_default_thresholds)
+    failures: Failures = field(default_factory=Failures)
+    latency: Latency = field(default_factory=Latency)
+    recovery: Recovery = field(default_factory=Recovery)
+    backoff: Backoff = field(default_factory=Backoff)
+    guard: Guard = field(default_factory=Guard)
+    #: Seconds without any sign of life before a worker is OFFLINE (3 missed 2 s heartbeats).
+    offline_after_s: float = 6.0
+    #: Seconds a drain may take before the worker is quarantined anyway.
+    drain_timeout_s: float = 60.0
+    enforce: bool = True
+
+    def __post_init__(self) -> None:
+        _check_positive(self)
+        for section in (self.failures, self.latency, self.recovery, self.backoff, self.guard):
+            _check_positive(section)
+        if not 0 < self.guard.max_ejected_fraction <= 1:
+            raise ValueError("guard.max_ejected_fraction: must be in (0, 1]")
+        if self.backoff.base_s > self.backoff.max_s:
+            raise ValueError("backoff.base_s: must not exceed backoff.max_s")
+        if not self.failures.soft_rate <= self.failures.hard_rate <= 1:
+            raise ValueError("failures: need soft_rate <= hard_rate <= 1")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> PolicyConfig:
+        """Build from a parsed policy file; sections and keys as in docs/policy.md.
+
+        Raises:
+            ValueError: an unknown section or key, a wrong type, or a bad value; the message
+                names the key.
+        """
+        kwargs: dict[str, Any] = {}
+        sections = {f.name: f for f in fields(cls)}
+        for key, value in data.items():
+            if key not in sections:
+                raise ValueError(f"{key}: unknown policy setting")
+            if key == "thresholds":
+                kwargs[key] = _thresholds(value)
+            elif isinstance(getattr(cls(), key), (Failures, Latency, Recovery, Backoff, Guard)):
+                kwargs[key] = _section(key, type(getattr(cls(), key)), value)
+            else:
+                kwargs[key] = _scalar(key, getattr(cls(), key), value)
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
+
+
+def _check_positive(obj: Any) -> None:
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            allowed_zero = f.name in ("jitter_s",)
+            if value < 0 or (value == 0 and not allowed_zero):
+                raise ValueError(f"{f.name}: must be > 0, got {value}")
+
+
+def _scalar(key: str, default: Any, value: Any) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: must be true or false")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{key}: must be an integer")
+        return value
+    if isinstance(default, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"{key}: must be a number")
+        return float(value)
+    raise ValueError(f"{key}: unsupported setting")
+
+
+def _section(name: str, kind: type, value: Any) -> Any:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name}: must be a table")
+    defaults = kind()
+    known = {f.name for f in fields(kind)}
+    changes = {}
+    for key, v in value.items():
+        if key not in known:
+            raise ValueError(f"{name}.{key}: unknown policy setting")
+        changes[key] = _scalar(f"{name}.{key}", getattr(defaults, key), v)
+    try:
+        return dataclasses.replace(defaults, **changes)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def _thresholds(value: Any) -> dict[str, Threshold]:
+    if not isinstance(value, Mapping):
+        raise ValueError("thresholds: must be a table of metrics")
+    merged = _default_thresholds()
+    for metric, limits in value.items():
+        if not isinstance(limits, Mapping):
+            raise ValueError(f"thresholds.{metric}: must be a table")
+        current = merged.get(metric, Threshold())
+        changes = {}
+        for key, v in limits.items():
+            if key not in ("soft", "hard", "peak_soft", "peak_hard"):
+                raise ValueError(f"thresholds.{metric}.{key}: unknown limit")
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                raise ValueError(f"thresholds.{metric}.{key}: must be a number")
+            changes[key] = None if v is None else float(v)
+        try:
+            merged[metric] = dataclasses.replace(current, **changes)
+        except ValueError as exc:
+            raise ValueError(f"thresholds.{metric}: {exc}") from None
+    return merged

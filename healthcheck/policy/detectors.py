@@ -1,0 +1,88 @@
+"""Detectors: turn one wear report into a verdict (ok, soft or hard), with reasons and evidence."""
+
+from __future__ import annotations
+
+from healthcheck.policy.config import PolicyConfig, Threshold
+from healthcheck.policy.model import OK, Verdict, WearReport
+
+
+def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = None,
+           tight: bool = False) -> Verdict:
+    """Judge one report against every detector; the worst level wins.
+
+    Args:
+        report: the worker's report.
+        config: the policy.
+        fleet_p95: the fleet's median p95 runtime (None when the fleet is too small to compare).
+        tight: apply probation's tighter soft limits.
+    """
+    soft: list[str] = []
+    hard: list[str] = []
+    evidence: dict[str, float | str] = {}
+    factor = config.recovery.probation_tighten if tight else 1.0
+    for metric, limits in config.thresholds.items():
+        reading = report.wear.get(metric)
+        if reading is not None:
+            _check_reading(metric, reading.value, reading.peak, limits, factor, soft, hard,
+                           evidence)
+    _check_failures(report, config, soft, hard, evidence)
+    _check_latency(report, config, fleet_p95, soft, evidence)
+    if report.self_protected:
+        hard.append(f"worker closed its own gate: {report.self_protected}")
+    if hard:
+        return Verdict("hard", tuple(hard), evidence)
+    if soft:
+        return Verdict("soft", tuple(soft), evidence)
+    return OK
+
+
+def _check_reading(metric: str, value: float, peak: float, limits: Threshold, factor: float,
+                   soft: list[str], hard: list[str], evidence: dict[str, float | str]) -> None:
+    if limits.hard is not None and value >= limits.hard:
+        hard.append(f"{metric} {value:g} >= hard {limits.hard:g}")
+    elif limits.peak_hard is not None and peak >= limits.peak_hard:
+        hard.append(f"{metric} peak {peak:g} >= hard {limits.peak_hard:g}")
+    elif limits.soft is not None and value >= limits.soft * factor:
+        soft.append(f"{metric} {value:g} >= soft {limits.soft * factor:g}")
+    elif limits.peak_soft is not None and peak >= limits.peak_soft * factor:
+        soft.append(f"{metric} peak {peak:g} >= soft {limits.peak_soft * factor:g}")
+    else:
+        return
+    evidence[metric] = value
+    evidence[f"{metric}_peak"] = peak
+
+
+def _check_failures(report: WearReport, config: PolicyConfig, soft: list[str], hard: list[str],
+                    evidence: dict[str, float | str]) -> None:
+    f = config.failures
+    if report.consecutive_failures >= f.consecutive:
+        hard.append(f"{report.consecutive_failures} consecutive task failures")
+        evidence["consecutive_failures"] = report.consecutive_failures
+    volume = report.completed + report.failed
+    if volume < f.min_volume:  # too few tasks to call a rate
+        return
+    rate = report.failed / volume
+    if rate >= f.hard_rate:
+        hard.append(f"failure rate {rate:.0%} >= hard {f.hard_rate:.0%} ({volume} tasks)")
+    elif rate >= f.soft_rate:
+        soft.append(f"failure rate {rate:.0%} >= soft {f.soft_rate:.0%} ({volume} tasks)")
+    else:
+        return
+    evidence["failure_rate"] = rate
+
+
+def _check_latency(report: WearReport, config: PolicyConfig, fleet_p95: float | None,
+                   soft: list[str], evidence: dict[str, float | str]) -> None:
+    # A worker whose p95 is 3x the fleet's median p95 is an outlier: with the fleet at 0.02 s
+    # and the floor at 0.05 s, the limit is max(0.06, 0.05) = 0.06 s.
+    lat = config.latency
+    if fleet_p95 is None or report.runtime_p95 is None:
+        return
+    if report.completed + report.failed < lat.min_volume:
+        return
+    limit = max(fleet_p95 * lat.factor, lat.floor_s)
+    if report.runtime_p95 > limit:
+        soft.append(f"p95 runtime {report.runtime_p95:.3f}s > {limit:.3f}s "
+                    f"({lat.factor:g}x fleet median {fleet_p95:.3f}s)")
+        evidence["runtime_p95"] = report.runtime_p95
+        evidence["fleet_p95"] = fleet_p95

@@ -1,0 +1,279 @@
+"""The fleet: every worker's health, and the guard that bounds automatic ejections.
+
+Deterministic and free of I/O and clocks: times come in as arguments and jitter from a seeded
+``random.Random``. The per-worker decisions are ``HealthPolicy``'s; this module adds what only a
+view of the whole fleet can decide — whether an ejection for wear may happen now.
+
+Guard rules (PRODUCT.md §7):
+
+* ejections for wear are proposed by observations and decided together at the next ``tick``,
+  so that the guard sees everything that went wrong in the same pass;
+* at most ``bound(n)`` workers out of rotation by automatic action at once, in the fleet and
+  among the consumers of any queue, where ``bound(n) = max(min_ejections,
+  floor(max_ejected_fraction x n))``: with 12 workers at 25%, 3;
+* when more workers look degraded at once (out by automatic action, proposed, or held back)
+  than the bound allows, the inputs are suspect — a broken metrics pipeline makes everyone look
+  hot: no ejection for wear happens until enough of them look well again, and the guard reports
+  itself engaged;
+* at most ``max(max_ejections_per_window, floor(max_ejection_rate_fraction x n))`` new
+  ejections per ``window_s``;
+* wrong probe answers and workers that closed their own gate are exempt: they never wait.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from healthcheck.policy.config import PolicyConfig
+from healthcheck.policy.machine import HealthPolicy, Proposal
+from healthcheck.policy.model import (
+    CONSUMING,
+    Cause,
+    Observation,
+    State,
+    Transition,
+    WearReport,
+    WorkerHealth,
+)
+
+#: Causes whose ejections count against the guard's budget (operators' do not).
+AUTOMATIC = frozenset({Cause.WEAR, Cause.PROBE, Cause.SELF})
+#: Causes that never wait for the guard's admission.
+EXEMPT = frozenset({Cause.PROBE, Cause.SELF})
+_OUT = frozenset({State.DRAINING, State.QUARANTINED, State.OFFLINE})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one call changed: the transitions, and whether the guard is engaged after it."""
+
+    transitions: tuple[Transition, ...] = ()
+    guard_engaged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GuardFigures:
+    """The guard's view: budget, what uses it, what it holds back."""
+
+    fleet_size: int
+    bound: int
+    automatic_out: int
+    operator_out: int
+    held: int
+    recent_ejections: int
+    engaged: bool
+
+
+def auto_out(w: WorkerHealth) -> bool:
+    """True when the worker is out of rotation by automatic action (counts against the budget)."""
+    return w.cause in AUTOMATIC and w.state in _OUT
+
+
+@dataclass
+class Fleet:
+    """Every worker's health, updated by observations and ticks.
+
+    Args:
+        policy: the per-worker policy.
+        seed: seeds the jitter, so a run is reproducible.
+    """
+
+    policy: HealthPolicy = field(default_factory=HealthPolicy)
+    seed: int = 0
+    workers: dict[str, WorkerHealth] = field(default_factory=dict)
+    _rng: random.Random = field(init=False, repr=False)
+    _auto_out: int = field(init=False, default=0)
+    _operator_out: int = field(init=False, default=0)
+    _queue_size: Counter[str] = field(init=False, default_factory=Counter)
+    _queue_out: Counter[str] = field(init=False, default_factory=Counter)
+    #: Workers whose latest verdict wants them out for wear and who are not out yet
+    #: (proposed since the last tick, or held back by the guard).
+    _waiting: set[str] = field(init=False, default_factory=set)
+    _proposed: dict[str, Proposal] = field(init=False, default_factory=dict)
+    _recent: deque[float] = field(init=False, default_factory=deque)
+    _p95: dict[str, float] = field(init=False, default_factory=dict)
+    _fleet_p95: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        existing, self.workers = self.workers, {}
+        for w in existing.values():
+            self._put(w)
+
+    @property
+    def config(self) -> PolicyConfig:
+        """The policy's configuration."""
+        return self.policy.config
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def observe(self, obs: Observation) -> Decision:
+        """Apply one observation (a new worker starts HEALTHY).
+
+        An ejection for wear is only proposed here; ``tick`` decides it.
+        """
+        w = self.workers.get(obs.worker)
+        if w is None:
+            w = WorkerHealth(name=obs.worker, since=obs.at, last_seen=obs.at, reason="first seen")
+        if isinstance(obs, WearReport):
+            self._note_latency(obs)
+        step = self.policy.observe(w, obs, self._fleet_p95, self._jitter())
+        if step.eject is not None and step.eject.cause in EXEMPT:
+            step = self.policy.eject(step.health, step.eject, obs.at)
+        elif step.eject is not None:
+            self._proposed[obs.worker] = step.eject
+            self._waiting.add(obs.worker)
+        elif not step.degraded:
+            self._proposed.pop(obs.worker, None)
+            self._waiting.discard(obs.worker)
+        self._put(step.health)
+        return Decision(step.transitions, self.guard_engaged)
+
+    def tick(self, now: float) -> Decision:
+        """Let time pass for every worker, then decide the proposed ejections together."""
+        self._fleet_p95 = self._median_p95()
+        done: list[Transition] = []
+        for w in list(self.workers.values()):
+            step = self.policy.tick(w, now, self._jitter())
+            if step.health is not w:
+                if step.health.state is State.OFFLINE:
+                    self._waiting.discard(w.name)
+                    self._proposed.pop(w.name, None)
+                self._put(step.health)
+                done.extend(step.transitions)
+        done.extend(self._decide(now))
+        return Decision(tuple(done), self.guard_engaged)
+
+    def operator(self, worker: str, to: State, reason: str, now: float) -> Decision:
+        """An operator's action on a known worker.
+
+        Raises:
+            KeyError: the worker is unknown.
+            ValueError: see HealthPolicy.operator.
+        """
+        step = self.policy.operator(self.workers[worker], to, reason, now, self._jitter())
+        self._waiting.discard(worker)
+        self._proposed.pop(worker, None)
+        self._put(step.health)
+        return Decision(step.transitions, self.guard_engaged)
+
+    # --- views --------------------------------------------------------------------------
+
+    def bound(self, n: int | None = None) -> int:
+        """How many workers (of n, default the fleet) automatic action may take out at once."""
+        g = self.config.guard
+        n = len(self.workers) if n is None else n
+        return max(g.min_ejections, math.floor(g.max_ejected_fraction * n))
+
+    @property
+    def guard_engaged(self) -> bool:
+        """True while more workers look degraded (out, proposed, held) than the guard lets out."""
+        return self._looking_bad() > self.bound()
+
+    def figures(self) -> GuardFigures:
+        """The guard's numbers, for metrics and ``fleet status``."""
+        return GuardFigures(len(self.workers), self.bound(), self._auto_out, self._operator_out,
+                            len(self._waiting), len(self._recent),
+                            self.guard_engaged)
+
+    def healthy_consumers(self, queue: str) -> int:
+        """Workers consuming ``queue`` now (HEALTHY, SUSPECT or PROBATION; never OFFLINE)."""
+        return sum(1 for w in self.workers.values() if w.state in CONSUMING and queue in w.queues)
+
+    def by_state(self) -> Counter[State]:
+        """How many workers are in each state."""
+        return Counter(w.state for w in self.workers.values())
+
+    def __iter__(self) -> Iterator[WorkerHealth]:
+        return iter(self.workers.values())
+
+    # --- the guard ----------------------------------------------------------------------
+
+    def rate_limit(self) -> int:
+        """New ejections allowed per window: max(3, floor(5% of the fleet)) by default."""
+        g = self.config.guard
+        return max(g.max_ejections_per_window,
+                   math.floor(g.max_ejection_rate_fraction * len(self.workers)))
+
+    def _looking_bad(self) -> int:
+        return self._auto_out + len(self._waiting)
+
+    def _decide(self, now: float) -> list[Transition]:
+        g = self.config.guard
+        while self._recent and now - self._recent[0] > g.window_s:
+            self._recent.popleft()
+        proposed, self._proposed = self._proposed, {}
+        suspicious = self._looking_bad() > self.bound()
+        done: list[Transition] = []
+        for name, proposal in proposed.items():
+            w = self.workers[name]
+            why = self._suspecting_inputs() if suspicious else self._refusal(w)
+            if why is None:
+                self._waiting.discard(name)
+                self._recent.append(now)
+                step = self.policy.eject(w, proposal, now)
+            else:
+                step = self.policy.hold(w, proposal, why, now)
+            self._put(step.health)
+            done.extend(step.transitions)
+        return done
+
+    def _suspecting_inputs(self) -> str:
+        return (f"{self._looking_bad()} workers look degraded at once, more than the "
+                f"{self.bound()} the guard lets out: suspecting the inputs")
+
+    def _refusal(self, w: WorkerHealth) -> str | None:
+        if self._auto_out + 1 > self.bound():
+            return f"{self._auto_out} of {len(self.workers)} already out (bound {self.bound()})"
+        for q in w.queues:
+            q_bound = self.bound(self._queue_size[q])
+            if self._queue_out[q] + 1 > q_bound:
+                return f"queue {q} has {self._queue_out[q]} consumers out (bound {q_bound})"
+        if len(self._recent) >= self.rate_limit():
+            return f"{len(self._recent)} ejections in the last {self.config.guard.window_s:g}s"
+        return None
+
+    # --- bookkeeping --------------------------------------------------------------------
+
+    def _put(self, new: WorkerHealth) -> None:
+        old = self.workers.get(new.name)
+        if old is not None:
+            self._count(old, -1)
+        self.workers[new.name] = new
+        self._count(new, +1)
+
+    def _count(self, w: WorkerHealth, sign: int) -> None:
+        out = auto_out(w)
+        self._auto_out += sign * out
+        self._operator_out += sign * (w.cause is Cause.OPERATOR and w.state in (
+            State.MAINTENANCE, State.QUARANTINED))
+        for q in w.queues:
+            self._queue_size[q] += sign
+            self._queue_out[q] += sign * out
+
+    def _note_latency(self, r: WearReport) -> None:
+        if r.runtime_p95 is not None and r.completed + r.failed >= self.config.latency.min_volume:
+            self._p95[r.worker] = r.runtime_p95
+        else:
+            self._p95.pop(r.worker, None)
+
+    def _median_p95(self) -> float | None:
+        # Compare against workers in rotation only: the degraded must not set the bar.
+        values = sorted(v for k, v in self._p95.items()
+                        if k in self.workers and self.workers[k].state in CONSUMING)
+        if len(values) < self.config.latency.min_fleet:
+            return None
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+    def _jitter(self) -> float:
+        return self._rng.uniform(0, self.config.backoff.jitter_s)
+
+
+def replay(fleet: Fleet, events: Iterable[Observation | float]) -> list[Decision]:
+    """Feed observations, and ticks given as bare times, in order; the decisions in order."""
+    return [fleet.tick(e) if isinstance(e, float) else fleet.observe(e) for e in events]

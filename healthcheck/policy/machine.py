@@ -1,0 +1,265 @@
+"""The per-worker state machine: fast to convict, slow to forgive.
+
+``HealthPolicy`` is pure: every method takes the worker's health, an observation or ``now``
+(and the jitter to use, when a back-off starts) and returns a ``Step``. Ejections for wear
+come back as a *proposal* (``Step.eject``): only the fleet, which sees every worker, may
+admit them (see ``fleet.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from healthcheck.policy.config import PolicyConfig
+from healthcheck.policy.detectors import assess
+from healthcheck.policy.model import (
+    Cause,
+    Heartbeat,
+    ProbeResult,
+    State,
+    Transition,
+    Verdict,
+    WearReport,
+    WorkerHealth,
+)
+
+#: Where an OFFLINE worker goes when it is heard from again, by the state it had.
+_RESUME = {
+    State.HEALTHY: State.HEALTHY,
+    State.SUSPECT: State.HEALTHY,  # a restart clears the wear that made it suspect
+    State.PROBATION: State.PROBATION,
+    State.DRAINING: State.QUARANTINED,
+    State.QUARANTINED: State.QUARANTINED,
+    State.MAINTENANCE: State.MAINTENANCE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    """An ejection the fleet guard must admit (or hold) before it happens."""
+
+    reason: str
+    cause: Cause
+    evidence: Mapping[str, float | str]
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """The outcome of one policy call for one worker."""
+
+    health: WorkerHealth
+    transitions: tuple[Transition, ...] = ()
+    eject: Proposal | None = None
+    #: The worker's latest verdict said "out of rotation for wear" (eject proposed or held).
+    degraded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HealthPolicy:
+    """Decides one worker's health from observations. Pure: no clock, no I/O.
+
+    Args:
+        config: thresholds, windows and bounds.
+    """
+
+    config: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
+
+    # --- observations -------------------------------------------------------------------
+
+    def observe(self, w: WorkerHealth, obs: WearReport | ProbeResult | Heartbeat,
+                fleet_p95: float | None = None, jitter_s: float = 0.0) -> Step:
+        """Apply any observation to a worker."""
+        if isinstance(obs, WearReport):
+            return self.observe_wear(w, obs, fleet_p95, jitter_s)
+        if isinstance(obs, ProbeResult):
+            return self.observe_probe(w, obs, jitter_s)
+        return self._seen(w, obs.at)
+
+    def observe_wear(self, w: WorkerHealth, r: WearReport, fleet_p95: float | None = None,
+                     jitter_s: float = 0.0) -> Step:
+        """Judge a wear report and move the worker accordingly."""
+        step = self._seen(dataclasses.replace(w, queues=r.queues or w.queues), r.at)
+        w, done = step.health, step.transitions
+        verdict = assess(r, self.config, fleet_p95, tight=w.state is State.PROBATION)
+        if w.state is State.DRAINING:
+            if r.inflight == 0:
+                w, t = self._quarantine(w, f"drained ({w.reason})", r.at, jitter_s)
+                return Step(w, (*done, t), degraded=verdict.level != "ok")
+            return Step(w, done, degraded=verdict.level != "ok")
+        if w.state is State.QUARANTINED and verdict.level != "ok":
+            # Re-admission needs probe passes with clean wear in between: start over.
+            return Step(dataclasses.replace(w, passes=0), done)
+        if w.state in (State.QUARANTINED, State.MAINTENANCE):
+            return Step(w, done)
+        return self._judge(w, verdict, r.at, done, exempt=bool(r.self_protected))
+
+    def observe_probe(self, w: WorkerHealth, p: ProbeResult, jitter_s: float = 0.0) -> Step:
+        """A wrong answer quarantines at once; passes re-admit a quarantined worker."""
+        step = self._seen(w, p.at) if p.outcome != "missing" else Step(w)
+        w, done = step.health, step.transitions
+        if w.state is State.MAINTENANCE:
+            return Step(w, done)
+        if p.outcome == "wrong":
+            if w.state is State.QUARANTINED:
+                # Still wrong: the back-off starts over, longer.
+                w = dataclasses.replace(w, passes=0, ejections=w.ejections + 1,
+                                        backoff_until=p.at + self.backoff_s(w.ejections + 1,
+                                                                            jitter_s))
+                return Step(w, done)
+            w = dataclasses.replace(w, ejections=w.ejections + 1)
+            w, t = self._move(w, State.QUARANTINED, f"wrong probe answer: {p.detail}".strip(": "),
+                              p.at, Cause.PROBE, evidence={"probe": "wrong"})
+            w = dataclasses.replace(w, backoff_until=p.at + self.backoff_s(w.ejections, jitter_s))
+            return Step(w, (*done, t))
+        if p.outcome == "ok":
+            return self._probe_passed(w, p.at, done)
+        # late or missing: a soft signal
+        if w.state is State.QUARANTINED:
+            return Step(dataclasses.replace(w, passes=0), done)
+        return self._judge(w, Verdict("soft", (f"probe {p.outcome}",), {"probe": p.outcome}),
+                           p.at, done)
+
+    # --- time ---------------------------------------------------------------------------
+
+    def tick(self, w: WorkerHealth, now: float, jitter_s: float = 0.0) -> Step:
+        """What the passing of time alone does: OFFLINE, drain time-outs, probation's end."""
+        c = self.config
+        if w.state is not State.OFFLINE and now - w.last_seen > c.offline_after_s:
+            silent = now - w.last_seen
+            resume = _RESUME[w.state]
+            w2, t = self._move(w, State.OFFLINE, f"no sign of life for {silent:.1f}s", now,
+                               w.cause, evidence={"silent_s": round(silent, 3)})
+            return Step(dataclasses.replace(w2, resume=resume, cause=w.cause), (t,))
+        if w.state is State.DRAINING and now - w.since > c.drain_timeout_s:
+            w, t = self._quarantine(w, f"drain timed out after {c.drain_timeout_s:g}s", now,
+                                    jitter_s)
+            return Step(w, (t,))
+        if w.state is State.PROBATION:
+            return self._maybe_graduate(w, now, ())
+        if (w.state is State.HEALTHY and w.ejections
+                and now - w.since >= c.recovery.forgive_after_s):
+            return Step(dataclasses.replace(w, ejections=0))
+        return Step(w)
+
+    def backoff_s(self, ejections: int, jitter_s: float = 0.0) -> float:
+        """Quarantine length for the n-th ejection: min(base x 2^(n-1), max) + jitter.
+
+        With base 30 s and max 300 s: 30, 60, 120, 240, 300, 300, ... seconds.
+        """
+        b = self.config.backoff
+        exponent = min(max(ejections - 1, 0), 32)
+        backoff: float = min(b.base_s * 2.0**exponent, b.max_s)
+        return backoff + max(0.0, min(jitter_s, b.jitter_s))
+
+    # --- the fleet's answers to a proposal ------------------------------------------------
+
+    def eject(self, w: WorkerHealth, proposal: Proposal, now: float) -> Step:
+        """Enforce an admitted ejection: the worker drains."""
+        w = dataclasses.replace(w, ejections=w.ejections + 1)
+        w, t = self._move(w, State.DRAINING, proposal.reason, now, proposal.cause,
+                          evidence=proposal.evidence)
+        return Step(w, (t,), degraded=True)
+
+    def hold(self, w: WorkerHealth, proposal: Proposal, why: str, now: float) -> Step:
+        """The guard refused: the worker keeps consuming, marked SUSPECT with the reason."""
+        reason = f"ejection held: {why}; {proposal.reason}"
+        if w.state is State.HEALTHY:
+            w, t = self._move(w, State.SUSPECT, reason, now, evidence=proposal.evidence)
+            return Step(dataclasses.replace(w, breaches=self.config.recovery.confirm_breaches),
+                        (t,), degraded=True)
+        return Step(dataclasses.replace(w, reason=reason), degraded=True)
+
+    # --- operators --------------------------------------------------------------------
+
+    def operator(self, w: WorkerHealth, to: State, reason: str, now: float,
+                 jitter_s: float = 0.0) -> Step:
+        """An operator's drain (MAINTENANCE), quarantine, or restore (PROBATION or HEALTHY).
+
+        Raises:
+            ValueError: a target state operators cannot set, or an empty reason.
+        """
+        if to not in (State.MAINTENANCE, State.QUARANTINED, State.PROBATION, State.HEALTHY):
+            raise ValueError(f"operators cannot move a worker to {to}")
+        if not reason.strip():
+            raise ValueError("an operator action needs a reason")
+        if w.state is to:
+            return Step(w)
+        w2, t = self._move(w, to, reason, now, Cause.OPERATOR if to in (
+            State.MAINTENANCE, State.QUARANTINED) else Cause.NONE, automatic=False)
+        if to is State.QUARANTINED:
+            w2 = dataclasses.replace(w2, backoff_until=now + self.backoff_s(1, jitter_s))
+        return Step(w2, (t,))
+
+    # --- internals --------------------------------------------------------------------
+
+    def _seen(self, w: WorkerHealth, at: float) -> Step:
+        w = dataclasses.replace(w, last_seen=max(w.last_seen, at))
+        if w.state is not State.OFFLINE:
+            return Step(w)
+        back = w.resume or State.HEALTHY
+        cause = w.cause if back in (State.QUARANTINED, State.MAINTENANCE) else Cause.NONE
+        w, t = self._move(w, back, "heard from again", at, cause)
+        return Step(dataclasses.replace(w, resume=None), (t,))
+
+    def _judge(self, w: WorkerHealth, verdict: Verdict, at: float,
+               done: tuple[Transition, ...], exempt: bool = False) -> Step:
+        """HEALTHY, SUSPECT or PROBATION: convict fast, forgive slowly."""
+        rec = self.config.recovery
+        if verdict.level == "ok":
+            w = dataclasses.replace(w, breaches=0, passes=w.passes + 1)
+            if (w.state is State.SUSPECT and w.passes >= rec.passes
+                    and at - w.since >= rec.min_suspect_s):
+                w, t = self._move(w, State.HEALTHY, f"{w.passes} clean reports", at)
+                return Step(w, (*done, t))
+            if w.state is State.PROBATION:
+                return self._maybe_graduate(w, at, done)
+            return Step(w, done)
+        cause = Cause.SELF if exempt else Cause.WEAR
+        proposal = Proposal(verdict.reason, cause, verdict.evidence)
+        if verdict.level == "hard" or w.state is State.PROBATION:
+            return Step(dataclasses.replace(w, passes=0), done, eject=proposal, degraded=True)
+        breaches = w.breaches + 1
+        w = dataclasses.replace(w, breaches=breaches, passes=0)
+        if breaches >= rec.confirm_breaches:
+            confirmed = Proposal(f"{verdict.reason} ({breaches} reports in a row)", cause,
+                                 verdict.evidence)
+            return Step(w, done, eject=confirmed, degraded=True)
+        if w.state is State.HEALTHY:
+            w2, t = self._move(w, State.SUSPECT, verdict.reason, at, evidence=verdict.evidence)
+            return Step(dataclasses.replace(w2, breaches=breaches), (*done, t))
+        return Step(w, done)
+
+    def _probe_passed(self, w: WorkerHealth, at: float, done: tuple[Transition, ...]) -> Step:
+        if not w.probing(at):
+            return Step(w, done)  # passes during the back-off do not count
+        w = dataclasses.replace(w, passes=w.passes + 1)
+        if w.passes >= self.config.recovery.probe_passes:
+            w, t = self._move(w, State.PROBATION,
+                              f"back-off over and {w.passes} probes passed", at)
+            return Step(w, (*done, t))
+        return Step(w, done)
+
+    def _maybe_graduate(self, w: WorkerHealth, now: float, done: tuple[Transition, ...]) -> Step:
+        rec = self.config.recovery
+        if w.passes >= rec.passes and now - w.since >= rec.probation_s:
+            w, t = self._move(w, State.HEALTHY,
+                              f"probation passed: {now - w.since:.0f}s clean", now)
+            return Step(w, (*done, t))
+        return Step(w, done)
+
+    def _quarantine(self, w: WorkerHealth, reason: str, now: float,
+                    jitter_s: float) -> tuple[WorkerHealth, Transition]:
+        w2, t = self._move(w, State.QUARANTINED, reason, now, w.cause)
+        return dataclasses.replace(w2, backoff_until=now + self.backoff_s(w.ejections, jitter_s)), t
+
+    def _move(self, w: WorkerHealth, to: State, reason: str, now: float,
+              cause: Cause = Cause.NONE, automatic: bool = True,
+              evidence: Mapping[str, float | str] | None = None
+              ) -> tuple[WorkerHealth, Transition]:
+        t = Transition(worker=w.name, from_state=w.state, to_state=to, reason=reason, at=now,
+                       cause=cause, automatic=automatic, enforced=self.config.enforce,
+                       evidence=dict(evidence or {}))
+        return dataclasses.replace(w, state=to, since=now, reason=reason, breaches=0, passes=0,
+                                   cause=cause), t

@@ -1,0 +1,181 @@
+"""The policy's vocabulary: worker states, observations, per-worker health, transitions.
+
+Times are monotonic seconds chosen by the caller; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class State(StrEnum):
+    """A worker's health state (PRODUCT.md §5)."""
+
+    HEALTHY = "HEALTHY"
+    SUSPECT = "SUSPECT"
+    DRAINING = "DRAINING"
+    QUARANTINED = "QUARANTINED"
+    PROBATION = "PROBATION"
+    MAINTENANCE = "MAINTENANCE"
+    OFFLINE = "OFFLINE"
+
+
+#: States in which a worker consumes its work queues.
+CONSUMING: frozenset[State] = frozenset({State.HEALTHY, State.SUSPECT, State.PROBATION})
+#: States in which a worker is out of rotation (OFFLINE is gone, not out of rotation).
+OUT_OF_ROTATION: frozenset[State] = frozenset({State.DRAINING, State.QUARANTINED,
+                                               State.MAINTENANCE})
+
+
+class Cause(StrEnum):
+    """Why a worker is out of rotation: decides whose budget it counts against."""
+
+    NONE = ""
+    WEAR = "wear"  # automatic, bounded by the fleet guard
+    PROBE = "probe"  # automatic, exempt from the guard (a wrong answer is worse than no answer)
+    SELF = "self"  # the worker closed its own gate on a hard local limit
+    OPERATOR = "operator"  # a person: shows in the guard's figures, not in its budget
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One wear metric over the last window: its smoothed value and its peak."""
+
+    value: float
+    peak: float
+
+
+@dataclass(frozen=True, slots=True)
+class WearReport:
+    """What a worker's ``worker-wear`` event says, as the policy needs it.
+
+    Args:
+        worker: the node name.
+        at: when the checker received it (monotonic seconds).
+        wear: readings by metric name (``cpu_percent``, ``memory_percent``, ...).
+        completed: tasks that succeeded in the window.
+        failed: tasks that failed in the window.
+        consecutive_failures: failures since the last success.
+        runtime_p95: the window's 95th percentile task runtime, seconds (None: no tasks).
+        inflight: tasks the worker holds (running or reserved).
+        queues: the work queues it is configured to consume.
+        self_protected: the reason, when the worker closed its own gate.
+    """
+
+    worker: str
+    at: float
+    wear: Mapping[str, Reading] = field(default_factory=dict)
+    completed: int = 0
+    failed: int = 0
+    consecutive_failures: int = 0
+    runtime_p95: float | None = None
+    inflight: int = 0
+    queues: tuple[str, ...] = ()
+    self_protected: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The outcome of one known-answer probe: ``ok``, ``wrong``, ``late`` or ``missing``."""
+
+    worker: str
+    at: float
+    outcome: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A sign of life without figures (Celery's worker-heartbeat)."""
+
+    worker: str
+    at: float
+
+
+Observation = WearReport | ProbeResult | Heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHealth:
+    """Everything the policy remembers about one worker.
+
+    Args:
+        name: the node name.
+        state: its current state.
+        since: when it entered that state.
+        reason: why it is in that state.
+        last_seen: when anything was last heard from it.
+        breaches: consecutive observations with a soft breach.
+        passes: consecutive clean observations (probe passes while quarantined).
+        ejections: automatic ejections not yet forgiven; drives the back-off.
+        backoff_until: a quarantine lasts at least until then.
+        cause: why it is out of rotation (see Cause).
+        resume: the state to return to when an OFFLINE worker is heard from again.
+        queues: the work queues it consumes when in rotation.
+    """
+
+    name: str
+    state: State = State.HEALTHY
+    since: float = 0.0
+    reason: str = "first seen"
+    last_seen: float = 0.0
+    breaches: int = 0
+    passes: int = 0
+    ejections: int = 0
+    backoff_until: float = 0.0
+    cause: Cause = Cause.NONE
+    resume: State | None = None
+    queues: tuple[str, ...] = ()
+
+    def probing(self, now: float) -> bool:
+        """True when a quarantined worker's back-off has run out: probes may re-admit it.
+
+        Derived from time, never scheduled.
+        """
+        return self.state is State.QUARANTINED and now >= self.backoff_until
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One change of state, with its reason: adapters log, count, store and act on these.
+
+    Args:
+        worker: the node name.
+        from_state: the state it left.
+        to_state: the state it entered.
+        reason: why, in words an operator reads in the audit log.
+        at: when (the caller's monotonic seconds).
+        cause: whose budget an ejection counts against.
+        automatic: False for operator actions.
+        enforced: False in a dry run: detected, not acted upon.
+        evidence: the figures behind the decision.
+    """
+
+    worker: str
+    from_state: State
+    to_state: State
+    reason: str
+    at: float
+    cause: Cause = Cause.NONE
+    automatic: bool = True
+    enforced: bool = True
+    evidence: Mapping[str, float | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the detectors make of one report: ``ok``, ``soft`` or ``hard``, with reasons."""
+
+    level: str
+    reasons: tuple[str, ...] = ()
+    evidence: Mapping[str, float | str] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        """All reasons in one line."""
+        return "; ".join(self.reasons)
+
+
+OK = Verdict("ok")

@@ -1,0 +1,288 @@
+"""Fleet simulator: the real policy against thousands of virtual workers, in simulated time.
+
+    python -m healthcheck.sim [--workers N] [--scenario NAME|all] [--seconds S] [--json]
+
+Each virtual worker samples its wear once a simulated second from a wear model and reports it
+the way the wear reporter does (an exponentially smoothed value and the peak of the last 10 s);
+probes go to every worker every ``PROBE_EVERY`` seconds. Ground truth (which workers really
+degrade, and when) comes from the scenario, so the report can count detection delay, false
+ejections and missed degradations. Throughput is observations per second of real time spent in
+the policy (``Fleet.observe`` and ``Fleet.tick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from healthcheck.policy import Fleet, HealthPolicy, PolicyConfig, ProbeResult, Reading, State
+from healthcheck.policy.model import OUT_OF_ROTATION, WearReport
+
+PROBE_EVERY = 10
+SMOOTHING = 0.3  # EWMA weight of the newest sample, as the wear reporter uses
+PEAK_WINDOW = 10
+
+#: (t, rng) -> (cpu %, memory %, failure probability, wrong answers?)
+Model = Callable[[float, random.Random], tuple[float, float, float, bool]]
+
+
+@dataclass
+class Virtual:
+    """One simulated worker: its model, its smoothed figures, and the truth about it."""
+
+    name: str
+    model: Model
+    onset: float | None = None  # when it really starts degrading (None: it never does)
+    cpu: float = 30.0
+    mem: float = 40.0
+    cpu_peaks: deque[float] = field(default_factory=lambda: deque(maxlen=PEAK_WINDOW))
+    mem_peaks: deque[float] = field(default_factory=lambda: deque(maxlen=PEAK_WINDOW))
+    consecutive_failures: int = 0
+
+    def report(self, t: float, rng: random.Random, inflight: int) -> tuple[WearReport, bool]:
+        cpu, mem, fail_p, wrong = self.model(t, rng)
+        self.cpu += SMOOTHING * (cpu - self.cpu)
+        self.mem += SMOOTHING * (mem - self.mem)
+        self.cpu_peaks.append(cpu)
+        self.mem_peaks.append(mem)
+        failed = sum(rng.random() < fail_p for _ in range(4))
+        self.consecutive_failures = self.consecutive_failures + failed if failed == 4 else failed
+        report = WearReport(self.name, t, {
+            "cpu_percent": Reading(round(self.cpu, 1), max(self.cpu_peaks)),
+            "memory_percent": Reading(round(self.mem, 1), max(self.mem_peaks)),
+        }, completed=4 - failed, failed=failed, consecutive_failures=self.consecutive_failures,
+            runtime_p95=0.02, inflight=inflight, queues=("tweets",))
+        return report, wrong
+
+
+def normal(t: float, rng: random.Random) -> tuple[float, float, float, bool]:
+    """A healthy worker: moderate, noisy load."""
+    return rng.gauss(45, 8), rng.gauss(50, 3), 0.01, False
+
+
+def gradual(onset: float, rate: float) -> Model:
+    """CPU and memory that climb steadily from ``onset`` (rate: points per second)."""
+    def model(t: float, rng: random.Random) -> tuple[float, float, float, bool]:
+        cpu, mem, fail, _ = normal(t, rng)
+        if t >= onset:
+            cpu = min(100.0, 80 + rate * (t - onset) + rng.gauss(0, 2))
+            mem = min(100.0, 80 + rate * (t - onset) / 2)
+        return cpu, mem, fail, False
+    return model
+
+
+def spiky(t: float, rng: random.Random) -> tuple[float, float, float, bool]:
+    """Healthy, with one-second spikes: CPU to 100, memory peaks to 90."""
+    cpu, mem, fail, _ = normal(t, rng)
+    if rng.random() < 0.05:
+        cpu = 100.0
+    if rng.random() < 0.02:
+        mem = 90.0
+    return cpu, mem, fail, False
+
+
+def flapping(period: float) -> Model:
+    """Alternately fine and overheated, ``period`` seconds each."""
+    def model(t: float, rng: random.Random) -> tuple[float, float, float, bool]:
+        cpu, mem, fail, _ = normal(t, rng)
+        if int(t // period) % 2 == 1:
+            cpu, mem = 100.0, 99.0
+        return cpu, mem, fail, False
+    return model
+
+
+def hot_reading(onset: float) -> Model:
+    """A broken metrics pipeline: figures say 99% from ``onset``, the worker is fine."""
+    def model(t: float, rng: random.Random) -> tuple[float, float, float, bool]:
+        cpu, mem, fail, _ = normal(t, rng)
+        return (99.0 if t >= onset else cpu), mem, fail, False
+    return model
+
+
+def wrong_answers(onset: float) -> Model:
+    """Normal wear, but from ``onset`` its probe answers are subtly wrong."""
+    def model(t: float, rng: random.Random) -> tuple[float, float, float, bool]:
+        cpu, mem, fail, _ = normal(t, rng)
+        return cpu, mem, fail, t >= onset
+    return model
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How the fleet's workers behave, and which of them really degrade."""
+
+    name: str
+    description: str
+    build: Callable[[int, random.Random], list[Virtual]]
+
+
+def _fleet_with(n: int, rng: random.Random, share: float,
+                bad: Callable[[int], tuple[Model, float | None]]) -> list[Virtual]:
+    picked = set(rng.sample(range(n), max(1, int(n * share))))
+    out = []
+    for i in range(n):
+        model, onset = bad(i) if i in picked else (normal, None)
+        out.append(Virtual(f"w{i}", model, onset))
+    return out
+
+
+def _gradual_from(i: int) -> tuple[Model, float]:
+    onset = 20.0 + (i * 7) % 40
+    return gradual(onset, 1.0), onset
+
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
+    Scenario("gradual_wear", "2% of workers wear out gradually from t=20..60s",
+             lambda n, rng: _fleet_with(n, rng, 0.02, _gradual_from)),
+    Scenario("transient_spikes", "everyone healthy, with one-second CPU and memory spikes",
+             lambda n, rng: [Virtual(f"w{i}", spiky) for i in range(n)]),
+    Scenario("flapping", "1% of workers alternate 5 s fine / 5 s overheated from t=0",
+             lambda n, rng: _fleet_with(n, rng, 0.01, lambda i: (flapping(5.0), 5.0))),
+    Scenario("correlated_half", "half the fleet degrades at once at t=30s",
+             lambda n, rng: _fleet_with(n, rng, 0.5, lambda i: (gradual(30, 2.0), 30.0))),
+    Scenario("broken_metrics", "the metrics pipeline reports everyone at 99% CPU from t=30s",
+             lambda n, rng: [Virtual(f"w{i}", hot_reading(30)) for i in range(n)]),
+    Scenario("silent_wrong_answers", "0.5% of workers answer probes wrongly from t=20s, wear normal",
+             lambda n, rng: _fleet_with(n, rng, 0.005, lambda i: (wrong_answers(20), 20.0))),
+]}
+
+
+@dataclass
+class Result:
+    """One scenario's figures."""
+
+    scenario: str
+    workers: int
+    seconds: int
+    degraded: int
+    detected: int
+    detection_p50_s: float | None
+    detection_p99_s: float | None
+    false_ejections: int
+    missed_degradations: int
+    max_out_fraction: float
+    guard_engaged_s: int
+    transitions: int
+    observations: int
+    policy_seconds: float
+    observations_per_s: float
+
+
+def run(scenario: Scenario, n: int, seconds: int, seed: int = 0,
+        config: PolicyConfig | None = None) -> Result:
+    """Drive the real policy through one scenario; return its figures."""
+    rng = random.Random(seed)
+    workers = scenario.build(n, rng)
+    fleet = Fleet(HealthPolicy(config or PolicyConfig()), seed=seed)
+    first_ejection: dict[str, float] = {}
+    false_ejections = transitions = observations = engaged_s = 0
+    max_out = 0.0
+    spent = 0.0
+    truth = {w.name: w for w in workers}
+    for t in range(seconds):
+        batch: list[WearReport | ProbeResult] = []
+        for i, v in enumerate(workers):
+            state = fleet.workers[v.name].state if v.name in fleet.workers else State.HEALTHY
+            # A drained worker finishes its in-flight task within the next report.
+            report, wrong = v.report(float(t), rng, 1 if state is State.HEALTHY else 0)
+            batch.append(report)
+            if (t + i) % PROBE_EVERY == 0:
+                batch.append(ProbeResult(v.name, t + 0.5, "wrong" if wrong else "ok"))
+        start = time.perf_counter()
+        decisions = [fleet.observe(obs) for obs in batch]
+        decisions.append(fleet.tick(t + 0.9))
+        spent += time.perf_counter() - start
+        observations += len(batch)
+        for d in decisions:
+            for tr in d.transitions:
+                transitions += 1
+                if tr.automatic and tr.to_state in (State.DRAINING, State.QUARANTINED) \
+                        and tr.from_state not in (State.DRAINING, State.QUARANTINED):
+                    v = truth[tr.worker]
+                    if v.onset is None or tr.at < v.onset:
+                        false_ejections += 1
+                    first_ejection.setdefault(tr.worker, tr.at)
+        out = sum(c for s, c in fleet.by_state().items() if s in OUT_OF_ROTATION)
+        max_out = max(max_out, out / n)
+        engaged_s += fleet.guard_engaged
+    return _result(scenario, n, seconds, workers, first_ejection, false_ejections, max_out,
+                   engaged_s, transitions, observations, spent)
+
+
+def _result(scenario: Scenario, n: int, seconds: int, workers: list[Virtual],
+            first: dict[str, float], false_ejections: int, max_out: float, engaged_s: int,
+            transitions: int, observations: int, spent: float) -> Result:
+    # Only degradations with 20 s left to be caught count as missed when they are not.
+    degraded = [v for v in workers if v.onset is not None and v.onset < seconds - 20]
+    delays = sorted(first[v.name] - v.onset for v in degraded
+                    if v.name in first and v.onset is not None and first[v.name] >= v.onset)
+    missed = sum(1 for v in degraded if v.name not in first)
+    return Result(
+        scenario=scenario.name, workers=n, seconds=seconds, degraded=len(degraded),
+        detected=len(delays), detection_p50_s=_pct(delays, 50), detection_p99_s=_pct(delays, 99),
+        false_ejections=false_ejections, missed_degradations=missed,
+        max_out_fraction=round(max_out, 4), guard_engaged_s=engaged_s, transitions=transitions,
+        observations=observations, policy_seconds=round(spent, 3),
+        observations_per_s=round(observations / spent) if spent else 0,
+    )
+
+
+def _pct(values: list[float], p: int) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0], 2)
+    k = max(0, math.ceil(p / 100 * len(values)) - 1)
+    return round(sorted(values)[k], 2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m healthcheck.sim", description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=1000)
+    parser.add_argument("--scenario", default="all", choices=["all", *SCENARIOS])
+    parser.add_argument("--seconds", type=int, default=120)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.seconds < 1:
+        parser.error("--workers and --seconds must be positive")
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    results = [run(SCENARIOS[name], args.workers, args.seconds, args.seed) for name in names]
+    if args.json:
+        for r in results:
+            print(json.dumps(asdict(r)))
+    else:
+        print_table(results)
+    return 0
+
+
+def print_table(results: list[Result]) -> None:
+    """A readable table of the results."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"fleet simulator: {results[0].workers} workers, {results[0].seconds} s")
+    for col in ("scenario", "degraded", "detected", "delay p50 s", "delay p99 s", "false ej.",
+                "missed", "max out", "guard s", "obs/s"):
+        table.add_column(col, justify="left" if col == "scenario" else "right")
+    for r in results:
+        table.add_row(r.scenario, str(r.degraded), str(r.detected), _fmt(r.detection_p50_s),
+                      _fmt(r.detection_p99_s), str(r.false_ejections), str(r.missed_degradations),
+                      f"{r.max_out_fraction:.1%}", str(r.guard_engaged_s),
+                      f"{r.observations_per_s:,}")
+    Console(width=150).print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The health policy, table-style with explicit times: no clock, no I/O, no sleeps."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+from healthcheck.policy import (
+    Cause,
+    Fleet,
+    HealthPolicy,
+    PolicyConfig,
+    ProbeResult,
+    Reading,
+    State,
+    WearReport,
+    WorkerHealth,
+)
+from healthcheck.policy.config import Guard, Recovery
+
+POLICY_DIR = Path(__file__).resolve().parents[2] / "healthcheck" / "policy"
+
+
+def wear(worker: str = "w1", at: float = 0.0, cpu: float = 20.0, cpu_peak: float | None = None,
+         mem: float = 30.0, mem_peak: float | None = None, inflight: int = 0,
+         queues: tuple[str, ...] = ("tweets",), **kw: object) -> WearReport:
+    readings = {"cpu_percent": Reading(cpu, cpu if cpu_peak is None else cpu_peak),
+                "memory_percent": Reading(mem, mem if mem_peak is None else mem_peak)}
+    return WearReport(worker=worker, at=at, wear=readings, inflight=inflight, queues=queues,
+                      **kw)  # type: ignore[arg-type]
+
+
+def healthy(name: str = "w1", at: float = 0.0) -> WorkerHealth:
+    return WorkerHealth(name=name, since=at, last_seen=at, queues=("tweets",))
+
+
+class TestPurity:
+    def test_policy_imports_only_the_stdlib(self) -> None:
+        """healthcheck/policy may import only the standard library and itself."""
+        allowed = set(sys.stdlib_module_names) | {"healthcheck"}
+        bad = []
+        for path in POLICY_DIR.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                bad += [f"{path.name}: {n}" for n in names if n.split(".")[0] not in allowed]
+        assert bad == []
+        assert len(list(POLICY_DIR.rglob("*.py"))) >= 5
+
+    def test_policy_never_reads_a_clock(self) -> None:
+        """No time.time/monotonic or datetime.now inside the policy: time is a parameter."""
+        for path in POLICY_DIR.rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            for forbidden in ("time.time(", "monotonic(", "datetime.now", "import time"):
+                assert forbidden not in text, f"{path.name} uses {forbidden}"
+
+
+class TestDetectors:
+    policy = HealthPolicy()
+
+    @pytest.mark.parametrize(("report", "state", "ejects"), [
+        (wear(cpu=20), State.HEALTHY, False),
+        (wear(cpu=90), State.SUSPECT, False),  # soft: suspect, not yet drained
+        (wear(cpu=98), State.HEALTHY, True),  # hard: ejection proposed at once
+        (wear(mem=50, mem_peak=99), State.HEALTHY, True),  # a peak alone can be hard
+        (wear(mem=50, mem_peak=93), State.SUSPECT, False),  # a soft peak
+        (wear(cpu=50, cpu_peak=100), State.HEALTHY, False),  # cpu spikes are normal
+        (wear(consecutive_failures=5), State.HEALTHY, True),
+        (wear(completed=6, failed=4), State.SUSPECT, False),  # 40% of 10: soft
+        (wear(completed=4, failed=6), State.HEALTHY, True),  # 60% of 10: hard
+        (wear(completed=1, failed=3), State.HEALTHY, False),  # 75% of 4: below min volume
+        (wear(self_protected="memory 97% > 95%"), State.HEALTHY, True),
+    ])
+    def test_one_report_from_healthy(self, report: WearReport, state: State, ejects: bool) -> None:
+        """Each detector's verdict on one report from a HEALTHY worker."""
+        step = self.policy.observe_wear(healthy(), report)
+        assert step.health.state is state
+        assert (step.eject is not None) is ejects
+        assert all(t.reason for t in step.transitions)
+
+    def test_latency_outlier_needs_a_fleet_and_volume(self) -> None:
+        """p95 against the fleet's median: soft when 3x over, ignored without a reference."""
+        slow = wear(runtime_p95=0.5, completed=20)
+        assert self.policy.observe_wear(healthy(), slow, fleet_p95=0.1).health.state is State.SUSPECT
+        assert self.policy.observe_wear(healthy(), slow, fleet_p95=None).health.state is State.HEALTHY
+        few = wear(runtime_p95=0.5, completed=3)
+        assert self.policy.observe_wear(healthy(), few, fleet_p95=0.1).health.state is State.HEALTHY
+
+
+class TestStateMachine:
+    policy = HealthPolicy()
+
+    def test_soft_breaches_confirm_after_n_in_a_row(self) -> None:
+        """Three soft reports in a row propose the ejection; a clean one in between resets."""
+        w = healthy()
+        steps = []
+        for t, cpu in [(1, 90), (2, 90), (3, 20), (4, 90), (5, 90), (6, 90)]:
+            step = self.policy.observe_wear(w, wear(at=t, cpu=cpu))
+            w = step.health
+            steps.append(step)
+        assert [s.eject is not None for s in steps] == [False, False, False, False, False, True]
+        assert "3 reports in a row" in (steps[-1].eject.reason if steps[-1].eject else "")
+
+    def test_suspect_recovers_only_after_passes_and_minimum_time(self) -> None:
+        """Leaving SUSPECT needs 3 clean reports and 10 s in the state."""
+        w = self.policy.observe_wear(healthy(), wear(at=0, cpu=90)).health
+        assert w.state is State.SUSPECT
+        for t in (1, 2, 3, 4):
+            w = self.policy.observe_wear(w, wear(at=t)).health
+        assert w.state is State.SUSPECT  # 4 passes, but only 4 s
+        w = self.policy.observe_wear(w, wear(at=10)).health
+        assert w.state is State.HEALTHY
+
+    def test_drain_then_quarantine_with_backoff(self) -> None:
+        """DRAINING becomes QUARANTINED once nothing is in flight; the back-off starts then."""
+        step = self.policy.observe_wear(healthy(), wear(at=0, cpu=99))
+        assert step.eject is not None
+        w = self.policy.eject(step.health, step.eject, now=0).health
+        assert (w.state, w.cause, w.ejections) == (State.DRAINING, Cause.WEAR, 1)
+        w = self.policy.observe_wear(w, wear(at=1, cpu=99, inflight=2)).health
+        assert w.state is State.DRAINING
+        step = self.policy.observe_wear(w, wear(at=2, cpu=99, inflight=0), jitter_s=1.5)
+        w = step.health
+        assert w.state is State.QUARANTINED
+        assert w.backoff_until == pytest.approx(2 + 30 + 1.5)
+        assert step.transitions[0].reason.startswith("drained")
+
+    def test_drain_timeout_quarantines(self) -> None:
+        """A drain that never completes ends in quarantine after drain_timeout_s."""
+        step = self.policy.observe_wear(healthy(), wear(at=0, cpu=99))
+        w = self.policy.eject(step.health, step.eject, now=0).health  # type: ignore[arg-type]
+        w = dataclasses.replace(w, last_seen=60)
+        assert self.policy.tick(w, now=59).health.state is State.DRAINING
+        assert self.policy.tick(w, now=61).health.state is State.QUARANTINED
+
+    @pytest.mark.parametrize(("ejections", "jitter", "expected"), [
+        (1, 0, 30), (2, 0, 60), (3, 0, 120), (4, 0, 240), (5, 0, 300), (50, 0, 300),
+        (1, 2.5, 32.5), (1, 99, 35),  # jitter is capped at jitter_s
+    ])
+    def test_backoff_is_exponential_capped_and_jittered(self, ejections: int, jitter: float,
+                                                        expected: float) -> None:
+        """min(30 x 2^(n-1), 300) + min(jitter, 5)."""
+        assert self.policy.backoff_s(ejections, jitter) == pytest.approx(expected)
+
+    def test_wrong_probe_quarantines_at_once(self) -> None:
+        """One wrong answer: QUARANTINED straight from HEALTHY, cause probe."""
+        step = self.policy.observe_probe(healthy(), ProbeResult("w1", 5, "wrong", "compound 0.1"))
+        assert step.health.state is State.QUARANTINED
+        assert step.health.cause is Cause.PROBE
+        assert step.eject is None
+        assert "wrong probe answer" in step.transitions[0].reason
+
+    def test_quarantine_to_probation_to_healthy(self) -> None:
+        """Probes count only after the back-off; probation needs 60 clean seconds."""
+        w = self.policy.observe_probe(healthy(), ProbeResult("w1", 0, "wrong")).health
+        until = w.backoff_until
+        w = self.policy.observe_probe(w, ProbeResult("w1", until - 1, "ok")).health
+        assert w.passes == 0  # during the back-off, passes do not count
+        for i in range(3):
+            w = self.policy.observe_probe(w, ProbeResult("w1", until + i, "ok")).health
+        assert w.state is State.PROBATION
+        start = w.since
+        for t in range(1, 5):
+            w = self.policy.observe_wear(w, wear(at=start + t)).health
+        assert w.state is State.PROBATION
+        w = self.policy.observe_wear(w, wear(at=start + 61)).health
+        assert w.state is State.HEALTHY
+
+    def test_probation_relapse_proposes_ejection_on_a_tighter_soft_limit(self) -> None:
+        """In PROBATION soft limits are 10% tighter and one breach proposes ejection."""
+        w = dataclasses.replace(healthy(), state=State.PROBATION, ejections=1)
+        step = self.policy.observe_wear(w, wear(at=1, cpu=80))  # 80 >= 85 x 0.9 = 76.5
+        assert step.eject is not None
+        assert self.policy.observe_wear(healthy(), wear(at=1, cpu=80)).eject is None
+
+    def test_offline_and_back(self) -> None:
+        """Silence past offline_after_s is OFFLINE; a quarantined worker comes back quarantined."""
+        w = dataclasses.replace(healthy(), state=State.QUARANTINED, cause=Cause.WEAR,
+                                backoff_until=100)
+        assert self.policy.tick(w, now=6).health.state is State.QUARANTINED
+        step = self.policy.tick(w, now=6.5)
+        assert step.health.state is State.OFFLINE
+        back = self.policy.observe_wear(step.health, wear(at=20))
+        assert back.health.state is State.QUARANTINED
+        assert back.health.cause is Cause.WEAR
+
+    def test_maintenance_is_never_left_automatically(self) -> None:
+        """The checker never re-admits a worker in MAINTENANCE on its own."""
+        w = self.policy.operator(healthy(), State.MAINTENANCE, "fan swap", now=0).health
+        for t in range(1, 100, 7):
+            w = self.policy.observe_wear(w, wear(at=t)).health
+            w = self.policy.observe_probe(w, ProbeResult("w1", t, "ok")).health
+            w = self.policy.tick(w, now=t + 1).health
+        assert w.state is State.MAINTENANCE
+
+    def test_operator_needs_a_reason_and_a_target_it_may_set(self) -> None:
+        """Operators set MAINTENANCE, QUARANTINED, PROBATION or HEALTHY, always with a reason."""
+        with pytest.raises(ValueError, match="reason"):
+            self.policy.operator(healthy(), State.MAINTENANCE, " ", now=0)
+        with pytest.raises(ValueError, match="cannot"):
+            self.policy.operator(healthy(), State.DRAINING, "x", now=0)
+
+    def test_dry_run_marks_transitions_unenforced(self) -> None:
+        """With enforce=False, transitions are detected but say enforced=False."""
+        dry = HealthPolicy(PolicyConfig(enforce=False))
+        step = dry.observe_probe(healthy(), ProbeResult("w1", 1, "wrong"))
+        assert step.transitions and not step.transitions[0].enforced
+
+
+class TestFleetGuard:
+    def fleet(self, n: int, **guard: object) -> Fleet:
+        config = PolicyConfig(guard=Guard(**guard))  # type: ignore[arg-type]
+        fleet = Fleet(HealthPolicy(config))
+        for i in range(n):
+            fleet.observe(wear(f"w{i}", at=0))
+        return fleet
+
+    def test_bound_is_a_fraction_with_a_floor(self) -> None:
+        """bound(n) = max(1, floor(0.25 n)): 3 -> 1, 4 -> 1, 8 -> 2, 12 -> 3."""
+        fleet = Fleet()
+        assert [fleet.bound(n) for n in (1, 3, 4, 8, 12)] == [1, 1, 1, 2, 3]
+
+    def test_three_of_four_hot_at_once_ejects_none_and_engages(self) -> None:
+        """Three of four go hot in the same pass: more than the bound, so the inputs are suspect."""
+        fleet = self.fleet(4)
+        for i in range(3):
+            fleet.observe(wear(f"w{i}", at=1, cpu=99))
+        assert fleet.by_state()[State.DRAINING] == 0  # proposals wait for the tick
+        decision = fleet.tick(1.5)
+        states = fleet.by_state()
+        assert states[State.DRAINING] == 0
+        assert states[State.SUSPECT] == 3
+        assert decision.guard_engaged
+        assert "suspecting the inputs" in fleet.workers["w0"].reason
+        assert fleet.healthy_consumers("tweets") == 4
+
+    def test_one_after_another_ejects_the_bound_then_holds(self) -> None:
+        """Staggered degradations: the first is ejected, the next are held; the bound holds."""
+        fleet = self.fleet(4)
+        fleet.observe(wear("w0", at=1, cpu=99, inflight=1))
+        fleet.tick(1.2)
+        assert fleet.workers["w0"].state is State.DRAINING
+        assert not fleet.guard_engaged
+        fleet.observe(wear("w1", at=2, cpu=99))
+        fleet.observe(wear("w2", at=2.1, cpu=99))
+        decision = fleet.tick(2.2)
+        assert fleet.by_state()[State.DRAINING] == 1
+        assert decision.guard_engaged
+        assert fleet.figures().held == 2
+        assert fleet.healthy_consumers("tweets") == 3
+
+    def test_rate_limit_spreads_ejections_over_windows(self) -> None:
+        """At most 3 new ejections per 60 s in a fleet of 40, even within the fraction bound."""
+        fleet = self.fleet(40)  # bound 10, rate max(3, 2) = 3
+        for i in range(4):
+            fleet.observe(wear(f"w{i}", at=1, cpu=99, inflight=1))
+        fleet.tick(1.5)
+        assert fleet.by_state()[State.DRAINING] == 3
+        assert not fleet.guard_engaged  # 3 out + 1 held = 4 <= 10: not suspicious
+        for i in range(40):
+            fleet.observe(wear(f"w{i}", at=62, cpu=99 if i == 3 else 20, inflight=1))
+        fleet.tick(62.5)
+        assert fleet.workers["w3"].state is State.DRAINING
+
+    def test_rate_limit_scales_with_the_fleet(self) -> None:
+        """The per-window limit is max(3, 5% of the fleet): 50 for 1,000 workers."""
+        assert self.fleet(10).rate_limit() == 3
+        assert self.fleet(1000).rate_limit() == 50
+
+    def test_wrong_probes_are_exempt(self) -> None:
+        """Wrong answers quarantine even when the guard's budget is used up."""
+        fleet = self.fleet(4)
+        fleet.observe(wear("w0", at=1, cpu=99, inflight=1))
+        fleet.tick(1.5)
+        fleet.observe(ProbeResult("w1", 1, "wrong"))
+        fleet.observe(ProbeResult("w2", 1, "wrong"))
+        assert fleet.workers["w1"].state is State.QUARANTINED
+        assert fleet.workers["w2"].state is State.QUARANTINED
+        assert fleet.figures().automatic_out == 3
+
+    def test_operator_drains_show_but_do_not_spend_the_budget(self) -> None:
+        """MAINTENANCE shows in the figures and leaves the automatic budget untouched."""
+        fleet = self.fleet(4)
+        fleet.operator("w1", State.MAINTENANCE, "fan swap", now=1)
+        fleet.observe(wear("w0", at=2, cpu=99, inflight=1))
+        fleet.tick(2.5)
+        figures = fleet.figures()
+        assert (figures.operator_out, figures.automatic_out) == (1, 1)
+        assert fleet.workers["w0"].state is State.DRAINING
+
+    def test_per_queue_bound(self) -> None:
+        """A queue's consumers are bounded too: two bulk workers of ten, bound 1 for bulk."""
+        config = PolicyConfig(guard=Guard(max_ejected_fraction=0.5))
+        fleet = Fleet(HealthPolicy(config))
+        for i in range(10):
+            fleet.observe(wear(f"w{i}", at=0, queues=("tweets", "bulk") if i < 2 else ("tweets",)))
+        fleet.observe(wear("w0", at=1, cpu=99, queues=("tweets", "bulk"), inflight=1))
+        fleet.observe(wear("w1", at=1, cpu=99, queues=("tweets", "bulk"), inflight=1))
+        fleet.tick(1.5)
+        assert fleet.workers["w0"].state is State.DRAINING
+        assert fleet.workers["w1"].state is State.SUSPECT
+        assert "queue bulk" in fleet.workers["w1"].reason
+
+    def test_guard_clears_when_the_inputs_look_sane_again(self) -> None:
+        """Once the held workers report clean figures, the guard disengages."""
+        fleet = self.fleet(4)
+        for i in range(3):
+            fleet.observe(wear(f"w{i}", at=1, cpu=99))
+        fleet.tick(1.5)
+        assert fleet.guard_engaged
+        for i in range(4):
+            fleet.observe(wear(f"w{i}", at=2, cpu=20, inflight=0))
+        assert not fleet.guard_engaged
+
+    def test_offline_is_never_a_healthy_consumer(self) -> None:
+        """A silent worker goes OFFLINE at the next tick and stops counting as a consumer."""
+        fleet = self.fleet(3)
+        assert fleet.healthy_consumers("tweets") == 3
+        fleet.observe(wear("w0", at=5))
+        fleet.observe(wear("w1", at=5))
+        fleet.tick(10)
+        assert fleet.workers["w2"].state is State.OFFLINE
+        assert fleet.healthy_consumers("tweets") == 2
+
+    def test_forgiveness_after_long_health(self) -> None:
+        """Ejections are forgiven after forgive_after_s of health: the back-off starts over."""
+        config = PolicyConfig(recovery=Recovery(forgive_after_s=100))
+        policy = HealthPolicy(config)
+        w = dataclasses.replace(healthy(), ejections=3, last_seen=150)
+        assert policy.tick(w, now=99).health.ejections == 3
+        assert policy.tick(w, now=101).health.ejections == 0
+
+
+class TestReadmissionNeedsCleanWear:
+    def test_bad_wear_resets_probe_passes(self) -> None:
+        """A quarantined worker that still runs hot does not earn its way back on probes alone."""
+        policy = HealthPolicy()
+        w = dataclasses.replace(healthy(), state=State.QUARANTINED, cause=Cause.WEAR,
+                                backoff_until=10)
+        w = policy.observe_probe(w, ProbeResult("w1", 11, "ok")).health
+        w = policy.observe_probe(w, ProbeResult("w1", 12, "ok")).health
+        w = policy.observe_wear(w, wear(at=12.5, cpu=99)).health
+        w = policy.observe_probe(w, ProbeResult("w1", 13, "ok")).health
+        assert (w.state, w.passes) == (State.QUARANTINED, 1)

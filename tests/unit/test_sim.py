@@ -1,0 +1,78 @@
+"""The fleet simulator drives the real policy; each scenario's outcome is what the design promises."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from healthcheck import sim
+from healthcheck.policy import Fleet
+
+N, SECONDS = 200, 90
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, sim.Result]:
+    return {name: sim.run(s, N, SECONDS, seed=2) for name, s in sim.SCENARIOS.items()}
+
+
+class TestSimulator:
+    def test_gradual_wear_is_caught_without_false_ejections(self, results: dict[str, sim.Result]) -> None:
+        """Every worker that wears out is ejected, within 20 s of the onset; nobody else is."""
+        r = results["gradual_wear"]
+        assert r.degraded >= 2
+        assert r.missed_degradations == 0
+        assert r.false_ejections == 0
+        assert r.detection_p99_s is not None and r.detection_p99_s < 20
+
+    def test_transient_spikes_eject_nobody(self, results: dict[str, sim.Result]) -> None:
+        """One-second spikes are absorbed by smoothing and peak limits: zero ejections."""
+        r = results["transient_spikes"]
+        assert (r.false_ejections, r.max_out_fraction) == (0, 0.0)
+
+    def test_flapping_stays_out_with_bounded_transitions(self, results: dict[str, sim.Result]) -> None:
+        """Flapping workers are caught, and the back-off keeps the transitions few."""
+        r = results["flapping"]
+        assert r.missed_degradations == 0
+        # 2 flappers over 90 s, flipping every 5 s, would make ~36 transitions if they bounced.
+        assert r.transitions <= 6 * r.degraded
+
+    def test_broken_metrics_engage_the_guard(self, results: dict[str, sim.Result]) -> None:
+        """Everyone reported hot at once: the guard engages and ejects at most its bound."""
+        r = results["broken_metrics"]
+        assert r.guard_engaged_s > 0
+        assert r.max_out_fraction <= Fleet().bound(N) / N
+
+    def test_correlated_half_is_held_at_the_bound(self, results: dict[str, sim.Result]) -> None:
+        """Half the fleet degrading at once is more than the guard lets out: it holds the bound."""
+        r = results["correlated_half"]
+        assert r.guard_engaged_s > 0
+        assert r.max_out_fraction <= Fleet().bound(N) / N
+        assert r.missed_degradations > 0  # by design: a person decides
+
+    def test_silent_wrong_answers_are_caught_by_probes(self, results: dict[str, sim.Result]) -> None:
+        """Wrong answers with normal wear: all caught within one probe interval."""
+        r = results["silent_wrong_answers"]
+        assert r.degraded >= 1 and r.missed_degradations == 0
+        assert r.detection_p99_s is not None and r.detection_p99_s <= sim.PROBE_EVERY
+        assert r.false_ejections == 0
+
+    def test_same_seed_same_figures(self) -> None:
+        """A simulation is reproducible (apart from the real time it took)."""
+        a = sim.run(sim.SCENARIOS["flapping"], 50, 40, seed=5)
+        b = sim.run(sim.SCENARIOS["flapping"], 50, 40, seed=5)
+        strip = ("policy_seconds", "observations_per_s")
+        assert {k: v for k, v in vars(a).items() if k not in strip} == \
+            {k: v for k, v in vars(b).items() if k not in strip}
+
+    def test_json_output_has_one_object_per_scenario(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """--json prints one object per scenario with the documented fields."""
+        assert sim.main(["--workers", "30", "--seconds", "30", "--json"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == len(sim.SCENARIOS)
+        for line in lines:
+            obj = json.loads(line)
+            for key in ("scenario", "detection_p50_s", "detection_p99_s", "false_ejections",
+                        "missed_degradations", "max_out_fraction", "observations_per_s"):
+                assert key in obj
