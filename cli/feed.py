@@ -21,6 +21,7 @@ from celery.result import AsyncResult, ResultSet
 from workers.analysis import envelope
 from workers.deadletter import DeadLetterStore
 from workers.inbound import Limits, Line, Rejection, frame_lines, split_document
+from workers.requests import SENT_AT_HEADER
 
 #: Called with (accounted, total_known, sending_done) whenever progress is made.
 ProgressFn = Callable[[int, int, bool], None]
@@ -155,9 +156,10 @@ def feed(
 
 
 def _send(app: Celery, producer: Any, envs: list[dict[str, Any]], batch: int) -> AsyncResult[Any]:
+    headers = {SENT_AT_HEADER: time.time()}  # lets workers measure queue wait
     if batch == 1:
-        return app.send_task("host.analyse", args=[envs[0]], producer=producer)
-    return app.send_task("host.analyse_batch", args=[envs], producer=producer)
+        return app.send_task("host.analyse", args=[envs[0]], producer=producer, headers=headers)
+    return app.send_task("host.analyse_batch", args=[envs], producer=producer, headers=headers)
 
 
 def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:

@@ -1,6 +1,6 @@
 """Fleet simulator: the real policy against thousands of virtual workers, in simulated time.
 
-    python -m healthcheck.sim [--workers N] [--scenario NAME|all] [--seconds S] [--json]
+    python -m healthcheck.sim [--workers N] [--scenario NAME|all] [--seconds S] [--policy F] [--json]
 
 Each virtual worker samples its wear once a simulated second from a wear model and reports it
 the way the wear reporter does (an exponentially smoothed value and the peak of the last 10 s);
@@ -249,12 +249,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default="all", choices=["all", *SCENARIOS])
     parser.add_argument("--seconds", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--policy", help="a policy file (TOML); default: the built-in defaults")
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.seconds < 1:
         parser.error("--workers and --seconds must be positive")
+    from broker_config.settings import ConfigError
+    from healthcheck.policy_file import load_policy
+
+    try:
+        config = load_policy(args.policy)
+    except ConfigError as exc:
+        parser.error(str(exc))
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
-    results = [run(SCENARIOS[name], args.workers, args.seconds, args.seed) for name in names]
+    results = [run(SCENARIOS[name], args.workers, args.seconds, args.seed, config)
+               for name in names]
     if args.json:
         for r in results:
             print(json.dumps(asdict(r)))

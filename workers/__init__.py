@@ -1,4 +1,4 @@
-"""What runs inside a worker: tasks, signal receivers, and (later) wear reporter and health gate."""
+"""What runs inside a worker: tasks, signal receivers, the wear reporter and control commands."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from celery import Celery
 
 def install(app: Celery) -> None:
     """Register host's tasks and worker extensions on ``app``."""
-    from workers import signals, tasks  # noqa: F401 - importing registers the shared tasks
+    from workers import control, signals, tasks  # noqa: F401 - importing registers them
+    from workers.reporter import WearReporter
 
     signals.connect(app)
+    app.steps["consumer"].add(WearReporter)

@@ -19,6 +19,7 @@ def connect(app: Celery) -> None:
     signals.setup_logging.connect(_setup_logging, weak=False, dispatch_uid="host.setup_logging")
     signals.celeryd_after_setup.connect(_add_verify_queue, weak=False,
                                         dispatch_uid="host.verify_queue")
+    signals.worker_init.connect(_install_injection, weak=False, dispatch_uid="host.injection")
     signals.worker_process_init.connect(_warm_up, weak=False, dispatch_uid="host.warm_up")
     signals.task_prerun.connect(_bind_task, weak=False, dispatch_uid="host.bind_task")
     signals.task_postrun.connect(_unbind_task, weak=False, dispatch_uid="host.unbind_task")
@@ -41,6 +42,18 @@ def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
     instance.app.amqp.queues.select_add(queue)
     structlog.contextvars.bind_contextvars(worker=sender)
     log.info("verify_queue_added", queue=queue.name)
+
+
+def _install_injection(sender: Any, **_: Any) -> None:
+    """Create the shared injection board before the pool forks, and say loudly if it is active."""
+    from broker_config.app import settings_of
+    from workers.inject import install_board
+
+    spec = settings_of(sender.app).wear_inject
+    board = install_board(spec)
+    if board.get().active:
+        log.warning("wear_injection_active", spec=board.get().spec(),
+                    note="fault injection is ON: this worker reports and behaves worse on purpose")
 
 
 def _warm_up(**_: Any) -> None:

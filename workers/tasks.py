@@ -2,32 +2,46 @@
 
 from __future__ import annotations
 
+import random
+import time
 from functools import cache
 from typing import Any
 
 from celery import Task, shared_task
 
 from broker_config.app import settings_of
+from workers import inject
 from workers.analysis import RunContext, analyse_envelope, analyse_many, keep_dead_letters
 from workers.deadletter import RedisDeadLetterStore
 from workers.inbound import Limits
+from workers.requests import HostTask
 
 
-@shared_task(name="host.analyse", bind=True)
+@shared_task(name="host.analyse", bind=True, base=HostTask)
 def analyse(self: Task[Any, Any], envelope: object) -> dict[str, Any]:
     """Analyse one inbound message; rejected input comes back as a dead-letter record."""
+    injection = _injected()
     results = [analyse_envelope(envelope, _context(self))]
     keep_dead_letters(results, _store_for(self.app))
-    return results[0]
+    return inject.distort(results[0], injection, random.random())
 
 
-@shared_task(name="host.analyse_batch", bind=True)
+@shared_task(name="host.analyse_batch", bind=True, base=HostTask)
 def analyse_batch(self: Task[Any, Any], envelopes: object) -> list[dict[str, Any]]:
     """Analyse a batch of inbound messages in one task: one result per envelope, in order."""
+    injection = _injected()
     settings = settings_of(self.app)
     results = analyse_many(envelopes, _context(self), settings.max_batch)
     keep_dead_letters(results, _store_for(self.app))
-    return results
+    return [inject.distort(r, injection, random.random()) for r in results]
+
+
+def _injected() -> inject.Injection:
+    # Fault injection for demos and tests: slow down, fail, or answer wrongly on purpose.
+    injection = inject.current()
+    if injection.active:
+        inject.before_task(injection, random.random(), time.sleep)
+    return injection
 
 
 def _context(task: Task[Any, Any]) -> RunContext:

@@ -140,20 +140,25 @@ class PolicyConfig:
                 names the key.
         """
         kwargs: dict[str, Any] = {}
-        sections = {f.name: f for f in fields(cls)}
+        defaults = cls()
         for key, value in data.items():
-            if key not in sections:
+            if key not in _FIELDS:
                 raise ValueError(f"{key}: unknown policy setting")
             if key == "thresholds":
                 kwargs[key] = _thresholds(value)
-            elif isinstance(getattr(cls(), key), (Failures, Latency, Recovery, Backoff, Guard)):
-                kwargs[key] = _section(key, type(getattr(cls(), key)), value)
+            elif key in _SECTIONS:
+                kwargs[key] = _section(key, _SECTIONS[key], value)
             else:
-                kwargs[key] = _scalar(key, getattr(cls(), key), value)
+                kwargs[key] = _scalar(key, getattr(defaults, key), value)
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as exc:
             raise ValueError(str(exc)) from None
+
+
+_SECTIONS: dict[str, type] = {"failures": Failures, "latency": Latency, "recovery": Recovery,
+                              "backoff": Backoff, "guard": Guard}
+_FIELDS = {f.name for f in fields(PolicyConfig)}
 
 
 def _check_positive(obj: Any) -> None:

@@ -76,3 +76,15 @@ class TestSimulator:
             for key in ("scenario", "detection_p50_s", "detection_p99_s", "false_ejections",
                         "missed_degradations", "max_out_fraction", "observations_per_s"):
                 assert key in obj
+
+    def test_policy_file_changes_the_outcome(self, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+        """--policy runs the simulation under that policy; a bad file is a usage error."""
+        f = tmp_path / "p.toml"
+        f.write_text("[guard]\nmax_ejected_fraction = 0.5\n")
+        assert sim.main(["--workers", "40", "--seconds", "40", "--scenario", "broken_metrics",
+                         "--policy", str(f), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["scenario"] == "broken_metrics"
+        f.write_text("[guard]\nmax_ejected_fraction = 5\n")
+        with pytest.raises(SystemExit) as info:
+            sim.main(["--workers", "10", "--seconds", "5", "--policy", str(f)])
+        assert info.value.code == 2

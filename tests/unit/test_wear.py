@@ -1,0 +1,109 @@
+"""Wear measurement and fault injection, without a worker: explicit times, no sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers import inject
+from workers.inject import InjectedFailure, Injection, InjectionBoard
+from workers.wear import Smoothed, TaskWindow, WearSampler, percentile
+
+
+class TestSmoothed:
+    def test_spike_is_damped_but_the_peak_remembers_it(self) -> None:
+        """40 steady, one 100 spike: smoothed 58, peak 100; peak forgets after the window."""
+        s = Smoothed(alpha=0.3, window=3)
+        s.add(40)
+        s.add(100)
+        assert s.value == pytest.approx(58.0)
+        assert s.peak == 100
+        for _ in range(3):
+            s.add(40)
+        assert s.peak == 40
+        assert s.value is not None and s.value < 47
+
+
+class TestTaskWindow:
+    def test_counts_rate_percentiles_and_consecutive_failures(self) -> None:
+        """Outcomes in the window give counts, rate, p50/p95 and the failure streak."""
+        w = TaskWindow(window_s=60)
+        for i in range(18):
+            w.record(now=i, ok=True, runtime=0.01 * (i + 1), queue_wait=0.5)
+        w.record(now=18, ok=False, runtime=1.0)
+        w.record(now=19, ok=False, runtime=1.0)
+        snap = w.snapshot(now=20)
+        assert (snap["completed"], snap["failed"]) == (18, 2)
+        assert snap["failure_rate"] == pytest.approx(0.1)
+        assert snap["consecutive_failures"] == 2
+        assert snap["runtime_p50"] == pytest.approx(0.10)
+        assert snap["runtime_p95"] == pytest.approx(1.0)
+        assert snap["queue_wait_p95"] == 0.5
+
+    def test_old_outcomes_leave_the_window(self) -> None:
+        """Outcomes older than window_s no longer count."""
+        w = TaskWindow(window_s=10)
+        w.record(now=0, ok=False, runtime=1)
+        w.record(now=15, ok=True, runtime=1)
+        snap = w.snapshot(now=16)
+        assert (snap["completed"], snap["failed"]) == (1, 0)
+
+    def test_percentile_nearest_rank(self) -> None:
+        """Nearest-rank: p50 of 1..4 is 2, p95 is 4, empty is None."""
+        assert percentile([1, 2, 3, 4], 50) == 2
+        assert percentile([1, 2, 3, 4], 95) == 4
+        assert percentile([], 50) is None
+
+
+class TestSampler:
+    def test_sample_has_every_metric(self) -> None:
+        """One sample of this process has CPU, memory, RSS, load, open files."""
+        sample = WearSampler().sample()
+        for key in ("cpu_percent", "memory_percent", "rss_bytes", "load_per_core", "open_files",
+                    "open_files_percent"):
+            assert key in sample
+        assert sample["rss_bytes"] > 0
+        assert 0 <= sample["memory_percent"] <= 100
+
+
+class TestInjection:
+    def test_parse_round_trip(self) -> None:
+        """A spec parses into fields and renders back canonically."""
+        inj = Injection.parse(" cpu=97, fail_rate=0.5,slow=2 ")
+        assert (inj.cpu, inj.fail_rate, inj.slow) == (97, 0.5, 2)
+        assert inj.spec() == "cpu=97,fail_rate=0.5,slow=2"
+        assert Injection.parse("").active is False
+
+    @pytest.mark.parametrize("bad", ["cpu", "gpu=3", "cpu=hot", "fail_rate=1.5", "slow=-1"])
+    def test_bad_specs_are_refused(self, bad: str) -> None:
+        """Unknown keys, non-numbers and out-of-range values are refused."""
+        with pytest.raises(ValueError):
+            Injection.parse(bad)
+
+    def test_board_publishes_changes(self) -> None:
+        """A board set in one place is read everywhere it is shared."""
+        board = InjectionBoard("cpu=90")
+        assert board.get().cpu == 90
+        board.set("")
+        assert not board.get().active
+        with pytest.raises(ValueError):
+            board.set("nonsense=1")
+        assert not board.get().active
+
+    def test_before_task_fails_and_slows_on_demand(self) -> None:
+        """fail_rate fails when the draw is below it; slow sleeps that long."""
+        slept: list[float] = []
+        inj = Injection(fail_rate=0.5, slow=1.5)
+        with pytest.raises(InjectedFailure):
+            inject.before_task(inj, draw=0.2, sleep=slept.append)
+        inject.before_task(inj, draw=0.7, sleep=slept.append)
+        assert slept == [1.5, 1.5]
+
+    def test_distort_moves_compound_and_keeps_it_plausible(self) -> None:
+        """Wrong answers shift compound by 0.1 and relabel; rejections are untouched."""
+        result = {"status": "analysed", "compound": 0.02, "label": "neutral"}
+        wrong = inject.distort(result, Injection(wrong_answers=1), draw=0.3)
+        assert wrong["compound"] == pytest.approx(0.12)
+        assert wrong["label"] == "positive"
+        assert inject.distort(result, Injection(wrong_answers=0.2), draw=0.3) == result
+        rejected = {"status": "rejected", "reason": "x"}
+        assert inject.distort(rejected, Injection(wrong_answers=1), draw=0) == rejected

@@ -1,0 +1,91 @@
+"""Wear Reporter Bootstep: a ``worker-wear`` event every ``HOST_WEAR_INTERVAL`` seconds."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from celery import bootsteps
+from celery.worker import state as worker_state
+
+from broker_config.app import settings_of
+from broker_config.queues import is_work_queue
+from workers import inject
+from workers.logs import get_logger
+from workers.requests import REQUEUED, TASKS
+from workers.wear import Smoothed, WearSampler
+
+log = get_logger(__name__)
+EVENT = "worker-wear"
+
+#: Which injected key replaces which reported metric.
+_INJECTED = {"cpu": "cpu_percent", "memory": "memory_percent", "load": "load_per_core",
+             "temperature": "temperature_c", "open_files": "open_files_percent"}
+
+
+class WearReporter(bootsteps.StartStopStep):
+    """Samples the worker's wear and sends it as a Celery event with a sequence number."""
+
+    requires = ("celery.worker.consumer.events:Events",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.tref: Any = None
+        self.seq = 0
+        self.boot = uuid.uuid4().hex
+        self.smoothed: dict[str, Smoothed] = {}
+        self.sampler: WearSampler | None = None
+        self.cost_s = 0.0
+
+    def start(self, c: Any) -> None:
+        """Start reporting on the consumer's timer."""
+        interval = settings_of(c.app).wear_interval
+        self.sampler = self.sampler or WearSampler()
+        self.tref = c.timer.call_repeatedly(interval, self.report, (c,), priority=10)
+
+    def stop(self, c: Any) -> None:
+        """Stop reporting (the consumer restarts us after a reconnection)."""
+        if self.tref is not None:
+            self.tref.cancel()
+            self.tref = None
+
+    shutdown = stop
+
+    def report(self, c: Any) -> None:
+        """Sample, and send one ``worker-wear`` event."""
+        try:
+            fields = self.collect(c)
+            c.event_dispatcher.send(EVENT, **fields)
+        except Exception:  # a failed report must never take the worker down
+            log.exception("wear_report_failed")
+
+    def collect(self, c: Any) -> dict[str, Any]:
+        """The event's fields: wear readings, task statistics, in-flight work, queues."""
+        started = time.thread_time()
+        assert self.sampler is not None
+        injection = inject.current()
+        samples = self.sampler.sample()
+        for key, value in injection.as_dict().items():
+            if key in _INJECTED:
+                samples[_INJECTED[key]] = value
+        for metric, value in samples.items():
+            self.smoothed.setdefault(metric, Smoothed()).add(value)
+        self.seq += 1
+        consumed = [q.name for q in c.task_consumer.queues] if c.task_consumer else []
+        fields = {
+            "seq": self.seq,
+            "boot": self.boot,
+            "interval": settings_of(c.app).wear_interval,
+            "wear": {m: [round(s.value or 0.0, 3), round(s.peak, 3)]
+                     for m, s in self.smoothed.items()},
+            "tasks": TASKS.snapshot(time.monotonic()),
+            "inflight": len(worker_state.active_requests) + len(worker_state.reserved_requests),
+            "queues": sorted(q for q in c.app.amqp.queues.consume_from if is_work_queue(q)),
+            "consuming": sorted(q for q in consumed if is_work_queue(q)),
+            "requeued": dict(REQUEUED),
+            "inject": injection.spec() or None,
+            "cost_s": round(self.cost_s, 6),
+        }
+        self.cost_s = time.thread_time() - started
+        return fields

@@ -1,0 +1,63 @@
+"""The task base class and its Request: task statistics, counted in the worker's main process.
+
+Celery builds each task's Request class from ``Task.Request``; the hooks below run in the
+worker's main process (not in the pool), where the wear reporter reads the statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Reject
+from celery.worker.request import Request
+
+from workers.wear import TaskWindow
+
+#: Task outcomes of this worker (main process only).
+TASKS = TaskWindow()
+#: Messages handed back to the broker unstarted, by queue (the health gate).
+REQUEUED: dict[str, int] = {}
+#: Header producers set to the time they sent a message (queue wait = start - sent).
+SENT_AT_HEADER = "host_sent_at"
+
+
+class HostRequest(Request):
+    """Counts each task's outcome, runtime and queue wait when its message is settled."""
+
+    _host_failed = False
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True,
+                   return_ok: bool = False) -> Any:
+        """Count a failure, or a message handed back unstarted (``Reject(requeue=True)``)."""
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        if isinstance(exc, Reject) and getattr(exc, "requeue", False):
+            queue = (self.delivery_info or {}).get("routing_key") or "?"
+            REQUEUED[queue] = REQUEUED.get(queue, 0) + 1
+        else:
+            self._host_failed = True
+            self._record(ok=False)
+        return super().on_failure(exc_info, send_failed_event=send_failed_event,
+                                  return_ok=return_ok)
+
+    def acknowledge(self) -> None:
+        """Acknowledge; a task acknowledged without a failure succeeded."""
+        first = not self.acknowledged
+        super().acknowledge()
+        if first and not self._host_failed:
+            self._record(ok=True)
+
+    def _record(self, ok: bool) -> None:
+        now = time.time()
+        runtime = now - self.time_start if self.time_start else 0.0
+        sent_at = (self.request_dict or {}).get(SENT_AT_HEADER)
+        wait = (self.time_start - sent_at
+                if self.time_start and isinstance(sent_at, (int, float)) else None)
+        TASKS.record(time.monotonic(), ok, runtime, wait)
+
+
+class HostTask(Task[Any, Any]):
+    """Base class of host's tasks."""
+
+    Request = "workers.requests:HostRequest"

@@ -1,0 +1,145 @@
+"""Wear measurement inside a worker: samples, smoothing with peaks, and task statistics.
+
+Times are passed in (``now``) so that everything here is testable without sleeping; only
+``WearSampler`` touches the machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+#: EWMA weight of the newest sample: 0.3 forgets a one-second spike within a few seconds.
+SMOOTHING = 0.3
+#: How many samples the peak looks back over (10 s at the default 1 s interval).
+PEAK_SAMPLES = 10
+
+
+@dataclass
+class Smoothed:
+    """An exponentially smoothed value and the peak of the last ``window`` raw samples.
+
+    With alpha 0.3, a steady 40 that spikes to 100 for one sample reads 58 (the peak reads 100),
+    and is back under 47 three samples later.
+    """
+
+    alpha: float = SMOOTHING
+    window: int = PEAK_SAMPLES
+    value: float | None = None
+    _peaks: deque[float] = field(default_factory=deque)
+
+    def add(self, sample: float) -> None:
+        """Fold in one raw sample."""
+        self.value = sample if self.value is None else self.value + self.alpha * (sample - self.value)
+        self._peaks.append(sample)
+        while len(self._peaks) > self.window:
+            self._peaks.popleft()
+
+    @property
+    def peak(self) -> float:
+        """The largest raw sample in the window."""
+        return max(self._peaks) if self._peaks else 0.0
+
+
+@dataclass
+class TaskWindow:
+    """Task outcomes over a sliding window of ``window_s`` seconds (60 by default).
+
+    Runtimes are kept per task (at most ``max_samples``) for percentiles.
+    """
+
+    window_s: float = 60.0
+    max_samples: int = 2_000
+    consecutive_failures: int = 0
+    _events: deque[tuple[float, bool, float, float | None]] = field(default_factory=deque)
+
+    def record(self, now: float, ok: bool, runtime: float, queue_wait: float | None = None) -> None:
+        """One finished task."""
+        self.consecutive_failures = 0 if ok else self.consecutive_failures + 1
+        self._events.append((now, ok, runtime, queue_wait))
+        while len(self._events) > self.max_samples:
+            self._events.popleft()
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """Counts, failure rate and percentiles over the window ending at ``now``."""
+        while self._events and now - self._events[0][0] > self.window_s:
+            self._events.popleft()
+        runtimes = sorted(e[2] for e in self._events)
+        waits = sorted(e[3] for e in self._events if e[3] is not None)
+        failed = sum(1 for e in self._events if not e[1])
+        total = len(self._events)
+        return {
+            "completed": total - failed,
+            "failed": failed,
+            "failure_rate": failed / total if total else 0.0,
+            "consecutive_failures": self.consecutive_failures,
+            "runtime_p50": percentile(runtimes, 50),
+            "runtime_p95": percentile(runtimes, 95),
+            "queue_wait_p95": percentile(waits, 95),
+        }
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of already sorted values (None when empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+class WearSampler:
+    """Samples the machine and this worker's process tree (main process and pool children)."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self._proc = psutil.Process(pid or os.getpid())
+        self._cores = psutil.cpu_count() or 1
+        self._sensors = True
+        self._nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        psutil.cpu_percent(interval=None)  # the first call only sets the baseline
+
+    def sample(self) -> dict[str, float]:
+        """One sample of every wear metric this machine has."""
+        tree = [self._proc, *self._children()]
+        rss = fds = 0
+        for p in tree:
+            try:
+                rss += p.memory_info().rss
+                fds += p.num_fds()
+            except psutil.Error:  # a pool process may exit between listing and reading
+                continue
+        values = {
+            "cpu_percent": psutil.cpu_percent(interval=None),
+            "memory_percent": psutil.virtual_memory().percent,
+            "rss_bytes": float(rss),
+            "load_per_core": os.getloadavg()[0] / self._cores,
+            "open_files": float(fds),
+            "open_files_percent": 100.0 * fds / self._nofile if self._nofile > 0 else 0.0,
+        }
+        temperature = self._temperature()
+        if temperature is not None:
+            values["temperature_c"] = temperature
+        return values
+
+    def _children(self) -> list[psutil.Process]:
+        try:
+            children: list[psutil.Process] = self._proc.children(recursive=False)
+            return children
+        except psutil.Error:
+            return []
+
+    def _temperature(self) -> float | None:
+        if not self._sensors:
+            return None
+        read = getattr(psutil, "sensors_temperatures", None)
+        readings = read() if read else {}
+        currents = [t.current for entries in readings.values() for t in entries if t.current]
+        if not currents:
+            self._sensors = False  # no sensors here: stop asking
+            return None
+        return float(max(currents))
