@@ -8,3 +8,7 @@ PREFIX = "host:"
 DEADLETTER = PREFIX + "deadletter"
 #: Hash of dead-letter counts by reason code, plus the field ``total``.
 DEADLETTER_COUNTS = PREFIX + "deadletter:counts"
+#: Hash: worker name -> its health (JSON), as the checker last stored it.
+WORKERS = PREFIX + "workers"
+#: Stream of audit records: every transition, drain confirmation and operator action.
+AUDIT = PREFIX + "audit"

@@ -7,6 +7,8 @@ from typing import Any
 import click
 from celery import Celery
 
+from healthcheck.actuator import control_reply
+
 EXIT_NO_REPLY = 4
 
 
@@ -25,7 +27,7 @@ def send(app: Celery, command: str, worker: str, arguments: dict[str, Any] | Non
     """Send ``command`` to ``worker`` alone and return its reply.
 
     Never broadcasts: kombu treats an empty destination as every worker, so an empty name is
-    refused here, before anything is sent.
+    refused before anything is sent.
 
     Raises:
         click.UsageError: no worker named.
@@ -34,12 +36,9 @@ def send(app: Celery, command: str, worker: str, arguments: dict[str, Any] | Non
     """
     if not worker or not worker.strip():
         raise click.UsageError("a worker name is required (control commands are never broadcast)")
-    replies = app.control.broadcast(command, arguments=arguments or {}, destination=[worker],
-                                    reply=True, timeout=timeout) or []
-    for reply in replies:
-        if worker in reply:
-            answer = reply[worker]
-            if isinstance(answer, dict) and "error" in answer:
-                raise CommandRefused(f"{worker}: {answer['error']}")
-            return answer if isinstance(answer, dict) else {"ok": answer}
-    raise NoReply(f"no reply from {worker} within {timeout:g}s: unknown worker, or not running")
+    answer = control_reply(app, command, worker, arguments, timeout)
+    if answer is None:
+        raise NoReply(f"no reply from {worker} within {timeout:g}s: unknown worker, or not running")
+    if "error" in answer:
+        raise CommandRefused(f"{worker}: {answer['error']}")
+    return answer

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,7 +17,7 @@ import redis
 from broker_config.app import HostCelery, create_app
 from broker_config.settings import Settings
 from cli.processes import WorkerProcess, node_name
-from cli.redis_server import RedisServer, RedisServerNotFound
+from cli.redis_server import RedisServer, RedisServerNotFound, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -78,7 +83,76 @@ def start_worker(app: HostCelery, host_env: dict[str, str], tmp_path: Path,
         for worker in started:
             if worker.log_path and worker.log_path.exists():
                 print(f"--- {worker.name} log (tail) ---")
-                print("\n".join(worker.log_path.read_text(errors="replace").splitlines()[-40:]))
+                lines = worker.log_path.read_text(errors="replace").splitlines()[-15:]
+                print("\n".join(line[:300] for line in lines))
+
+
+class CheckerProcess:
+    """A `celery -A host healthcheck` child process with its metrics port."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+        self.proc, self.port, self.log_path = proc, port, log_path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        """Status and body of an HTTP GET on the checker."""
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+CheckerFactory = Callable[..., CheckerProcess]
+
+
+@pytest.fixture
+def start_checker(host_env: dict[str, str], tmp_path: Path,
+                  request: pytest.FixtureRequest) -> Iterator[CheckerFactory]:
+    """Start real `celery -A host healthcheck` processes; each is stopped after the test."""
+    started: list[CheckerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, name: str = "checker") -> CheckerProcess:
+        port = free_port()
+        log_path = tmp_path / f"{name}.log"
+        log = log_path.open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "healthcheck",
+                                 "--metrics-port", str(port), *args],
+                                env={**host_env, **(env or {})}, cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        checker = CheckerProcess(proc, port, log_path)
+        started.append(checker)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"checker exited early:\n{log_path.read_text()[-3000:]}")
+            try:
+                if checker.get("/readyz")[0] == 200:
+                    return checker
+            except OSError:
+                pass
+            time.sleep(0.1)
+        pytest.fail(f"checker not ready within 30 s:\n{log_path.read_text()[-3000:]}")
+
+    yield start
+    for checker in started:
+        checker.stop()
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        for checker in started:
+            print(f"--- {checker.log_path.name} (tail) ---")
+            lines = checker.log_path.read_text(errors="replace").splitlines()[-25:]
+            print("\n".join(line[:400] for line in lines))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

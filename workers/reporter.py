@@ -10,8 +10,7 @@ from celery import bootsteps
 from celery.worker import state as worker_state
 
 from broker_config.app import settings_of
-from broker_config.queues import is_work_queue
-from workers import inject
+from workers import gate, inject
 from workers.logs import get_logger
 from workers.requests import REQUEUED, TASKS
 from workers.wear import Smoothed, WearSampler
@@ -37,11 +36,14 @@ class WearReporter(bootsteps.StartStopStep):
         self.smoothed: dict[str, Smoothed] = {}
         self.sampler: WearSampler | None = None
         self.cost_s = 0.0
+        self.limits: dict[str, Any] = {}
 
     def start(self, c: Any) -> None:
         """Start reporting on the consumer's timer."""
-        interval = settings_of(c.app).wear_interval
+        settings = settings_of(c.app)
+        interval = settings.wear_interval
         self.sampler = self.sampler or WearSampler()
+        self.limits = self_protection_limits(settings.policy_file)
         self.tref = c.timer.call_repeatedly(interval, self.report, (c,), priority=10)
 
     def stop(self, c: Any) -> None:
@@ -71,8 +73,8 @@ class WearReporter(bootsteps.StartStopStep):
                 samples[_INJECTED[key]] = value
         for metric, value in samples.items():
             self.smoothed.setdefault(metric, Smoothed()).add(value)
+        self._protect_self(c)
         self.seq += 1
-        consumed = [q.name for q in c.task_consumer.queues] if c.task_consumer else []
         fields = {
             "seq": self.seq,
             "boot": self.boot,
@@ -81,11 +83,46 @@ class WearReporter(bootsteps.StartStopStep):
                      for m, s in self.smoothed.items()},
             "tasks": TASKS.snapshot(time.monotonic()),
             "inflight": len(worker_state.active_requests) + len(worker_state.reserved_requests),
-            "queues": sorted(q for q in c.app.amqp.queues.consume_from if is_work_queue(q)),
-            "consuming": sorted(q for q in consumed if is_work_queue(q)),
+            "queues": gate.configured_work_queues(c),
             "requeued": dict(REQUEUED),
+            **{k: v for k, v in gate.status(c).items() if k != "inflight"},
             "inject": injection.spec() or None,
             "cost_s": round(self.cost_s, 6),
         }
         self.cost_s = time.thread_time() - started
         return fields
+
+    def _protect_self(self, c: Any) -> None:
+        """Close the gate at once on a hard local limit, without waiting for the checker."""
+        g = gate.gate()
+        if g is None or g.self_protected:
+            return
+        for metric, (hard, peak_hard) in self.limits.items():
+            s = self.smoothed.get(metric)
+            if s is None or s.value is None:
+                continue
+            if (hard is not None and s.value >= hard) or (peak_hard is not None
+                                                          and s.peak >= peak_hard):
+                reason = f"{metric} {s.value:.1f} (peak {s.peak:.1f}) over its hard limit"
+                gate.take_out(c, f"self-protection: {reason}")
+                g.self_protected = reason
+                log.warning("self_protection", reason=reason)
+                return
+
+
+#: Metrics whose hard limits a worker enforces on itself: running out of memory or overheating
+#: does damage before a round trip to the checker completes. CPU does not.
+SELF_PROTECTED = ("memory_percent", "temperature_c")
+
+
+def self_protection_limits(policy_file: str) -> dict[str, tuple[float | None, float | None]]:
+    """(hard, peak_hard) per self-protected metric, from the policy file or the defaults."""
+    from broker_config.settings import ConfigError
+    from healthcheck.policy_file import load_policy
+
+    try:
+        policy = load_policy(policy_file or None)
+    except ConfigError as exc:
+        log.error("policy_file_unreadable", error=str(exc), note="self-protection uses defaults")
+        policy = load_policy(None)
+    return {m: (t.hard, t.peak_hard) for m, t in policy.thresholds.items() if m in SELF_PROTECTED}

@@ -13,6 +13,7 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
+from workers import gate
 from workers.wear import TaskWindow
 
 #: Task outcomes of this worker (main process only).
@@ -58,6 +59,17 @@ class HostRequest(Request):
 
 
 class HostTask(Task[Any, Any]):
-    """Base class of host's tasks."""
+    """Base class of host's tasks: the health gate is checked before any task code runs."""
 
     Request = "workers.requests:HostRequest"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task, unless this worker is out of rotation and the task came from a work queue.
+
+        Raises:
+            Reject: (requeue=True) the gate is closed: the message goes back to the broker.
+        """
+        queue = (self.request.delivery_info or {}).get("routing_key")
+        if not gate.allows(queue):
+            raise Reject(f"health gate closed on {self.request.hostname}", requeue=True)
+        return super().__call__(*args, **kwargs)

@@ -9,6 +9,8 @@ import structlog
 from celery import Celery, signals
 
 from broker_config.queues import verify_queue
+from healthcheck.policy.model import OUT_OF_ROTATION
+from workers import gate
 from workers.logs import configure_logging, get_logger
 
 log = get_logger(__name__)
@@ -37,11 +39,38 @@ def _setup_logging(loglevel: Any = None, **_: Any) -> None:
 
 
 def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
-    """Every worker consumes its own ``host.verify.<name>`` queue, whatever ``-Q`` says."""
-    queue = verify_queue(sender)
-    instance.app.amqp.queues.select_add(queue)
+    """Every worker consumes its own ``host.verify.<name>`` queue, whatever ``-Q`` says.
+
+    A worker that the checker last knew out of rotation starts out of rotation too
+    (fail static): its gate closed, its work queues not consumed until the checker admits it.
+    """
     structlog.contextvars.bind_contextvars(worker=sender)
+    queues = instance.app.amqp.queues
+    gate.remember_configured(sender, list(queues.consume_from))
+    queue = verify_queue(sender)
+    queues.select_add(queue)
     log.info("verify_queue_added", queue=queue.name)
+    stored = _stored_state(instance.app, sender)
+    if stored is not None and stored.state in OUT_OF_ROTATION:
+        for name in gate.configured_work_queues_of(sender):
+            queues.deselect(name)
+        reason = f"restarted while {stored.state.value}: {stored.reason}"
+        gate.install_gate(False, reason)
+        log.warning("starting_out_of_rotation", state=stored.state.value, reason=stored.reason)
+    else:
+        gate.install_gate(True, "clean start")
+
+
+def _stored_state(app: Any, worker: str) -> Any:
+    from broker_config.app import settings_of
+    from healthcheck.errors import StoreUnavailable
+    from healthcheck.store import RedisHealthStore
+
+    try:
+        return RedisHealthStore.from_url(settings_of(app).effective_store_url).get(worker)
+    except (StoreUnavailable, ValueError) as exc:
+        log.warning("stored_state_unavailable", error=str(exc), note="starting in rotation")
+        return None
 
 
 def _install_injection(sender: Any, **_: Any) -> None:

@@ -94,27 +94,37 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
 
 
 class WearSampler:
-    """Samples the machine and this worker's process tree (main process and pool children)."""
+    """Samples the machine and this worker's process tree (main process and pool children).
+
+    ``cpu_percent`` is this worker's own share of the machine's CPUs (its process tree's CPU
+    time over all cores), so that workers sharing a machine are told apart;
+    ``machine_cpu_percent`` is the whole machine's.
+    """
 
     def __init__(self, pid: int | None = None) -> None:
         self._proc = psutil.Process(pid or os.getpid())
         self._cores = psutil.cpu_count() or 1
         self._sensors = True
         self._nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        psutil.cpu_percent(interval=None)  # the first call only sets the baseline
+        self._known: dict[int, psutil.Process] = {self._proc.pid: self._proc}
+        psutil.cpu_percent(interval=None)  # the first calls only set the baselines
+        self._proc.cpu_percent(interval=None)
 
     def sample(self) -> dict[str, float]:
         """One sample of every wear metric this machine has."""
-        tree = [self._proc, *self._children()]
+        tree = self._tree()
         rss = fds = 0
+        cpu = 0.0
         for p in tree:
             try:
                 rss += p.memory_info().rss
                 fds += p.num_fds()
+                cpu += p.cpu_percent(interval=None)
             except psutil.Error:  # a pool process may exit between listing and reading
                 continue
         values = {
-            "cpu_percent": psutil.cpu_percent(interval=None),
+            "cpu_percent": min(100.0, cpu / self._cores),
+            "machine_cpu_percent": psutil.cpu_percent(interval=None),
             "memory_percent": psutil.virtual_memory().percent,
             "rss_bytes": float(rss),
             "load_per_core": os.getloadavg()[0] / self._cores,
@@ -126,12 +136,17 @@ class WearSampler:
             values["temperature_c"] = temperature
         return values
 
-    def _children(self) -> list[psutil.Process]:
+    def _tree(self) -> list[psutil.Process]:
+        # Keep Process objects between samples: cpu_percent() measures since the last call.
         try:
             children: list[psutil.Process] = self._proc.children(recursive=False)
-            return children
         except psutil.Error:
-            return []
+            children = []
+        alive = {self._proc.pid: self._proc}
+        for child in children:
+            alive[child.pid] = self._known.get(child.pid, child)
+        self._known = alive
+        return list(alive.values())
 
     def _temperature(self) -> float | None:
         if not self._sensors:

@@ -36,7 +36,7 @@ def _default_thresholds() -> dict[str, Threshold]:
     return {
         "cpu_percent": Threshold(soft=85, hard=97),
         "memory_percent": Threshold(soft=85, hard=95, peak_soft=92, peak_hard=98),
-        "load_per_core": Threshold(soft=2.0, hard=4.0),
+        "load_per_core": Threshold(soft=4.0, hard=8.0),
         "open_files_percent": Threshold(soft=80, hard=95),
         "temperature_c": Threshold(soft=80, hard=90, peak_soft=85, peak_hard=95),
     }

@@ -43,6 +43,8 @@ class Proposal:
     reason: str
     cause: Cause
     evidence: Mapping[str, float | str]
+    #: When the observation that proposed it arrived: detection time runs from here.
+    at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +161,7 @@ class HealthPolicy:
         """Enforce an admitted ejection: the worker drains."""
         w = dataclasses.replace(w, ejections=w.ejections + 1)
         w, t = self._move(w, State.DRAINING, proposal.reason, now, proposal.cause,
-                          evidence=proposal.evidence)
+                          evidence={**proposal.evidence, "reported_at": proposal.at})
         return Step(w, (t,), degraded=True)
 
     def hold(self, w: WorkerHealth, proposal: Proposal, why: str, now: float) -> Step:
@@ -217,14 +219,14 @@ class HealthPolicy:
                 return self._maybe_graduate(w, at, done)
             return Step(w, done)
         cause = Cause.SELF if exempt else Cause.WEAR
-        proposal = Proposal(verdict.reason, cause, verdict.evidence)
+        proposal = Proposal(verdict.reason, cause, verdict.evidence, at)
         if verdict.level == "hard" or w.state is State.PROBATION:
             return Step(dataclasses.replace(w, passes=0), done, eject=proposal, degraded=True)
         breaches = w.breaches + 1
         w = dataclasses.replace(w, breaches=breaches, passes=0)
         if breaches >= rec.confirm_breaches:
             confirmed = Proposal(f"{verdict.reason} ({breaches} reports in a row)", cause,
-                                 verdict.evidence)
+                                 verdict.evidence, at)
             return Step(w, done, eject=confirmed, degraded=True)
         if w.state is State.HEALTHY:
             w2, t = self._move(w, State.SUSPECT, verdict.reason, at, evidence=verdict.evidence)

@@ -35,7 +35,8 @@ class TestWearReporter:
         seqs = [e["seq"] for e in events]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
         last = events[-1]
-        for metric in ("cpu_percent", "memory_percent", "rss_bytes", "load_per_core",
+        for metric in ("cpu_percent", "machine_cpu_percent", "memory_percent", "rss_bytes",
+                       "load_per_core",
                        "open_files", "open_files_percent"):
             value, peak = last["wear"][metric]
             assert peak >= 0 and value >= 0, metric

@@ -1,0 +1,78 @@
+"""``celery -A host healthcheck``: the health checker."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+import click
+from celery.bin.base import CeleryCommand
+
+from broker_config.settings import ConfigError
+from cli.common import check_broker, host_app
+from healthcheck.actuator import CeleryActuator
+from healthcheck.errors import StoreUnavailable
+from healthcheck.http import app as http_app
+from healthcheck.http import serve
+from healthcheck.policy_file import load_policy
+from healthcheck.service import Checker, receive_events
+from healthcheck.store import RedisHealthStore
+from workers.logs import ensure_logging, get_logger
+
+log = get_logger(__name__)
+
+
+@click.command(cls=CeleryCommand)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of /metrics, /healthz and /readyz (default HOST_METRICS_PORT; 0: any).")
+@click.option("--policy", "policy_path", type=click.Path(dir_okay=False), default=None,
+              help="Policy file (default HOST_POLICY_FILE; none: built-in defaults).")
+@click.option("--dry-run", is_flag=True, help="Decide and report, but act on no worker.")
+@click.option("--tick", type=click.FloatRange(min=0.05), default=0.25, show_default=True,
+              help="Seconds between the policy's time-based decisions.")
+@click.pass_context
+def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str | None,
+                dry_run: bool, tick: float) -> None:
+    """Run the health checker: drain and quarantine degraded workers, re-admit recovered ones."""
+    app = host_app(ctx)
+    settings = app.host_settings
+    ensure_logging(settings.log_format, settings.log_level)
+    try:
+        config = load_policy(policy_path or settings.policy_file or None)
+    except ConfigError as exc:
+        raise click.ClickException(f"configuration error: {exc}") from None
+    if dry_run:
+        import dataclasses
+
+        config = dataclasses.replace(config, enforce=False)
+    check_broker(app)
+    store = RedisHealthStore.from_url(settings.effective_store_url)
+    try:
+        checker = Checker.from_store(store, CeleryActuator(app), config, tick_s=tick)
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    stop = threading.Event()
+    server, port = serve(http_app(checker.metrics.registry, lambda: _alive(checker),
+                                  lambda: checker.ready),
+                         settings.metrics_port if metrics_port is None else metrics_port)
+    log.info("checker_started", metrics_port=port, dry_run=dry_run, tick_s=tick,
+             policy=policy_path or settings.policy_file or "defaults")
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(target=receive_events, args=(app, checker.on_event, stop), daemon=True).start()
+    try:
+        checker.run(stop)
+    finally:
+        server.shutdown()
+        log.info("checker_stopped")
+
+
+def _alive(checker: Checker) -> bool:
+    import time
+
+    return time.time() - checker.last_loop < 5 * max(checker.tick_s, 1.0)

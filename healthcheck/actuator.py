@@ -1,0 +1,105 @@
+"""Acting on verdicts: host's control commands, addressed to one worker and confirmed by its reply."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from healthcheck.errors import ControlUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A worker's answer to a control command (None fields: it did not answer)."""
+
+    worker: str
+    command: str
+    sent_at: float
+    answered: bool
+    body: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def confirmed_at(self) -> float | None:
+        """When the worker had done it, by its own clock (from the reply)."""
+        at = self.body.get("at")
+        return float(at) if isinstance(at, (int, float)) else None
+
+
+def control_reply(app: Celery, command: str, worker: str, arguments: dict[str, Any] | None = None,
+                  timeout: float = 1.0) -> dict[str, Any] | None:
+    """Send ``command`` to ``worker`` alone; its reply, or None if it did not answer.
+
+    Raises:
+        ValueError: no worker named (kombu would broadcast to every worker).
+        ControlUnavailable: the broker could not carry the command.
+    """
+    if not worker or not worker.strip():
+        raise ValueError("a control command needs one named worker; refusing to broadcast")
+    try:
+        replies = app.control.broadcast(command, arguments=arguments or {}, destination=[worker],
+                                        reply=True, timeout=timeout) or []
+    except (OperationalError, OSError) as exc:
+        raise ControlUnavailable(str(exc)) from exc
+    for reply in replies:
+        if worker in reply:
+            answer = reply[worker]
+            return answer if isinstance(answer, dict) else {"ok": answer}
+    return None
+
+
+class Actuator(Protocol):
+    """Takes workers in and out of rotation."""
+
+    def drain(self, worker: str, reason: str) -> Reply:
+        """Out of rotation: gate closed, work queues no longer consumed."""
+
+    def admit(self, worker: str, reason: str) -> Reply:
+        """Back in rotation."""
+
+
+class CeleryActuator:
+    """The real one: ``host_drain`` / ``host_admit`` over Celery's remote control.
+
+    Args:
+        app: the host app.
+        timeout: how long to wait for the worker's reply.
+    """
+
+    def __init__(self, app: Celery, timeout: float = 1.0) -> None:
+        self.app = app
+        self.timeout = timeout
+
+    def drain(self, worker: str, reason: str) -> Reply:
+        return self._send("host_drain", worker, reason)
+
+    def admit(self, worker: str, reason: str) -> Reply:
+        return self._send("host_admit", worker, reason)
+
+    def _send(self, command: str, worker: str, reason: str) -> Reply:
+        sent = time.time()
+        body = control_reply(self.app, command, worker, {"reason": reason}, self.timeout)
+        return Reply(worker, command, sent, body is not None, body or {})
+
+
+class InMemoryActuator:
+    """Records commands and answers them, for unit tests."""
+
+    def __init__(self, answering: bool = True) -> None:
+        self.answering = answering
+        self.sent: list[tuple[str, str, str]] = []
+
+    def drain(self, worker: str, reason: str) -> Reply:
+        return self._send("host_drain", worker, reason)
+
+    def admit(self, worker: str, reason: str) -> Reply:
+        return self._send("host_admit", worker, reason)
+
+    def _send(self, command: str, worker: str, reason: str) -> Reply:
+        self.sent.append((command, worker, reason))
+        now = time.time()
+        body = {"ok": True, "at": now} if self.answering else {}
+        return Reply(worker, command, now, self.answering, body)

@@ -1,0 +1,280 @@
+"""The checker service: Celery events in, the policy in the middle, stored states and actions out.
+
+One loop owns the fleet: events arrive on a receiver thread and wait in a queue; the loop
+applies them in order, ticks the policy every ``tick_s`` seconds, stores what changed, writes
+the audit log, and acts. Time is the wall clock (read once per step and passed to the policy),
+so stored states stay meaningful when the checker restarts or another one takes over.
+
+Fail static: when the store or the broker does not answer, nothing already decided is undone;
+unsaved records wait and are written on the next pass, and workers keep their last state.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from celery import Celery
+
+from healthcheck.actuator import Actuator, Reply
+from healthcheck.errors import HealthcheckError
+from healthcheck.intake import WEAR_EVENT, observation
+from healthcheck.metrics import CheckerMetrics
+from healthcheck.policy import Decision, Fleet, HealthPolicy, PolicyConfig, Reading, State
+from healthcheck.policy.model import CONSUMING, OUT_OF_ROTATION, Transition
+from healthcheck.store import HealthStore
+from workers.logs import get_logger
+
+log = get_logger(__name__)
+
+#: States in which the worker must not consume work queues (what the checker enforces).
+MUST_BE_OUT = OUT_OF_ROTATION
+EVENT_TYPES = (WEAR_EVENT, "worker-heartbeat", "worker-online", "worker-offline")
+
+
+class Checker:
+    """Keeps every worker's state and acts on the policy's verdicts.
+
+    Args:
+        fleet: the policy's fleet (loaded from the store by ``from_store``).
+        store: where states and the audit log go.
+        actuator: takes workers in and out of rotation.
+        metrics: what the checker exports.
+        clock: wall-clock seconds.
+        tick_s: how often time-based decisions (and the guard's) are made.
+        reconcile_s: the least time between two corrections of one worker's gate.
+    """
+
+    def __init__(self, fleet: Fleet, store: HealthStore, actuator: Actuator,
+                 metrics: CheckerMetrics | None = None, clock: Callable[[], float] = time.time,
+                 tick_s: float = 0.25, reconcile_s: float = 2.0) -> None:
+        self.fleet = fleet
+        self.store = store
+        self.actuator = actuator
+        self.clock = clock
+        self.tick_s = tick_s
+        self.reconcile_s = reconcile_s
+        self.metrics = metrics or CheckerMetrics(lambda: self.fleet, lambda: self.wear)
+        self.inbox: queue.Queue[tuple[dict[str, Any], float]] = queue.Queue()
+        self.wear: dict[str, Mapping[str, Reading]] = {}
+        self.last_loop = 0.0
+        self.ready = False
+        self._unsaved_workers: set[str] = set()
+        self._unsaved_audit: list[dict[str, Any]] = []
+        self._last_correction: dict[str, float] = {}
+
+    @classmethod
+    def from_store(cls, store: HealthStore, actuator: Actuator, config: PolicyConfig,
+                   clock: Callable[[], float] = time.time, seed: int | None = None,
+                   **kwargs: Any) -> Checker:
+        """A checker that resumes from the stored states (nobody is re-drained).
+
+        Every stored worker is given ``offline_after_s`` from now to be heard from.
+        """
+        import dataclasses
+        import random
+
+        now = clock()
+        stored = store.load()
+        workers = {name: dataclasses.replace(w, last_seen=max(w.last_seen, now))
+                   for name, w in stored.items()}
+        fleet = Fleet(HealthPolicy(config), seed=seed if seed is not None else random.getrandbits(32),
+                      workers=workers)
+        checker = cls(fleet, store, actuator, clock=clock, **kwargs)
+        log.info("checker_resumed", workers=len(workers),
+                 states={s.value: n for s, n in fleet.by_state().items()})
+        return checker
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Apply events and tick until ``stop`` is set."""
+        self.ready = True
+        next_tick = self.clock()
+        while not stop.is_set():
+            try:
+                event, at = self.inbox.get(timeout=max(0.0, next_tick - self.clock()))
+                self.handle(event, at)
+                while True:  # everything already waiting, before the next tick
+                    event, at = self.inbox.get_nowait()
+                    self.handle(event, at)
+            except queue.Empty:
+                pass
+            now = self.clock()
+            if now >= next_tick:
+                self.tick(now)
+                next_tick = now + self.tick_s
+            self.last_loop = now
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Receiver thread: queue an event for the loop, stamped with its arrival time."""
+        if event.get("type") in EVENT_TYPES:
+            self.inbox.put((event, self.clock()))
+
+    def handle(self, event: Mapping[str, Any], at: float) -> None:
+        """Apply one event: observe it, act on what changed, correct the worker's gate."""
+        obs = observation(event, at)
+        if obs is None:
+            return
+        if event.get("type") == WEAR_EVENT and hasattr(obs, "wear"):
+            self.wear[obs.worker] = obs.wear
+        joined = obs.worker not in self.fleet.workers
+        decision = self.fleet.observe(obs)
+        if joined:
+            log.info("worker_joined", worker=obs.worker)
+            self._unsaved_workers.add(obs.worker)
+            self._unsaved_audit.append({"kind": "joined", "worker": obs.worker, "at": at,
+                                        "state": self.fleet.workers[obs.worker].state.value})
+            self.flush()
+        self.apply(decision)
+        if event.get("type") == WEAR_EVENT:
+            self.correct(event, at)
+
+    def tick(self, now: float) -> None:
+        """Time-based decisions, and the guard's decisions on this pass's proposals."""
+        self.apply(self.fleet.tick(now))
+        self.flush()
+
+    # --- acting --------------------------------------------------------------------------
+
+    def apply(self, decision: Decision) -> None:
+        """Store, log, count and enforce the transitions of a decision."""
+        if not decision.transitions:
+            return
+        for t in decision.transitions:
+            self._unsaved_workers.add(t.worker)
+            self._unsaved_audit.append(audit_record(t))
+            self.metrics.on_transition(t)
+            log.info("worker_transition", worker=t.worker, from_state=t.from_state.value,
+                     to_state=t.to_state.value, reason=t.reason, cause=t.cause.value,
+                     enforced=t.enforced)
+        self.flush()
+        for t in decision.transitions:
+            self.enforce(t)
+
+    def enforce(self, t: Transition) -> None:
+        """Take the worker out of rotation or put it back, as the transition says."""
+        out = t.to_state in MUST_BE_OUT and t.from_state not in MUST_BE_OUT
+        back = t.to_state in CONSUMING and t.from_state in MUST_BE_OUT
+        if not (out or back):
+            return
+        if not t.enforced:
+            log.warning("dry_run_would_act", worker=t.worker, action="drain" if out else "admit",
+                        reason=t.reason)
+            self.metrics.control.labels("drain" if out else "admit", "dry_run").inc()
+            return
+        if out:
+            self._drain(t.worker, t.reason, verdict_at=t.at)
+        else:
+            self._admit(t.worker, t.reason)
+
+    def correct(self, event: Mapping[str, Any], at: float) -> None:
+        """Make a worker's gate agree with its state (after a restart of either side)."""
+        name = str(event.get("hostname"))
+        w = self.fleet.workers.get(name)
+        if w is None or not self.fleet.config.enforce:
+            return
+        if at - self._last_correction.get(name, 0.0) < self.reconcile_s:
+            return
+        gate_open = event.get("gate") == "open" or bool(event.get("consuming"))
+        if w.state in MUST_BE_OUT and gate_open:
+            self._last_correction[name] = at
+            self._drain(name, f"correction: {w.state.value}: {w.reason}", verdict_at=None)
+        elif (w.state in CONSUMING and event.get("gate") == "closed"
+              and not event.get("self_protected")):
+            self._last_correction[name] = at
+            self._admit(name, f"correction: {w.state.value}")
+
+    def _drain(self, worker: str, reason: str, verdict_at: float | None) -> None:
+        reply = self._send("drain", self.actuator.drain, worker, reason)
+        if reply is None:
+            return
+        record: dict[str, Any] = {"kind": "drain_confirmed" if reply.answered else "drain_unconfirmed",
+                                  "worker": worker, "at": reply.confirmed_at or self.clock(),
+                                  "verdict_at": verdict_at, "reason": reason,
+                                  "consuming": reply.body.get("consuming"),
+                                  "sent_at": reply.sent_at,
+                                  "received_at": reply.body.get("received_at"),
+                                  "inflight": reply.body.get("inflight")}
+        if reply.answered and verdict_at is not None and reply.confirmed_at is not None:
+            record["confirm_s"] = reply.confirmed_at - verdict_at
+            self.metrics.drain.observe(max(0.0, record["confirm_s"]))
+        log.info("drain_" + ("confirmed" if reply.answered else "unconfirmed"), worker=worker,
+                 confirm_s=record.get("confirm_s"), consuming=record["consuming"])
+        self._unsaved_audit.append(record)
+        self.flush()
+
+    def _admit(self, worker: str, reason: str) -> None:
+        reply = self._send("admit", self.actuator.admit, worker, reason)
+        if reply is not None:
+            self._unsaved_audit.append({"kind": "admit_confirmed" if reply.answered
+                                        else "admit_unconfirmed", "worker": worker,
+                                        "at": reply.confirmed_at or self.clock(), "reason": reason})
+            self.flush()
+
+    def _send(self, name: str, command: Callable[[str, str], Reply], worker: str,
+              reason: str) -> Reply | None:
+        try:
+            reply = command(worker, reason)
+        except HealthcheckError as exc:
+            log.error("control_failed", worker=worker, command=name, error=str(exc))
+            self.metrics.control.labels(name, "error").inc()
+            return None
+        self.metrics.control.labels(name, "confirmed" if reply.answered else "no_reply").inc()
+        return reply
+
+    def flush(self) -> None:
+        """Write what is not stored yet; on a store failure keep it for the next pass."""
+        if not (self._unsaved_workers or self._unsaved_audit):
+            return
+        try:
+            self.store.save(self.fleet.workers[n] for n in self._unsaved_workers
+                            if n in self.fleet.workers)
+            self.store.append(self._unsaved_audit)
+        except HealthcheckError as exc:
+            log.error("store_write_failed", error=str(exc), pending=len(self._unsaved_audit))
+            return
+        self._unsaved_workers.clear()
+        self._unsaved_audit.clear()
+
+    # --- operators ----------------------------------------------------------------------
+
+    def operator(self, worker: str, to: State, reason: str) -> Decision:
+        """Apply an operator's action now (used by the command line through the checker)."""
+        decision = self.fleet.operator(worker, to, reason, self.clock())
+        self.apply(decision)
+        return decision
+
+
+def audit_record(t: Transition) -> dict[str, Any]:
+    """The audit log's record of one transition."""
+    return {"kind": "transition", "worker": t.worker, "from": t.from_state.value,
+            "to": t.to_state.value, "reason": t.reason, "cause": t.cause.value,
+            "automatic": t.automatic, "enforced": t.enforced, "at": t.at,
+            "evidence": dict(t.evidence)}
+
+
+def receive_events(app: Celery, on_event: Callable[[dict[str, Any]], None],
+                   stop: threading.Event) -> None:
+    """Feed every Celery event to ``on_event`` until ``stop``; reconnect when the broker drops."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            with app.connection() as conn:
+                recv = app.events.Receiver(conn, handlers={"*": on_event})
+                watcher = threading.Thread(target=_stop_when, args=(stop, recv), daemon=True)
+                watcher.start()
+                delay = 0.5
+                recv.capture(limit=None, timeout=None, wakeup=False)
+        except Exception as exc:  # the broker went away: wait and reconnect
+            log.warning("event_receiver_reconnecting", error=str(exc), delay_s=delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _stop_when(stop: threading.Event, recv: Any) -> None:
+    stop.wait()
+    recv.should_stop = True

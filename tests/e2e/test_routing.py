@@ -1,0 +1,140 @@
+"""Health-aware routing end to end: real Redis, real workers, the real checker, real tweets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from broker_config.app import HostCelery
+from healthcheck.store import RedisHealthStore
+from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
+from tests.support.cli import REPO, celery, read_jsonl
+from tests.support.events import EventTap
+
+FAST_WEAR = {"HOST_WEAR_INTERVAL": "0.25"}
+HARD_CPU = 97.0
+
+
+def policy_file(tmp_path: Path, extra: str = "") -> Path:
+    """A policy where only hard limits eject (soft breaches never confirm), for exact timing."""
+    path = tmp_path / "policy.toml"
+    path.write_text("[recovery]\nconfirm_breaches = 100000\n" + extra)
+    return path
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def start_ingest(host_env: dict[str, str], out: Path, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "ingest",
+                             str(GROUND_TRUTH), "--out", str(out), "--json", "--timeout", "60"],
+                            env=host_env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=log.open("w"))
+
+
+def state_of(store: RedisHealthStore, worker: str) -> str | None:
+    w = store.get(worker)
+    return w.state.value if w else None
+
+
+@pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
+class TestDrainOnWear:
+    def test_worn_worker_is_drained_and_starts_nothing_after_confirming(
+            self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
+            host_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path) -> None:
+        """Mid-stream wear: drained within 2 s, confirmed within 100 ms, zero tasks after it."""
+        store = RedisHealthStore(redis_client)
+        with EventTap(app) as tap:
+            # Given three workers, the checker, and a stream of 4,200 real tweets
+            workers = [start_worker(f"rt{i}", env=FAST_WEAR) for i in (1, 2, 3)]
+            bad = workers[0].name
+            start_checker("--policy", str(policy_file(tmp_path)), "--tick", "0.1")
+            out = tmp_path / "results.jsonl"
+            ingest = start_ingest(host_env, out, tmp_path / "ingest.err")
+            tap.wait_for("worker-wear", lambda e: e["tasks"]["completed"] >= 100, hostname=bad,
+                         timeout=60)
+            # When wear is injected into one worker through the control command
+            proc = celery("fleet", "inject", bad, "cpu=100", env=host_env)
+            assert proc.returncode == 0, proc.stderr
+            # Then it is drained and quarantined while the stream goes on
+            wait_until(lambda: state_of(store, bad) == "QUARANTINED", 30, f"{bad} quarantined")
+            assert ingest.wait(180) == 0, (tmp_path / "ingest.err").read_text()[-2000:]
+            time.sleep(0.5)  # the last task events are on their way
+            succeeded = [e["uuid"] for e in tap.of("task-succeeded")]
+            first_hard = next(e for e in tap.of("worker-wear", bad)
+                              if e["wear"]["cpu_percent"][0] >= HARD_CPU)
+
+        history = store.history(bad)
+        drained = next(r for r in history if r["kind"] == "transition" and r["to"] == "DRAINING")
+        confirmed = next(r for r in history if r["kind"] == "drain_confirmed")
+        # Drained within 2 s of the first report over the hard threshold (the worker's clock)
+        assert drained["at"] - first_hard["timestamp"] <= 2.0, (drained, first_hard["timestamp"])
+        assert "cpu_percent" in drained["reason"]
+        # The worker confirmed within 100 ms of the verdict
+        assert confirmed["confirm_s"] <= 0.1, confirmed
+        assert confirmed["consuming"] == []
+        # Zero tasks started on it after it confirmed
+        results = read_jsonl(out)
+        late = [r for r in results if r["worker"] == bad and r["started_at"] > confirmed["at"]]
+        assert late == []
+        # Every tweet analysed exactly once, by healthy workers after the drain
+        assert len(results) == 4200
+        assert len({r["id"] for r in results}) == 4200
+        assert all(r["status"] == "analysed" for r in results)
+        runs = Counter(succeeded)
+        assert len(runs) == 4200 and max(runs.values()) == 1
+        assert {r["worker"] for r in results if r["started_at"] > confirmed["at"]} <= {
+            w.name for w in workers[1:]}
+        # Celery's own CLI shows the worker consuming only its verify queue
+        proc = celery("inspect", "active_queues", "-d", bad, "--json", env=host_env)
+        assert proc.returncode == 0, proc.stderr
+        queues = json.loads(proc.stdout)[bad]
+        assert [q["name"] for q in queues] == [f"host.verify.{bad}"]
+
+
+class TestGuard:
+    def test_three_of_four_worn_at_once_holds_the_bound(
+            self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
+            host_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path) -> None:
+        """Three of four wear out: at most one out (bound 1), the guard engages, tweets flow."""
+        store = RedisHealthStore(redis_client)
+        workers = [start_worker(f"gd{i}", env=FAST_WEAR) for i in (1, 2, 3, 4)]
+        checker = start_checker("--policy", str(policy_file(tmp_path)), "--tick", "0.1")
+        wait_until(lambda: all(state_of(store, w.name) == "HEALTHY" for w in workers), 20,
+                   "all four known to the checker")
+        # When three of the four report a hard breach
+        for w in workers[:3]:
+            assert celery("fleet", "inject", w.name, "cpu=100", env=host_env).returncode == 0
+        # Then the guard engages and holds the bound of one worker out of rotation
+        wait_until(lambda: "host_blast_radius_guard_engaged 1.0" in checker.get("/metrics")[1],
+                   30, "the guard to engage")
+        time.sleep(2)
+        states = Counter(state_of(store, w.name) for w in workers)
+        out = states["DRAINING"] + states["QUARANTINED"]
+        assert out <= 1, states
+        assert states["HEALTHY"] + states["SUSPECT"] >= 3
+        # And tweets still flow through the workers in rotation
+        src = tmp_path / "some.txt"
+        src.write_text("".join(f"still flowing, tweet {i} is great\n" for i in range(200)))
+        proc = celery("ingest", str(src), "--json", env=host_env, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        summary = json.loads(proc.stderr.strip().splitlines()[-1])
+        assert summary["analysed"] == 200
+        out_workers = {w.name for w in workers if state_of(store, w.name) in ("DRAINING",
+                                                                                "QUARANTINED")}
+        assert not set(summary["by_worker"]) & out_workers

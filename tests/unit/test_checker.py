@@ -1,0 +1,163 @@
+"""The checker service with in-memory store and actuator: explicit clock, no I/O, no sleeps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from healthcheck.actuator import InMemoryActuator
+from healthcheck.errors import StoreUnavailable
+from healthcheck.policy import PolicyConfig, State, WorkerHealth
+from healthcheck.policy.model import Cause
+from healthcheck.service import Checker
+from healthcheck.store import InMemoryHealthStore
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def wear_event(worker: str, cpu: float = 20.0, gate: str = "open", inflight: int = 0,
+               consuming: tuple[str, ...] = ("tweets",), **extra: Any) -> dict[str, Any]:
+    return {"type": "worker-wear", "hostname": worker, "seq": 1,
+            "wear": {"cpu_percent": [cpu, cpu], "memory_percent": [40, 40]},
+            "tasks": {"completed": 5, "failed": 0, "consecutive_failures": 0},
+            "inflight": inflight, "queues": ["tweets"], "gate": gate,
+            "consuming": list(consuming), **extra}
+
+
+def make(workers: dict[str, WorkerHealth] | None = None, enforce: bool = True,
+         store: InMemoryHealthStore | None = None) -> tuple[Checker, InMemoryActuator, Clock,
+                                                             InMemoryHealthStore]:
+    store = store or InMemoryHealthStore()
+    if workers:
+        store.save(workers.values())
+    actuator, clock = InMemoryActuator(), Clock()
+    checker = Checker.from_store(store, actuator, PolicyConfig(enforce=enforce), clock=clock,
+                                 seed=1)
+    return checker, actuator, clock, store
+
+
+def sample(checker: Checker, name: str, **labels: str) -> float | None:
+    return checker.metrics.registry.get_sample_value(name, labels)
+
+
+class TestChecker:
+    def test_hard_breach_drains_with_a_confirmed_command(self) -> None:
+        """A 99% CPU report: DRAINING at the next tick, host_drain sent to that worker alone."""
+        checker, actuator, clock, store = make()
+        for w in ("w1", "w2", "w3", "w4"):
+            checker.handle(wear_event(w), clock())
+        clock.now += 1
+        checker.handle(wear_event("w1", cpu=99, inflight=1), clock())
+        assert actuator.sent == []  # proposals wait for the tick
+        clock.now += 0.25
+        checker.tick(clock())
+        assert actuator.sent == [("host_drain", "w1", actuator.sent[0][2])]
+        assert "cpu_percent" in actuator.sent[0][2]
+        assert store.load()["w1"].state is State.DRAINING
+        kinds = [r["kind"] for r in store.history("w1")]
+        assert kinds == ["joined", "transition", "drain_confirmed"]
+        assert sample(checker, "host_worker_state", worker="w1", state="DRAINING") == 1
+        assert sample(checker, "host_queue_healthy_consumers", queue="tweets") == 3
+        assert sample(checker, "host_detection_seconds_count") == 1
+        assert sample(checker, "host_drain_seconds_count") == 1
+
+    def test_dry_run_decides_but_never_acts(self) -> None:
+        """With enforcement off the transition is recorded as not enforced and nothing is sent."""
+        checker, actuator, clock, store = make(enforce=False)
+        for w in ("w1", "w2", "w3", "w4"):
+            checker.handle(wear_event(w), clock())
+        checker.handle(wear_event("w1", cpu=99, inflight=1), clock())
+        checker.tick(clock())
+        assert actuator.sent == []
+        record = store.history("w1")[-1]
+        assert (record["to"], record["enforced"]) == ("DRAINING", False)
+        assert sample(checker, "host_control_commands_total", command="drain",
+                      outcome="dry_run") == 1
+
+    def test_resume_from_store_redrains_nobody(self) -> None:
+        """A restarted checker keeps stored states and sends nothing while gates agree."""
+        stored = {"w1": WorkerHealth("w1", State.QUARANTINED, cause=Cause.WEAR, since=900,
+                                     last_seen=900, backoff_until=2000, queues=("tweets",)),
+                  "w2": WorkerHealth("w2", State.HEALTHY, since=900, last_seen=900,
+                                     queues=("tweets",))}
+        checker, actuator, clock, _ = make(stored)
+        checker.handle(wear_event("w1", gate="closed", consuming=()), clock())
+        checker.handle(wear_event("w2"), clock())
+        checker.tick(clock())
+        assert checker.fleet.workers["w1"].state is State.QUARANTINED
+        assert actuator.sent == []
+
+    def test_correction_drains_a_quarantined_worker_that_consumes(self) -> None:
+        """A quarantined worker reporting an open gate is drained again (rate-limited)."""
+        stored = {"w1": WorkerHealth("w1", State.QUARANTINED, cause=Cause.WEAR, since=900,
+                                     last_seen=900, backoff_until=2000, queues=("tweets",))}
+        checker, actuator, clock, _ = make(stored)
+        checker.handle(wear_event("w1", gate="open"), clock())
+        checker.handle(wear_event("w1", gate="open"), clock() + 0.5)
+        assert [c[0] for c in actuator.sent] == ["host_drain"]
+        checker.handle(wear_event("w1", gate="open"), clock() + 2.5)
+        assert [c[0] for c in actuator.sent] == ["host_drain", "host_drain"]
+
+    def test_correction_admits_a_healthy_worker_with_a_closed_gate(self) -> None:
+        """HEALTHY but gated (not self-protected): admitted; a self-protected one is left alone."""
+        checker, actuator, clock, _ = make()
+        checker.handle(wear_event("w1", gate="closed", consuming=()), clock())
+        assert actuator.sent[0][:2] == ("host_admit", "w1")
+        checker.handle(wear_event("w2", gate="closed", consuming=(), memory=0,
+                                  self_protected="memory 99"), clock())
+        assert all(c[1] != "w2" or c[0] != "host_admit" for c in actuator.sent)
+
+    def test_self_protection_is_recorded_as_an_exempt_ejection(self) -> None:
+        """A worker that closed its own gate goes DRAINING at once, cause self."""
+        checker, _, clock, _ = make()
+        for w in ("w1", "w2", "w3", "w4"):
+            checker.handle(wear_event(w), clock())
+        checker.handle(wear_event("w1", gate="closed", consuming=(), inflight=1,
+                                  self_protected="memory_percent 99"), clock())
+        w1 = checker.fleet.workers["w1"]
+        assert (w1.state, w1.cause) == (State.DRAINING, Cause.SELF)
+
+    def test_store_outage_keeps_records_until_it_returns(self) -> None:
+        """When the store fails, nothing is lost: records are written on a later pass."""
+
+        class Flaky(InMemoryHealthStore):
+            down = False
+
+            def append(self, records: Any) -> None:
+                if self.down:
+                    raise StoreUnavailable("down")
+                super().append(records)
+
+        store = Flaky()
+        checker, _, clock, _ = make(store=store)
+        for w in ("w1", "w2", "w3", "w4"):
+            checker.handle(wear_event(w), clock())
+        store.down = True
+        checker.handle(wear_event("w1", cpu=99, inflight=1), clock())
+        checker.tick(clock())
+        assert [r["kind"] for r in store.history("w1")] == ["joined"]
+        store.down = False
+        checker.tick(clock() + 0.3)
+        assert [r["kind"] for r in store.history("w1")] == ["joined", "transition",
+                                                            "drain_confirmed"]
+
+    @pytest.mark.parametrize("event", [
+        {"type": "worker-wear"},
+        {"type": "worker-wear", "hostname": "w1", "wear": {"cpu_percent": "hot"}},
+        {"type": "worker-wear", "hostname": "w1", "tasks": {"completed": "many"}},
+        {"type": "task-succeeded", "hostname": "w1"},
+        {"hostname": 5},
+    ])
+    def test_malformed_events_are_ignored(self, event: dict[str, Any]) -> None:
+        """Events come from the network: a malformed one changes nothing and raises nothing."""
+        checker, actuator, clock, _ = make()
+        checker.handle(event, clock())
+        assert checker.fleet.workers == {}
+        assert actuator.sent == []

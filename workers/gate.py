@@ -1,0 +1,139 @@
+"""The health gate: whether this worker may start work-queue tasks, and taking it in or out of rotation.
+
+The gate is one flag in memory shared with the pool (created by the main process before it
+forks), so a pool process checks it at the moment a task would start: a worker out of rotation
+never starts a data-plane task, not even one it had already reserved. Such a message goes back
+to the broker (``Reject(requeue=True)`` under late acknowledgement) for a healthy worker.
+
+Taking a worker out of rotation is, in order: close the gate, then stop consuming every work
+queue (the private verify queue stays). Both happen before the control command replies, so a
+reply is a confirmation, unlike Celery's ``cancel_consumer``, which replies before it acts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import time
+from typing import Any
+
+from broker_config.queues import is_work_queue
+from workers.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class Gate:
+    """Open or closed, with the reason and time of the last change (shared with the pool)."""
+
+    def __init__(self, open_: bool = True, reason: str = "clean start") -> None:
+        self._open: Any = multiprocessing.RawValue(ctypes.c_bool, open_)
+        self.reason = reason
+        self.changed_at = time.time()
+        self.self_protected: str | None = None
+
+    def is_open(self) -> bool:
+        """True while work-queue tasks may start."""
+        return bool(self._open.value)
+
+    def allows(self, queue: str | None) -> bool:
+        """Whether a task that came from ``queue`` may start now (verify-queue tasks always may)."""
+        return self.is_open() or (queue is not None and not is_work_queue(queue))
+
+    def close(self, reason: str) -> None:
+        """Refuse work-queue tasks from now on."""
+        self._open.value = False
+        self.reason, self.changed_at = reason, time.time()
+
+    def open(self, reason: str) -> None:
+        """Accept work-queue tasks again."""
+        self._open.value = True
+        self.reason, self.changed_at = reason, time.time()
+        self.self_protected = None
+
+
+_gate: Gate | None = None
+
+
+def install_gate(open_: bool, reason: str) -> Gate:
+    """Create this worker's gate (main process, before the pool forks)."""
+    global _gate
+    _gate = Gate(open_, reason)
+    return _gate
+
+
+def gate() -> Gate | None:
+    """This worker's gate (None outside a host worker)."""
+    return _gate
+
+
+def allows(queue: str | None) -> bool:
+    """Whether a task from ``queue`` may start in this process (always, outside a host worker)."""
+    return _gate is None or _gate.allows(queue)
+
+
+def take_out(consumer: Any, reason: str) -> dict[str, Any]:
+    """Close the gate and stop consuming every work queue; what the worker now holds."""
+    g = _require()
+    g.close(reason)
+    for name in consuming_work_queues(consumer):
+        consumer.cancel_task_queue(name)
+    return status(consumer)
+
+
+def put_back(consumer: Any, reason: str) -> dict[str, Any]:
+    """Consume the configured work queues again and open the gate."""
+    g = _require()
+    consuming = set(consuming_work_queues(consumer))
+    for name in configured_work_queues(consumer):
+        if name not in consuming:
+            consumer.add_task_queue(name)
+    g.open(reason)
+    return status(consumer)
+
+
+def status(consumer: Any) -> dict[str, Any]:
+    """The gate and the queues, as control replies and wear reports carry them."""
+    from celery.worker import state as worker_state
+
+    g = _require()
+    return {
+        "gate": "open" if g.is_open() else "closed",
+        "gate_reason": g.reason,
+        "gate_changed_at": g.changed_at,
+        "self_protected": g.self_protected,
+        "consuming": consuming_work_queues(consumer),
+        "inflight": len(worker_state.active_requests) + len(worker_state.reserved_requests),
+        "at": time.time(),
+    }
+
+
+def consuming_work_queues(consumer: Any) -> list[str]:
+    """Work queues the consumer is subscribed to right now."""
+    queues = consumer.task_consumer.queues if consumer.task_consumer else []
+    return sorted(q.name for q in queues if is_work_queue(q.name))
+
+
+def configured_work_queues(consumer: Any) -> list[str]:
+    """Work queues this worker was started to consume (``-Q``), whatever its state."""
+    return configured_work_queues_of(consumer.hostname)
+
+
+def configured_work_queues_of(worker: str) -> list[str]:
+    """Work queues the named worker (of this process) was started to consume."""
+    return sorted(_configured.get(worker, ()))
+
+
+#: Work queues selected at start, by worker name (filled when the worker sets up).
+_configured: dict[str, tuple[str, ...]] = {}
+
+
+def remember_configured(worker: str, queues: list[str]) -> None:
+    """Record the work queues a worker was started with (before any drain deselects them)."""
+    _configured[worker] = tuple(q for q in queues if is_work_queue(q))
+
+
+def _require() -> Gate:
+    if _gate is None:
+        raise RuntimeError("no health gate: not inside a host worker")
+    return _gate
