@@ -9,6 +9,7 @@ Celery settings. ``PLAIN_BROKER_URL`` names the broker. Workers run ``-A bench.p
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from celery import Celery
@@ -31,6 +32,12 @@ def make_app(profile: str, broker_url: str) -> Celery:
     @app.task(name="plain.analyse")
     def analyse(text: str) -> dict[str, Any]:
         return dict(_analyzer.polarity_scores(text))
+
+    @app.task(name="plain.analyse_stamped", bind=True)
+    def analyse_stamped(self: Any, text: str) -> dict[str, Any]:
+        started = time.time()
+        return {**_analyzer.polarity_scores(text), "worker": self.request.hostname,
+                "started_at": started}
 
     @app.task(name="plain.analyse_batch")
     def analyse_batch(texts: list[str]) -> list[dict[str, Any]]:

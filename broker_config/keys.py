@@ -12,3 +12,12 @@ DEADLETTER_COUNTS = PREFIX + "deadletter:counts"
 WORKERS = PREFIX + "workers"
 #: Stream of audit records: every transition, drain confirmation and operator action.
 AUDIT = PREFIX + "audit"
+
+
+def gate(worker: str) -> str:
+    """Set (to the reason) while the checker holds ``worker`` out of rotation; absent otherwise.
+
+    Pool processes check it before starting any work-queue task, so a verdict takes effect
+    the moment the checker records it, before the worker has even heard of it.
+    """
+    return f"{PREFIX}gate:{worker}"

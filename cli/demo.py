@@ -1,13 +1,23 @@
-"""``celery -A host demo``: the whole system on one machine, started and stopped in one command."""
+"""``celery -A host demo``: the whole system on one machine, started and stopped in one command.
+
+An embedded Redis (when no broker is configured), three workers, the health checker, and a
+stream of real messages. A third of the way through, one worker's CPU is injected to 100%: the
+checker drains it, the stream goes on through the healthy workers, and the summary shows how
+long that took and that every message was still analysed.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from importlib.resources import as_file, files
 from pathlib import Path
 from types import FrameType
@@ -22,25 +32,34 @@ from broker_config.app import HostCelery, create_app
 from cli.common import EXIT_INCOMPLETE, Progress, check_broker, host_app
 from cli.feed import FeedReport, feed, read_lines
 from cli.processes import WorkerProcess, node_name
-from cli.redis_server import RedisServer
+from cli.redis_server import RedisServer, free_port
+from healthcheck.actuator import control_reply
+from healthcheck.store import RedisHealthStore
 from workers.deadletter import RedisDeadLetterStore
 from workers.inbound import Limits
 from workers.logs import ensure_logging
+
+#: Wear reports four times a second, so the demo's drain happens within seconds.
+DEMO_WEAR_INTERVAL = "0.25"
+WEAR = "cpu=100"
 
 
 @click.command(cls=CeleryCommand)
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
               help="Messages to feed (default: the sample that ships with host).")
-@click.option("--workers", "n_workers", type=click.IntRange(1, 16), default=3, show_default=True)
+@click.option("--workers", "n_workers", type=click.IntRange(2, 16), default=3, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Messages per task.")
+@click.option("--rate", type=click.FloatRange(min=0), default=None,
+              help="Messages per second (default: 20 for the sample, unlimited for --input).")
+@click.option("--no-wear", is_flag=True, help="Do not wear a worker out midway.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="Keep the results (JSON Lines) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def demo(ctx: click.Context, input_path: str | None, n_workers: int, batch: int,
-         out_path: str | None, as_json: bool) -> None:
-    """Run a small fleet on this machine and feed it real messages.
+         rate: float | None, no_wear: bool, out_path: str | None, as_json: bool) -> None:
+    """Run a small fleet and its health checker on this machine, and feed it real messages.
 
     With no HOST_BROKER_URL set, an embedded Redis is started on a free port. Everything the
     demo starts is stopped at the end, on Ctrl-C and on SIGTERM.
@@ -48,41 +67,115 @@ def demo(ctx: click.Context, input_path: str | None, n_workers: int, batch: int,
     app = host_app(ctx)
     ensure_logging(app.host_settings.log_format, "WARNING")
     console = Console(stderr=True)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if rate is None:
+        rate = 0.0 if input_path else 20.0
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="host-demo-") as tmp:
         try:
-            report = _run(stack, app, console, Path(tmp), input_path, n_workers, batch,
-                          out_path, as_json)
+            run = Run(console, Path(tmp), n_workers, batch, rate or None, not no_wear)
+            report, story = run.go(stack, app, input_path, out_path)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping everything the demo started[/]")
             ctx.exit(130)
+    _print_summary(report, story, as_json)
     if not report.complete:
         ctx.exit(EXIT_INCOMPLETE)
 
 
-def _run(stack: ExitStack, app: HostCelery, console: Console, tmp: Path, input_path: str | None,
-         n_workers: int, batch: int, out_path: str | None, as_json: bool) -> FeedReport:
-    env = dict(os.environ)
-    settings = app.host_settings
-    if "HOST_BROKER_URL" not in os.environ:
-        server = RedisServer().start()
-        stack.callback(server.stop)
-        console.print(f"embedded Redis on port {server.port}")
-        env["HOST_BROKER_URL"] = server.url
-        settings = settings.replace(broker_url=server.url)
-    fleet_app = create_app(settings)
-    check_broker(fleet_app)
-    workers = stack.enter_context(_fleet(fleet_app, env, n_workers, tmp, console))
-    console.print(f"{len(workers)} workers ready: {', '.join(w.name for w in workers)} "
-                  f"(logs in {tmp})")
-    store = RedisDeadLetterStore.from_url(settings.effective_store_url, settings.deadletter_keep)
-    limits = Limits(settings.max_line_bytes, settings.max_text_chars)
-    with (_input(input_path) as (source, name), _output(out_path) as out,
-          Progress("demo").running() as progress):
-        report = feed(fleet_app, read_lines(source, name, "auto", limits), out, store,
-                      batch=batch, progress=progress.update)
-    _print_summary(console, report, as_json)
-    return report
+@dataclass
+class Story:
+    """What happened to the worn worker, for the summary."""
+
+    worker: str | None = None
+    injected_at: float | None = None
+    drained: dict[str, Any] = field(default_factory=dict)
+    started_after_verdict: int = 0
+    results_after_verdict: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"worn_worker": self.worker, "injected_at": self.injected_at, **self.drained,
+                "tasks_started_on_it_after_verdict": self.started_after_verdict,
+                "analysed_after_verdict_by_others": self.results_after_verdict}
+
+
+@dataclass
+class Run:
+    """One demo run: what it starts, and when it wears a worker out."""
+
+    console: Console
+    tmp: Path
+    n_workers: int
+    batch: int
+    rate: float | None
+    wear: bool
+    story: Story = field(default_factory=Story)
+    records: list[tuple[str, float]] = field(default_factory=list)
+
+    def go(self, stack: ExitStack, app: HostCelery, input_path: str | None,
+           out_path: str | None) -> tuple[FeedReport, Story]:
+        env, settings = self._broker(stack, app)
+        fleet_app = create_app(settings)
+        check_broker(fleet_app)
+        workers = stack.enter_context(_fleet(fleet_app, env, self.n_workers, self.tmp, self.console))
+        stack.enter_context(_checker(env, self.tmp, self.console))
+        self.console.print(f"{len(workers)} workers ready: {', '.join(w.name for w in workers)}; "
+                           f"checker running (logs in {self.tmp})")
+        store = RedisDeadLetterStore.from_url(settings.effective_store_url, settings.deadletter_keep)
+        limits = Limits(settings.max_line_bytes, settings.max_text_chars)
+        victim = workers[0].name
+        with (_input(input_path) as (source, name, total), _output(out_path) as out,
+              Progress("demo").running() as progress):
+            def on_progress(done: int, sent: int, final: bool) -> None:
+                progress.update(done, sent, final)
+                if self.wear and self.story.injected_at is None and sent >= total / 3:
+                    self._wear_out(fleet_app, victim)
+
+            report = feed(fleet_app, read_lines(source, name, "auto", limits), out, store,
+                          batch=self.batch, progress=on_progress, rate=self.rate,
+                          on_record=self._keep)
+        if self.story.injected_at is not None:
+            self._tell(RedisHealthStore.from_url(settings.effective_store_url), victim)
+        return report, self.story
+
+    def _broker(self, stack: ExitStack, app: HostCelery) -> tuple[dict[str, str], Any]:
+        env = dict(os.environ)
+        env.setdefault("HOST_WEAR_INTERVAL", DEMO_WEAR_INTERVAL)
+        settings = app.host_settings
+        if "HOST_BROKER_URL" not in os.environ:
+            server = RedisServer().start()
+            stack.callback(server.stop)
+            self.console.print(f"embedded Redis on port {server.port}")
+            env["HOST_BROKER_URL"] = server.url
+            settings = settings.replace(broker_url=server.url)
+        return env, settings
+
+    def _wear_out(self, app: HostCelery, worker: str) -> None:
+        self.story.worker, self.story.injected_at = worker, time.time()
+        control_reply(app, "host_inject", worker, {"spec": WEAR}, timeout=3)
+        self.console.print(f"[bold red]wearing {worker} out ({WEAR})[/]")
+
+    def _keep(self, record: dict[str, Any]) -> None:
+        if record.get("status") == "analysed":
+            self.records.append((str(record["worker"]), float(record["started_at"])))
+
+    def _tell(self, store: RedisHealthStore, worker: str) -> None:
+        history = store.history(worker)
+        drained = next((r for r in history if r.get("to") == "DRAINING"), None)
+        confirmed = next((r for r in history if r["kind"] == "drain_confirmed"), None)
+        if drained is None or confirmed is None or self.story.injected_at is None:
+            self.story.drained = {"drained": False}
+            return
+        verdict_at = confirmed["verdict_at"]
+        self.story.drained = {
+            "drained": True, "reason": drained["reason"],
+            "drained_after_injection_s": round(verdict_at - self.story.injected_at, 3),
+            "confirm_s": round(confirmed["confirm_s"], 4),
+            "state_now": (w.state.value if (w := store.get(worker)) else None),
+        }
+        self.story.started_after_verdict = sum(1 for w, t in self.records
+                                               if w == worker and t > verdict_at)
+        self.story.results_after_verdict = sum(1 for w, t in self.records
+                                               if w != worker and t > verdict_at)
 
 
 @contextmanager
@@ -103,13 +196,40 @@ def _fleet(app: HostCelery, env: dict[str, str], n: int, tmp: Path,
 
 
 @contextmanager
-def _input(input_path: str | None) -> Iterator[tuple[Any, str]]:
+def _checker(env: dict[str, str], tmp: Path, console: Console) -> Iterator[None]:
+    log = (tmp / "checker.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "healthcheck",
+                             "--metrics-port", str(free_port()), "--tick", "0.1"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        time.sleep(1.0)  # let it subscribe to events before the stream starts
+        if proc.poll() is not None:
+            raise click.ClickException(f"the checker exited; see {tmp / 'checker.log'}")
+        yield
+    finally:
+        console.print("stopping the checker")
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@contextmanager
+def _input(input_path: str | None) -> Iterator[tuple[Any, str, int]]:
     if input_path:
         with open(input_path, "rb") as f:
-            yield f, input_path
+            yield f, input_path, _count_lines(Path(input_path))
         return
     with as_file(files("cli") / "data" / "sample.txt") as path, open(path, "rb") as f:
-        yield f, "sample.txt"
+        yield f, "sample.txt", _count_lines(path)
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 @contextmanager
@@ -118,9 +238,9 @@ def _output(out_path: str | None) -> Iterator[Any]:
         yield out
 
 
-def _print_summary(console: Console, report: FeedReport, as_json: bool) -> None:
+def _print_summary(report: FeedReport, story: Story, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(report.as_dict()))
+        click.echo(json.dumps({**report.as_dict(), "drain": story.as_dict()}))
         return
     table = Table(title="host demo", show_header=True)
     table.add_column("")
@@ -135,9 +255,21 @@ def _print_summary(console: Console, report: FeedReport, as_json: bool) -> None:
         table.add_row(f"  by {worker}", str(n))
     for reason, n in report.by_reason.most_common():
         table.add_row(f"  rejected: {reason}", str(n))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if story.worker:
+        d = story.drained
+        if d.get("drained"):
+            console.print(
+                f"[bold]{story.worker}[/] was worn out ({WEAR}) and drained "
+                f"{d['drained_after_injection_s']:.2f} s later ({d['reason']}); it confirmed in "
+                f"{d['confirm_s'] * 1000:.0f} ms and is now {d['state_now']}. It started "
+                f"{story.started_after_verdict} tasks after the verdict; the healthy workers "
+                f"analysed the {story.results_after_verdict} messages that came after it.")
+        else:
+            console.print(f"[yellow]{story.worker} was worn out but the stream ended before "
+                          "it was drained: try a longer --input or a lower --rate[/]")
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
-

@@ -109,6 +109,8 @@ def feed(
     batch: int = 1,
     idle_timeout: float = 60.0,
     progress: ProgressFn | None = None,
+    rate: float | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> FeedReport:
     """Queue every line for analysis and write one JSON line per input to ``out``.
 
@@ -120,7 +122,9 @@ def feed(
         fmt: the format hint passed to workers ("json" documents are sent as JSON lines).
         batch: envelopes per task; 1 sends ``host.analyse``, more sends ``host.analyse_batch``.
         idle_timeout: give up waiting after this many seconds without a new result.
-        progress: called as results arrive.
+        progress: called as inputs are sent and as results arrive.
+        rate: send at most this many inputs per second (a steady stream); None: at once.
+        on_record: also called with every output record.
     """
     started = time.monotonic()
     report = FeedReport()
@@ -131,6 +135,8 @@ def feed(
     def emit(record: dict[str, Any]) -> None:
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         report.add(record)
+        if on_record:
+            on_record(record)
 
     with app.producer_or_acquire() as producer:
         for chunk in _chunks(lines, batch):
@@ -149,6 +155,8 @@ def feed(
                 results.append(res)
             if progress:
                 progress(report.accounted, report.inputs, False)
+            if rate:
+                _pace(started, report.inputs, rate)
     _collect(app, results, pending, emit, report, idle_timeout, progress)
     report.missing = [ref for refs in pending.values() for ref in refs]
     report.elapsed_s = time.monotonic() - started
@@ -160,6 +168,13 @@ def _send(app: Celery, producer: Any, envs: list[dict[str, Any]], batch: int) ->
     if batch == 1:
         return app.send_task("host.analyse", args=[envs[0]], producer=producer, headers=headers)
     return app.send_task("host.analyse_batch", args=[envs], producer=producer, headers=headers)
+
+
+def _pace(started: float, sent: int, rate: float) -> None:
+    # Sleep until the time the next input is due: input n goes out at started + n / rate.
+    delay = started + sent / rate - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
 
 
 def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:

@@ -167,7 +167,7 @@ class Checker:
             self.metrics.control.labels("drain" if out else "admit", "dry_run").inc()
             return
         if out:
-            self._drain(t.worker, t.reason, verdict_at=t.at)
+            self._drain(t.worker, t.reason)
         else:
             self._admit(t.worker, t.reason)
 
@@ -182,16 +182,24 @@ class Checker:
         gate_open = event.get("gate") == "open" or bool(event.get("consuming"))
         if w.state in MUST_BE_OUT and gate_open:
             self._last_correction[name] = at
-            self._drain(name, f"correction: {w.state.value}: {w.reason}", verdict_at=None)
+            self._drain(name, f"correction: {w.state.value}: {w.reason}", correction=True)
         elif (w.state in CONSUMING and event.get("gate") == "closed"
               and not event.get("self_protected")):
             self._last_correction[name] = at
             self._admit(name, f"correction: {w.state.value}")
 
-    def _drain(self, worker: str, reason: str, verdict_at: float | None) -> None:
+    def _drain(self, worker: str, reason: str, correction: bool = False) -> None:
+        # The gate key first: from the moment it is written no work-queue task starts on the
+        # worker, before the command has even reached it. That moment is the enforced verdict.
+        try:
+            self.store.close_gate(worker, reason)
+        except HealthcheckError as exc:
+            log.error("gate_key_write_failed", worker=worker, error=str(exc))
+        enforced_at = self.clock()
         reply = self._send("drain", self.actuator.drain, worker, reason)
         if reply is None:
             return
+        verdict_at = None if correction else enforced_at
         record: dict[str, Any] = {"kind": "drain_confirmed" if reply.answered else "drain_unconfirmed",
                                   "worker": worker, "at": reply.confirmed_at or self.clock(),
                                   "verdict_at": verdict_at, "reason": reason,
@@ -208,6 +216,11 @@ class Checker:
         self.flush()
 
     def _admit(self, worker: str, reason: str) -> None:
+        try:
+            self.store.open_gate(worker)
+        except HealthcheckError as exc:
+            log.error("gate_key_write_failed", worker=worker, error=str(exc))
+            return  # the worker would refuse work anyway: try again at the next correction
         reply = self._send("admit", self.actuator.admit, worker, reason)
         if reply is not None:
             self._unsaved_audit.append({"kind": "admit_confirmed" if reply.answered

@@ -60,6 +60,12 @@ class HealthStore(Protocol):
                 limit: int = 1000) -> list[dict[str, Any]]:
         """Audit records, oldest first (the newest ``limit`` of them)."""
 
+    def close_gate(self, worker: str, reason: str) -> None:
+        """Hold ``worker`` out: its pool processes refuse work-queue tasks from now on."""
+
+    def open_gate(self, worker: str) -> None:
+        """Let ``worker``'s pool processes start work-queue tasks again."""
+
 
 class RedisHealthStore:
     """States in a hash, the audit log in a capped stream.
@@ -110,6 +116,12 @@ class RedisHealthStore:
             records = [r for r in records if r.get("worker") == worker][:limit]
         return list(reversed(records))
 
+    def close_gate(self, worker: str, reason: str) -> None:
+        self._call(self._client.set, keys.gate(worker), reason)
+
+    def open_gate(self, worker: str) -> None:
+        self._call(self._client.delete, keys.gate(worker))
+
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
@@ -123,6 +135,7 @@ class InMemoryHealthStore:
     def __init__(self) -> None:
         self.workers: dict[str, dict[str, Any]] = {}
         self.audit: list[dict[str, Any]] = []
+        self.gates: dict[str, str] = {}
 
     def load(self) -> dict[str, WorkerHealth]:
         return {k: from_dict(v) for k, v in self.workers.items()}
@@ -143,3 +156,9 @@ class InMemoryHealthStore:
         records = [r for r in self.audit if (worker is None or r.get("worker") == worker)
                    and (since is None or r.get("at", 0) >= since)]
         return records[-limit:]
+
+    def close_gate(self, worker: str, reason: str) -> None:
+        self.gates[worker] = reason
+
+    def open_gate(self, worker: str) -> None:
+        self.gates.pop(worker, None)

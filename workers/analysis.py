@@ -21,6 +21,8 @@ class RunContext:
     task_id: str | None
     limits: Limits
     clock: Callable[[], float] = time.time
+    #: When the task started (passed the health gate); None: when the analysis begins.
+    started_at: float | None = None
 
 
 def envelope(ref: str, line: str, fmt: str = "auto", queued_at: float | None = None) -> dict[str, Any]:
@@ -30,7 +32,7 @@ def envelope(ref: str, line: str, fmt: str = "auto", queued_at: float | None = N
 
 def analyse_envelope(env: object, ctx: RunContext) -> dict[str, Any]:
     """Parse and analyse one envelope; a bad one yields a dead-letter record, never an exception."""
-    started = ctx.clock()
+    started = ctx.started_at if ctx.started_at is not None else ctx.clock()
     parsed = _parse_envelope(env, ctx.limits)
     if isinstance(parsed, Rejection):
         return parsed.record(at=started, stage="worker", worker=ctx.worker)

@@ -67,9 +67,56 @@ def gate() -> Gate | None:
     return _gate
 
 
-def allows(queue: str | None) -> bool:
-    """Whether a task from ``queue`` may start in this process (always, outside a host worker)."""
-    return _gate is None or _gate.allows(queue)
+def allows(queue: str | None, worker: str | None = None) -> bool:
+    """Whether a task from ``queue`` may start in this process (always, outside a host worker).
+
+    Both the local flag (set by the drain command) and the checker's gate key in the store
+    (set at the verdict) must be open. When the store does not answer, the local flag decides.
+    """
+    if _gate is None or (queue is not None and not is_work_queue(queue)):
+        return True
+    if not _gate.is_open():
+        return False
+    return worker is None or not _closed_in_store(worker)
+
+
+_remote: Any = None
+
+
+def use_store(url: str) -> None:
+    """Where the checker's gate keys live (called when the worker sets up)."""
+    global _remote
+    import redis
+
+    _remote = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+def _closed_in_store(worker: str) -> bool:
+    if _remote is None:
+        return False
+    import redis
+
+    from broker_config import keys
+
+    try:
+        return bool(_remote.exists(keys.gate(worker)))
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False  # fail static: the local flag has decided already
+
+
+def closed_reason_in_store(worker: str) -> str | None:
+    """The reason the checker holds ``worker`` out, if it does (None when unknown or open)."""
+    if _remote is None:
+        return None
+    import redis
+
+    from broker_config import keys
+
+    try:
+        value = _remote.get(keys.gate(worker))
+    except (redis.ConnectionError, redis.TimeoutError):
+        return None
+    return value.decode() if value else None
 
 
 def take_out(consumer: Any, reason: str) -> dict[str, Any]:

@@ -69,7 +69,10 @@ class HostTask(Task[Any, Any]):
         Raises:
             Reject: (requeue=True) the gate is closed: the message goes back to the broker.
         """
+        # The start time is taken before the gate is checked: a task stamped after a verdict
+        # was recorded has necessarily seen it.
+        self.request.host_started_at = time.time()  # type: ignore[attr-defined]
         queue = (self.request.delivery_info or {}).get("routing_key")
-        if not gate.allows(queue):
+        if not gate.allows(queue, self.request.hostname):
             raise Reject(f"health gate closed on {self.request.hostname}", requeue=True)
         return super().__call__(*args, **kwargs)

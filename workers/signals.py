@@ -8,8 +8,8 @@ from typing import Any
 import structlog
 from celery import Celery, signals
 
+from broker_config.app import settings_of
 from broker_config.queues import verify_queue
-from healthcheck.policy.model import OUT_OF_ROTATION
 from workers import gate
 from workers.logs import configure_logging, get_logger
 
@@ -30,8 +30,6 @@ def connect(app: Celery) -> None:
 def _setup_logging(loglevel: Any = None, **_: Any) -> None:
     from celery import current_app
 
-    from broker_config.app import settings_of
-
     settings = settings_of(current_app)
     # `celery worker -l` arrives as a level number; without it, HOST_LOG_LEVEL decides.
     level = logging.getLevelName(loglevel) if isinstance(loglevel, int) else settings.log_level
@@ -50,32 +48,19 @@ def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
     queue = verify_queue(sender)
     queues.select_add(queue)
     log.info("verify_queue_added", queue=queue.name)
-    stored = _stored_state(instance.app, sender)
-    if stored is not None and stored.state in OUT_OF_ROTATION:
+    gate.use_store(settings_of(instance.app).effective_store_url)
+    reason = gate.closed_reason_in_store(sender)
+    if reason is not None:
         for name in gate.configured_work_queues_of(sender):
             queues.deselect(name)
-        reason = f"restarted while {stored.state.value}: {stored.reason}"
-        gate.install_gate(False, reason)
-        log.warning("starting_out_of_rotation", state=stored.state.value, reason=stored.reason)
+        gate.install_gate(False, f"restarted while held out: {reason}")
+        log.warning("starting_out_of_rotation", reason=reason)
     else:
         gate.install_gate(True, "clean start")
 
 
-def _stored_state(app: Any, worker: str) -> Any:
-    from broker_config.app import settings_of
-    from healthcheck.errors import StoreUnavailable
-    from healthcheck.store import RedisHealthStore
-
-    try:
-        return RedisHealthStore.from_url(settings_of(app).effective_store_url).get(worker)
-    except (StoreUnavailable, ValueError) as exc:
-        log.warning("stored_state_unavailable", error=str(exc), note="starting in rotation")
-        return None
-
-
 def _install_injection(sender: Any, **_: Any) -> None:
     """Create the shared injection board before the pool forks, and say loudly if it is active."""
-    from broker_config.app import settings_of
     from workers.inject import install_board
 
     spec = settings_of(sender.app).wear_inject

@@ -52,6 +52,7 @@ def _context(task: Task[Any, Any]) -> RunContext:
         queue=delivery.get("routing_key"),
         task_id=task.request.id,
         limits=Limits(settings.max_line_bytes, settings.max_text_chars),
+        started_at=getattr(task.request, "host_started_at", None),
     )
 
 

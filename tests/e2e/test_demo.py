@@ -52,7 +52,8 @@ def demo_env() -> dict[str, str]:
 
 class TestDemo:
     def test_runs_the_sample_end_to_end_and_cleans_up(self, demo_env: dict[str, str]) -> None:
-        """With no broker configured, the demo embeds Redis, analyses the sample, stops all."""
+        """No broker configured: embedded Redis, the sample analysed, one worker worn out and
+        drained midway with nothing started on it afterwards, and nothing left running."""
         before = host_processes()
         proc = subprocess.run([sys.executable, "-m", "celery", "-A", "host", "demo", "--json"],
                               env=demo_env, cwd=REPO, capture_output=True, text=True, timeout=240,
@@ -66,6 +67,12 @@ class TestDemo:
         assert summary["rejected"] >= 10  # the sample carries hostile lines
         assert len(summary["by_worker"]) == 3
         assert "embedded Redis" in proc.stderr
+        drain = summary["drain"]
+        assert drain["drained"] is True, drain
+        assert drain["state_now"] in ("DRAINING", "QUARANTINED")
+        assert drain["tasks_started_on_it_after_verdict"] == 0
+        assert drain["analysed_after_verdict_by_others"] > 0
+        assert drain["drained_after_injection_s"] < 10
         assert wait_for_no_new(before) == set()
 
     @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")

@@ -88,10 +88,12 @@ class TestDrainOnWear:
         # The worker confirmed within 100 ms of the verdict
         assert confirmed["confirm_s"] <= 0.1, confirmed
         assert confirmed["consuming"] == []
-        # Zero tasks started on it after it confirmed
+        # Zero tasks started on it after it confirmed -- nor after the verdict took effect
         results = read_jsonl(out)
         late = [r for r in results if r["worker"] == bad and r["started_at"] > confirmed["at"]]
         assert late == []
+        assert [r for r in results if r["worker"] == bad
+                and r["started_at"] > confirmed["verdict_at"]] == []
         # Every tweet analysed exactly once, by healthy workers after the drain
         assert len(results) == 4200
         assert len({r["id"] for r in results}) == 4200
@@ -138,3 +140,83 @@ class TestGuard:
         out_workers = {w.name for w in workers if state_of(store, w.name) in ("DRAINING",
                                                                                 "QUARANTINED")}
         assert not set(summary["by_worker"]) & out_workers
+
+
+def consumed(app: HostCelery, worker: str) -> list[str]:
+    replies = app.control.inspect(destination=[worker], timeout=2).active_queues() or {}
+    return sorted(q["name"] for q in replies.get(worker, []))
+
+
+class TestFailStatic:
+    def test_checker_death_and_restart_change_nothing(
+            self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
+            host_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path) -> None:
+        """Kill the checker: states hold, work flows; restart it: nobody is drained again."""
+        store = RedisHealthStore(redis_client)
+        bad, good = start_worker("fs1", env=FAST_WEAR), start_worker("fs2", env=FAST_WEAR)
+        checker = start_checker("--policy", str(policy_file(tmp_path)), "--tick", "0.1")
+        assert celery("fleet", "inject", bad.name, "cpu=100", env=host_env).returncode == 0
+        wait_until(lambda: state_of(store, bad.name) == "QUARANTINED", 30, "quarantine")
+        # When the checker dies
+        checker.proc.kill()
+        checker.proc.wait()
+        # Then workers keep their last state and keep working
+        assert consumed(app, bad.name) == [f"host.verify.{bad.name}"]
+        src = tmp_path / "t.txt"
+        src.write_text("".join(f"the checker is gone but tweet {i} is fine\n" for i in range(30)))
+        proc = celery("ingest", str(src), "--json", env=host_env, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stderr.strip().splitlines()[-1])["by_worker"] == {good.name: 30}
+        # And a quarantined worker that restarts comes back out of rotation
+        bad.stop()
+        bad = start_worker("fs1", env=FAST_WEAR)
+        assert consumed(app, bad.name) == [f"host.verify.{bad.name}"]
+        # When the checker comes back, it resumes from the store and drains nobody again
+        drains_before = [r for r in store.history() if r["kind"].startswith(("drain", "admit"))]
+        restart_at = time.time()
+        start_checker("--policy", str(policy_file(tmp_path)), "--tick", "0.1", name="checker2")
+        time.sleep(3)
+        assert state_of(store, bad.name) == "QUARANTINED"
+        assert state_of(store, good.name) == "HEALTHY"
+        after = [r for r in store.history(since=restart_at)
+                 if r["kind"].startswith(("drain", "admit"))]
+        assert after == [], after
+        assert len(drains_before) == 1
+
+
+class TestDryRunAndEndpoints:
+    def test_dry_run_reports_and_does_nothing(
+            self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
+            host_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path) -> None:
+        """--dry-run: the verdict is logged, counted and stored as not enforced; no drain."""
+        store = RedisHealthStore(redis_client)
+        workers = [start_worker(f"dr{i}", env=FAST_WEAR) for i in (1, 2)]
+        checker = start_checker("--policy", str(policy_file(tmp_path)), "--tick", "0.1",
+                                "--dry-run")
+        assert celery("fleet", "inject", workers[0].name, "cpu=100", env=host_env).returncode == 0
+        record = wait_until(lambda: next((r for r in store.history(workers[0].name)
+                                          if r.get("to") == "DRAINING"), None), 30, "a verdict")
+        assert record["enforced"] is False
+        assert "drain" not in {r["kind"].split("_")[0] for r in store.history()}
+        assert "tweets" in consumed(app, workers[0].name)
+        metrics = checker.get("/metrics")[1]
+        assert 'host_control_commands_total{command="drain",outcome="dry_run"}' in metrics
+
+    def test_endpoints_and_metric_names(self, start_worker: WorkerFactory,
+                                        start_checker: CheckerFactory) -> None:
+        """/healthz and /readyz answer 200; /metrics carries the contract's names and labels."""
+        worker = start_worker("ep1", env=FAST_WEAR)
+        checker = start_checker("--tick", "0.1")
+        assert checker.get("/healthz")[0] == 200
+        assert checker.get("/readyz")[0] == 200
+        assert checker.get("/nope")[0] == 404
+        body = wait_until(lambda: (lambda b: b if worker.name in b else None)(
+            checker.get("/metrics")[1]), 15, "the worker in /metrics")
+        for line in (f'host_worker_state{{state="HEALTHY",worker="{worker.name}"}} 1.0',
+                     'host_queue_healthy_consumers{queue="tweets"} 1.0',
+                     "host_blast_radius_guard_engaged 0.0",
+                     'host_fleet_workers{state="HEALTHY"} 1.0'):
+            assert line in body, line
+        for name in ("host_worker_transitions_total", "host_detection_seconds",
+                     "host_drain_seconds", "host_worker_wear"):
+            assert f"# TYPE {name}" in body, name

@@ -61,6 +61,7 @@ class TestChecker:
         assert actuator.sent == [("host_drain", "w1", actuator.sent[0][2])]
         assert "cpu_percent" in actuator.sent[0][2]
         assert store.load()["w1"].state is State.DRAINING
+        assert "cpu_percent" in store.gates["w1"]  # the verdict took effect in the store first
         kinds = [r["kind"] for r in store.history("w1")]
         assert kinds == ["joined", "transition", "drain_confirmed"]
         assert sample(checker, "host_worker_state", worker="w1", state="DRAINING") == 1
@@ -107,9 +108,11 @@ class TestChecker:
 
     def test_correction_admits_a_healthy_worker_with_a_closed_gate(self) -> None:
         """HEALTHY but gated (not self-protected): admitted; a self-protected one is left alone."""
-        checker, actuator, clock, _ = make()
+        checker, actuator, clock, store = make()
+        store.close_gate("w1", "left over")
         checker.handle(wear_event("w1", gate="closed", consuming=()), clock())
         assert actuator.sent[0][:2] == ("host_admit", "w1")
+        assert "w1" not in store.gates
         checker.handle(wear_event("w2", gate="closed", consuming=(), memory=0,
                                   self_protected="memory 99"), clock())
         assert all(c[1] != "w2" or c[0] != "host_admit" for c in actuator.sent)

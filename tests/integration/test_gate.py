@@ -1,0 +1,82 @@
+"""The health gate and the drain/admit commands in a real worker."""
+
+from __future__ import annotations
+
+import time
+
+from broker_config.app import HostCelery
+from healthcheck.actuator import control_reply
+from tests.conftest import WorkerFactory
+from tests.support.cli import celery
+from tests.support.events import EventTap
+from workers.analysis import envelope
+
+
+def consumed(app: HostCelery, worker: str) -> list[str]:
+    replies = app.control.inspect(destination=[worker], timeout=2).active_queues() or {}
+    return sorted(q["name"] for q in replies.get(worker, []))
+
+
+class TestDrainCommand:
+    def test_drain_replies_after_it_acted_and_admit_undoes_it(self, app: HostCelery,
+                                                              start_worker: WorkerFactory) -> None:
+        """host_drain's reply already shows no work queue consumed; host_admit restores them."""
+        worker = start_worker("gt1")
+        reply = control_reply(app, "host_drain", worker.name, {"reason": "test"})
+        assert reply is not None
+        assert (reply["gate"], reply["consuming"]) == ("closed", [])
+        assert consumed(app, worker.name) == [f"host.verify.{worker.name}"]
+        reply = control_reply(app, "host_admit", worker.name, {"reason": "test"})
+        assert reply is not None
+        assert (reply["gate"], reply["consuming"]) == ("open", ["bulk", "default", "tweets"])
+        assert consumed(app, worker.name) == sorted(
+            ["bulk", "default", "tweets", f"host.verify.{worker.name}"])
+
+    def test_a_closed_gate_hands_delivered_work_back(self, app: HostCelery,
+                                                     start_worker: WorkerFactory,
+                                                     host_env: dict[str, str]) -> None:
+        """Work delivered to a gated worker is never started there: a healthy worker runs it."""
+        gated = start_worker("gt2", env={"HOST_WEAR_INTERVAL": "0.3"})
+        assert control_reply(app, "host_drain", gated.name, {"reason": "test"}) is not None
+        # Celery's own add_consumer makes it consume again, but cannot open the gate
+        proc = celery("control", "add_consumer", "tweets", "-d", gated.name, env=host_env)
+        assert proc.returncode == 0, proc.stderr
+        time.sleep(0.5)
+        with EventTap(app) as tap:
+            results = [app.send_task("host.analyse", args=[envelope(f"g:{i}", f"tweet {i} ok")])
+                       for i in range(20)]
+            tap.wait_for("task-rejected", hostname=gated.name, timeout=20)
+            healthy = start_worker("gt3")
+            records = [r.get(timeout=60) for r in results]
+            report = tap.wait_for("worker-wear", lambda e: sum(e["requeued"].values()) > 0,
+                                  hostname=gated.name)
+        assert {r["worker"] for r in records} == {healthy.name}
+        assert report["gate"] == "closed"
+
+    def test_verify_queue_is_served_while_gated(self, app: HostCelery,
+                                                start_worker: WorkerFactory) -> None:
+        """Probes still run on a drained worker: the verify queue is never gated."""
+        from broker_config.queues import verify_queue
+
+        worker = start_worker("gt4")
+        assert control_reply(app, "host_drain", worker.name, {"reason": "test"}) is not None
+        queue: object = verify_queue(worker.name)
+        record = app.send_task("host.analyse", args=[envelope("p:1", "probe text, nice")],
+                               queue=queue).get(timeout=20)  # type: ignore[arg-type]
+        assert record["worker"] == worker.name
+
+
+class TestSelfProtection:
+    def test_hard_memory_limit_closes_the_gate_without_a_checker(self, app: HostCelery,
+                                                                 start_worker: WorkerFactory,
+                                                                 host_env: dict[str, str]) -> None:
+        """memory at 99%: the worker stops consuming on its own and says why in its report."""
+        worker = start_worker("sp1", env={"HOST_WEAR_INTERVAL": "0.3"})
+        with EventTap(app) as tap:
+            assert celery("fleet", "inject", worker.name, "memory=99", env=host_env).returncode == 0
+            report = tap.wait_for("worker-wear", lambda e: e.get("self_protected") is not None,
+                                  hostname=worker.name)
+        assert report["gate"] == "closed"
+        assert report["consuming"] == []
+        assert "memory_percent" in report["self_protected"]
+        assert consumed(app, worker.name) == [f"host.verify.{worker.name}"]
