@@ -12,6 +12,15 @@ DEADLETTER_COUNTS = PREFIX + "deadletter:counts"
 WORKERS = PREFIX + "workers"
 #: Stream of audit records: every transition, drain confirmation and operator action.
 AUDIT = PREFIX + "audit"
+#: Hash: worker name -> its last report, summarised (JSON), for `fleet status`.
+REPORTS = PREFIX + "reports"
+#: List of operators' requests to the checker (signed JSON), oldest at the right.
+OPERATOR_REQUESTS = PREFIX + "operator:requests"
+
+
+def operator_reply(request_id: str) -> str:
+    """The list the checker pushes its answer to one operator request onto."""
+    return f"{PREFIX}operator:reply:{request_id}"
 
 
 def gate(worker: str) -> str:

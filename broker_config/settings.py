@@ -45,6 +45,9 @@ class Settings:
     #: Where host keeps its own records (dead letters, worker states); empty means the broker URL.
     store_url: str = ""
     control_secret: str = ""
+    #: Also accepted when verifying (never used to sign): set it to the old secret while
+    #: rotating, so that nodes still on the old secret keep being obeyed.
+    control_secret_previous: str = ""
     env: str = "development"
     metrics_port: int = 9808
     policy_file: str = ""
@@ -63,6 +66,8 @@ class Settings:
     deadletter_keep: int = 100_000
     log_format: str = "auto"
     log_level: str = "INFO"
+    #: Let Celery's shutdown, pool_restart and pool_shrink remote commands reach workers.
+    allow_dangerous_control: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -83,6 +88,9 @@ class Settings:
             )
         if not self.store_url and not _is_redis(self.broker_url):
             raise ConfigError(env_key("store_url"), "", "must be set when the broker is not Redis")
+        if self.env == "production" and not self.control_secret:
+            raise ConfigError(env_key("control_secret"), "",
+                              "required when HOST_ENV=production (control commands are signed)")
 
     @property
     def effective_result_backend(self) -> str:
@@ -148,7 +156,7 @@ def _read_file(file_name: str) -> dict[str, Any]:
         expected = _TYPES[key]
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, expected) or isinstance(value, bool):
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
             raise ConfigError(f"{file_name}: {key}", value, f"must be {expected.__name__}")
         values[key] = value
     return values
@@ -157,6 +165,13 @@ def _read_file(file_name: str) -> dict[str, Any]:
 def _coerce(key: str, raw: str, kind: type) -> Any:
     if kind is str:
         return raw
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(key, raw, "must be true or false")
     try:
         return kind(raw.strip())
     except ValueError:
@@ -214,5 +229,6 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 _TYPES: dict[str, type] = {
-    f.name: {"str": str, "int": int, "float": float}[str(f.type)] for f in fields(Settings)
+    f.name: {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
+    for f in fields(Settings)
 }

@@ -18,6 +18,12 @@ EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_USAGE = 2
 EXIT_BROKER_UNREACHABLE = 3
+#: The named worker is unknown or did not answer.
+EXIT_NO_REPLY = 4
+#: No checker answered an operator's request.
+EXIT_NO_CHECKER = 5
+#: The action needs --yes (it would leave a work queue with no healthy consumer).
+EXIT_NEEDS_YES = 6
 EXIT_CONFIG = 78
 
 

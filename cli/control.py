@@ -36,7 +36,10 @@ def send(app: Celery, command: str, worker: str, arguments: dict[str, Any] | Non
     """
     if not worker or not worker.strip():
         raise click.UsageError("a worker name is required (control commands are never broadcast)")
-    answer = control_reply(app, command, worker, arguments, timeout)
+    from broker_config.app import settings_of
+
+    answer = control_reply(app, command, worker, arguments, timeout,
+                           secret=settings_of(app).control_secret)
     if answer is None:
         raise NoReply(f"no reply from {worker} within {timeout:g}s: unknown worker, or not running")
     if "error" in answer:

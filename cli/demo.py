@@ -151,7 +151,8 @@ class Run:
 
     def _wear_out(self, app: HostCelery, worker: str) -> None:
         self.story.worker, self.story.injected_at = worker, time.time()
-        control_reply(app, "host_inject", worker, {"spec": WEAR}, timeout=3)
+        control_reply(app, "host_inject", worker, {"spec": WEAR}, timeout=3,
+                      secret=app.host_settings.control_secret)
         self.console.print(f"[bold red]wearing {worker} out ({WEAR})[/]")
 
     def _keep(self, record: dict[str, Any]) -> None:

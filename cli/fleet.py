@@ -1,19 +1,201 @@
-"""``celery -A host fleet ...``: operators' commands for the fleet."""
+"""``celery -A host fleet ...``: see the fleet, drain a worker for maintenance, quarantine, restore.
+
+State changes go through the checker (the authority on states): the command line puts a signed
+request in the store and waits for the checker's answer. Reading (status, history) goes to the
+store directly, so it works while the checker is down.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
+from typing import Any
 
 import click
+from rich.console import Console
+from rich.table import Table
 
+from broker_config.app import HostCelery
+from broker_config.queues import WORK_QUEUES
+from broker_config.signing import sign
 from cli import control
-from cli.common import check_broker, host_app
+from cli.common import (
+    EXIT_INCOMPLETE,
+    EXIT_NEEDS_YES,
+    EXIT_NO_CHECKER,
+    check_broker,
+    host_app,
+)
+from healthcheck.errors import StoreUnavailable
+from healthcheck.policy.model import CONSUMING
+from healthcheck.store import RedisHealthStore, to_dict
 from workers.inject import Injection
+
+
+class NoChecker(click.ClickException):
+    """No checker answered (exit code 5)."""
+
+    exit_code = EXIT_NO_CHECKER
+
+
+class NeedsYes(click.ClickException):
+    """The drain would leave a queue without a healthy consumer (exit code 6)."""
+
+    exit_code = EXIT_NEEDS_YES
+
+
+class UnknownWorker(click.ClickException):
+    """The checker has never heard of that worker (exit code 4)."""
+
+    exit_code = control.EXIT_NO_REPLY
 
 
 @click.group()
 def fleet() -> None:
     """See and steer the fleet's workers."""
+
+
+def _store(app: HostCelery) -> RedisHealthStore:
+    check_broker(app)
+    return RedisHealthStore.from_url(app.host_settings.effective_store_url)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+@fleet.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: workers and queues.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """One row per worker: state, reason, since, wear, queues, in-flight work."""
+    app = host_app(ctx)
+    store = _store(app)
+    try:
+        workers, reports = store.load(), store.reports()
+    except StoreUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    rows = [_row(to_dict(w), reports.get(name, {})) for name, w in sorted(workers.items())]
+    queues = {q: sum(1 for w in workers.values() if w.state in CONSUMING and q in w.queues)
+              for q in WORK_QUEUES}
+    if as_json:
+        click.echo(json.dumps({"workers": rows, "healthy_consumers": queues}))
+        return
+    table = Table(title="host fleet")
+    for col in ("worker", "state", "reason", "since", "cpu %", "mem %", "in flight", "consuming"):
+        table.add_column(col)
+    now = time.time()
+    for r in rows:
+        table.add_row(r["worker"], _color(r["state"]), r["reason"][:60],
+                      _ago(now - r["since"]), _num(r["wear"].get("cpu_percent")),
+                      _num(r["wear"].get("memory_percent")), str(r["inflight"] or 0),
+                      ",".join(r["consuming"] or []) or "-")
+    console = Console()
+    console.print(table)
+    console.print("healthy consumers: " + ", ".join(f"{q} {n}" for q, n in queues.items()))
+
+
+def _row(w: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    return {"worker": w["name"], "state": w["state"], "reason": w["reason"], "since": w["since"],
+            "cause": w["cause"], "queues": w["queues"], "wear": report.get("wear") or {},
+            "consuming": report.get("consuming"), "inflight": report.get("inflight"),
+            "gate": report.get("gate"), "reported_at": report.get("at")}
+
+
+def _color(state: str) -> str:
+    color = {"HEALTHY": "green", "PROBATION": "cyan", "SUSPECT": "yellow",
+             "MAINTENANCE": "blue"}.get(state, "red")
+    return f"[{color}]{state}[/]"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _num(value: Any) -> str:
+    return f"{value:.0f}" if isinstance(value, (int, float)) else "-"
+
+
+@fleet.command()
+@click.argument("worker", required=False)
+@click.option("--since", type=float, default=None, help="Seconds back (e.g. 3600).")
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
+@click.pass_context
+def history(ctx: click.Context, worker: str | None, since: float | None, limit: int,
+            as_json: bool) -> None:
+    """The audit log: every transition, drain and operator action, oldest first."""
+    app = host_app(ctx)
+    store = _store(app)
+    records = store.history(worker, time.time() - since if since else None, limit)
+    if as_json:
+        for r in records:
+            click.echo(json.dumps(r))
+        return
+    table = Table(title=f"history{' of ' + worker if worker else ''}")
+    for col in ("time", "worker", "what", "reason"):
+        table.add_column(col)
+    for r in records:
+        what = (f"{r['from']} → {r['to']}" + ("" if r.get("enforced", True) else " (dry run)")
+                if r["kind"] == "transition" else r["kind"])
+        table.add_row(time.strftime("%H:%M:%S", time.localtime(r["at"])), r["worker"], what,
+                      str(r.get("reason", ""))[:70])
+    Console().print(table)
+
+
+# --- acting --------------------------------------------------------------------------------
+
+@fleet.command()
+@click.argument("worker")
+@click.option("--reason", default="maintenance", show_default=True)
+@click.option("--wait", is_flag=True, help="Return when the worker holds no work.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True,
+              help="With --wait: give up after this many seconds (exit 1).")
+@click.option("--yes", is_flag=True, help="Drain even if a queue is left with no healthy consumer.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def drain(ctx: click.Context, worker: str, reason: str, wait: bool, timeout: float, yes: bool,
+          as_json: bool) -> None:
+    """Take WORKER out of rotation for maintenance (MAINTENANCE until `restore`)."""
+    app = host_app(ctx)
+    store = _store(app)
+    _known(store, worker)
+    if not yes:
+        _refuse_if_last_consumer(store, worker)
+    answer = _ask_checker(app, store, "drain", worker, reason)
+    _say(answer, as_json)
+    if wait and not _wait_empty(app, worker, timeout, as_json):
+        ctx.exit(EXIT_INCOMPLETE)
+
+
+@fleet.command()
+@click.argument("worker")
+@click.option("--reason", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def quarantine(ctx: click.Context, worker: str, reason: str, as_json: bool) -> None:
+    """Quarantine WORKER by hand (it comes back only through `restore`)."""
+    app = host_app(ctx)
+    store = _store(app)
+    _known(store, worker)
+    _say(_ask_checker(app, store, "quarantine", worker, reason), as_json)
+
+
+@fleet.command()
+@click.argument("worker")
+@click.option("--force", is_flag=True, help="Straight to HEALTHY, skipping probation.")
+@click.option("--reason", default="restored by an operator", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def restore(ctx: click.Context, worker: str, force: bool, reason: str, as_json: bool) -> None:
+    """End WORKER's maintenance or manual quarantine: it goes through probation."""
+    app = host_app(ctx)
+    store = _store(app)
+    _known(store, worker)
+    _say(_ask_checker(app, store, "restore", worker, reason, force=force), as_json)
 
 
 @fleet.command()
@@ -35,3 +217,65 @@ def inject(ctx: click.Context, worker: str, spec: str, timeout: float, as_json: 
         click.echo(json.dumps({"worker": worker, **reply}))
     else:
         click.echo(f"{worker}: injection {'set to ' + reply['ok'] if reply.get('ok') else 'cleared'}")
+
+
+def _known(store: RedisHealthStore, worker: str) -> None:
+    if store.get(worker) is None:
+        raise UnknownWorker(f"unknown worker {worker!r}: the checker has never heard of it "
+                            "(see `celery -A host fleet status`)")
+
+
+def _refuse_if_last_consumer(store: RedisHealthStore, worker: str) -> None:
+    workers = store.load()
+    me = workers[worker]
+    for queue in me.queues:
+        others = sum(1 for w in workers.values()
+                     if w.name != worker and w.state in CONSUMING and queue in w.queues)
+        if me.state in CONSUMING and others == 0:
+            raise NeedsYes(f"draining {worker} leaves queue {queue!r} with no healthy consumer "
+                           "(its messages would wait in the broker): pass --yes to drain anyway")
+
+
+def _ask_checker(app: HostCelery, store: RedisHealthStore, action: str, worker: str,
+                 reason: str, force: bool = False, timeout: float = 5.0) -> dict[str, Any]:
+    request_id = uuid.uuid4().hex
+    body = {"id": request_id, "action": action, "worker": worker, "reason": reason,
+            "force": force}
+    signed = sign(app.host_settings.control_secret, f"operator:{action}", body, "checker",
+                  time.time())
+    answer = store.ask(signed, timeout)
+    if answer is None:
+        raise NoChecker(f"no answer from the checker within {timeout:g}s: is "
+                        "`celery -A host healthcheck` running?")
+    if not answer.get("ok"):
+        if answer.get("code") == "unknown_worker":
+            raise UnknownWorker(answer["error"])
+        raise click.ClickException(str(answer.get("error")))
+    return answer
+
+
+def _say(answer: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(answer))
+    else:
+        click.echo(f"{answer['worker']}: {answer['state']}")
+
+
+def _wait_empty(app: HostCelery, worker: str, timeout: float, as_json: bool) -> bool:
+    """Poll the worker until nothing is in flight; False on timeout."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        reply = control.send(app, "host_gate", worker, {}, timeout=2.0)
+        inflight = int(reply.get("inflight", 0))
+        if inflight != last and not as_json:
+            click.echo(f"{worker}: {inflight} task(s) in flight", err=True)
+            last = inflight
+        if inflight == 0 and not reply.get("consuming"):
+            if not as_json:
+                click.echo(f"{worker}: drained, holds no work")
+            return True
+        time.sleep(0.5)
+    click.echo(f"{worker}: still {last} task(s) in flight after {timeout:g}s", err=True)
+    return False
+

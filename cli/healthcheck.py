@@ -48,10 +48,12 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
         config = dataclasses.replace(config, enforce=False)
     check_broker(app)
     store = RedisHealthStore.from_url(settings.effective_store_url)
-    actuator = CeleryActuator(app)
+    actuator = CeleryActuator(app, secret=settings.control_secret)
     actuator.warm()
     try:
-        checker = Checker.from_store(store, actuator, config, tick_s=tick)
+        checker = Checker.from_store(store, actuator, config, tick_s=tick,
+                                     secret=settings.control_secret,
+                                     previous_secret=settings.control_secret_previous)
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 from celery import Celery
 from kombu.exceptions import OperationalError
 
+from broker_config.signing import sign
 from healthcheck.errors import ControlUnavailable
 
 
@@ -30,8 +31,9 @@ class Reply:
 
 
 def control_reply(app: Celery, command: str, worker: str, arguments: dict[str, Any] | None = None,
-                  timeout: float = 1.0, connection: Any = None) -> dict[str, Any] | None:
-    """Send ``command`` to ``worker`` alone; its reply, or None if it did not answer.
+                  timeout: float = 1.0, connection: Any = None,
+                  secret: str = "") -> dict[str, Any] | None:
+    """Send ``command`` to ``worker`` alone, signed with ``secret``; its reply, or None.
 
     Raises:
         ValueError: no worker named (kombu would broadcast to every worker).
@@ -40,7 +42,8 @@ def control_reply(app: Celery, command: str, worker: str, arguments: dict[str, A
     if not worker or not worker.strip():
         raise ValueError("a control command needs one named worker; refusing to broadcast")
     try:
-        replies = app.control.broadcast(command, arguments=arguments or {}, destination=[worker],
+        signed = sign(secret, command, arguments or {}, worker, time.time())
+        replies = app.control.broadcast(command, arguments=signed, destination=[worker],
                                         reply=True, timeout=timeout, connection=connection) or []
     except (OperationalError, OSError) as exc:
         raise ControlUnavailable(str(exc)) from exc
@@ -69,9 +72,10 @@ class CeleryActuator:
         timeout: how long to wait for the worker's reply.
     """
 
-    def __init__(self, app: Celery, timeout: float = 1.0) -> None:
+    def __init__(self, app: Celery, timeout: float = 1.0, secret: str = "") -> None:
         self.app = app
         self.timeout = timeout
+        self.secret = secret
         # One long-lived connection: a fresh one costs tens of milliseconds on the first drain.
         self._conn = app.connection_for_write()
 
@@ -89,7 +93,7 @@ class CeleryActuator:
     def _send(self, command: str, worker: str, reason: str) -> Reply:
         sent = time.time()
         body = control_reply(self.app, command, worker, {"reason": reason}, self.timeout,
-                             connection=self._conn)
+                             connection=self._conn, secret=self.secret)
         return Reply(worker, command, sent, body is not None, body or {})
 
 

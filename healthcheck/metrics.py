@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter as CounterType
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from broker_config.queues import WORK_QUEUES
@@ -92,8 +93,8 @@ class CheckerMetrics:
                                "From the verdict to the worker's confirmation of its drain",
                                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
                                registry=self.registry)
-        self.control = Counter("host_control_commands_total", "Control commands sent",
-                               ["command", "outcome"], registry=self.registry)
+        self.control = ControlCounts()
+        self.registry.register(self.control)
 
     def on_transition(self, t: Transition) -> None:
         """Count a transition (and its detection time, for an ejection)."""
@@ -102,3 +103,36 @@ class CheckerMetrics:
         reported = t.evidence.get("reported_at")
         if t.to_state is State.DRAINING and isinstance(reported, (int, float)):
             self.detection.observe(max(0.0, t.at - reported))
+
+
+class ControlCounts(Collector):
+    """``host_control_commands_total{command,outcome}``: what the checker sent and how it went,
+    plus what workers refused (unsigned, forged, expired, replayed, disabled), as they report it.
+    """
+
+    def __init__(self) -> None:
+        self.sent: CounterType[tuple[str, str]] = CounterType()
+        self.refused_by_worker: dict[str, dict[str, int]] = {}
+
+    def labels(self, command: str, outcome: str) -> ControlCounts._Inc:
+        """``.labels(command, outcome).inc()``, as with a prometheus Counter."""
+        return ControlCounts._Inc(self.sent, (command, outcome))
+
+    class _Inc:
+        def __init__(self, counts: CounterType[tuple[str, str]], key: tuple[str, str]) -> None:
+            self._counts, self._key = counts, key
+
+        def inc(self, amount: int = 1) -> None:
+            self._counts[self._key] += amount
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("host_control_commands", "Control commands by outcome",
+                                     labels=["command", "outcome"])
+        totals: CounterType[tuple[str, str]] = CounterType(self.sent)
+        for counts in self.refused_by_worker.values():
+            for key, n in counts.items():
+                command, _, reason = key.partition(":")
+                totals[(command, f"refused_{reason}")] += int(n)
+        for (command, outcome), n in sorted(totals.items()):
+            family.add_metric([command, outcome], n)
+        yield family

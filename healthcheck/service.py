@@ -19,6 +19,7 @@ from typing import Any
 
 from celery import Celery
 
+from broker_config.signing import Verifier
 from healthcheck.actuator import Actuator, Reply
 from healthcheck.errors import HealthcheckError
 from healthcheck.intake import WEAR_EVENT, observation
@@ -50,7 +51,8 @@ class Checker:
 
     def __init__(self, fleet: Fleet, store: HealthStore, actuator: Actuator,
                  metrics: CheckerMetrics | None = None, clock: Callable[[], float] = time.time,
-                 tick_s: float = 0.25, reconcile_s: float = 2.0) -> None:
+                 tick_s: float = 0.25, reconcile_s: float = 2.0, secret: str = "",
+                 previous_secret: str = "") -> None:
         self.fleet = fleet
         self.store = store
         self.actuator = actuator
@@ -65,6 +67,8 @@ class Checker:
         self._unsaved_workers: set[str] = set()
         self._unsaved_audit: list[dict[str, Any]] = []
         self._last_correction: dict[str, float] = {}
+        self._reports: dict[str, dict[str, Any]] = {}
+        self._verifier = Verifier(secret, clock, previous=previous_secret)
 
     @classmethod
     def from_store(cls, store: HealthStore, actuator: Actuator, config: PolicyConfig,
@@ -121,8 +125,15 @@ class Checker:
             return
         if event.get("type") == WEAR_EVENT and hasattr(obs, "wear"):
             self.wear[obs.worker] = obs.wear
-        joined = obs.worker not in self.fleet.workers
+            self._reports[obs.worker] = report_summary(event, at)
+            refused = event.get("control_refused")
+            if isinstance(refused, dict):
+                self.metrics.control.refused_by_worker[obs.worker] = refused
+        before = self.fleet.workers.get(obs.worker)
+        joined = before is None
         decision = self.fleet.observe(obs)
+        if before is not None and before.queues != self.fleet.workers[obs.worker].queues:
+            self._unsaved_workers.add(obs.worker)  # status and the --yes check read them
         if joined:
             log.info("worker_joined", worker=obs.worker)
             self._unsaved_workers.add(obs.worker)
@@ -134,8 +145,9 @@ class Checker:
             self.correct(event, at)
 
     def tick(self, now: float) -> None:
-        """Time-based decisions, and the guard's decisions on this pass's proposals."""
+        """Time-based decisions, the guard's decisions, operators' requests."""
         self.apply(self.fleet.tick(now))
+        self.serve_operators()
         self.flush()
 
     # --- acting --------------------------------------------------------------------------
@@ -241,12 +253,14 @@ class Checker:
 
     def flush(self) -> None:
         """Write what is not stored yet; on a store failure keep it for the next pass."""
-        if not (self._unsaved_workers or self._unsaved_audit):
+        if not (self._unsaved_workers or self._unsaved_audit or self._reports):
             return
         try:
             self.store.save(self.fleet.workers[n] for n in self._unsaved_workers
                             if n in self.fleet.workers)
             self.store.append(self._unsaved_audit)
+            self.store.save_reports(self._reports)
+            self._reports = {}
         except HealthcheckError as exc:
             log.error("store_write_failed", error=str(exc), pending=len(self._unsaved_audit))
             return
@@ -255,11 +269,71 @@ class Checker:
 
     # --- operators ----------------------------------------------------------------------
 
-    def operator(self, worker: str, to: State, reason: str) -> Decision:
-        """Apply an operator's action now (used by the command line through the checker)."""
-        decision = self.fleet.operator(worker, to, reason, self.clock())
+    def serve_operators(self) -> None:
+        """Apply operators' waiting requests (drain, quarantine, restore) and answer each."""
+        try:
+            requests = self.store.take_requests()
+        except HealthcheckError as exc:
+            log.error("operator_requests_unavailable", error=str(exc))
+            return
+        for request in requests:
+            answer = self._operator_answer(request)
+            request_id = str(request.get("id", ""))
+            try:
+                self.store.reply(request_id, answer)
+            except HealthcheckError as exc:
+                log.error("operator_reply_failed", request=request_id, error=str(exc))
+
+    def _operator_answer(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        action = str(request.get("action"))
+        worker = str(request.get("worker"))
+        refusal = self._verifier.refusal(f"operator:{action}", request, "checker")
+        if refusal:
+            self.metrics.control.labels(f"operator_{action}", f"refused_{refusal}").inc()
+            log.warning("operator_request_refused", action=action, worker=worker, reason=refusal)
+            return {"ok": False, "code": "refused", "error": f"refused: {refusal}"}
+        w = self.fleet.workers.get(worker)
+        if w is None:
+            return {"ok": False, "code": "unknown_worker", "error": f"unknown worker {worker}"}
+        target = operator_target(action, w, bool(request.get("force")))
+        if not isinstance(target, State):  # State is a str too: test it first
+            return {"ok": False, "code": "not_allowed", "error": target}
+        reason = f"operator: {request.get('reason') or action}"
+        decision = self.fleet.operator(worker, target, reason, self.clock())
         self.apply(decision)
-        return decision
+        self.metrics.control.labels(f"operator_{action}", "applied").inc()
+        log.info("operator_action", action=action, worker=worker, reason=reason,
+                 state=self.fleet.workers[worker].state.value)
+        return {"ok": True, "worker": worker, "state": self.fleet.workers[worker].state.value,
+                "transitions": [audit_record(t) for t in decision.transitions]}
+
+
+def operator_target(action: str, w: Any, force: bool) -> State | str:
+    """The state an operator's action leads to, or why it is not allowed."""
+    if action == "drain":
+        return State.MAINTENANCE
+    if action == "quarantine":
+        return State.QUARANTINED
+    if action != "restore":
+        return f"unknown action {action}"
+    from healthcheck.policy.model import Cause
+
+    if w.state not in (State.MAINTENANCE, State.QUARANTINED):
+        return f"{w.name} is {w.state.value}: only MAINTENANCE or QUARANTINED can be restored"
+    if w.cause is not Cause.OPERATOR and not force:
+        return (f"{w.name} was quarantined by the checker ({w.reason}); it re-admits it after "
+                "probes pass — use --force to override")
+    return State.HEALTHY if force else State.PROBATION
+
+
+def report_summary(event: Mapping[str, Any], at: float) -> dict[str, Any]:
+    """What ``fleet status`` shows of a worker's last report."""
+    wear = event.get("wear") or {}
+    return {"at": at, "wear": {m: v[0] for m, v in wear.items()
+                               if isinstance(v, (list, tuple)) and v},
+            "consuming": event.get("consuming"), "queues": event.get("queues"),
+            "inflight": event.get("inflight"), "gate": event.get("gate"),
+            "self_protected": event.get("self_protected"), "inject": event.get("inject")}
 
 
 def audit_record(t: Transition) -> dict[str, Any]:

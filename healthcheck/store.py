@@ -60,6 +60,18 @@ class HealthStore(Protocol):
                 limit: int = 1000) -> list[dict[str, Any]]:
         """Audit records, oldest first (the newest ``limit`` of them)."""
 
+    def save_reports(self, reports: Mapping[str, Mapping[str, Any]]) -> None:
+        """Keep each worker's last report summary (for ``fleet status``)."""
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        """Every worker's last report summary."""
+
+    def take_requests(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Operators' requests waiting for the checker, oldest first (removed from the queue)."""
+
+    def reply(self, request_id: str, answer: Mapping[str, Any]) -> None:
+        """Answer one operator request."""
+
     def close_gate(self, worker: str, reason: str) -> None:
         """Hold ``worker`` out: its pool processes refuse work-queue tasks from now on."""
 
@@ -80,7 +92,8 @@ class RedisHealthStore:
     @classmethod
     def from_url(cls, url: str) -> RedisHealthStore:
         """A store on the Redis at ``url``."""
-        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
+        # The socket timeout outlasts the longest BLPOP this store makes (operator requests: 5 s).
+        return cls(redis.Redis.from_url(url, socket_timeout=15, socket_connect_timeout=5,
                                         health_check_interval=10))
 
     def load(self) -> dict[str, WorkerHealth]:
@@ -116,6 +129,50 @@ class RedisHealthStore:
             records = [r for r in records if r.get("worker") == worker][:limit]
         return list(reversed(records))
 
+    def save_reports(self, reports: Mapping[str, Mapping[str, Any]]) -> None:
+        if reports:
+            self._call(self._client.hset, keys.REPORTS,
+                       mapping={k: json.dumps(v, default=str) for k, v in reports.items()})
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        raw = self._call(self._client.hgetall, keys.REPORTS)
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def take_requests(self, limit: int = 100) -> list[dict[str, Any]]:
+        raw = self._call(self._client.rpop, keys.OPERATOR_REQUESTS, limit) or []
+        requests = []
+        for item in raw:
+            try:
+                value = json.loads(item)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                requests.append(value)
+        return requests
+
+    def ask(self, request: Mapping[str, Any], timeout: float) -> dict[str, Any] | None:
+        """Queue an operator request and wait for the checker's answer (None: no answer).
+
+        An unanswered request is taken back, so that a checker starting later does not act on
+        it unasked.
+        """
+        payload = json.dumps(request, default=str)
+        self._call(self._client.lpush, keys.OPERATOR_REQUESTS, payload)
+        got = self._call(self._client.blpop, [keys.operator_reply(str(request["id"]))],
+                         timeout=timeout)
+        if got is None:
+            self._call(self._client.lrem, keys.OPERATOR_REQUESTS, 1, payload)
+            return None
+        answer: dict[str, Any] = json.loads(got[1])
+        return answer
+
+    def reply(self, request_id: str, answer: Mapping[str, Any]) -> None:
+        key = keys.operator_reply(request_id)
+        pipe = self._client.pipeline()
+        pipe.rpush(key, json.dumps(answer, default=str))
+        pipe.expire(key, 60)
+        self._call(pipe.execute)
+
     def close_gate(self, worker: str, reason: str) -> None:
         self._call(self._client.set, keys.gate(worker), reason)
 
@@ -136,6 +193,9 @@ class InMemoryHealthStore:
         self.workers: dict[str, dict[str, Any]] = {}
         self.audit: list[dict[str, Any]] = []
         self.gates: dict[str, str] = {}
+        self.last_reports: dict[str, dict[str, Any]] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.replies: dict[str, dict[str, Any]] = {}
 
     def load(self) -> dict[str, WorkerHealth]:
         return {k: from_dict(v) for k, v in self.workers.items()}
@@ -162,3 +222,16 @@ class InMemoryHealthStore:
 
     def open_gate(self, worker: str) -> None:
         self.gates.pop(worker, None)
+
+    def save_reports(self, reports: Mapping[str, Mapping[str, Any]]) -> None:
+        self.last_reports.update({k: dict(v) for k, v in reports.items()})
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        return dict(self.last_reports)
+
+    def take_requests(self, limit: int = 100) -> list[dict[str, Any]]:
+        taken, self.requests = self.requests[:limit], self.requests[limit:]
+        return taken
+
+    def reply(self, request_id: str, answer: Mapping[str, Any]) -> None:
+        self.replies[request_id] = dict(answer)

@@ -68,9 +68,10 @@ def start_worker(app: HostCelery, host_env: dict[str, str], tmp_path: Path,
     started: list[WorkerProcess] = []
 
     def start(short: str = "w1", queues: tuple[str, ...] = (), concurrency: int = 1,
-              env: dict[str, str] | None = None, wait: bool = True) -> WorkerProcess:
+              env: dict[str, str] | None = None, wait: bool = True,
+              extra_args: tuple[str, ...] = ()) -> WorkerProcess:
         worker = WorkerProcess(node_name(short), {**host_env, **(env or {})}, queues, concurrency,
-                               log_path=tmp_path / f"{short}.log")
+                               log_path=tmp_path / f"{short}.log", extra_args=extra_args)
         started.append(worker.start())
         if wait:
             worker.wait_ready(app)

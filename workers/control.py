@@ -1,25 +1,74 @@
-"""host's remote control commands, run by a worker's main process.
+"""host's remote control commands, run by a worker's main process, and the ones it refuses.
 
-Registered when this module is imported (``workers.install``). Every command is addressed to
-one worker by name; the command line refuses to send one without a destination.
+Every host command is addressed to one worker by name and, when ``HOST_CONTROL_SECRET`` is
+set, must carry a valid signature for this worker (``broker_config.signing``): unsigned, forged,
+expired or replayed commands are refused, logged and counted. Celery's destructive built-ins
+(``shutdown``, ``pool_restart``, ``pool_shrink``) are refused unless
+``HOST_ALLOW_DANGEROUS_CONTROL`` is set.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-from celery.worker.control import control_command
+from celery.worker.control import Panel, control_command
 
+from broker_config.signing import Verifier
 from workers import gate, inject
 from workers.logs import get_logger
 
 log = get_logger(__name__)
 
+DANGEROUS = ("shutdown", "pool_restart", "pool_shrink")
+#: Refused commands by (command, reason), reported in every wear report.
+REFUSED: Counter[tuple[str, str]] = Counter()
+
+_verifier = Verifier("", time.time)
+
+
+def configure(secret: str, allow_dangerous: bool, worker: str, previous: str = "") -> None:
+    """Set the secret commands must be signed with, and disarm Celery's destructive built-ins."""
+    global _verifier
+    _verifier = Verifier(secret, time.time, previous=previous)
+    if not secret:
+        log.warning("control_commands_unsigned", worker=worker,
+                    note="HOST_CONTROL_SECRET is not set: any client of the broker can drain "
+                         "this worker (refused in production)")
+    if not allow_dangerous:
+        for name in DANGEROUS:
+            Panel.data[name] = _refusing(name)
+
+
+def _refusing(name: str) -> Callable[..., dict[str, Any]]:
+    def refuse(state: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        REFUSED[(name, "disabled")] += 1
+        log.warning("control_command_refused", command=name, reason="disabled",
+                    worker=state.consumer.hostname)
+        return {"error": f"{name} is disabled on host workers (HOST_ALLOW_DANGEROUS_CONTROL)"}
+
+    return refuse
+
+
+def _authentic(state: Any, command: str, arguments: dict[str, Any]) -> dict[str, Any] | None:
+    """None if the command may run; else the error reply (and the refusal is counted)."""
+    worker = state.consumer.hostname
+    reason = _verifier.refusal(command, arguments, worker)
+    if reason is None:
+        return None
+    REFUSED[(command, reason)] += 1
+    log.warning("control_command_refused", command=command, reason=reason, worker=worker)
+    return {"error": f"refused: {reason}"}
+
 
 @control_command(args=[("spec", str)], signature="[SPEC]")
-def host_inject(state: Any, spec: str = "") -> dict[str, Any]:
+def host_inject(state: Any, spec: str = "", **signed: Any) -> dict[str, Any]:
     """Change this worker's fault injection at run time ("" clears it)."""
+    refused = _authentic(state, "host_inject", {"spec": spec, **signed})
+    if refused:
+        return refused
     board = inject.board()
     if board is None:
         return {"error": "this worker has no injection board"}
@@ -33,12 +82,15 @@ def host_inject(state: Any, spec: str = "") -> dict[str, Any]:
 
 
 @control_command(args=[("reason", str)], signature="[REASON]")
-def host_drain(state: Any, reason: str = "drain") -> dict[str, Any]:
+def host_drain(state: Any, reason: str = "drain", **signed: Any) -> dict[str, Any]:
     """Take this worker out of rotation: close the gate, stop consuming work queues, then reply.
 
     In-flight tasks finish; reserved ones are handed back unstarted by the gate.
     """
     received = time.time()
+    refused = _authentic(state, "host_drain", {"reason": reason, **signed})
+    if refused:
+        return refused
     status = gate.take_out(state.consumer, reason)
     status["received_at"] = received
     log.warning("worker_drained", reason=reason, consuming=status["consuming"],
@@ -47,14 +99,25 @@ def host_drain(state: Any, reason: str = "drain") -> dict[str, Any]:
 
 
 @control_command(args=[("reason", str)], signature="[REASON]")
-def host_admit(state: Any, reason: str = "admit") -> dict[str, Any]:
+def host_admit(state: Any, reason: str = "admit", **signed: Any) -> dict[str, Any]:
     """Put this worker back in rotation: consume its work queues again, then open the gate."""
+    refused = _authentic(state, "host_admit", {"reason": reason, **signed})
+    if refused:
+        return refused
     status = gate.put_back(state.consumer, reason)
     log.info("worker_admitted", reason=reason, consuming=status["consuming"])
     return {"ok": True, **status}
 
 
 @control_command()
-def host_gate(state: Any) -> dict[str, Any]:
+def host_gate(state: Any, **signed: Any) -> dict[str, Any]:
     """Report the gate and the queues without changing anything."""
+    refused = _authentic(state, "host_gate", signed)
+    if refused:
+        return refused
     return {"ok": True, **gate.status(state.consumer)}
+
+
+def refused_counts() -> dict[str, int]:
+    """Refusals as ``command:reason`` -> count, for the wear report."""
+    return {f"{c}:{r}": n for (c, r), n in REFUSED.items()}

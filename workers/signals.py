@@ -10,7 +10,7 @@ from celery import Celery, signals
 
 from broker_config.app import settings_of
 from broker_config.queues import verify_queue
-from workers import gate
+from workers import control, gate
 from workers.logs import configure_logging, get_logger
 
 log = get_logger(__name__)
@@ -48,7 +48,10 @@ def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
     queue = verify_queue(sender)
     queues.select_add(queue)
     log.info("verify_queue_added", queue=queue.name)
-    gate.use_store(settings_of(instance.app).effective_store_url)
+    settings = settings_of(instance.app)
+    control.configure(settings.control_secret, settings.allow_dangerous_control, sender,
+                      previous=settings.control_secret_previous)
+    gate.use_store(settings.effective_store_url)
     reason = gate.closed_reason_in_store(sender)
     if reason is not None:
         for name in gate.configured_work_queues_of(sender):

@@ -164,3 +164,57 @@ class TestChecker:
         checker.handle(event, clock())
         assert checker.fleet.workers == {}
         assert actuator.sent == []
+
+
+class TestOperatorRequests:
+    def ask(self, checker: Checker, store: InMemoryHealthStore, secret: str = "",
+            **request: Any) -> dict[str, Any]:
+        from broker_config.signing import sign
+
+        request.setdefault("id", f"r{len(store.replies)}")
+        store.requests.append(sign(secret, f"operator:{request['action']}", request, "checker",
+                                   checker.clock()))
+        checker.tick(checker.clock())
+        return store.replies[request["id"]]
+
+    def test_drain_restore_cycle(self) -> None:
+        """drain: MAINTENANCE and a drain; restore: PROBATION and an admit; both audited."""
+        checker, actuator, clock, store = make()
+        checker.handle(wear_event("w1"), clock())
+        answer = self.ask(checker, store, action="drain", worker="w1", reason="fan swap")
+        assert (answer["ok"], answer["state"]) == (True, "MAINTENANCE")
+        assert actuator.sent[-1][:2] == ("host_drain", "w1")
+        for _ in range(5):  # the checker never re-admits MAINTENANCE on its own
+            clock.now += 30
+            checker.handle(wear_event("w1", gate="closed", consuming=()), clock())
+            checker.tick(clock())
+        assert checker.fleet.workers["w1"].state is State.MAINTENANCE
+        answer = self.ask(checker, store, action="restore", worker="w1", reason="done")
+        assert answer["state"] == "PROBATION"
+        assert actuator.sent[-1][:2] == ("host_admit", "w1")
+        reasons = [r.get("reason") for r in store.history("w1") if r["kind"] == "transition"]
+        assert reasons == ["operator: fan swap", "operator: done"]
+
+    def test_restore_of_an_automatic_quarantine_needs_force(self) -> None:
+        """A worker the checker quarantined is not restored by hand without --force."""
+        stored = {"w1": WorkerHealth("w1", State.QUARANTINED, cause=Cause.PROBE, since=900,
+                                     last_seen=900, backoff_until=2000, queues=("tweets",))}
+        checker, _, _, store = make(stored)
+        answer = self.ask(checker, store, action="restore", worker="w1", reason="x")
+        assert answer["ok"] is False and "--force" in answer["error"]
+        answer = self.ask(checker, store, action="restore", worker="w1", reason="x", force=True)
+        assert answer["state"] == "HEALTHY"
+
+    def test_unknown_worker_and_forged_requests(self) -> None:
+        """Unknown workers are named; with a secret, unsigned or forged requests are refused."""
+        store = InMemoryHealthStore()
+        checker = Checker.from_store(store, InMemoryActuator(), PolicyConfig(), clock=Clock(),
+                                     seed=1, secret="k")
+        checker.handle(wear_event("w1"), checker.clock())
+        assert self.ask(checker, store, secret="k", action="drain", worker="nope",
+                        reason="x")["code"] == "unknown_worker"
+        assert self.ask(checker, store, action="drain", worker="w1",
+                        reason="x")["error"] == "refused: unsigned"
+        assert self.ask(checker, store, secret="other", action="drain", worker="w1",
+                        reason="x")["error"] == "refused: forged"
+        assert checker.fleet.workers["w1"].state is State.HEALTHY
