@@ -16,6 +16,7 @@ from healthcheck.errors import StoreUnavailable
 from healthcheck.http import app as http_app
 from healthcheck.http import serve
 from healthcheck.policy_file import load_policy
+from healthcheck.probes import CeleryProbeTransport, Prober, known_answers
 from healthcheck.service import Checker, receive_events
 from healthcheck.store import RedisHealthStore
 from workers.logs import ensure_logging, get_logger
@@ -51,9 +52,11 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
     actuator = CeleryActuator(app, secret=settings.control_secret)
     actuator.warm()
     try:
+        prober = Prober(CeleryProbeTransport(app), known_answers(), config.probes)
         checker = Checker.from_store(store, actuator, config, tick_s=tick,
                                      secret=settings.control_secret,
-                                     previous_secret=settings.control_secret_previous)
+                                     previous_secret=settings.control_secret_previous,
+                                     prober=prober)
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()

@@ -95,6 +95,8 @@ class CheckerMetrics:
                                registry=self.registry)
         self.control = ControlCounts()
         self.registry.register(self.control)
+        self.probes = Counter("host_probe_results_total", "Known-answer probe outcomes",
+                              ["worker", "outcome"], registry=self.registry)
 
     def on_transition(self, t: Transition) -> None:
         """Count a transition (and its detection time, for an ejection)."""

@@ -26,6 +26,7 @@ from healthcheck.intake import WEAR_EVENT, observation
 from healthcheck.metrics import CheckerMetrics
 from healthcheck.policy import Decision, Fleet, HealthPolicy, PolicyConfig, Reading, State
 from healthcheck.policy.model import CONSUMING, OUT_OF_ROTATION, Transition
+from healthcheck.probes import Prober
 from healthcheck.store import HealthStore
 from workers.logs import get_logger
 
@@ -52,7 +53,7 @@ class Checker:
     def __init__(self, fleet: Fleet, store: HealthStore, actuator: Actuator,
                  metrics: CheckerMetrics | None = None, clock: Callable[[], float] = time.time,
                  tick_s: float = 0.25, reconcile_s: float = 2.0, secret: str = "",
-                 previous_secret: str = "") -> None:
+                 previous_secret: str = "", prober: Prober | None = None) -> None:
         self.fleet = fleet
         self.store = store
         self.actuator = actuator
@@ -69,6 +70,7 @@ class Checker:
         self._last_correction: dict[str, float] = {}
         self._reports: dict[str, dict[str, Any]] = {}
         self._verifier = Verifier(secret, clock, previous=previous_secret)
+        self.prober = prober
 
     @classmethod
     def from_store(cls, store: HealthStore, actuator: Actuator, config: PolicyConfig,
@@ -145,8 +147,10 @@ class Checker:
             self.correct(event, at)
 
     def tick(self, now: float) -> None:
-        """Time-based decisions, the guard's decisions, operators' requests."""
+        """Time-based decisions, the guard's decisions, probes, operators' requests."""
         self.apply(self.fleet.tick(now))
+        if self.prober is not None:
+            self.probe()
         self.serve_operators()
         self.flush()
 
@@ -266,6 +270,21 @@ class Checker:
             return
         self._unsaved_workers.clear()
         self._unsaved_audit.clear()
+
+    def probe(self) -> None:
+        """Send the probes that are due and judge the answers that came back."""
+        assert self.prober is not None
+        try:
+            self.prober.send_due({w.name: w.state for w in self.fleet})
+            results = self.prober.collect()
+        except Exception as exc:  # the broker or the backend failed: probe again next tick
+            log.error("probes_failed", error=str(exc))
+            return
+        for result in results:
+            self.metrics.probes.labels(result.worker, result.outcome).inc()
+            if result.outcome != "ok":
+                log.warning("probe_" + result.outcome, worker=result.worker, detail=result.detail)
+            self.apply(self.fleet.observe(result))
 
     # --- operators ----------------------------------------------------------------------
 

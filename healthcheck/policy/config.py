@@ -105,6 +105,19 @@ class Guard:
 
 
 @dataclass(frozen=True, slots=True)
+class Probes:
+    """Known-answer probes on each worker's verify queue."""
+
+    #: Seconds between probes of a worker in rotation (quarantined and probation workers are
+    #: probed at this cadence too, always).
+    every_s: float = 10.0
+    #: An answer later than this is a soft signal.
+    late_s: float = 5.0
+    #: No answer after this counts against liveness.
+    missing_s: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyConfig:
     """The whole policy. ``enforce=False`` is a dry run: transitions say ``enforced=False``."""
 
@@ -114,6 +127,7 @@ class PolicyConfig:
     recovery: Recovery = field(default_factory=Recovery)
     backoff: Backoff = field(default_factory=Backoff)
     guard: Guard = field(default_factory=Guard)
+    probes: Probes = field(default_factory=Probes)
     #: Seconds without any sign of life before a worker is OFFLINE (3 missed 2 s heartbeats).
     offline_after_s: float = 6.0
     #: Seconds a drain may take before the worker is quarantined anyway.
@@ -122,7 +136,8 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self)
-        for section in (self.failures, self.latency, self.recovery, self.backoff, self.guard):
+        for section in (self.failures, self.latency, self.recovery, self.backoff, self.guard,
+                        self.probes):
             _check_positive(section)
         if not 0 < self.guard.max_ejected_fraction <= 1:
             raise ValueError("guard.max_ejected_fraction: must be in (0, 1]")
@@ -157,7 +172,7 @@ class PolicyConfig:
 
 
 _SECTIONS: dict[str, type] = {"failures": Failures, "latency": Latency, "recovery": Recovery,
-                              "backoff": Backoff, "guard": Guard}
+                              "backoff": Backoff, "guard": Guard, "probes": Probes}
 _FIELDS = {f.name for f in fields(PolicyConfig)}
 
 

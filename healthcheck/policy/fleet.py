@@ -233,7 +233,8 @@ class Fleet:
             q_bound = self.bound(self._queue_size[q])
             if self._queue_out[q] + 1 > q_bound:
                 return f"queue {q} has {self._queue_out[q]} consumers out (bound {q_bound})"
-        if len(self._recent) >= self.rate_limit():
+        # A relapse in probation is the same worker again, not a new ejection in a storm.
+        if w.state is not State.PROBATION and len(self._recent) >= self.rate_limit():
             return f"{len(self._recent)} ejections in the last {self.config.guard.window_s:g}s"
         return None
 

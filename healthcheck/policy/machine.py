@@ -212,7 +212,7 @@ class HealthPolicy:
         if verdict.level == "ok":
             w = dataclasses.replace(w, breaches=0, passes=w.passes + 1)
             if (w.state is State.SUSPECT and w.passes >= rec.passes
-                    and at - w.since >= rec.min_suspect_s):
+                    and w.clean_for(at) >= rec.min_suspect_s):
                 w, t = self._move(w, State.HEALTHY, f"{w.passes} clean reports", at)
                 return Step(w, (*done, t))
             if w.state is State.PROBATION:
@@ -221,9 +221,10 @@ class HealthPolicy:
         cause = Cause.SELF if exempt else Cause.WEAR
         proposal = Proposal(verdict.reason, cause, verdict.evidence, at)
         if verdict.level == "hard" or w.state is State.PROBATION:
-            return Step(dataclasses.replace(w, passes=0), done, eject=proposal, degraded=True)
+            w = dataclasses.replace(w, passes=0, last_breach=at)
+            return Step(w, done, eject=proposal, degraded=True)
         breaches = w.breaches + 1
-        w = dataclasses.replace(w, breaches=breaches, passes=0)
+        w = dataclasses.replace(w, breaches=breaches, passes=0, last_breach=at)
         if breaches >= rec.confirm_breaches:
             confirmed = Proposal(f"{verdict.reason} ({breaches} reports in a row)", cause,
                                  verdict.evidence, at)
@@ -245,9 +246,9 @@ class HealthPolicy:
 
     def _maybe_graduate(self, w: WorkerHealth, now: float, done: tuple[Transition, ...]) -> Step:
         rec = self.config.recovery
-        if w.passes >= rec.passes and now - w.since >= rec.probation_s:
+        if w.passes >= rec.passes and w.clean_for(now) >= rec.probation_s:
             w, t = self._move(w, State.HEALTHY,
-                              f"probation passed: {now - w.since:.0f}s clean", now)
+                              f"probation passed: {w.clean_for(now):.0f}s clean", now)
             return Step(w, (*done, t))
         return Step(w, done)
 

@@ -114,6 +114,8 @@ class WorkerHealth:
         cause: why it is out of rotation (see Cause).
         resume: the state to return to when an OFFLINE worker is heard from again.
         queues: the work queues it consumes when in rotation.
+        last_breach: when it last looked degraded; recovery clocks run from the later of
+            this and ``since``.
     """
 
     name: str
@@ -128,6 +130,11 @@ class WorkerHealth:
     cause: Cause = Cause.NONE
     resume: State | None = None
     queues: tuple[str, ...] = ()
+    last_breach: float = 0.0
+
+    def clean_for(self, now: float) -> float:
+        """Seconds since it entered its state or last looked degraded, whichever is later."""
+        return now - max(self.since, self.last_breach)
 
     def probing(self, now: float) -> bool:
         """True when a quarantined worker's back-off has run out: probes may re-admit it.

@@ -350,3 +350,29 @@ class TestReadmissionNeedsCleanWear:
         w = policy.observe_wear(w, wear(at=12.5, cpu=99)).health
         w = policy.observe_probe(w, ProbeResult("w1", 13, "ok")).health
         assert (w.state, w.passes) == (State.QUARANTINED, 1)
+
+
+class TestProbationClock:
+    def test_a_held_relapse_restarts_the_probation_clock(self) -> None:
+        """A breach in probation, even one the guard holds back, restarts its 60 s."""
+        policy = HealthPolicy()
+        w = dataclasses.replace(healthy(), state=State.PROBATION, since=0, ejections=1)
+        w = policy.observe_wear(w, wear(at=50, cpu=90)).health  # a breach at 50 s
+        for t in (55, 56, 57, 70):
+            w = policy.observe_wear(w, wear(at=t)).health
+        assert w.state is State.PROBATION  # 70 s in, but only 20 s clean
+        w = policy.observe_wear(w, wear(at=111)).health
+        assert w.state is State.HEALTHY
+
+    def test_relapses_in_probation_skip_the_rate_limit(self) -> None:
+        """The rate limit counts new ejections; a relapsing probation worker is not held by it."""
+        config = PolicyConfig(guard=Guard(max_ejections_per_window=1, max_ejected_fraction=0.5))
+        fleet = Fleet(HealthPolicy(config))
+        for i in range(4):
+            fleet.observe(wear(f"w{i}", at=0))
+        fleet.observe(wear("w0", at=1, cpu=99, inflight=1))
+        fleet.tick(1.5)
+        fleet.workers["w1"] = dataclasses.replace(fleet.workers["w1"], state=State.PROBATION)
+        fleet.observe(wear("w1", at=2, cpu=90, inflight=1))
+        fleet.tick(2.5)
+        assert fleet.workers["w1"].state is State.DRAINING
