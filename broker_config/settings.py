@@ -53,10 +53,11 @@ class Settings:
     policy_file: str = ""
     wear_interval: float = 1.0
     wear_inject: str = ""
-    #: Seconds a reserved message may stay unacknowledged before Redis hands it to another worker.
-    visibility_timeout: float = 60.0
+    #: Seconds a message may stay unacknowledged before Redis hands it to another worker. Live
+    #: workers refresh the messages they hold every third of it, so only a dead worker's wait.
+    visibility_timeout: float = 10.0
     #: Seconds between kombu's sweeps for messages whose visibility timeout has expired.
-    unacked_restore_interval: float = 2.0
+    unacked_restore_interval: float = 1.0
     task_soft_time_limit: float = 30.0
     task_time_limit: float = 45.0
     result_expires: int = 3600

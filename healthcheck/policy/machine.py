@@ -99,7 +99,8 @@ class HealthPolicy:
 
     def observe_probe(self, w: WorkerHealth, p: ProbeResult, jitter_s: float = 0.0) -> Step:
         """A wrong answer quarantines at once; passes re-admit a quarantined worker."""
-        step = self._seen(w, p.at) if p.outcome != "missing" else Step(w)
+        # Only an answer is a sign of life; a late or missing one is the opposite.
+        step = self._seen(w, p.at) if p.outcome in ("ok", "wrong") else Step(w)
         w, done = step.health, step.transitions
         if w.state is State.MAINTENANCE:
             return Step(w, done)

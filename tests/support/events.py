@@ -31,19 +31,27 @@ class EventTap:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        if self._recv is not None:
+            self._recv.should_stop = True
         self._thread.join(10)
 
+    _recv: Any = None
+
     def _run(self) -> None:
+        # One uninterrupted capture: on Redis, events are pub/sub, and any gap between two
+        # subscriptions would lose the events published in it.
         with self.app.connection() as conn:
-            recv = self.app.events.Receiver(conn, handlers={"*": self._on_event})
-            self._ready.set()
-            while not self._stop.is_set():
-                try:
-                    for _ in recv.itercapture(limit=None, timeout=0.5, wakeup=False):
-                        if self._stop.is_set():
-                            return
-                except (TimeoutError, OSError):
-                    continue
+            recv = self._recv = self.app.events.Receiver(conn, handlers={"*": self._on_event})
+            subscribed = recv.on_consume_ready
+
+            def on_consume_ready(*args: Any, **kwargs: Any) -> None:
+                subscribed(*args, **kwargs)
+                self._ready.set()
+
+            recv.on_consume_ready = on_consume_ready
+            for _ in recv.consume(limit=None, timeout=None, safety_interval=0.5, wakeup=False):
+                if self._stop.is_set():
+                    return
 
     def _on_event(self, event: Event) -> None:
         with self._lock:

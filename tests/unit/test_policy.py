@@ -376,3 +376,14 @@ class TestProbationClock:
         fleet.observe(wear("w1", at=2, cpu=90, inflight=1))
         fleet.tick(2.5)
         assert fleet.workers["w1"].state is State.DRAINING
+
+
+class TestProbeLiveness:
+    def test_late_and_missing_probes_are_not_signs_of_life(self) -> None:
+        """A silent worker goes OFFLINE even while its probes keep coming back late."""
+        policy = HealthPolicy()
+        w = healthy(at=0)
+        for t, outcome in ((3, "late"), (5, "missing"), (6.5, "late")):
+            w = policy.observe_probe(w, ProbeResult("w1", t, outcome)).health
+        assert w.last_seen == 0
+        assert policy.tick(w, now=7).health.state is State.OFFLINE
