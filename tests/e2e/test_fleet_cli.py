@@ -14,18 +14,10 @@ from cli.redis_server import free_port
 from healthcheck.store import RedisHealthStore
 from tests.conftest import CheckerFactory, WorkerFactory
 from tests.support.cli import celery
+from tests.support.polling import consumed, wait_until
 
 FAST = {"HOST_WEAR_INTERVAL": "0.25"}
 
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def fleet_json(env: dict[str, str]) -> dict[str, Any]:
@@ -34,10 +26,6 @@ def fleet_json(env: dict[str, str]) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(proc.stdout)
     return data
 
-
-def consumed(app: HostCelery, worker: str) -> list[str]:
-    replies = app.control.inspect(destination=[worker], timeout=2).active_queues() or {}
-    return sorted(q["name"] for q in replies.get(worker, []))
 
 
 class TestFleetCommands:
@@ -115,3 +103,24 @@ class TestFleetCommands:
         wait_until(lambda: len(fleet_json(host_env)["workers"]) == 1, 20, "the worker known")
         checker.stop()
         assert fleet_json(host_env)["workers"][0]["worker"] == worker.name
+
+    def test_drain_wait_times_out_while_work_is_in_flight(
+            self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
+            host_env: dict[str, str]) -> None:
+        """--wait with a task still running past --timeout: exit 1, and it says so."""
+        from workers.analysis import envelope
+
+        worker = start_worker("op5", env={**FAST, "HOST_WEAR_INJECT": "slow=8"})
+        start_worker("op6", env=FAST)
+        start_checker("--tick", "0.1")
+        wait_until(lambda: len(fleet_json(host_env)["workers"]) == 2, 20, "both workers known")
+        from broker_config.queues import verify_queue
+
+        queue: Any = verify_queue(worker.name)
+        result = app.send_task("host.analyse", args=[envelope("w:1", "slow one")], queue=queue)
+        time.sleep(1)  # it is running now
+        proc = celery("fleet", "drain", worker.name, "--yes", "--wait", "--timeout", "2",
+                      env=host_env)
+        assert proc.returncode == 1, proc.stderr
+        assert "in flight after 2s" in proc.stderr
+        assert result.get(timeout=20)["worker"] == worker.name  # the task itself finished

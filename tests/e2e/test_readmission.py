@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import redis
 
@@ -13,6 +12,7 @@ from healthcheck.store import RedisHealthStore
 from tests.conftest import CheckerFactory, WorkerFactory
 from tests.support.cli import celery
 from tests.support.events import EventTap
+from tests.support.polling import wait_until
 
 FAST = {"HOST_WEAR_INTERVAL": "0.25"}
 #: Short back-offs, probes and probation, so that a whole quarantine cycle fits in seconds.
@@ -36,15 +36,6 @@ def policy(tmp_path: Path, probation_s: float = 3.0) -> str:
     path.write_text(QUICK_POLICY.replace("probation_s = 3.0", f"probation_s = {probation_s}"))
     return str(path)
 
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def state(store: RedisHealthStore, worker: str) -> str | None:

@@ -8,7 +8,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -18,6 +17,7 @@ from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
 from tests.support.cli import REPO, celery, read_jsonl
 from tests.support.events import EventTap
+from tests.support.polling import consumed, wait_until
 
 FAST_WEAR = {"HOST_WEAR_INTERVAL": "0.25"}
 HARD_CPU = 97.0
@@ -29,15 +29,6 @@ def policy_file(tmp_path: Path, extra: str = "") -> Path:
     path.write_text("[recovery]\nconfirm_breaches = 100000\n" + extra)
     return path
 
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def start_ingest(host_env: dict[str, str], out: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -142,10 +133,6 @@ class TestGuard:
                                                                                 "QUARANTINED")}
         assert not set(summary["by_worker"]) & out_workers
 
-
-def consumed(app: HostCelery, worker: str) -> list[str]:
-    replies = app.control.inspect(destination=[worker], timeout=2).active_queues() or {}
-    return sorted(q["name"] for q in replies.get(worker, []))
 
 
 class TestFailStatic:

@@ -15,13 +15,10 @@ from tests.conftest import WorkerFactory
 from tests.integration.test_ingest import hostile_corpus
 from tests.support.cli import celery
 from tests.support.events import EventTap
+from tests.support.polling import consumed
 
 SECRET = {"HOST_CONTROL_SECRET": "integration-secret", "HOST_WEAR_INTERVAL": "0.3"}
 
-
-def consumed(app: HostCelery, worker: str) -> list[str]:
-    replies = app.control.inspect(destination=[worker], timeout=2).active_queues() or {}
-    return sorted(q["name"] for q in replies.get(worker, []))
 
 
 class TestSignedCommands:

@@ -9,12 +9,8 @@ from healthcheck.actuator import control_reply
 from tests.conftest import WorkerFactory
 from tests.support.cli import celery
 from tests.support.events import EventTap
+from tests.support.polling import consumed
 from workers.analysis import envelope
-
-
-def consumed(app: HostCelery, worker: str) -> list[str]:
-    replies = app.control.inspect(destination=[worker], timeout=2).active_queues() or {}
-    return sorted(q["name"] for q in replies.get(worker, []))
 
 
 class TestDrainCommand:

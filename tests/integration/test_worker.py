@@ -10,12 +10,8 @@ from broker_config.app import HostCelery
 from broker_config.queues import verify_queue_name
 from tests.conftest import WorkerFactory
 from tests.support.cli import celery
+from tests.support.polling import consumed
 from workers.analysis import envelope
-
-
-def consumed_queues(app: HostCelery, name: str) -> set[str]:
-    replies = app.control.inspect(destination=[name], timeout=2).active_queues() or {}
-    return {q["name"] for q in replies.get(name, [])}
 
 
 class TestWorkerQueues:
@@ -23,14 +19,14 @@ class TestWorkerQueues:
                                                        start_worker: WorkerFactory) -> None:
         """Without -Q a worker consumes tweets, default and bulk, plus host.verify.<name>."""
         worker = start_worker("wq1")
-        assert consumed_queues(app, worker.name) == {"tweets", "default", "bulk",
+        assert set(consumed(app, worker.name)) == {"tweets", "default", "bulk",
                                                      verify_queue_name(worker.name)}
 
     def test_q_selects_work_queues_but_verify_queue_stays(self, app: HostCelery,
                                                           start_worker: WorkerFactory) -> None:
         """-Q narrows the work queues; the private verify queue is always consumed."""
         worker = start_worker("wq2", queues=("tweets",))
-        assert consumed_queues(app, worker.name) == {"tweets", verify_queue_name(worker.name)}
+        assert set(consumed(app, worker.name)) == {"tweets", verify_queue_name(worker.name)}
 
     def test_analyses_a_tweet(self, app: HostCelery, start_worker: WorkerFactory) -> None:
         """A task sent by name runs on the worker and names it in the result."""

@@ -218,3 +218,17 @@ class TestOperatorRequests:
         assert self.ask(checker, store, secret="other", action="drain", worker="w1",
                         reason="x")["error"] == "refused: forged"
         assert checker.fleet.workers["w1"].state is State.HEALTHY
+
+
+class TestRefusalMetrics:
+    def test_refusals_reported_by_workers_are_exported(self) -> None:
+        """Workers' refused commands show as host_control_commands_total{outcome=refused_*}."""
+        checker, _, clock, _ = make()
+        checker.handle(wear_event("w1", control_refused={"host_drain:forged": 2,
+                                                         "shutdown:disabled": 1}), clock())
+        checker.handle(wear_event("w2", control_refused={"host_drain:forged": 1}), clock())
+        value = checker.metrics.registry.get_sample_value
+        assert value("host_control_commands_total",
+                     {"command": "host_drain", "outcome": "refused_forged"}) == 3
+        assert value("host_control_commands_total",
+                     {"command": "shutdown", "outcome": "refused_disabled"}) == 1
