@@ -36,6 +36,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": queues.TASK_ROUTES,
         "task_create_missing_queues": False,
         "result_expires": settings.result_expires,
+        # Ride out a broker restart: publishers retry for about 30 s, and workers keep retrying
+        # to store a result instead of losing it.
+        "task_publish_retry_policy": {"max_retries": 30, "interval_start": 0,
+                                      "interval_step": 0.5, "interval_max": 1.0},
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 30,
         "result_extended": False,
         # Task events feed the health checker; they are how it sees failures and latency.
         "worker_send_task_events": True,

@@ -190,24 +190,45 @@ def _collect(app: Celery, results: list[AsyncResult[Any]], pending: dict[str, li
         if progress:
             progress(report.accounted, report.inputs, True)
         return
-    last = time.monotonic()
+    clock = {"last": time.monotonic(), "polled": time.monotonic()}
+
+    def deliver(task_id: str, meta: dict[str, Any]) -> None:
+        refs = pending.pop(task_id, None)
+        if refs is None:
+            return
+        for record in _records(meta, refs):
+            emit(record)
+        clock["last"] = time.monotonic()
+        if progress:
+            progress(report.accounted, report.inputs, True)
 
     def on_interval() -> None:
-        if time.monotonic() - last > idle_timeout:
+        now = time.monotonic()
+        if now - clock["polled"] >= POLL_S:
+            # Results arrive by pub/sub; a broker restart drops the notifications sent while
+            # it was away, so every few seconds the stored results are read directly too.
+            clock["polled"] = now
+            backend: Any = app.backend  # the Redis result backend (its stubs lack get_many)
+            for task_id, meta in backend.get_many(list(pending), interval=0, max_iterations=1):
+                deliver(task_id, meta)
+            if not pending:
+                raise _Done
+        if now - clock["last"] > idle_timeout:
             raise Stalled
 
     try:
         for task_id, meta in ResultSet(results, app=app).iter_native(on_interval=on_interval):
-            refs = pending.pop(task_id, None)
-            if refs is None:
-                continue
-            for record in _records(meta, refs):
-                emit(record)
-            last = time.monotonic()
-            if progress:
-                progress(report.accounted, report.inputs, True)
-    except Stalled:
+            deliver(task_id, meta)
+    except (Stalled, _Done):
         pass
+
+
+class _Done(Exception):
+    """Every pending result was found by polling."""
+
+
+#: Seconds between direct reads of the pending results (see ``_collect``).
+POLL_S = 2.0
 
 
 def _records(meta: dict[str, Any], refs: list[str]) -> list[dict[str, Any]]:

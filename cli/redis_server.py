@@ -94,6 +94,13 @@ class RedisServer:
         self.proc = None
         self._dir.cleanup()
 
+    def restart(self, down_s: float = 0.0, timeout: float = 10.0) -> None:
+        """Stop the server abruptly (SIGKILL), stay down ``down_s`` seconds, start it again on
+        the same port and directory (with ``appendonly`` the data survives)."""
+        self.kill()
+        time.sleep(down_s)
+        self.start(timeout)
+
     def kill(self) -> None:
         """SIGKILL the server, keeping its files (for restart tests)."""
         if self.proc is not None:
