@@ -36,6 +36,7 @@ from cli.processes import WorkerProcess, node_name  # noqa: E402
 from cli.redis_server import RedisServer, free_port  # noqa: E402
 from healthcheck.store import RedisHealthStore  # noqa: E402
 from tests.support.events import EventTap  # noqa: E402
+from tests.support.polling import wait_until  # noqa: E402
 from workers.analysis import envelope  # noqa: E402
 
 GROUND_TRUTH = REPO.parent / "shared" / "data" / "tweets_groundtruth.tsv"
@@ -60,16 +61,6 @@ def publish(app: Any, name: str, args_for: Any, texts: list[str], out: list[Any]
                 time.sleep(delay)
 
 
-def wait_for(predicate: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise TimeoutError("condition not met in time")
-
-
 def run_host(url: str, env: dict[str, str], texts: list[str], logs: Path) -> dict[str, float]:
     import redis
 
@@ -92,17 +83,18 @@ def run_host(url: str, env: dict[str, str], texts: list[str], logs: Path) -> dic
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     bad = workers[0].name
     try:
-        wait_for(lambda: store.get(bad) is not None, 30)
+        wait_until(lambda: store.get(bad) is not None, 30, 'the checker to know the worker')
         results: list[Any] = []
         with EventTap(app) as tap:
             feeder = threading.Thread(target=publish, args=(
                 app, "host.analyse", lambda i, t: envelope(f"b:{i}", t), texts, results))
             feeder.start()
-            wait_for(lambda: len(results) > len(texts) // 3, 60)
+            wait_until(lambda: len(results) > len(texts) // 3, 60, 'a third of the stream')
             from healthcheck.actuator import control_reply
 
             control_reply(app, "host_inject", bad, {"spec": "cpu=100"}, 3)
-            wait_for(lambda: (w := store.get(bad)) and w.state.value == "QUARANTINED", 60)
+            wait_until(lambda: (w := store.get(bad)) and w.state.value == "QUARANTINED", 60,
+                       'the quarantine')
             feeder.join()
             records = [r.get(timeout=120) for r in results]
             first_hard = next(e for e in tap.of("worker-wear", bad)
@@ -141,7 +133,7 @@ def run_plain(url: str, env: dict[str, str], texts: list[str], logs: Path,
         feeder = threading.Thread(target=publish, args=(
             app, "plain.analyse_stamped", lambda i, t: t, texts, results))
         feeder.start()
-        wait_for(lambda: len(results) > len(texts) // 3, 60)
+        wait_until(lambda: len(results) > len(texts) // 3, 60, 'a third of the stream')
         app.control.cancel_consumer(f"plain_{profile}", destination=[bad], reply=True, timeout=2)
         replied = time.time()
         feeder.join()

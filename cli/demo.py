@@ -199,13 +199,12 @@ def _fleet(app: HostCelery, env: dict[str, str], n: int, tmp: Path,
 @contextmanager
 def _checker(env: dict[str, str], tmp: Path, console: Console) -> Iterator[None]:
     log = (tmp / "checker.log").open("ab")
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "healthcheck",
-                             "--metrics-port", str(free_port()), "--tick", "0.1"],
+                             "--metrics-port", str(port), "--tick", "0.1"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        time.sleep(1.0)  # let it subscribe to events before the stream starts
-        if proc.poll() is not None:
-            raise click.ClickException(f"the checker exited; see {tmp / 'checker.log'}")
+        _wait_ready(proc, port, tmp / "checker.log")
         yield
     finally:
         console.print("stopping the checker")
@@ -216,6 +215,24 @@ def _checker(env: dict[str, str], tmp: Path, console: Console) -> Iterator[None]
             proc.kill()
             proc.wait()
         log.close()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 30) -> None:
+    """Poll the checker's /readyz until it answers 200 (it then receives events)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"the checker exited; see {log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise click.ClickException(f"the checker did not become ready in {timeout:g}s; see {log}")
 
 
 @contextmanager

@@ -60,8 +60,9 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()
+    subscribed = threading.Event()
     server, port = serve(http_app(checker.metrics.registry, lambda: _alive(checker),
-                                  lambda: checker.ready),
+                                  lambda: checker.ready and subscribed.is_set()),
                          settings.metrics_port if metrics_port is None else metrics_port)
     log.info("checker_started", metrics_port=port, dry_run=dry_run, tick_s=tick,
              policy=policy_path or settings.policy_file or "defaults")
@@ -71,7 +72,8 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    threading.Thread(target=receive_events, args=(app, checker.on_event, stop), daemon=True).start()
+    threading.Thread(target=receive_events, args=(app, checker.on_event, stop, subscribed.set),
+                     daemon=True).start()
     try:
         checker.run(stop)
     finally:

@@ -364,13 +364,18 @@ def audit_record(t: Transition) -> dict[str, Any]:
 
 
 def receive_events(app: Celery, on_event: Callable[[dict[str, Any]], None],
-                   stop: threading.Event) -> None:
-    """Feed every Celery event to ``on_event`` until ``stop``; reconnect when the broker drops."""
+                   stop: threading.Event, on_subscribed: Callable[[], None] | None = None) -> None:
+    """Feed every Celery event to ``on_event`` until ``stop``; reconnect when the broker drops.
+
+    ``on_subscribed`` is called each time the receiver is subscribed (events flow from then on).
+    """
     delay = 0.5
     while not stop.is_set():
         try:
             with app.connection() as conn:
                 recv = app.events.Receiver(conn, handlers={"*": on_event})
+                if on_subscribed is not None:
+                    recv.on_consume_ready = _then(recv.on_consume_ready, on_subscribed)
                 watcher = threading.Thread(target=_stop_when, args=(stop, recv), daemon=True)
                 watcher.start()
                 delay = 0.5
@@ -379,6 +384,14 @@ def receive_events(app: Celery, on_event: Callable[[dict[str, Any]], None],
             log.warning("event_receiver_reconnecting", error=str(exc), delay_s=delay)
             stop.wait(delay)
             delay = min(delay * 2, 10.0)
+
+
+def _then(first: Callable[..., Any], second: Callable[[], None]) -> Callable[..., None]:
+    def both(*args: Any, **kwargs: Any) -> None:
+        first(*args, **kwargs)
+        second()
+
+    return both
 
 
 def _stop_when(stop: threading.Event, recv: Any) -> None:

@@ -38,6 +38,7 @@ def aof_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.mark.known_gap  # about 1 run in 4 misses 1 of 1,000 tweets: see docs/operations.md
 @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
 class TestBrokerRestart:
     @pytest.mark.timeout(300)
