@@ -30,3 +30,11 @@ def gate(worker: str) -> str:
     the moment the checker records it, before the worker has even heard of it.
     """
     return f"{PREFIX}gate:{worker}"
+
+
+#: The checker lease: "<epoch>:<checker id>" of the leading checker, with a TTL. Only the
+#: holder may write states, the audit log and gate keys (every such write checks it).
+LEADER = PREFIX + "checker:leader"
+#: The fencing counter: incremented each time a checker takes the lease. Workers refuse
+#: drain/admit commands signed with an epoch older than this.
+EPOCH = PREFIX + "checker:epoch"

@@ -51,6 +51,9 @@ class Settings:
     env: str = "development"
     metrics_port: int = 9808
     policy_file: str = ""
+    #: Seconds the checker lease lives without renewal: how long a dead leading checker
+    #: leaves the fleet unwatched before a standby takes over.
+    checker_lease: float = 5.0
     wear_interval: float = 1.0
     wear_inject: str = ""
     #: Seconds a message may stay unacknowledged before Redis hands it to another worker. Live
@@ -215,6 +218,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "store_url": _url(REDIS_SCHEMES, empty_ok=True),
     "env": _one_of(ENVIRONMENTS),
     "metrics_port": _port,
+    "checker_lease": _positive,
     "wear_interval": _positive,
     "visibility_timeout": _positive,
     "unacked_restore_interval": _positive,

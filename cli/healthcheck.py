@@ -15,6 +15,7 @@ from healthcheck.actuator import CeleryActuator
 from healthcheck.errors import StoreUnavailable
 from healthcheck.http import app as http_app
 from healthcheck.http import serve
+from healthcheck.lease import Leadership, candidate_id
 from healthcheck.policy_file import load_policy
 from healthcheck.probes import CeleryProbeTransport, Prober, known_answers
 from healthcheck.service import Checker, receive_events
@@ -53,10 +54,11 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
     actuator.warm()
     try:
         prober = Prober(CeleryProbeTransport(app), known_answers(), config.probes)
+        leadership = Leadership(store, candidate_id(), settings.checker_lease)
         checker = Checker.from_store(store, actuator, config, tick_s=tick,
                                      secret=settings.control_secret,
                                      previous_secret=settings.control_secret_previous,
-                                     prober=prober)
+                                     prober=prober, leadership=leadership)
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()
@@ -77,6 +79,7 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
     try:
         checker.run(stop)
     finally:
+        leadership.release()
         server.shutdown()
         log.info("checker_stopped")
 

@@ -55,7 +55,9 @@ def control_reply(app: Celery, command: str, worker: str, arguments: dict[str, A
 
 
 class Actuator(Protocol):
-    """Takes workers in and out of rotation."""
+    """Takes workers in and out of rotation, signing each command with the leader's ``epoch``."""
+
+    epoch: int
 
     def drain(self, worker: str, reason: str) -> Reply:
         """Out of rotation: gate closed, work queues no longer consumed."""
@@ -76,6 +78,7 @@ class CeleryActuator:
         self.app = app
         self.timeout = timeout
         self.secret = secret
+        self.epoch = 0
         # One long-lived connection: a fresh one costs tens of milliseconds on the first drain.
         self._conn = app.connection_for_write()
 
@@ -92,7 +95,10 @@ class CeleryActuator:
 
     def _send(self, command: str, worker: str, reason: str) -> Reply:
         sent = time.time()
-        body = control_reply(self.app, command, worker, {"reason": reason}, self.timeout,
+        arguments: dict[str, Any] = {"reason": reason}
+        if self.epoch:
+            arguments["epoch"] = self.epoch
+        body = control_reply(self.app, command, worker, arguments, self.timeout,
                              connection=self._conn, secret=self.secret)
         return Reply(worker, command, sent, body is not None, body or {})
 
@@ -102,6 +108,7 @@ class InMemoryActuator:
 
     def __init__(self, answering: bool = True) -> None:
         self.answering = answering
+        self.epoch = 0
         self.sent: list[tuple[str, str, str]] = []
 
     def drain(self, worker: str, reason: str) -> Reply:

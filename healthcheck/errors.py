@@ -2,7 +2,8 @@
 
     HealthcheckError
     ├── StoreUnavailable      the Redis that keeps states and the audit log did not answer
-    └── ControlUnavailable    the broker did not carry a control command (no reply is not this)
+    ├── ControlUnavailable    the broker did not carry a control command (no reply is not this)
+    └── LeaseLost             another checker holds the lease: this one's write was refused
 """
 
 from __future__ import annotations
@@ -18,3 +19,7 @@ class StoreUnavailable(HealthcheckError):
 
 class ControlUnavailable(HealthcheckError):
     """A control command could not be sent."""
+
+
+class LeaseLost(HealthcheckError):
+    """A fenced write was refused: this checker no longer leads and must not act."""

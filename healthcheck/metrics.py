@@ -6,7 +6,7 @@ from collections import Counter as CounterType
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -97,6 +97,13 @@ class CheckerMetrics:
         self.registry.register(self.control)
         self.probes = Counter("host_probe_results_total", "Known-answer probe outcomes",
                               ["worker", "outcome"], registry=self.registry)
+        self.leader = Gauge("host_checker_leader",
+                            "1 while this checker holds the lease and acts; 0 on a standby",
+                            registry=self.registry)
+
+    def leading(self, yes: bool) -> None:
+        """Whether this checker leads now."""
+        self.leader.set(1 if yes else 0)
 
     def on_transition(self, t: Transition) -> None:
         """Count a transition (and its detection time, for an ejection)."""

@@ -21,8 +21,9 @@ from celery import Celery
 
 from broker_config.signing import Verifier
 from healthcheck.actuator import Actuator, Reply
-from healthcheck.errors import HealthcheckError
+from healthcheck.errors import HealthcheckError, LeaseLost
 from healthcheck.intake import WEAR_EVENT, observation
+from healthcheck.lease import Leadership
 from healthcheck.metrics import CheckerMetrics
 from healthcheck.policy import Decision, Fleet, HealthPolicy, PolicyConfig, Reading, State
 from healthcheck.policy.model import CONSUMING, OUT_OF_ROTATION, Transition
@@ -53,7 +54,8 @@ class Checker:
     def __init__(self, fleet: Fleet, store: HealthStore, actuator: Actuator,
                  metrics: CheckerMetrics | None = None, clock: Callable[[], float] = time.time,
                  tick_s: float = 0.25, reconcile_s: float = 2.0, secret: str = "",
-                 previous_secret: str = "", prober: Prober | None = None) -> None:
+                 previous_secret: str = "", prober: Prober | None = None,
+                 leadership: Leadership | None = None) -> None:
         self.fleet = fleet
         self.store = store
         self.actuator = actuator
@@ -71,28 +73,72 @@ class Checker:
         self._reports: dict[str, dict[str, Any]] = {}
         self._verifier = Verifier(secret, clock, previous=previous_secret)
         self.prober = prober
+        self.leadership = leadership
+        self._refreshed = 0.0
+        self.metrics.leading(self.leading())
 
     @classmethod
     def from_store(cls, store: HealthStore, actuator: Actuator, config: PolicyConfig,
                    clock: Callable[[], float] = time.time, seed: int | None = None,
                    **kwargs: Any) -> Checker:
-        """A checker that resumes from the stored states (nobody is re-drained).
-
-        Every stored worker is given ``offline_after_s`` from now to be heard from.
-        """
-        import dataclasses
-        import random
-
-        now = clock()
-        stored = store.load()
-        workers = {name: dataclasses.replace(w, last_seen=max(w.last_seen, now))
-                   for name, w in stored.items()}
-        fleet = Fleet(HealthPolicy(config), seed=seed if seed is not None else random.getrandbits(32),
-                      workers=workers)
+        """A checker that resumes from the stored states (nobody is re-drained)."""
+        fleet = resumed_fleet(store, config, clock(), seed)
         checker = cls(fleet, store, actuator, clock=clock, **kwargs)
-        log.info("checker_resumed", workers=len(workers),
+        log.info("checker_resumed", workers=len(fleet.workers),
                  states={s.value: n for s, n in fleet.by_state().items()})
         return checker
+
+    # --- leadership --------------------------------------------------------------------
+
+    def leading(self) -> bool:
+        """True when this checker may act (it holds the lease, or runs without one)."""
+        return self.leadership is None or self.leadership.leading()
+
+    @property
+    def fence(self) -> str:
+        """The lease token every write is fenced with ("" without a lease)."""
+        if self.leadership is None:
+            return ""
+        return self.leadership.token or "none"  # not leading: a token no lease ever matches
+
+    def lead(self) -> None:
+        """Renew or take the lease when due; take over or stand by when that changed."""
+        if self.leadership is None or not self.leadership.step():
+            return
+        if self.leadership.leading():
+            self.take_over()
+        else:
+            self.stand_by("lease not renewed in time" if self.leadership.token
+                          else "another checker leads")
+
+    def take_over(self) -> None:
+        """Lead from what the store holds: states as stored, nobody re-drained."""
+        assert self.leadership is not None
+        self.fleet = resumed_fleet(self.store, self.fleet.config, self.clock(), None)
+        self._unsaved_workers.clear()
+        self._unsaved_audit[:] = [{"kind": "leader", "worker": None, "at": self.clock(),
+                                   "checker": self.leadership.candidate,
+                                   "epoch": self.leadership.epoch}]
+        self._last_correction.clear()
+        self.actuator.epoch = self.leadership.epoch
+        self.metrics.leading(True)
+        log.info("checker_leading", epoch=self.leadership.epoch, workers=len(self.fleet.workers),
+                 states={s.value: n for s, n in self.fleet.by_state().items()})
+        self.flush()
+
+    def lose(self, exc: LeaseLost) -> None:
+        """A fenced write was refused: another checker leads now."""
+        if self.leadership is not None:
+            self.leadership.lost()
+        self.stand_by(str(exc))
+
+    def stand_by(self, why: str) -> None:
+        """Stop acting: what was decided and not stored is dropped (the leader decides anew)."""
+        self._unsaved_workers.clear()
+        self._unsaved_audit.clear()
+        self.metrics.leading(False)
+        log.warning("checker_standing_by", reason=why,
+                    leader=self.leadership.leader if self.leadership else None)
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -101,6 +147,7 @@ class Checker:
         self.ready = True
         next_tick = self.clock()
         while not stop.is_set():
+            self.lead()
             try:
                 event, at = self.inbox.get(timeout=max(0.0, next_tick - self.clock()))
                 self.handle(event, at)
@@ -131,6 +178,8 @@ class Checker:
             refused = event.get("control_refused")
             if isinstance(refused, dict):
                 self.metrics.control.refused_by_worker[obs.worker] = refused
+        if not self.leading():
+            return  # a standby only watches: its states come from the store
         before = self.fleet.workers.get(obs.worker)
         joined = before is None
         decision = self.fleet.observe(obs)
@@ -148,11 +197,25 @@ class Checker:
 
     def tick(self, now: float) -> None:
         """Time-based decisions, the guard's decisions, probes, operators' requests."""
+        if not self.leading():
+            self.refresh(now)
+            return
         self.apply(self.fleet.tick(now))
         if self.prober is not None:
             self.probe()
         self.serve_operators()
         self.flush()
+
+    def refresh(self, now: float, every_s: float = 1.0) -> None:
+        """A standby's view: the stored states, read again every ``every_s`` (for metrics)."""
+        if now - self._refreshed < every_s:
+            return
+        self._refreshed = now
+        try:
+            self.fleet = resumed_fleet(self.store, self.fleet.config, now, self.fleet.seed)
+        except HealthcheckError as exc:
+            log.warning("store_read_failed", error=str(exc))
+        self._reports.clear()
 
     # --- acting --------------------------------------------------------------------------
 
@@ -168,6 +231,8 @@ class Checker:
                      to_state=t.to_state.value, reason=t.reason, cause=t.cause.value,
                      enforced=t.enforced)
         self.flush()
+        if not self.leading():
+            return  # the lease went while deciding: the new leader decides for itself
         for t in decision.transitions:
             self.enforce(t)
 
@@ -205,10 +270,15 @@ class Checker:
             self._admit(name, f"correction: {w.state.value}")
 
     def _drain(self, worker: str, reason: str, correction: bool = False) -> None:
+        if not self.leading():
+            return
         # The gate key first: from the moment it is written no work-queue task starts on the
         # worker, before the command has even reached it. That moment is the enforced verdict.
         try:
-            self.store.close_gate(worker, reason)
+            self.store.close_gate(worker, reason, fence=self.fence)
+        except LeaseLost as exc:
+            self.lose(exc)
+            return
         except HealthcheckError as exc:
             log.error("gate_key_write_failed", worker=worker, error=str(exc))
         enforced_at = self.clock()
@@ -232,8 +302,13 @@ class Checker:
         self.flush()
 
     def _admit(self, worker: str, reason: str) -> None:
+        if not self.leading():
+            return
         try:
-            self.store.open_gate(worker)
+            self.store.open_gate(worker, fence=self.fence)
+        except LeaseLost as exc:
+            self.lose(exc)
+            return
         except HealthcheckError as exc:
             log.error("gate_key_write_failed", worker=worker, error=str(exc))
             return  # the worker would refuse work anyway: try again at the next correction
@@ -259,12 +334,16 @@ class Checker:
         """Write what is not stored yet; on a store failure keep it for the next pass."""
         if not (self._unsaved_workers or self._unsaved_audit or self._reports):
             return
+        epoch = self.leadership.epoch if self.leadership is not None else None
+        records = [r if epoch is None else {**r, "epoch": epoch} for r in self._unsaved_audit]
         try:
-            self.store.save(self.fleet.workers[n] for n in self._unsaved_workers
-                            if n in self.fleet.workers)
-            self.store.append(self._unsaved_audit)
-            self.store.save_reports(self._reports)
+            self.store.commit([self.fleet.workers[n] for n in self._unsaved_workers
+                               if n in self.fleet.workers], records, self._reports,
+                              fence=self.fence)
             self._reports = {}
+        except LeaseLost as exc:
+            self.lose(exc)
+            return
         except HealthcheckError as exc:
             log.error("store_write_failed", error=str(exc), pending=len(self._unsaved_audit))
             return
@@ -291,7 +370,10 @@ class Checker:
     def serve_operators(self) -> None:
         """Apply operators' waiting requests (drain, quarantine, restore) and answer each."""
         try:
-            requests = self.store.take_requests()
+            requests = self.store.take_requests(fence=self.fence)
+        except LeaseLost as exc:
+            self.lose(exc)
+            return
         except HealthcheckError as exc:
             log.error("operator_requests_unavailable", error=str(exc))
             return
@@ -325,6 +407,25 @@ class Checker:
                  state=self.fleet.workers[worker].state.value)
         return {"ok": True, "worker": worker, "state": self.fleet.workers[worker].state.value,
                 "transitions": [audit_record(t) for t in decision.transitions]}
+
+
+def resumed_fleet(store: HealthStore, config: PolicyConfig, now: float,
+                  seed: int | None) -> Fleet:
+    """The fleet as stored, each worker given ``offline_after_s`` from ``now`` to be heard from,
+    and the guard reminded of the ejections of its current window (from the audit log)."""
+    import dataclasses
+    import random
+
+    workers = {name: dataclasses.replace(w, last_seen=max(w.last_seen, now))
+               for name, w in store.load().items()}
+    fleet = Fleet(HealthPolicy(config), seed=seed if seed is not None else random.getrandbits(32),
+                  workers=workers)
+    window = config.guard.window_s
+    fleet.recall_ejections(r["at"] for r in store.history(since=now - window, limit=10_000)
+                           if r.get("kind") == "transition" and r.get("cause") == "wear"
+                           and r.get("to") == State.DRAINING.value
+                           and isinstance(r.get("at"), (int, float)))
+    return fleet
 
 
 def operator_target(action: str, w: Any, force: bool) -> State | str:

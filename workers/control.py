@@ -81,14 +81,35 @@ def host_inject(state: Any, spec: str = "", **signed: Any) -> dict[str, Any]:
     return {"ok": injection.spec()}
 
 
-@control_command(args=[("reason", str)], signature="[REASON]")
-def host_drain(state: Any, reason: str = "drain", **signed: Any) -> dict[str, Any]:
+def _fenced(state: Any, command: str, epoch: int | None) -> dict[str, Any] | None:
+    """None if ``epoch`` is the checker lease's current one (or newer); else the error reply.
+
+    A checker that lost its lease (paused past its TTL, say) may still send what it decided
+    before; the store's epoch has moved on by then, so the command is refused here.
+    """
+    current = gate.checker_epoch()
+    if epoch is None or current is None or epoch >= current:
+        return None
+    REFUSED[(command, "stale_leader")] += 1
+    log.warning("control_command_refused", command=command, reason="stale_leader",
+                epoch=epoch, current_epoch=current, worker=state.consumer.hostname)
+    return {"error": f"refused: stale_leader (epoch {epoch} < {current})"}
+
+
+def _arguments(reason: str, epoch: int | None, signed: dict[str, Any]) -> dict[str, Any]:
+    return {"reason": reason, **({} if epoch is None else {"epoch": epoch}), **signed}
+
+
+@control_command(args=[("reason", str), ("epoch", int)], signature="[REASON] [EPOCH]")
+def host_drain(state: Any, reason: str = "drain", epoch: int | None = None,
+               **signed: Any) -> dict[str, Any]:
     """Take this worker out of rotation: close the gate, stop consuming work queues, then reply.
 
     In-flight tasks finish; reserved ones are handed back unstarted by the gate.
     """
     received = time.time()
-    refused = _authentic(state, "host_drain", {"reason": reason, **signed})
+    refused = (_authentic(state, "host_drain", _arguments(reason, epoch, signed))
+               or _fenced(state, "host_drain", epoch))
     if refused:
         return refused
     status = gate.take_out(state.consumer, reason)
@@ -98,10 +119,12 @@ def host_drain(state: Any, reason: str = "drain", **signed: Any) -> dict[str, An
     return {"ok": True, **status}
 
 
-@control_command(args=[("reason", str)], signature="[REASON]")
-def host_admit(state: Any, reason: str = "admit", **signed: Any) -> dict[str, Any]:
+@control_command(args=[("reason", str), ("epoch", int)], signature="[REASON] [EPOCH]")
+def host_admit(state: Any, reason: str = "admit", epoch: int | None = None,
+               **signed: Any) -> dict[str, Any]:
     """Put this worker back in rotation: consume its work queues again, then open the gate."""
-    refused = _authentic(state, "host_admit", {"reason": reason, **signed})
+    refused = (_authentic(state, "host_admit", _arguments(reason, epoch, signed))
+               or _fenced(state, "host_admit", epoch))
     if refused:
         return refused
     status = gate.put_back(state.consumer, reason)

@@ -119,6 +119,21 @@ def closed_reason_in_store(worker: str) -> str | None:
     return value.decode() if value else None
 
 
+def checker_epoch() -> int | None:
+    """The checker lease's current fencing epoch (None when the store cannot tell)."""
+    if _remote is None:
+        return None
+    import redis
+
+    from broker_config import keys
+
+    try:
+        value = _remote.get(keys.EPOCH)
+    except (redis.ConnectionError, redis.TimeoutError):
+        return None
+    return int(value) if value else 0
+
+
 def take_out(consumer: Any, reason: str) -> dict[str, Any]:
     """Close the gate and stop consuming every work queue; what the worker now holds."""
     g = _require()

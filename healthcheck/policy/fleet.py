@@ -133,6 +133,11 @@ class Fleet:
         self._put(step.health)
         return Decision(step.transitions, self.guard_engaged)
 
+    def recall_ejections(self, times: Iterable[float]) -> None:
+        """Count ejections made before this fleet existed (by another checker) against the
+        guard's rate window."""
+        self._recent.extend(sorted(times))
+
     def tick(self, now: float) -> Decision:
         """Let time pass for every worker, then decide the proposed ejections together."""
         self._fleet_p95 = self._median_p95()

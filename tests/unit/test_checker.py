@@ -133,10 +133,10 @@ class TestChecker:
         class Flaky(InMemoryHealthStore):
             down = False
 
-            def append(self, records: Any) -> None:
+            def commit(self, *args: Any, **kwargs: Any) -> None:
                 if self.down:
                     raise StoreUnavailable("down")
-                super().append(records)
+                super().commit(*args, **kwargs)
 
         store = Flaky()
         checker, _, clock, _ = make(store=store)

@@ -1,0 +1,108 @@
+"""The store's lease and fenced writes on a real redis-server, and the workers' epoch fence."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from broker_config import keys
+from broker_config.app import HostCelery
+from healthcheck.actuator import control_reply
+from healthcheck.errors import LeaseLost
+from healthcheck.lease import Leadership
+from healthcheck.policy import State, WorkerHealth
+from healthcheck.store import RedisHealthStore
+from tests.conftest import WorkerFactory
+from tests.support.polling import consumed, wait_until
+
+
+def worker(name: str, state: State = State.HEALTHY) -> WorkerHealth:
+    return WorkerHealth(name=name, state=state, since=1.0, last_seen=1.0, queues=("tweets",))
+
+
+class TestLease:
+    def test_take_renew_expire_and_take_over(self, redis_client: redis.Redis) -> None:
+        store = RedisHealthStore(redis_client)
+        a = store.lease("a", 0.5)
+        assert a == "1:a"
+        assert store.lease("b", 0.5) == "1:a"  # taken: b learns who leads
+        assert store.lease("a", 0.5, "1:a") == "1:a"  # renewal keeps the epoch
+        assert 0 < redis_client.pttl(keys.LEADER) <= 500
+        wait_until(lambda: redis_client.get(keys.LEADER) is None, 3, "the lease to expire")
+        assert store.lease("b", 0.5) == "2:b" and store.epoch() == 2
+        assert store.lease("a", 0.5, "1:a") == "2:b"  # a's old token renews nothing
+
+    def test_release_only_by_the_holder(self, redis_client: redis.Redis) -> None:
+        store = RedisHealthStore(redis_client)
+        token = store.lease("a", 30)
+        store.release("7:someone-else")
+        assert redis_client.get(keys.LEADER) == token.encode()  # type: ignore[union-attr]
+        store.release(token)  # type: ignore[arg-type]
+        assert redis_client.get(keys.LEADER) is None
+
+    def test_two_leaderships_on_one_redis(self, redis_client: redis.Redis) -> None:
+        store = RedisHealthStore(redis_client)
+        a, b = Leadership(store, "a", 0.6), Leadership(store, "b", 0.6)
+        a.step()
+        b.step()
+        assert a.leading() and not b.leading() and b.leader == a.token
+        # a stops renewing (as if killed): b takes over once the lease expires
+        wait_until(lambda: b.step() or b.leading(), 3, "b to take over")
+        assert b.epoch == a.epoch + 1 and not a.leading()
+
+
+class TestFencedWrites:
+    def test_commit_is_refused_to_a_former_leader_and_writes_nothing(
+            self, redis_client: redis.Redis) -> None:
+        store = RedisHealthStore(redis_client)
+        old = store.lease("a", 30)
+        assert old is not None
+        store.commit([worker("w1")], [{"kind": "joined", "worker": "w1"}], fence=old)
+        redis_client.delete(keys.LEADER)  # the lease expired while a was paused...
+        new = store.lease("b", 30)  # ...and b took it
+        with pytest.raises(LeaseLost):
+            store.commit([worker("w1", State.DRAINING)], [{"kind": "transition", "worker": "w1"}],
+                         {"w1": {"at": 2}}, fence=old)
+        with pytest.raises(LeaseLost):
+            store.close_gate("w1", "stale", fence=old)
+        with pytest.raises(LeaseLost):
+            store.take_requests(fence=old)
+        assert store.get("w1").state is State.HEALTHY  # type: ignore[union-attr]
+        assert [r["kind"] for r in store.history()] == ["joined"]
+        assert store.reports() == {} and not redis_client.exists(keys.gate("w1"))
+        store.close_gate("w1", "fresh", fence=new or "")
+        assert redis_client.get(keys.gate("w1")) == b"fresh"
+
+    def test_a_commit_writes_states_records_and_reports_together(
+            self, redis_client: redis.Redis) -> None:
+        store = RedisHealthStore(redis_client)
+        token = store.lease("a", 30) or ""
+        store.commit([worker("w1", State.QUARANTINED), worker("w2")],
+                     [{"kind": "transition", "worker": "w1", "n": i} for i in range(3)],
+                     {"w2": {"at": 5, "gate": "open"}}, fence=token)
+        assert store.get("w1").state is State.QUARANTINED  # type: ignore[union-attr]
+        assert [r["n"] for r in store.history("w1")] == [0, 1, 2]
+        assert store.reports() == {"w2": {"at": 5, "gate": "open"}}
+
+    def test_operator_requests_are_taken_oldest_first(self, redis_client: redis.Redis) -> None:
+        store = RedisHealthStore(redis_client)
+        token = store.lease("a", 30) or ""
+        for i in range(3):
+            redis_client.lpush(keys.OPERATOR_REQUESTS, f'{{"id": "{i}"}}')
+        assert [r["id"] for r in store.take_requests(2, fence=token)] == ["0", "1"]
+        assert [r["id"] for r in store.take_requests(fence=token)] == ["2"]
+        assert store.take_requests(fence=token) == []
+
+
+class TestWorkerFence:
+    def test_a_worker_refuses_commands_of_an_older_epoch(
+            self, app: HostCelery, start_worker: WorkerFactory, redis_client: redis.Redis) -> None:
+        """A drain signed with epoch 1 once epoch 2 leads is refused; the current one runs."""
+        w = start_worker("fe1")
+        redis_client.set(keys.EPOCH, 2)
+        stale = control_reply(app, "host_drain", w.name, {"reason": "stale", "epoch": 1}, 2.0)
+        assert stale is not None and "stale_leader" in stale["error"]
+        assert "tweets" in consumed(app, w.name)
+        current = control_reply(app, "host_drain", w.name, {"reason": "now", "epoch": 2}, 2.0)
+        assert current is not None and current["ok"] is True
+        wait_until(lambda: "tweets" not in consumed(app, w.name), 5, "drained")
