@@ -50,6 +50,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
     }
     if settings.broker_is_redis:
+        # kombu's Redis transport, keeping messages a broker restart would otherwise lose
+        # (broker_config.transport).
+        config["broker_transport"] = "broker_config.transport:Transport"
         config["broker_transport_options"] = redis_transport_options(settings)
         config["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
     return config

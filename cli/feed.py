@@ -15,8 +15,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import redis
 from celery import Celery
 from celery.result import AsyncResult, ResultSet
+from kombu.exceptions import OperationalError
 
 from workers.analysis import envelope
 from workers.deadletter import DeadLetterStore
@@ -209,18 +211,33 @@ def _collect(app: Celery, results: list[AsyncResult[Any]], pending: dict[str, li
             # it was away, so every few seconds the stored results are read directly too.
             clock["polled"] = now
             backend: Any = app.backend  # the Redis result backend (its stubs lack get_many)
-            for task_id, meta in backend.get_many(list(pending), interval=0, max_iterations=1):
-                deliver(task_id, meta)
+            try:
+                for task_id, meta in backend.get_many(list(pending), interval=0,
+                                                      max_iterations=1):
+                    deliver(task_id, meta)
+            except BROKEN:
+                return  # the backend is restarting: poll again later
             if not pending:
                 raise _Done
         if now - clock["last"] > idle_timeout:
             raise Stalled
 
-    try:
-        for task_id, meta in ResultSet(results, app=app).iter_native(on_interval=on_interval):
-            deliver(task_id, meta)
-    except (Stalled, _Done):
-        pass
+    while pending:
+        waiting = [r for r in results if r.id in pending]
+        try:
+            for task_id, meta in ResultSet(waiting, app=app).iter_native(on_interval=on_interval):
+                deliver(task_id, meta)
+            return
+        except (Stalled, _Done):
+            return
+        except BROKEN:  # the backend went away mid-wait: wait on what is still pending
+            time.sleep(POLL_S / 4)
+            if time.monotonic() - clock["last"] > idle_timeout:
+                return
+
+
+#: What a Redis result backend raises while it restarts.
+BROKEN = (redis.ConnectionError, redis.TimeoutError, OperationalError, OSError)
 
 
 class _Done(Exception):

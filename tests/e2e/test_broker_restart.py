@@ -38,14 +38,18 @@ def aof_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.mark.known_gap  # about 1 run in 4 misses 1 of 1,000 tweets: see docs/operations.md
 @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
 class TestBrokerRestart:
     @pytest.mark.timeout(300)
     def test_stream_survives_a_broker_restart(self, aof_redis: RedisServer,
                                               tmp_path: Path) -> None:
-        """Restart Redis mid-stream: workers, checker and ingest reconnect; every tweet once;
-        worker states and the audit log intact."""
+        """Restart Redis three times mid-stream: workers, checker and ingest reconnect; every
+        tweet analysed; worker states and the audit log intact.
+
+        Each restart lands, now and then, between a worker's BRPOP and its unacknowledged
+        record: stock kombu lost that tweet (1 in 1,000, in about one run of four with a single
+        restart); host's transport puts it back (``message_orphaned`` / ``message_put_back``
+        in the worker logs)."""
         import os
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
@@ -75,7 +79,9 @@ class TestBrokerRestart:
                                       env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                                       stderr=(tmp_path / "ingest.err").open("w"))
             time.sleep(3)  # mid-stream
-            aof_redis.restart(down_s=1.0)
+            for _ in range(3):
+                aof_redis.restart(down_s=1.0)
+                time.sleep(1.5)
             assert ingest.wait(240) == 0, (tmp_path / "ingest.err").read_text()[-3000:]
             results = read_jsonl(out)
             assert len(results) == 1000
