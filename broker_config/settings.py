@@ -50,6 +50,8 @@ class Settings:
     control_secret_previous: str = ""
     env: str = "development"
     metrics_port: int = 9808
+    #: Seconds a worker may be OFFLINE before the checker stops exporting its series.
+    metrics_worker_ttl: float = 3600.0
     policy_file: str = ""
     #: Seconds the checker lease lives without renewal: how long a dead leading checker
     #: leaves the fleet unwatched before a standby takes over.
@@ -219,6 +221,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "env": _one_of(ENVIRONMENTS),
     "metrics_port": _port,
     "checker_lease": _positive,
+    "metrics_worker_ttl": _positive,
     "wear_interval": _positive,
     "visibility_timeout": _positive,
     "unacked_restore_interval": _positive,

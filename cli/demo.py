@@ -205,6 +205,7 @@ def _checker(env: dict[str, str], tmp: Path, console: Console) -> Iterator[None]
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_ready(proc, port, tmp / "checker.log")
+        console.print(f"fleet page: http://127.0.0.1:{port}/   metrics: http://127.0.0.1:{port}/metrics")
         yield
     finally:
         console.print("stopping the checker")

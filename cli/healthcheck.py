@@ -16,6 +16,8 @@ from healthcheck.errors import StoreUnavailable
 from healthcheck.http import app as http_app
 from healthcheck.http import serve
 from healthcheck.lease import Leadership, candidate_id
+from healthcheck.metrics import QueueDepths, broker_depths
+from healthcheck.page import fleet_view
 from healthcheck.policy_file import load_policy
 from healthcheck.probes import CeleryProbeTransport, Prober, known_answers
 from healthcheck.service import Checker, receive_events
@@ -55,16 +57,21 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
     try:
         prober = Prober(CeleryProbeTransport(app), known_answers(), config.probes)
         leadership = Leadership(store, candidate_id(), settings.checker_lease)
+        depths = QueueDepths(broker_depths(app))
         checker = Checker.from_store(store, actuator, config, tick_s=tick,
                                      secret=settings.control_secret,
                                      previous_secret=settings.control_secret_previous,
-                                     prober=prober, leadership=leadership)
+                                     prober=prober, leadership=leadership,
+                                     forget_after_s=settings.metrics_worker_ttl,
+                                     depths=depths)
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()
     subscribed = threading.Event()
     server, port = serve(http_app(checker.metrics.registry, lambda: _alive(checker),
-                                  lambda: checker.ready and subscribed.is_set()),
+                                  lambda: checker.ready and subscribed.is_set(),
+                                  lambda: fleet_view(checker.fleet, checker.history, store,
+                                                     checker.leading(), depths)),
                          settings.metrics_port if metrics_port is None else metrics_port)
     log.info("checker_started", metrics_port=port, dry_run=dry_run, tick_s=tick,
              policy=policy_path or settings.policy_file or "defaults")

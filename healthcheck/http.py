@@ -1,7 +1,9 @@
-"""The checker's HTTP endpoints: /metrics, /healthz and /readyz."""
+"""The checker's HTTP endpoints: /metrics, /healthz, /readyz, and the fleet page (/ and
+/fleet.json)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -9,6 +11,12 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from healthcheck import page
+
+#: The page loads nothing from elsewhere, and nothing it shows can run as script.
+CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+       "connect-src 'self'; img-src 'self' data:")
 
 Handler = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -23,12 +31,21 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def app(registry: CollectorRegistry, alive: Callable[[], bool],
-        ready: Callable[[], bool]) -> Handler:
-    """A WSGI app serving the three endpoints."""
+        ready: Callable[[], bool], view: Callable[[], dict[str, Any]] | None = None) -> Handler:
+    """A WSGI app serving the endpoints (the fleet page only when ``view`` is given)."""
     metrics = make_wsgi_app(registry)
 
     def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        if view is not None and path in ("/", "/fleet.json"):
+            if path == "/":
+                body_bytes, kind = page.html(), "text/html; charset=utf-8"
+            else:
+                body_bytes = json.dumps(view(), default=str).encode()
+                kind = "application/json"
+            start_response("200 OK", [("Content-Type", kind), ("Cache-Control", "no-store"),
+                                      ("Content-Security-Policy", CSP)])
+            return [body_bytes]
         if path == "/metrics":
             body: Iterable[bytes] = metrics(environ, start_response)
             return body

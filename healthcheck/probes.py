@@ -145,15 +145,15 @@ class Prober:
                 del self._pending[task_id]
                 if outcome == "ok" and pending.late:
                     continue  # already counted as late
-                results.append(ProbeResult(pending.worker, now, outcome, detail))
+                results.append(ProbeResult(pending.worker, now, outcome, detail, task_id))
             elif now - pending.sent_at > self.config.missing_s:
                 del self._pending[task_id]
                 results.append(ProbeResult(pending.worker, now, "missing",
-                                           f"no answer in {self.config.missing_s:g}s"))
+                                           f"no answer in {self.config.missing_s:g}s", task_id))
             elif not pending.late and now - pending.sent_at > self.config.late_s:
                 pending.late = True
                 results.append(ProbeResult(pending.worker, now, "late",
-                                           f"no answer in {self.config.late_s:g}s"))
+                                           f"no answer in {self.config.late_s:g}s", task_id))
         return results
 
     def forget(self, worker: str) -> None:

@@ -19,12 +19,14 @@ from typing import Any
 
 from celery import Celery
 
+from broker_config.queues import verify_queue_name
 from broker_config.signing import Verifier
 from healthcheck.actuator import Actuator, Reply
 from healthcheck.errors import HealthcheckError, LeaseLost
 from healthcheck.intake import WEAR_EVENT, observation
 from healthcheck.lease import Leadership
 from healthcheck.metrics import CheckerMetrics
+from healthcheck.page import WearHistory
 from healthcheck.policy import Decision, Fleet, HealthPolicy, PolicyConfig, Reading, State
 from healthcheck.policy.model import CONSUMING, OUT_OF_ROTATION, Transition
 from healthcheck.probes import Prober
@@ -55,16 +57,21 @@ class Checker:
                  metrics: CheckerMetrics | None = None, clock: Callable[[], float] = time.time,
                  tick_s: float = 0.25, reconcile_s: float = 2.0, secret: str = "",
                  previous_secret: str = "", prober: Prober | None = None,
-                 leadership: Leadership | None = None) -> None:
+                 leadership: Leadership | None = None, forget_after_s: float = 3600.0,
+                 depths: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.fleet = fleet
         self.store = store
         self.actuator = actuator
         self.clock = clock
         self.tick_s = tick_s
         self.reconcile_s = reconcile_s
-        self.metrics = metrics or CheckerMetrics(lambda: self.fleet, lambda: self.wear)
+        self.metrics = metrics or CheckerMetrics(lambda: self.fleet, lambda: self.wear,
+                                                 clock=clock, forget_after_s=forget_after_s,
+                                                 depths=depths)
+        self._pruned = 0.0
         self.inbox: queue.Queue[tuple[dict[str, Any], float]] = queue.Queue()
         self.wear: dict[str, Mapping[str, Reading]] = {}
+        self.history = WearHistory()
         self.last_loop = 0.0
         self.ready = False
         self._unsaved_workers: set[str] = set()
@@ -163,9 +170,13 @@ class Checker:
             self.last_loop = now
 
     def on_event(self, event: dict[str, Any]) -> None:
-        """Receiver thread: queue an event for the loop, stamped with its arrival time."""
-        if event.get("type") in EVENT_TYPES:
+        """Receiver thread: queue an event for the loop, stamped with its arrival time; task
+        events only feed the task metrics."""
+        kind = event.get("type")
+        if kind in EVENT_TYPES:
             self.inbox.put((event, self.clock()))
+        elif isinstance(kind, str) and kind.startswith("task-"):
+            self.metrics.task_events.on_event(event)
 
     def handle(self, event: Mapping[str, Any], at: float) -> None:
         """Apply one event: observe it, act on what changed, correct the worker's gate."""
@@ -174,10 +185,9 @@ class Checker:
             return
         if event.get("type") == WEAR_EVENT and hasattr(obs, "wear"):
             self.wear[obs.worker] = obs.wear
+            self.history.add(obs.worker, obs.wear)
             self._reports[obs.worker] = report_summary(event, at)
-            refused = event.get("control_refused")
-            if isinstance(refused, dict):
-                self.metrics.control.refused_by_worker[obs.worker] = refused
+            self.metrics.on_report(obs.worker, event)
         if not self.leading():
             return  # a standby only watches: its states come from the store
         before = self.fleet.workers.get(obs.worker)
@@ -197,6 +207,7 @@ class Checker:
 
     def tick(self, now: float) -> None:
         """Time-based decisions, the guard's decisions, probes, operators' requests."""
+        self.prune(now)
         if not self.leading():
             self.refresh(now)
             return
@@ -205,6 +216,17 @@ class Checker:
             self.probe()
         self.serve_operators()
         self.flush()
+
+    def prune(self, now: float, every_s: float = 10.0) -> None:
+        """Stop exporting workers that left long ago (bounded label cardinality)."""
+        if now - self._pruned < every_s:
+            return
+        self._pruned = now
+        for name in self.metrics.forget_stale(self.fleet):
+            self.wear.pop(name, None)
+            self.history.forget(name)
+            log.info("worker_forgotten", worker=name,
+                     note="offline too long: no longer exported in metrics")
 
     def refresh(self, now: float, every_s: float = 1.0) -> None:
         """A standby's view: the stored states, read again every ``every_s`` (for metrics)."""
@@ -297,7 +319,8 @@ class Checker:
             record["confirm_s"] = reply.confirmed_at - verdict_at
             self.metrics.drain.observe(max(0.0, record["confirm_s"]))
         log.info("drain_" + ("confirmed" if reply.answered else "unconfirmed"), worker=worker,
-                 confirm_s=record.get("confirm_s"), consuming=record["consuming"])
+                 reason=reason, confirm_s=record.get("confirm_s"), consuming=record["consuming"],
+                 correction=correction)
         self._unsaved_audit.append(record)
         self.flush()
 
@@ -314,6 +337,8 @@ class Checker:
             return  # the worker would refuse work anyway: try again at the next correction
         reply = self._send("admit", self.actuator.admit, worker, reason)
         if reply is not None:
+            log.info("admit_" + ("confirmed" if reply.answered else "unconfirmed"), worker=worker,
+                     reason=reason, consuming=reply.body.get("consuming"))
             self._unsaved_audit.append({"kind": "admit_confirmed" if reply.answered
                                         else "admit_unconfirmed", "worker": worker,
                                         "at": reply.confirmed_at or self.clock(), "reason": reason})
@@ -360,9 +385,10 @@ class Checker:
             log.error("probes_failed", error=str(exc))
             return
         for result in results:
-            self.metrics.probes.labels(result.worker, result.outcome).inc()
+            self.metrics.on_probe(result.worker, result.outcome)
             if result.outcome != "ok":
-                log.warning("probe_" + result.outcome, worker=result.worker, detail=result.detail)
+                log.warning("probe_" + result.outcome, worker=result.worker, detail=result.detail,
+                            task_id=result.task_id, queue=verify_queue_name(result.worker))
             self.apply(self.fleet.observe(result))
 
     # --- operators ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from celery import bootsteps
 from celery.worker import state as worker_state
 
 from broker_config.app import settings_of
-from workers import control, gate, inject
+from workers import control, gate, inject, tally
 from workers.logs import get_logger
 from workers.requests import REQUEUED, TASKS
 from workers.wear import Smoothed, WearSampler
@@ -85,6 +85,7 @@ class WearReporter(bootsteps.StartStopStep):
             "inflight": len(worker_state.active_requests) + len(worker_state.reserved_requests),
             "queues": gate.configured_work_queues(c),
             "requeued": dict(REQUEUED),
+            **tally.snapshot(),
             "control_refused": control.refused_counts(),
             **{k: v for k, v in gate.status(c).items() if k != "inflight"},
             "inject": injection.spec() or None,

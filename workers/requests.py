@@ -14,7 +14,10 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 
 from workers import gate
+from workers.logs import get_logger
 from workers.wear import TaskWindow
+
+log = get_logger(__name__)
 
 #: Task outcomes of this worker (main process only).
 TASKS = TaskWindow()
@@ -29,6 +32,11 @@ class HostRequest(Request):
 
     _host_failed = False
 
+    def send_event(self, type: str, **fields: Any) -> None:
+        """Celery's task events, plus the task's name and queue (the checker's task metrics)."""
+        queue = (self.delivery_info or {}).get("routing_key")
+        super().send_event(type, name=self.name, queue=queue, **fields)
+
     def on_failure(self, exc_info: Any, send_failed_event: bool = True,
                    return_ok: bool = False) -> Any:
         """Count a failure, or a message handed back unstarted (``Reject(requeue=True)``)."""
@@ -36,6 +44,8 @@ class HostRequest(Request):
         if isinstance(exc, Reject) and getattr(exc, "requeue", False):
             queue = (self.delivery_info or {}).get("routing_key") or "?"
             REQUEUED[queue] = REQUEUED.get(queue, 0) + 1
+            log.info("task_requeued_by_gate", task_id=self.id, task=self.name, queue=queue,
+                     worker=self.hostname, reason=str(getattr(exc, "reason", "")))
         else:
             self._host_failed = True
             self._record(ok=False)

@@ -64,8 +64,10 @@ def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
 
 def _install_injection(sender: Any, **_: Any) -> None:
     """Create the shared injection board before the pool forks, and say loudly if it is active."""
+    from workers import tally
     from workers.inject import install_board
 
+    tally.install()
     spec = settings_of(sender.app).wear_inject
     board = install_board(spec)
     if board.get().active:

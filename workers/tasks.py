@@ -10,7 +10,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from broker_config.app import settings_of
-from workers import inject
+from workers import inject, tally
 from workers.analysis import RunContext, analyse_envelope, analyse_many, keep_dead_letters
 from workers.deadletter import RedisDeadLetterStore
 from workers.inbound import Limits
@@ -21,8 +21,10 @@ from workers.requests import HostTask
 def analyse(self: Task[Any, Any], envelope: object) -> dict[str, Any]:
     """Analyse one inbound message; rejected input comes back as a dead-letter record."""
     injection = _injected()
-    results = [analyse_envelope(envelope, _context(self))]
+    context = _context(self)
+    results = [analyse_envelope(envelope, context)]
     keep_dead_letters(results, _store_for(self.app))
+    tally.count(results, context.queue)
     return inject.distort(results[0], injection, random.random())
 
 
@@ -31,8 +33,10 @@ def analyse_batch(self: Task[Any, Any], envelopes: object) -> list[dict[str, Any
     """Analyse a batch of inbound messages in one task: one result per envelope, in order."""
     injection = _injected()
     settings = settings_of(self.app)
-    results = analyse_many(envelopes, _context(self), settings.max_batch)
+    context = _context(self)
+    results = analyse_many(envelopes, context, settings.max_batch)
     keep_dead_letters(results, _store_for(self.app))
+    tally.count(results, context.queue)
     return [inject.distort(r, injection, random.random()) for r in results]
 
 

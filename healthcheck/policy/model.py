@@ -84,6 +84,7 @@ class ProbeResult:
     at: float
     outcome: str
     detail: str = ""
+    task_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,78 @@
+"""The fleet page: a read-only view of the checker at ``/``, fed by ``/fleet.json``.
+
+The page is one HTML file with its script and style inline (``fleet.html``): no build step, no
+external assets. It asks for ``/fleet.json`` every two seconds and redraws; everything it shows
+is set as text, never as markup, since worker names and reasons come off the network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from importlib import resources
+from typing import Any
+
+from broker_config.queues import WORK_QUEUES
+from healthcheck.errors import HealthcheckError
+from healthcheck.policy import Fleet, Reading
+from healthcheck.store import HealthStore
+
+#: Wear samples kept per worker for the sparklines.
+SPARK_POINTS = 60
+#: Wear metrics drawn as sparklines.
+SPARK_METRICS = ("cpu_percent", "memory_percent")
+
+
+def html() -> bytes:
+    """The page itself."""
+    return resources.files("healthcheck").joinpath("fleet.html").read_bytes()
+
+
+class WearHistory:
+    """The last ``SPARK_POINTS`` readings of each worker's sparkline metrics."""
+
+    def __init__(self, points: int = SPARK_POINTS) -> None:
+        self.points = points
+        self._series: dict[str, dict[str, deque[float]]] = {}
+
+    def add(self, worker: str, wear: Mapping[str, Reading]) -> None:
+        series = self._series.setdefault(worker, {m: deque(maxlen=self.points)
+                                                  for m in SPARK_METRICS})
+        for metric in SPARK_METRICS:
+            if metric in wear:
+                series[metric].append(round(wear[metric].value, 2))
+
+    def of(self, worker: str) -> dict[str, list[float]]:
+        return {m: list(v) for m, v in self._series.get(worker, {}).items()}
+
+    def forget(self, worker: str) -> None:
+        self._series.pop(worker, None)
+
+
+def fleet_view(fleet: Fleet, history: WearHistory, store: HealthStore, leading: bool,
+               depths: Callable[[], Mapping[str, int]] | None = None,
+               clock: Callable[[], float] = time.time, transitions: int = 20) -> dict[str, Any]:
+    """What the page shows, as JSON-ready data."""
+    workers = sorted(fleet.workers.values(), key=lambda w: w.name)
+    try:
+        recent = [r for r in store.history(limit=200) if r.get("kind") == "transition"]
+        recent = recent[-transitions:][::-1]
+        store_ok = True
+    except HealthcheckError:
+        recent, store_ok = [], False
+    queue_depths = dict(depths()) if depths is not None else {}
+    return {
+        "generated_at": clock(),
+        "leading": leading,
+        "store_ok": store_ok,
+        "guard_engaged": fleet.guard_engaged,
+        "states": {s.value: n for s, n in fleet.by_state().items()},
+        "queues": [{"queue": q, "healthy_consumers": fleet.healthy_consumers(q),
+                    "messages": queue_depths.get(q)} for q in WORK_QUEUES],
+        "workers": [{"name": w.name, "state": w.state.value, "reason": w.reason,
+                     "cause": w.cause.value, "since": w.since, "last_seen": w.last_seen,
+                     "queues": list(w.queues), "wear": history.of(w.name)} for w in workers],
+        "transitions": [{"at": r.get("at"), "worker": r.get("worker"), "from": r.get("from"),
+                         "to": r.get("to"), "reason": r.get("reason")} for r in recent],
+    }

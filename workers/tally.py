@@ -1,0 +1,57 @@
+"""What the analysed messages were: inbound outcomes and sentiment labels, counted by the pool.
+
+The counts live in shared memory created by the worker's main process before its pool forks;
+pool processes add to them as each task finishes, and the wear reporter (main process) sends
+them in every ``worker-wear`` report. The checker turns them into ``host_inbound_total`` and
+``host_tweets_total``. Probes (the private verify queue) are not traffic and are not counted.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from broker_config.queues import is_work_queue
+
+#: Inbound outcomes: analysed, or rejected (dead-lettered).
+OUTCOMES = ("analysed", "rejected")
+#: Sentiment labels of analysed tweets (VADER's compound: >= 0.05, <= -0.05, between).
+LABELS = ("positive", "neutral", "negative")
+_SLOTS = OUTCOMES + LABELS
+
+_counts: Any = None
+
+
+def install() -> None:
+    """Create the shared counters (in the main process, before the pool forks)."""
+    global _counts
+    _counts = multiprocessing.Array("Q", len(_SLOTS))
+
+
+def count(results: Iterable[Mapping[str, Any]], queue: str | None) -> None:
+    """Count what one task produced (in a pool process)."""
+    if _counts is None or (queue is not None and not is_work_queue(queue)):
+        return
+    add = [0] * len(_SLOTS)
+    for r in results:
+        status = r.get("status")
+        if status in OUTCOMES:
+            add[_SLOTS.index(status)] += 1
+        label = r.get("label")
+        if status == "analysed" and label in LABELS:
+            add[_SLOTS.index(label)] += 1
+    with _counts.get_lock():
+        for i, n in enumerate(add):
+            _counts[i] += n
+
+
+def snapshot() -> dict[str, dict[str, int]]:
+    """Counts since this worker started: ``{"inbound": {...}, "tweets": {...}}``."""
+    if _counts is None:
+        return {"inbound": {}, "tweets": {}}
+    with _counts.get_lock():
+        values = list(_counts)
+    by_slot = dict(zip(_SLOTS, values, strict=True))
+    return {"inbound": {k: by_slot[k] for k in OUTCOMES},
+            "tweets": {k: by_slot[k] for k in LABELS}}
