@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: install demo test lint bench
+.PHONY: install system-deps demo test lint bench
 
 $(BIN)/celery: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(BIN)/celery: pyproject.toml
 
 install: $(BIN)/celery
 
+system-deps:
+	.ci/system-deps
+
 demo: install
 	$(BIN)/celery -A host demo
 
@@ -20,7 +23,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 
-test: lint
+test: lint system-deps
 	$(BIN)/pytest
 
 bench: install
