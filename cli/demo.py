@@ -31,7 +31,7 @@ from rich.table import Table
 from broker_config.app import HostCelery, create_app
 from cli.common import EXIT_INCOMPLETE, Progress, check_broker, host_app
 from cli.feed import FeedReport, feed, read_lines
-from cli.processes import WorkerProcess, node_name
+from cli.processes import WorkerProcess, node_name, terminate
 from cli.redis_server import RedisServer, free_port
 from healthcheck.actuator import control_reply
 from healthcheck.store import RedisHealthStore
@@ -209,12 +209,7 @@ def _checker(env: dict[str, str], tmp: Path, console: Console) -> Iterator[None]
         yield
     finally:
         console.print("stopping the checker")
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         log.close()
 
 

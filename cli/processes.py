@@ -16,6 +16,18 @@ from typing import IO
 from celery import Celery
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM ``proc`` and wait; SIGKILL it if it has not exited after ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def node_name(short: str) -> str:
     """A full worker name on this machine: ``w1`` -> ``w1@<hostname>`` (what ``-n w1@%h`` gives)."""
     return f"{short}@{socket.gethostname()}"

@@ -16,7 +16,7 @@ import redis
 
 from broker_config.app import HostCelery, create_app
 from broker_config.settings import Settings
-from cli.processes import WorkerProcess, node_name
+from cli.processes import WorkerProcess, node_name, terminate
 from cli.redis_server import RedisServer, RedisServerNotFound, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,13 +106,7 @@ class CheckerProcess:
             return exc.code, exc.read().decode()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 CheckerFactory = Callable[..., CheckerProcess]

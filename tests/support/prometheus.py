@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from cli.processes import terminate
 from cli.redis_server import free_port
 from tests.support.cli import REPO
 
@@ -65,13 +66,8 @@ class PrometheusServer:
         raise AssertionError(f"prometheus not ready in {timeout}s:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
