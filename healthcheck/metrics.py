@@ -210,8 +210,13 @@ class Cumulative:
         self.totals: CounterType[tuple[str, str]] = CounterType()
         self.by_worker: CounterType[tuple[str, str, str]] = CounterType()
 
-    def update(self, worker: str, kind: str, counts: Mapping[str, Any]) -> None:
-        """Take one worker's report of ``kind`` counts (``{label: count since start}``)."""
+    def update(self, worker: str, kind: str, counts: Mapping[str, Any], count: bool = True) -> None:
+        """Take one worker's report of ``kind`` counts (``{label: count since start}``).
+
+        With ``count`` false (a standby checker) only the last values are remembered, so that
+        counting starts from them when this checker leads: totals are counted by one checker
+        at a time, and summing them across checkers stays right.
+        """
         for label, raw in counts.items():
             if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
                 continue
@@ -219,8 +224,9 @@ class Cumulative:
             last = self._last.get(key, 0)
             delta = raw - last if raw >= last else raw  # below the last count: it restarted
             self._last[key] = raw
-            self.totals[(kind, str(label))] += delta
-            self.by_worker[key] += delta
+            if count:
+                self.totals[(kind, str(label))] += delta
+                self.by_worker[key] += delta
 
     def forget(self, worker: str) -> None:
         """Stop exporting a worker's own series (the fleet totals keep its counts)."""
@@ -356,12 +362,12 @@ class CheckerMetrics:
         """Count a probe's outcome."""
         self._count(self.probes, worker, outcome)
 
-    def on_report(self, worker: str, event: Mapping[str, Any]) -> None:
-        """Take the totals a worker's wear report carries."""
+    def on_report(self, worker: str, event: Mapping[str, Any], count: bool = True) -> None:
+        """Take the totals a worker's wear report carries (remembered only, on a standby)."""
         for kind in ("requeued", "inbound", "tweets", "refused"):
             counts = event.get("control_refused" if kind == "refused" else kind)
             if isinstance(counts, Mapping):
-                self.reported.update(worker, kind, counts)
+                self.reported.update(worker, kind, counts, count)
 
     def forget_stale(self, fleet: Fleet) -> list[str]:
         """Drop the per-worker series of workers no longer exported; their names."""

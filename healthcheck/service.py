@@ -175,8 +175,8 @@ class Checker:
         kind = event.get("type")
         if kind in EVENT_TYPES:
             self.inbox.put((event, self.clock()))
-        elif isinstance(kind, str) and kind.startswith("task-"):
-            self.metrics.task_events.on_event(event)
+        elif isinstance(kind, str) and kind.startswith("task-") and self.leading():
+            self.metrics.task_events.on_event(event)  # one checker counts: sums stay right
 
     def handle(self, event: Mapping[str, Any], at: float) -> None:
         """Apply one event: observe it, act on what changed, correct the worker's gate."""
@@ -187,7 +187,7 @@ class Checker:
             self.wear[obs.worker] = obs.wear
             self.history.add(obs.worker, obs.wear)
             self._reports[obs.worker] = report_summary(event, at)
-            self.metrics.on_report(obs.worker, event)
+            self.metrics.on_report(obs.worker, event, count=self.leading())
         if not self.leading():
             return  # a standby only watches: its states come from the store
         before = self.fleet.workers.get(obs.worker)

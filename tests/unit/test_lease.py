@@ -163,3 +163,29 @@ class TestFencedChecker:
         new, _ = checker_for(store, "b", clock)
         new.lead()
         assert new.fleet.figures().recent_ejections == 3
+
+
+class TestStandbyMetrics:
+    def test_only_the_leader_counts_and_a_new_leader_counts_on(self) -> None:
+        clock = Clock(1000.0)
+        store = InMemoryHealthStore(clock=clock)
+        leader, _ = checker_for(store, "a", clock)
+        standby, _ = checker_for(store, "b", clock)
+        leader.lead()
+        standby.lead()
+        task = {"type": "task-succeeded", "name": "host.analyse", "queue": "tweets",
+                "runtime": 0.01, "hostname": "w1"}
+        for c in (leader, standby):
+            c.handle(wear_event("w1", inbound={"analysed": 10}), clock())
+            c.on_event(task)
+        assert sample(leader, "host_inbound_total", outcome="analysed") == 10
+        assert sample(standby, "host_inbound_total", outcome="analysed") == 0
+        assert sample(standby, "host_tasks_total", queue="tweets", task="host.analyse",
+                      outcome="succeeded") is None
+        # The leader goes; the standby takes over and counts from the workers' totals on
+        leader.leadership.release()  # type: ignore[union-attr]
+        clock.now += 1
+        standby.lead()
+        assert standby.leading()
+        standby.handle(wear_event("w1", inbound={"analysed": 13}), clock())
+        assert sample(standby, "host_inbound_total", outcome="analysed") == 3
