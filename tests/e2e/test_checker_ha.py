@@ -91,8 +91,8 @@ class TestTakeover:
         takeover_s = float(taken["at"]) - killed_at
         print(f"takeover after SIGKILL: {takeover_s:.2f} s (lease {LEASE_S} s)")
         # The lease outlives the kill by up to its TTL (it may just have been renewed); the
-        # standby asks every 0.2 s.
-        assert 0 < takeover_s <= LEASE_S + 0.5
+        # standby asks every 0.25 s, and its loop turns every 0.1 s on a busy machine.
+        assert 0 < takeover_s <= LEASE_S + 1.0
 
         # The new leader acts: ha2 worn out is drained by it...
         assert celery("fleet", "inject", workers[1].name, "cpu=100", env=host_env).returncode == 0

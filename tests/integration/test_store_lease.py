@@ -42,12 +42,12 @@ class TestLease:
 
     def test_two_leaderships_on_one_redis(self, redis_client: redis.Redis) -> None:
         store = RedisHealthStore(redis_client)
-        a, b = Leadership(store, "a", 0.6), Leadership(store, "b", 0.6)
+        a, b = Leadership(store, "a", 3.0), Leadership(store, "b", 3.0)
         a.step()
         b.step()
         assert a.leading() and not b.leading() and b.leader == a.token
         # a stops renewing (as if killed): b takes over once the lease expires
-        wait_until(lambda: b.step() or b.leading(), 3, "b to take over")
+        wait_until(lambda: b.step() or b.leading(), 8, "b to take over")
         assert b.epoch == a.epoch + 1 and not a.leading()
 
 

@@ -136,20 +136,24 @@ class TestValues:
 class TestQueueDepths:
     def test_a_slow_broker_does_not_stall_a_scrape(self) -> None:
         release = threading.Event()
+        second_read_started = threading.Event()
         calls: list[int] = []
 
         def slow() -> dict[str, int]:
             calls.append(1)
             if len(calls) > 1:
-                release.wait(10)
+                second_read_started.set()
+                release.wait(30)
             return {"tweets": len(calls)}
 
         now = Clock(0.0)
-        depths = QueueDepths(slow, every_s=5.0, wait_s=0.05, clock=now)
-        assert depths() == {"tweets": 1}
+        depths = QueueDepths(slow, every_s=5.0, wait_s=10.0, clock=now)
+        assert depths() == {"tweets": 1}  # the first read, waited for
         assert depths() == {"tweets": 1} and len(calls) == 1  # fresh: the broker is not asked
+        depths.wait_s = 0.05
         now.now = 10.0
         assert depths() == {"tweets": 1}  # stale: a refresh started, the scrape did not wait
+        assert second_read_started.wait(10)
         assert depths() == {"tweets": 1} and len(calls) == 2  # one refresh at a time
         release.set()
 
