@@ -161,6 +161,12 @@ class Prober:
         for task_id in [t for t, p in self._pending.items() if p.worker == worker]:
             del self._pending[task_id]
 
+    def reset(self) -> None:
+        """Drop every pending probe (a checker that leads again after a pause must not judge
+        answers it stopped waiting for as missing)."""
+        self._pending.clear()
+        self._last_sent.clear()
+
 
 class InMemoryProbeTransport:
     """Answers probes with a function, for unit tests."""

@@ -127,6 +127,8 @@ class Checker:
                                    "checker": self.leadership.candidate,
                                    "epoch": self.leadership.epoch}]
         self._last_correction.clear()
+        if self.prober is not None:
+            self.prober.reset()
         self.actuator.epoch = self.leadership.epoch
         self.metrics.leading(True)
         log.info("checker_leading", epoch=self.leadership.epoch, workers=len(self.fleet.workers),

@@ -70,6 +70,18 @@ class TestProber:
         assert [r.outcome for r in prober.collect()] == ["missing"]
         assert prober.collect() == []
 
+    def test_reset_forgets_what_was_out(self) -> None:
+        """A checker leading again after a pause judges nothing it sent before it."""
+        transport, clock = InMemoryProbeTransport(), Clock()
+        transport.hold = True
+        prober = Prober(transport, known_answers(), CONFIG, clock)
+        prober.send_due({"w1": State.HEALTHY})
+        prober.reset()
+        clock.now += 60
+        assert prober.collect() == []
+        prober.send_due({"w1": State.HEALTHY})  # due again at once
+        assert [w for w, _ in transport.sent] == ["w1", "w1"]
+
     def test_wrong_answers_are_caught(self) -> None:
         """A worker whose compound is off by 0.1 answers wrong."""
         def distorted(worker: str, text: str) -> dict[str, Any]:
