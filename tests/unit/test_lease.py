@@ -25,6 +25,17 @@ def checker_for(store: InMemoryHealthStore, name: str, clock: Clock) -> tuple[Ch
     return checker, actuator
 
 
+def leader_and_standby() -> tuple[Clock, InMemoryHealthStore, Checker, Checker, InMemoryActuator]:
+    """Checkers "a" (leading) and "b" (standing by) on one store; b's actuator."""
+    clock = Clock(1000.0)
+    store = InMemoryHealthStore(clock=clock)
+    leader, _ = checker_for(store, "a", clock)
+    standby, sent = checker_for(store, "b", clock)
+    leader.lead()
+    standby.lead()
+    return clock, store, leader, standby, sent
+
+
 class TestLeadership:
     def test_one_leads_the_other_takes_over_after_the_ttl(self) -> None:
         clock = Clock(0.0)
@@ -102,12 +113,7 @@ class TestLeadership:
 
 class TestFencedChecker:
     def test_a_standby_decides_nothing_and_writes_nothing(self) -> None:
-        clock = Clock(1000.0)
-        store = InMemoryHealthStore(clock=clock)
-        leader, _ = checker_for(store, "a", clock)
-        standby, sent = checker_for(store, "b", clock)
-        leader.lead()
-        standby.lead()
+        clock, store, leader, standby, sent = leader_and_standby()
         for w in ("w1", "w2", "w3", "w4"):
             standby.handle(wear_event(w), clock())
         standby.handle(wear_event("w1", cpu=99), clock())
@@ -167,12 +173,7 @@ class TestFencedChecker:
 
 class TestStandbyMetrics:
     def test_only_the_leader_counts_and_a_new_leader_counts_on(self) -> None:
-        clock = Clock(1000.0)
-        store = InMemoryHealthStore(clock=clock)
-        leader, _ = checker_for(store, "a", clock)
-        standby, _ = checker_for(store, "b", clock)
-        leader.lead()
-        standby.lead()
+        clock, _, leader, standby, _ = leader_and_standby()
         task = {"type": "task-succeeded", "name": "host.analyse", "queue": "tweets",
                 "runtime": 0.01, "hostname": "w1"}
         for c in (leader, standby):
