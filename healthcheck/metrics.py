@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from broker_config.queues import VERIFY_PREFIX, WORK_QUEUES
+from broker_config.queues import VERIFY_PREFIX, WORK_QUEUES, is_work_queue
 from healthcheck.policy import Fleet, State, Transition, WorkerHealth
 from healthcheck.policy.config import Threshold
 from healthcheck.policy.model import CONSUMING
@@ -295,8 +295,8 @@ class TaskEvents:
 
 def queue_label(queue: Any) -> str:
     """A bounded queue label: a work queue's name, ``verify`` for probes, else ``other``."""
-    if queue in WORK_QUEUES:
-        return str(queue)
+    if isinstance(queue, str) and is_work_queue(queue):
+        return queue
     if isinstance(queue, str) and queue.startswith(VERIFY_PREFIX):
         return "verify"
     return "other"

@@ -236,7 +236,8 @@ class Checker:
             return
         self._refreshed = now
         try:
-            self.fleet = resumed_fleet(self.store, self.fleet.config, now, self.fleet.seed)
+            self.fleet = resumed_fleet(self.store, self.fleet.config, now, self.fleet.seed,
+                                       recall=False)
         except HealthcheckError as exc:
             log.warning("store_read_failed", error=str(exc))
         self._reports.clear()
@@ -438,9 +439,10 @@ class Checker:
 
 
 def resumed_fleet(store: HealthStore, config: PolicyConfig, now: float,
-                  seed: int | None) -> Fleet:
+                  seed: int | None, recall: bool = True) -> Fleet:
     """The fleet as stored, each worker given ``offline_after_s`` from ``now`` to be heard from,
-    and the guard reminded of the ejections of its current window (from the audit log)."""
+    and (``recall``) the guard reminded of the ejections of its current window (from the audit
+    log; a standby, which never ejects, skips reading it)."""
     import dataclasses
     import random
 
@@ -448,6 +450,8 @@ def resumed_fleet(store: HealthStore, config: PolicyConfig, now: float,
                for name, w in store.load().items()}
     fleet = Fleet(HealthPolicy(config), seed=seed if seed is not None else random.getrandbits(32),
                   workers=workers)
+    if not recall:
+        return fleet
     window = config.guard.window_s
     fleet.recall_ejections(r["at"] for r in store.history(since=now - window, limit=10_000)
                            if r.get("kind") == "transition" and r.get("cause") == "wear"
