@@ -228,6 +228,10 @@ class Cumulative:
                 self.totals[(kind, str(label))] += delta
                 self.by_worker[key] += delta
 
+    def workers(self) -> set[str]:
+        """The workers with series of their own."""
+        return {worker for worker, _, _ in self.by_worker}
+
     def forget(self, worker: str) -> None:
         """Stop exporting a worker's own series (the fleet totals keep its counts)."""
         for key in [k for k in self.by_worker if k[0] == worker]:
@@ -372,9 +376,9 @@ class CheckerMetrics:
     def forget_stale(self, fleet: Fleet) -> list[str]:
         """Drop the per-worker series of workers no longer exported; their names."""
         exported = {w.name for w in self.fleet_collector.exported(fleet)}
-        gone = [name for name in self._series if name not in exported]
+        gone = sorted((set(self._series) | self.reported.workers()) - exported)
         for name in gone:
-            for counter, labels in self._series.pop(name):
+            for counter, labels in self._series.pop(name, ()):
                 with contextlib.suppress(KeyError):
                     counter.remove(*labels)
             self.reported.forget(name)

@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 from healthcheck.actuator import InMemoryActuator
 from healthcheck.metrics import Cumulative, QueueDepths, health_score, queue_label
 from healthcheck.policy import PolicyConfig, Reading, State, WorkerHealth
-from healthcheck.service import Checker
+from healthcheck.service import Checker, resumed_fleet
 from healthcheck.store import InMemoryHealthStore
 from tests.unit.test_checker import Clock, sample, wear_event
 from workers import tally
@@ -131,6 +131,26 @@ class TestValues:
         assert sample(c, "host_probe_results_total", worker="w1", outcome="ok") is None
         assert sample(c, "host_gate_requeued_total", worker="w1", queue="tweets") is None
         assert sample(c, "host_worker_state", worker="w2", state="HEALTHY") == 1
+
+
+    def test_a_worker_with_only_reported_series_is_forgotten_too(self) -> None:
+        """Counted while this checker led, gone OFFLINE under another leader: its requeue series
+        goes too, though this checker never counted a transition of it."""
+        clock = Clock()
+        store = InMemoryHealthStore()
+        c = Checker.from_store(store, InMemoryActuator(), PolicyConfig(), clock=clock, seed=1,
+                               forget_after_s=600)
+        for w in ("w1", "w2"):
+            c.handle(wear_event(w, requeued={"tweets": 2}), clock())
+        assert sample(c, "host_gate_requeued_total", worker="w1", queue="tweets") == 2
+        store.save([WorkerHealth(name="w1", state=State.OFFLINE, since=clock(),
+                                 last_seen=clock())])
+        c.fleet = resumed_fleet(store, PolicyConfig(), clock(), 1)  # as after a takeover
+        clock.now += 601
+        c.handle(wear_event("w2"), clock())
+        c.tick(clock())
+        assert sample(c, "host_gate_requeued_total", worker="w1", queue="tweets") is None
+        assert sample(c, "host_gate_requeued_total", worker="w2", queue="tweets") == 2
 
 
 class TestQueueDepths:
