@@ -53,4 +53,17 @@ def wear_report(event: Mapping[str, Any], worker: str, at: float) -> WearReport:
         inflight=int(event.get("inflight", 0)),
         queues=tuple(str(q) for q in event.get("queues") or ()),
         self_protected=str(protected) if protected else None,
+        consuming=consuming(event),
     )
+
+
+def consuming(event: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The work queues a worker really consumes, by its report: those it is subscribed to while
+    its gate is open (a closed gate starts nothing, whatever it is subscribed to); None for a
+    worker that does not report them."""
+    queues = event.get("consuming")
+    if not isinstance(queues, (list, tuple)):
+        return None
+    if event.get("gate") != "open":
+        return ()
+    return tuple(str(q) for q in queues)

@@ -103,7 +103,8 @@ class FleetCollector(Collector):
             by_state.add_metric([s.value], counts.get(s, 0))
         yield by_state
         consumers = GaugeMetricFamily("host_queue_healthy_consumers",
-                                      "Workers consuming each work queue now", labels=["queue"])
+                                      "Workers in rotation that report consuming each work "
+                                      "queue", labels=["queue"])
         for q in WORK_QUEUES:
             consumers.add_metric([q], fleet.healthy_consumers(q))
         yield consumers
@@ -111,6 +112,11 @@ class FleetCollector(Collector):
                                   "1 while the fleet guard holds ejections back")
         guard.add_metric([], 1.0 if fleet.guard_engaged else 0.0)
         yield guard
+        held = GaugeMetricFamily("host_guard_held_workers",
+                                 "Workers the guard keeps in rotation although the policy "
+                                 "would eject them")
+        held.add_metric([], fleet.figures().held_back)
+        yield held
         wear = GaugeMetricFamily("host_worker_wear", "Each worker's last smoothed wear readings",
                                  labels=["worker", "metric"])
         names = {w.name for w in workers}

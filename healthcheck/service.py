@@ -195,8 +195,10 @@ class Checker:
         before = self.fleet.workers.get(obs.worker)
         joined = before is None
         decision = self.fleet.observe(obs)
-        if before is not None and before.queues != self.fleet.workers[obs.worker].queues:
-            self._unsaved_workers.add(obs.worker)  # status and the --yes check read them
+        after = self.fleet.workers[obs.worker]
+        if before is not None and (before.queues, before.consuming) != (after.queues,
+                                                                       after.consuming):
+            self._unsaved_workers.add(obs.worker)  # status, metrics and --yes read them
         if joined:
             log.info("worker_joined", worker=obs.worker)
             self._unsaved_workers.add(obs.worker)
@@ -245,8 +247,19 @@ class Checker:
     # --- acting --------------------------------------------------------------------------
 
     def apply(self, decision: Decision) -> None:
-        """Store, log, count and enforce the transitions of a decision."""
+        """Store, log, count and enforce the transitions of a decision; store and audit what
+        the guard holds back."""
+        self._unsaved_workers.update(decision.changed)
+        for name in decision.held:
+            w = self.fleet.workers[name]
+            log.warning("ejection_held", worker=name, state=w.state.value, held=w.held,
+                        reason=w.reason)
+            self._unsaved_audit.append({"kind": "held", "worker": name, "at": self.clock(),
+                                        "state": w.state.value, "held": w.held,
+                                        "reason": w.reason})
         if not decision.transitions:
+            if decision.changed:
+                self.flush()
             return
         for t in decision.transitions:
             self._unsaved_workers.add(t.worker)
@@ -293,6 +306,13 @@ class Checker:
               and not event.get("self_protected")):
             self._last_correction[name] = at
             self._admit(name, f"correction: {w.state.value}")
+        elif w.state in CONSUMING and (missing := _not_consuming(event)):
+            # Alive but not consuming (a cancel_consumer, a reconnect that lost a queue): put
+            # it back. Should that not take, its reports keep saying so and the policy ejects it.
+            self._last_correction[name] = at
+            log.warning("consumption_corrected", worker=name, not_consuming=missing)
+            self.metrics.control.labels("consumption_correction", "sent").inc()
+            self._admit(name, f"correction: not consuming {', '.join(missing)}")
 
     def _drain(self, worker: str, reason: str, correction: bool = False) -> None:
         if not self.leading():
@@ -476,6 +496,14 @@ def operator_target(action: str, w: Any, force: bool) -> State | str:
         return (f"{w.name} was quarantined by the checker ({w.reason}); it re-admits it after "
                 "probes pass — use --force to override")
     return State.HEALTHY if force else State.PROBATION
+
+
+def _not_consuming(event: Mapping[str, Any]) -> list[str]:
+    """Configured work queues an open-gated worker reports it does not consume."""
+    consuming = event.get("consuming")
+    if event.get("gate") != "open" or not isinstance(consuming, (list, tuple)):
+        return []
+    return [str(q) for q in event.get("queues") or () if q not in consuming]
 
 
 def report_summary(event: Mapping[str, Any], at: float) -> dict[str, Any]:

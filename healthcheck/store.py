@@ -70,6 +70,7 @@ def to_dict(w: WorkerHealth) -> dict[str, Any]:
     data["state"], data["cause"] = w.state.value, w.cause.value
     data["resume"] = w.resume.value if w.resume else None
     data["queues"] = list(w.queues)
+    data["consuming"] = None if w.consuming is None else list(w.consuming)
     return data
 
 
@@ -85,6 +86,8 @@ def from_dict(data: Mapping[str, Any]) -> WorkerHealth:
     values["cause"] = Cause(values.get("cause", ""))
     values["resume"] = State(values["resume"]) if values.get("resume") else None
     values["queues"] = tuple(values.get("queues", ()))
+    consuming = values.get("consuming")
+    values["consuming"] = None if consuming is None else tuple(consuming)
     return WorkerHealth(**values)
 
 

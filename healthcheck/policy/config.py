@@ -102,6 +102,10 @@ class Guard:
     max_ejections_per_window: int = 3
     max_ejection_rate_fraction: float = 0.05
     window_s: float = 60.0
+    #: Whether workers a person took out (MAINTENANCE, a manual quarantine) use the automatic
+    #: budget. Off: a degraded worker is ejected even while others are in maintenance — the
+    #: incident's chain began with degraded servers kept online during maintenance.
+    count_operator_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from healthcheck.policy.model import OK, Verdict, WearReport
 
 
 def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = None,
-           tight: bool = False) -> Verdict:
+           tight: bool = False, in_rotation: bool = False) -> Verdict:
     """Judge one report against every detector; the worst level wins.
 
     Args:
@@ -15,6 +15,9 @@ def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = N
         config: the policy.
         fleet_p95: the fleet's median p95 runtime (None when the fleet is too small to compare).
         tight: apply probation's tighter soft limits.
+        in_rotation: the worker should consume its configured work queues now; one it says
+            it does not consume is a soft signal (the checker corrects it first; a worker
+            whose correction did not take keeps breaching and is ejected like any other).
     """
     soft: list[str] = []
     hard: list[str] = []
@@ -27,6 +30,10 @@ def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = N
                            evidence)
     _check_failures(report, config, soft, hard, evidence)
     _check_latency(report, config, fleet_p95, soft, evidence)
+    missing = report.not_consuming() if in_rotation else ()
+    if missing:
+        soft.append(f"not consuming {', '.join(missing)}")
+        evidence["not_consuming"] = ",".join(missing)
     if report.self_protected:
         hard.append(f"worker closed its own gate: {report.self_protected}")
     if hard:

@@ -17,7 +17,10 @@ Guard rules (PRODUCT.md §7):
   itself engaged;
 * at most ``max(max_ejections_per_window, floor(max_ejection_rate_fraction x n))`` new
   ejections per ``window_s``;
-* wrong probe answers and workers that closed their own gate are exempt: they never wait.
+* wrong probe answers and workers that closed their own gate are exempt: they never wait;
+* workers a person took out count against the bound only with ``guard.count_operator_out``;
+* a worker held back says so: ``held`` and its reason carry the guard's figures and its
+  latest readings, and ``Decision.held`` names it whenever that changes.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import math
 import random
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from healthcheck.policy.config import PolicyConfig
 from healthcheck.policy.machine import HealthPolicy, Proposal
@@ -49,10 +52,14 @@ _OUT = frozenset({State.DRAINING, State.QUARANTINED, State.OFFLINE})
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What one call changed: the transitions, and whether the guard is engaged after it."""
+    """What one call changed: the transitions, whether the guard is engaged after it, and the
+    workers whose record changed without a transition (``changed``: a held worker's reason),
+    of which ``held`` are newly held back, or held for another reason than before."""
 
     transitions: tuple[Transition, ...] = ()
     guard_engaged: bool = False
+    changed: tuple[str, ...] = ()
+    held: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +73,18 @@ class GuardFigures:
     held: int
     recent_ejections: int
     engaged: bool
+    #: Workers the guard keeps in rotation although the policy would eject them.
+    held_back: int = 0
 
 
 def auto_out(w: WorkerHealth) -> bool:
     """True when the worker is out of rotation by automatic action (counts against the budget)."""
     return w.cause in AUTOMATIC and w.state in _OUT
+
+
+def operator_out(w: WorkerHealth) -> bool:
+    """True when a person took the worker out (MAINTENANCE, or a manual quarantine)."""
+    return w.cause is Cause.OPERATOR and w.state in (State.MAINTENANCE, State.QUARANTINED)
 
 
 @dataclass
@@ -88,6 +102,9 @@ class Fleet:
     _rng: random.Random = field(init=False, repr=False)
     _auto_out: int = field(init=False, default=0)
     _operator_out: int = field(init=False, default=0)
+    #: Out of rotation and counted against the bound (automatic, plus operators' when the
+    #: policy says so), in the fleet and per queue.
+    _budget_out: int = field(init=False, default=0)
     _queue_size: Counter[str] = field(init=False, default_factory=Counter)
     _queue_out: Counter[str] = field(init=False, default_factory=Counter)
     #: Workers whose latest verdict wants them out for wear and who are not out yet
@@ -130,8 +147,12 @@ class Fleet:
         elif not step.degraded:
             self._proposed.pop(obs.worker, None)
             self._waiting.discard(obs.worker)
+        changed: tuple[str, ...] = ()
+        if step.health.held and not step.degraded:
+            step = replace(step, health=replace(step.health, held=""))
+            changed = (obs.worker,)
         self._put(step.health)
-        return Decision(step.transitions, self.guard_engaged)
+        return Decision(step.transitions, self.guard_engaged, changed)
 
     def recall_ejections(self, times: Iterable[float]) -> None:
         """Count ejections made before this fleet existed (by another checker) against the
@@ -150,8 +171,9 @@ class Fleet:
                     self._proposed.pop(w.name, None)
                 self._put(step.health)
                 done.extend(step.transitions)
-        done.extend(self._decide(now))
-        return Decision(tuple(done), self.guard_engaged)
+        decided, changed, held = self._decide(now)
+        done.extend(decided)
+        return Decision(tuple(done), self.guard_engaged, changed, held)
 
     def operator(self, worker: str, to: State, reason: str, now: float) -> Decision:
         """An operator's action on a known worker.
@@ -183,11 +205,12 @@ class Fleet:
         """The guard's numbers, for metrics and ``fleet status``."""
         return GuardFigures(len(self.workers), self.bound(), self._auto_out, self._operator_out,
                             len(self._waiting), len(self._recent),
-                            self.guard_engaged)
+                            self.guard_engaged, sum(1 for w in self.workers.values() if w.held))
 
     def healthy_consumers(self, queue: str) -> int:
-        """Workers consuming ``queue`` now (HEALTHY, SUSPECT or PROBATION; never OFFLINE)."""
-        return sum(1 for w in self.workers.values() if w.state in CONSUMING and queue in w.queues)
+        """Workers in rotation (HEALTHY, SUSPECT or PROBATION) that really consume ``queue``,
+        as they last said (their configured queues, for a worker that never said)."""
+        return sum(1 for w in self.workers.values() if w.consumes(queue))
 
     def by_state(self) -> Counter[State]:
         """How many workers are in each state."""
@@ -205,15 +228,17 @@ class Fleet:
                    math.floor(g.max_ejection_rate_fraction * len(self.workers)))
 
     def _looking_bad(self) -> int:
-        return self._auto_out + len(self._waiting)
+        return self._budget_out + len(self._waiting)
 
-    def _decide(self, now: float) -> list[Transition]:
+    def _decide(self, now: float) -> tuple[list[Transition], tuple[str, ...], tuple[str, ...]]:
         g = self.config.guard
         while self._recent and now - self._recent[0] > g.window_s:
             self._recent.popleft()
         proposed, self._proposed = self._proposed, {}
         suspicious = self._looking_bad() > self.bound()
         done: list[Transition] = []
+        changed: list[str] = []
+        held: list[str] = []
         for name, proposal in proposed.items():
             w = self.workers[name]
             why = self._suspecting_inputs() if suspicious else self._refusal(w)
@@ -223,21 +248,24 @@ class Fleet:
                 step = self.policy.eject(w, proposal, now)
             else:
                 step = self.policy.hold(w, proposal, why, now)
+                changed.append(name)
+                if step.health.held != w.held:
+                    held.append(name)
             self._put(step.health)
             done.extend(step.transitions)
-        return done
+        return done, tuple(changed), tuple(held)
 
     def _suspecting_inputs(self) -> str:
-        return (f"{self._looking_bad()} workers look degraded at once, more than the "
-                f"{self.bound()} the guard lets out: suspecting the inputs")
+        return (f"suspecting the inputs: {self._looking_bad()} look degraded at once / "
+                f"bound {self.bound()}")
 
     def _refusal(self, w: WorkerHealth) -> str | None:
-        if self._auto_out + 1 > self.bound():
-            return f"{self._auto_out} of {len(self.workers)} already out (bound {self.bound()})"
+        if self._budget_out + 1 > self.bound():
+            return f"{self._budget_out} out / bound {self.bound()} of {len(self.workers)}"
         for q in w.queues:
             q_bound = self.bound(self._queue_size[q])
             if self._queue_out[q] + 1 > q_bound:
-                return f"queue {q} has {self._queue_out[q]} consumers out (bound {q_bound})"
+                return f"queue {q}: {self._queue_out[q]} out / bound {q_bound}"
         # A relapse in probation is the same worker again, not a new ejection in a storm.
         if w.state is not State.PROBATION and len(self._recent) >= self.rate_limit():
             return f"{len(self._recent)} ejections in the last {self.config.guard.window_s:g}s"
@@ -253,10 +281,11 @@ class Fleet:
         self._count(new, +1)
 
     def _count(self, w: WorkerHealth, sign: int) -> None:
-        out = auto_out(w)
-        self._auto_out += sign * out
-        self._operator_out += sign * (w.cause is Cause.OPERATOR and w.state in (
-            State.MAINTENANCE, State.QUARANTINED))
+        automatic, manual = auto_out(w), operator_out(w)
+        out = automatic or (manual and self.config.guard.count_operator_out)
+        self._auto_out += sign * automatic
+        self._operator_out += sign * manual
+        self._budget_out += sign * out
         for q in w.queues:
             self._queue_size[q] += sign
             self._queue_out[q] += sign * out

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from healthcheck.policy.config import PolicyConfig
 from healthcheck.policy.detectors import assess
 from healthcheck.policy.model import (
+    CONSUMING,
     Cause,
     Heartbeat,
     ProbeResult,
@@ -82,9 +83,12 @@ class HealthPolicy:
     def observe_wear(self, w: WorkerHealth, r: WearReport, fleet_p95: float | None = None,
                      jitter_s: float = 0.0) -> Step:
         """Judge a wear report and move the worker accordingly."""
-        step = self._seen(dataclasses.replace(w, queues=r.queues or w.queues), r.at)
+        w = dataclasses.replace(w, queues=r.queues or w.queues,
+                                consuming=w.consuming if r.consuming is None else r.consuming)
+        step = self._seen(w, r.at)
         w, done = step.health, step.transitions
-        verdict = assess(r, self.config, fleet_p95, tight=w.state is State.PROBATION)
+        verdict = assess(r, self.config, fleet_p95, tight=w.state is State.PROBATION,
+                         in_rotation=w.state in CONSUMING)
         if w.state is State.DRAINING:
             if r.inflight == 0:
                 w, t = self._quarantine(w, f"drained ({w.reason})", r.at, jitter_s)
@@ -166,13 +170,15 @@ class HealthPolicy:
         return Step(w, (t,), degraded=True)
 
     def hold(self, w: WorkerHealth, proposal: Proposal, why: str, now: float) -> Step:
-        """The guard refused: the worker keeps consuming, marked SUSPECT with the reason."""
-        reason = f"ejection held: {why}; {proposal.reason}"
+        """The guard refused: the worker keeps consuming, marked SUSPECT, its reason saying
+        that it is held and why, with the latest readings (it is called again for every
+        report that still wants the worker out, so the reason tracks them)."""
+        reason = f"held in rotation by the guard ({why}): {proposal.reason}"
         if w.state is State.HEALTHY:
             w, t = self._move(w, State.SUSPECT, reason, now, evidence=proposal.evidence)
-            return Step(dataclasses.replace(w, breaches=self.config.recovery.confirm_breaches),
-                        (t,), degraded=True)
-        return Step(dataclasses.replace(w, reason=reason), degraded=True)
+            return Step(dataclasses.replace(w, breaches=self.config.recovery.confirm_breaches,
+                                            held=why), (t,), degraded=True)
+        return Step(dataclasses.replace(w, reason=reason, held=why), degraded=True)
 
     # --- operators --------------------------------------------------------------------
 
@@ -187,10 +193,12 @@ class HealthPolicy:
             raise ValueError(f"operators cannot move a worker to {to}")
         if not reason.strip():
             raise ValueError("an operator action needs a reason")
-        if w.state is to:
+        cause = Cause.OPERATOR if to in (State.MAINTENANCE, State.QUARANTINED) else Cause.NONE
+        if w.state is to and w.cause is cause:
             return Step(w)
-        w2, t = self._move(w, to, reason, now, Cause.OPERATOR if to in (
-            State.MAINTENANCE, State.QUARANTINED) else Cause.NONE, automatic=False)
+        # Same state, new owner (a person quarantines a worker the checker had quarantined):
+        # recorded as a transition, so the audit log says who holds it now.
+        w2, t = self._move(w, to, reason, now, cause, automatic=False)
         if to is State.QUARANTINED:
             w2 = dataclasses.replace(w2, backoff_until=now + self.backoff_s(1, jitter_s))
         return Step(w2, (t,))
@@ -238,6 +246,8 @@ class HealthPolicy:
     def _probe_passed(self, w: WorkerHealth, at: float, done: tuple[Transition, ...]) -> Step:
         if not w.probing(at):
             return Step(w, done)  # passes during the back-off do not count
+        if w.cause is Cause.OPERATOR:
+            return Step(w, done)  # a person quarantined it: only their restore ends it
         w = dataclasses.replace(w, passes=w.passes + 1)
         if w.passes >= self.config.recovery.probe_passes:
             w, t = self._move(w, State.PROBATION,
@@ -266,4 +276,4 @@ class HealthPolicy:
                        cause=cause, automatic=automatic, enforced=self.config.enforce,
                        evidence=dict(evidence or {}))
         return dataclasses.replace(w, state=to, since=now, reason=reason, breaches=0, passes=0,
-                                   cause=cause), t
+                                   cause=cause, held=""), t

@@ -62,6 +62,8 @@ class WearReport:
         inflight: tasks the worker holds (running or reserved).
         queues: the work queues it is configured to consume.
         self_protected: the reason, when the worker closed its own gate.
+        consuming: the work queues it actually consumes, as it measured them (None: the
+            worker did not say; an empty tuple: none, its gate closed or its consumers gone).
     """
 
     worker: str
@@ -74,6 +76,13 @@ class WearReport:
     inflight: int = 0
     queues: tuple[str, ...] = ()
     self_protected: str | None = None
+    consuming: tuple[str, ...] | None = None
+
+    def not_consuming(self) -> tuple[str, ...]:
+        """Configured work queues the worker says it does not consume (none when it did not say)."""
+        if self.consuming is None:
+            return ()
+        return tuple(q for q in self.queues if q not in self.consuming)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +126,10 @@ class WorkerHealth:
         queues: the work queues it consumes when in rotation.
         last_breach: when it last looked degraded; recovery clocks run from the later of
             this and ``since``.
+        consuming: the work queues it last said it consumes (None: never said; then its
+            configured ``queues`` are assumed).
+        held: why the fleet guard keeps it in rotation although the policy would eject it
+            ("" when it does not).
     """
 
     name: str
@@ -132,6 +145,13 @@ class WorkerHealth:
     resume: State | None = None
     queues: tuple[str, ...] = ()
     last_breach: float = 0.0
+    consuming: tuple[str, ...] | None = None
+    held: str = ""
+
+    def consumes(self, queue: str) -> bool:
+        """True when it is in a consuming state and really consumes ``queue``."""
+        actual = self.queues if self.consuming is None else self.consuming
+        return self.state in CONSUMING and queue in actual
 
     def clean_for(self, now: float) -> float:
         """Seconds since it entered its state or last looked degraded, whichever is later."""

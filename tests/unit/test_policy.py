@@ -387,3 +387,103 @@ class TestProbeLiveness:
             w = policy.observe_probe(w, ProbeResult("w1", t, outcome)).health
         assert w.last_seen == 0
         assert policy.tick(w, now=7).health.state is State.OFFLINE
+
+
+class TestOperatorStatesHold:
+    policy = HealthPolicy()
+
+    def test_a_manual_quarantine_outlasts_its_backoff_and_any_probes(self) -> None:
+        """Probes re-admit a worker the checker quarantined, never one a person quarantined."""
+        w = self.policy.operator(healthy(), State.QUARANTINED, "bad disk", now=0).health
+        for t in range(1, 2000, 5):
+            w = self.policy.observe_wear(w, wear(at=t)).health
+            w = self.policy.observe_probe(w, ProbeResult("w1", t + 1, "ok")).health
+            w = self.policy.tick(w, now=t + 2).health
+        assert (w.state, w.cause) == (State.QUARANTINED, Cause.OPERATOR)
+
+    def test_quarantining_a_worker_the_checker_holds_makes_it_the_operators(self) -> None:
+        """A person's quarantine of an already quarantined worker is recorded and then holds."""
+        w = self.policy.observe_probe(healthy(), ProbeResult("w1", 1, "wrong")).health
+        assert w.cause is Cause.PROBE
+        step = self.policy.operator(w, State.QUARANTINED, "operator: keep it out", now=2)
+        [t] = step.transitions
+        assert (t.from_state, t.to_state, t.cause, t.automatic) == (
+            State.QUARANTINED, State.QUARANTINED, Cause.OPERATOR, False)
+        w = step.health
+        for t2 in range(3, 1000, 3):
+            w = self.policy.observe_probe(w, ProbeResult("w1", t2, "ok")).health
+        assert w.state is State.QUARANTINED
+
+
+class TestGuardVisibility:
+    def fleet(self, n: int, **guard: object) -> Fleet:
+        fleet = Fleet(HealthPolicy(PolicyConfig(guard=Guard(**guard))))  # type: ignore[arg-type]
+        for i in range(n):
+            fleet.observe(wear(f"w{i}", at=0))
+        return fleet
+
+    def test_held_worker_says_so_with_the_numbers_and_its_latest_readings(self) -> None:
+        """The measured case: of 4, one in MAINTENANCE, one quarantined by probes, one hot."""
+        fleet = self.fleet(4)
+        fleet.operator("w0", State.MAINTENANCE, "fan swap", now=1)
+        fleet.observe(ProbeResult("w1", 1, "wrong"))
+        fleet.observe(wear("w2", at=2, cpu=88))
+        held: list[str] = []
+        for k, cpu in enumerate((99.0, 100.0, 98.5)):
+            fleet.observe(wear("w2", at=3 + k, cpu=cpu))
+            decision = fleet.tick(3.5 + k)
+            held.extend(decision.held)
+            assert decision.changed == ("w2",)
+            w2 = fleet.workers["w2"]
+            assert w2.state is State.SUSPECT
+            # One out by probes plus this one: two look degraded, more than the bound of one.
+            why = "suspecting the inputs: 2 look degraded at once / bound 1"
+            assert w2.held == why and decision.guard_engaged
+            assert f"cpu_percent {cpu:g} >= hard 97" in w2.reason
+            assert f"held in rotation by the guard ({why})" in w2.reason
+        assert held == ["w2"]  # newly held once; its reason tracks the readings every time
+        assert fleet.figures().held_back == 1
+        decision = fleet.observe(wear("w2", at=10, cpu=20))
+        assert decision.changed == ("w2",) and fleet.workers["w2"].held == ""
+        assert fleet.figures().held_back == 0
+
+    def test_maintenance_spends_the_budget_only_when_the_policy_says_so(self) -> None:
+        """count_operator_out: off (default) ejects beside a maintenance; on holds."""
+        for counted, ejected in ((False, True), (True, False)):
+            fleet = self.fleet(4, count_operator_out=counted)
+            fleet.operator("w0", State.MAINTENANCE, "fan swap", now=1)
+            fleet.observe(wear("w1", at=2, cpu=99, inflight=1))
+            fleet.tick(2.5)
+            assert (fleet.workers["w1"].state is State.DRAINING) is ejected, counted
+            if not ejected:
+                assert fleet.workers["w1"].held.endswith("/ bound 1")
+
+
+class TestMeasuredConsumption:
+    def test_healthy_consumers_count_what_workers_say_they_consume(self) -> None:
+        """A worker in rotation that says it consumes nothing is no consumer."""
+        fleet = Fleet()
+        for i in range(3):
+            fleet.observe(wear(f"w{i}", at=0, consuming=("tweets",)))
+        assert fleet.healthy_consumers("tweets") == 3
+        fleet.observe(wear("w1", at=1, consuming=()))
+        assert fleet.healthy_consumers("tweets") == 2
+        assert fleet.workers["w1"].state is State.SUSPECT
+
+    def test_a_worker_that_keeps_not_consuming_is_ejected(self) -> None:
+        """Not consuming a configured queue is a soft signal: confirmed, it drains."""
+        fleet = Fleet()
+        for i in range(4):
+            fleet.observe(wear(f"w{i}", at=0, consuming=("tweets",)))
+        for k in range(3):
+            fleet.observe(wear("w0", at=1 + k, consuming=(), inflight=1))
+            fleet.tick(1.5 + k)
+        w0 = fleet.workers["w0"]
+        assert w0.state is State.DRAINING and "not consuming tweets" in w0.reason
+
+    def test_out_of_rotation_not_consuming_is_no_signal(self) -> None:
+        """A drained worker consumes nothing on purpose."""
+        policy = HealthPolicy()
+        w = policy.operator(healthy(), State.MAINTENANCE, "fan swap", now=0).health
+        step = policy.observe_wear(w, wear(at=1, consuming=()))
+        assert not step.degraded and step.health.state is State.MAINTENANCE

@@ -35,7 +35,9 @@ def build(kind: str, i: int, level: int, now: float, n: int) -> Observation | fl
                                         "memory_percent": Reading(40, mem_peak)},
                           completed=10 + level, failed=level * 3, consecutive_failures=level,
                           runtime_p95=0.01 * (level + 1), inflight=level % 2,
-                          queues=QUEUES[i % n % 3])
+                          queues=QUEUES[i % n % 3],
+                          consuming=(None, QUEUES[i % n % 3], (), QUEUES[i % n % 3],
+                                     QUEUES[i % n % 3])[level])
     if kind == "probe":
         return ProbeResult(worker, now, ("ok", "ok", "late", "missing", "wrong")[level])
     if kind == "tick":
@@ -53,6 +55,9 @@ def run(n: int, events: list[tuple[str, int, int, float]], fraction: float,
     for kind, i, level, dt in events:
         now += dt
         item = build(kind, i, level, now, n)
+        before: dict[str, object] = {
+            name: ((w.resume or w.state) if w.state is State.OFFLINE else w.state, w.cause)
+            for name, w in fleet.workers.items()}
         if kind == "operator":
             target = (State.MAINTENANCE, State.QUARANTINED, State.PROBATION, State.HEALTHY,
                       State.MAINTENANCE)[level]
@@ -68,6 +73,7 @@ def run(n: int, events: list[tuple[str, int, int, float]], fraction: float,
                 check_transition(fleet, t)
         if check:
             check_fleet(fleet)
+            check_operator_states_hold(before, fleet, kind)
     return log
 
 
@@ -76,7 +82,9 @@ def check_transition(fleet: Fleet, t: object) -> None:
 
     assert isinstance(t, Transition)
     assert t.reason.strip(), t
-    assert t.from_state is not t.to_state, t
+    # The one change without a change of state: a person takes over a quarantine.
+    assert t.from_state is not t.to_state or (
+        not t.automatic and t.to_state is State.QUARANTINED and t.cause is Cause.OPERATOR), t
     if t.automatic:
         assert not (t.from_state is State.QUARANTINED and t.to_state is State.HEALTHY), t
         assert t.from_state is not State.MAINTENANCE or t.to_state is State.OFFLINE, t
@@ -90,9 +98,21 @@ def check_fleet(fleet: Fleet) -> None:
     assert fleet._auto_out == sum(auto_out(w) for w in fleet)
     for queue in ("tweets", "bulk", "default"):
         consumers = fleet.healthy_consumers(queue)
-        assert consumers == sum(1 for w in fleet if w.state in CONSUMING and queue in w.queues)
+        assert consumers == sum(1 for w in fleet if w.state in CONSUMING and queue in (
+            w.queues if w.consuming is None else w.consuming))
         assert consumers <= sum(1 for w in fleet if w.state is not State.OFFLINE
                                 and queue in w.queues)
+
+
+def check_operator_states_hold(before: dict[str, object], fleet: Fleet, kind: str) -> None:
+    """A worker a person took out stays out until a person's restore (OFFLINE aside)."""
+    for name, w in fleet.workers.items():
+        was = before.get(name)
+        if kind == "operator" or not isinstance(was, tuple):
+            continue
+        state, cause = was
+        if cause is Cause.OPERATOR and state in (State.MAINTENANCE, State.QUARANTINED):
+            assert w.state in (state, State.OFFLINE) and w.cause is Cause.OPERATOR, (was, w)
 
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
