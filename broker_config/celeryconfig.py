@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker_config import queues
+from broker_config import queues, transport
 from broker_config.settings import Settings
 
 
@@ -46,13 +46,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Task events feed the health checker; they are how it sees failures and latency.
         "worker_send_task_events": True,
         "task_send_sent_event": False,
+        # Every message is checked before Celery's strategy: the gate, then dead letters for
+        # anything that is not a task host can run (workers.consumer).
+        "worker_consumer": "workers.consumer:HostConsumer",
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
     }
     if settings.broker_is_redis:
-        # kombu's Redis transport, keeping messages a broker restart would otherwise lose
-        # (broker_config.transport).
-        config["broker_transport"] = "broker_config.transport:Transport"
+        # kombu's Redis transport, keeping messages a broker restart would otherwise lose and
+        # surviving items that are no message (broker_config.transport), under redis://.
+        transport.register()
         config["broker_transport_options"] = redis_transport_options(settings)
         config["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
     return config

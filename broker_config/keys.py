@@ -38,3 +38,9 @@ LEADER = PREFIX + "checker:leader"
 #: The fencing counter: incremented each time a checker takes the lease. Workers refuse
 #: drain/admit commands signed with an epoch older than this.
 EPOCH = PREFIX + "checker:epoch"
+
+
+def nonce(value: str) -> str:
+    """Set once, with a TTL, when a signed command bearing ``value`` is first accepted: every
+    receiver checks it, so a command is obeyed at most once fleet-wide, across restarts."""
+    return f"{PREFIX}nonce:{value}"

@@ -69,11 +69,24 @@ class Settings:
     max_line_bytes: int = 1_048_576
     max_text_chars: int = 10_000
     max_batch: int = 1_000
+    #: The largest task message body a worker accepts; a larger one is a dead letter.
+    max_message_bytes: int = 8_388_608
     deadletter_keep: int = 100_000
     log_format: str = "auto"
     log_level: str = "INFO"
-    #: Let Celery's shutdown, pool_restart and pool_shrink remote commands reach workers.
+    #: Let Celery's shutdown, pool_restart and terminate remote commands reach workers.
     allow_dangerous_control: bool = False
+    #: Celery built-ins (of GUARDED_BUILTINS, comma-separated) that workers obey unsigned.
+    allow_control: str = ""
+    #: The address the checker's HTTP side (/metrics, the page) listens on.
+    metrics_address: str = "0.0.0.0"
+    #: A web config file in the format of Prometheus' exporters (TLS, basic auth) for it.
+    web_config_file: str = ""
+
+    @property
+    def allowed_control(self) -> tuple[str, ...]:
+        """HOST_ALLOW_CONTROL as a tuple of command names."""
+        return tuple(n.strip() for n in self.allow_control.split(",") if n.strip())
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -202,6 +215,20 @@ def _url(schemes: tuple[str, ...], empty_ok: bool) -> Callable[[str], str | None
     return check
 
 
+#: Celery's remote-control built-ins that change what a worker consumes or how much it can do
+#: (revoke ones only with terminate). Host workers refuse them unless signed or allowed.
+GUARDED_BUILTINS = ("add_consumer", "cancel_consumer", "rate_limit", "time_limit", "autoscale",
+                    "pool_grow", "pool_shrink", "objgraph", "revoke",
+                    "revoke_by_stamped_headers", "shutdown", "pool_restart", "terminate")
+
+
+def _builtins(value: str) -> str | None:
+    unknown = [n.strip() for n in value.split(",") if n.strip()
+               and n.strip() not in GUARDED_BUILTINS]
+    return (f"unknown command(s) {', '.join(unknown)}; one of {', '.join(GUARDED_BUILTINS)}"
+            if unknown else None)
+
+
 def _positive(value: float) -> str | None:
     return None if value > 0 else "must be > 0"
 
@@ -231,9 +258,12 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "max_line_bytes": _positive,
     "max_text_chars": _positive,
     "max_batch": _positive,
+    "max_message_bytes": _positive,
     "deadletter_keep": _positive,
     "log_format": _one_of(LOG_FORMATS),
     "log_level": _one_of(LOG_LEVELS),
+    "allow_control": _builtins,
+    "metrics_address": lambda v: None if v.strip() else "must not be empty",
 }
 
 _TYPES: dict[str, type] = {

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import secrets
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 SIGNATURE_FIELDS = ("_ts", "_nonce", "_sig")
 #: How far a signed message's timestamp may be from the receiver's clock.
@@ -39,6 +40,34 @@ def sign(secret: str, command: str, arguments: Mapping[str, Any], destination: s
             "_sig": _digest(secret, command, arguments, destination, now, nonce)}
 
 
+class NonceMemory(Protocol):
+    """Where used nonces are kept, beyond the life of one process."""
+
+    def first_use(self, nonce: str, ttl_s: float) -> bool | None:
+        """True the first time ``nonce`` is offered within ``ttl_s``, False after; None when
+        the memory cannot be reached."""
+        ...
+
+
+class RedisNonces:
+    """Used nonces in Redis: ``SET host:nonce:<n> NX EX ttl``, one round trip, atomic."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def first_use(self, nonce: str, ttl_s: float) -> bool | None:
+        """See NonceMemory."""
+        from redis.exceptions import RedisError
+
+        from broker_config import keys
+
+        try:
+            return bool(self.client.set(keys.nonce(nonce), b"1", nx=True,
+                                        ex=max(1, math.ceil(ttl_s))))
+        except RedisError:
+            return None
+
+
 class Verifier:
     """Checks signed messages for one receiver, remembering nonces to refuse replays.
 
@@ -47,19 +76,26 @@ class Verifier:
         clock: wall-clock seconds.
         max_skew_s: the largest accepted distance between a timestamp and the clock.
         previous: an older secret still accepted (during a rotation).
+        nonces: the fleet-wide memory of used nonces (None: this process's memory only).
     """
 
     def __init__(self, secret: str, clock: Callable[[], float],
-                 max_skew_s: float = MAX_SKEW_S, previous: str = "") -> None:
+                 max_skew_s: float = MAX_SKEW_S, previous: str = "",
+                 nonces: NonceMemory | None = None) -> None:
         self.secret = secret
         self.secrets = [s for s in (secret, previous) if s]
         self.clock = clock
         self.max_skew_s = max_skew_s
+        self.nonces = nonces
         self._seen: dict[str, float] = {}
+
+    def signed(self, command: str, arguments: Mapping[str, Any], destination: str) -> bool:
+        """True when the message carries a valid, fresh signature (never with no secret)."""
+        return bool(self.secret) and self.refusal(command, arguments, destination) is None
 
     def refusal(self, command: str, arguments: Mapping[str, Any], destination: str) -> str | None:
         """None when the message is authentic and fresh; else ``unsigned``, ``forged``,
-        ``expired`` or ``replayed``."""
+        ``expired``, ``replayed`` or ``unverifiable`` (the nonce memory is unreachable)."""
         if not self.secret:
             return None
         ts, nonce, sig = (arguments.get(k) for k in SIGNATURE_FIELDS)
@@ -75,6 +111,13 @@ class Verifier:
         self._forget_before(now - self.max_skew_s)
         if nonce in self._seen:
             return "replayed"
+        # A timestamp stays acceptable for 2 x skew (from ts - skew to ts + skew): so long must
+        # the nonce be remembered.
+        first = None if self.nonces is None else self.nonces.first_use(nonce, 2 * self.max_skew_s)
+        if first is False:
+            return "replayed"
+        if self.nonces is not None and first is None:
+            return "unverifiable"
         self._seen[nonce] = float(ts)
         return None
 

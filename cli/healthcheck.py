@@ -9,8 +9,10 @@ from types import FrameType
 import click
 from celery.bin.base import CeleryCommand
 
+from broker_config.app import ConfigurationFailed
 from broker_config.settings import ConfigError
 from cli.common import check_broker, host_app
+from healthcheck import webconfig
 from healthcheck.actuator import CeleryActuator
 from healthcheck.errors import StoreUnavailable
 from healthcheck.http import app as http_app
@@ -22,6 +24,7 @@ from healthcheck.policy_file import load_policy
 from healthcheck.probes import CeleryProbeTransport, Prober, known_answers
 from healthcheck.service import Checker, receive_events
 from healthcheck.store import RedisHealthStore
+from healthcheck.webconfig import require_auth
 from workers.logs import ensure_logging, get_logger
 
 log = get_logger(__name__)
@@ -46,6 +49,10 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
         config = load_policy(policy_path or settings.policy_file or None)
     except ConfigError as exc:
         raise click.ClickException(f"configuration error: {exc}") from None
+    try:
+        web = webconfig.load(settings.web_config_file)
+    except ConfigError as exc:
+        raise ConfigurationFailed(exc) from None
     if dry_run:
         import dataclasses
 
@@ -68,12 +75,15 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()
     subscribed = threading.Event()
-    server, port = serve(http_app(checker.metrics.registry, lambda: _alive(checker),
-                                  lambda: checker.ready and subscribed.is_set(),
-                                  lambda: fleet_view(checker.fleet, checker.history, store,
-                                                     checker.leading(), depths)),
-                         settings.metrics_port if metrics_port is None else metrics_port)
-    log.info("checker_started", metrics_port=port, dry_run=dry_run, tick_s=tick,
+    handler = http_app(checker.metrics.registry, lambda: _alive(checker),
+                       lambda: checker.ready and subscribed.is_set(),
+                       lambda: fleet_view(checker.fleet, checker.history, store,
+                                          checker.leading(), depths))
+    server, port = serve(require_auth(handler, web.users),
+                         settings.metrics_port if metrics_port is None else metrics_port,
+                         settings.metrics_address, tls=web.tls)
+    log.info("checker_started", metrics_port=port, address=settings.metrics_address,
+             tls=web.tls is not None, basic_auth=bool(web.users), dry_run=dry_run, tick_s=tick,
              policy=policy_path or settings.policy_file or "defaults")
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

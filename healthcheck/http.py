@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -60,8 +61,16 @@ def app(registry: CollectorRegistry, alive: Callable[[], bool],
     return route
 
 
-def serve(handler: Handler, port: int, host: str = "0.0.0.0") -> tuple[WSGIServer, int]:
-    """Serve ``handler`` on a daemon thread; the server and the port it listens on."""
+def serve(handler: Handler, port: int, host: str = "0.0.0.0",
+          tls: ssl.SSLContext | None = None) -> tuple[WSGIServer, int]:
+    """Serve ``handler`` on a daemon thread; the server and the port it listens on.
+
+    With ``tls``, HTTPS only; the handshake runs in each request's own thread, so a slow or
+    silent client holds up nobody else.
+    """
     server = make_server(host, port, handler, server_class=_Server, handler_class=_QuietHandler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True,
+                                        do_handshake_on_connect=False)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, int(server.server_address[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -91,16 +92,20 @@ def start_worker(app: HostCelery, host_env: dict[str, str], tmp_path: Path,
 class CheckerProcess:
     """A `celery -A host healthcheck` child process with its metrics port."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path,
+                 ca: Path | None = None) -> None:
         self.proc, self.port, self.log_path = proc, port, log_path
+        self.tls = None if ca is None else ssl.create_default_context(cafile=str(ca))
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
 
-    def get(self, path: str) -> tuple[int, str]:
-        """Status and body of an HTTP GET on the checker."""
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        """Status and body of an HTTP GET on the checker (HTTPS when started with a CA)."""
+        request = urllib.request.Request(self.url(path), headers=headers or {})
         try:
-            with urllib.request.urlopen(self.url(path), timeout=5) as resp:
+            with urllib.request.urlopen(request, timeout=5, context=self.tls) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -118,7 +123,8 @@ def start_checker(host_env: dict[str, str], tmp_path: Path,
     """Start real `celery -A host healthcheck` processes; each is stopped after the test."""
     started: list[CheckerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None, name: str = "checker") -> CheckerProcess:
+    def start(*args: str, env: dict[str, str] | None = None, name: str = "checker",
+              ca: Path | None = None) -> CheckerProcess:
         port = free_port()
         log_path = tmp_path / f"{name}.log"
         log = log_path.open("ab")
@@ -126,7 +132,7 @@ def start_checker(host_env: dict[str, str], tmp_path: Path,
                                  "--metrics-port", str(port), *args],
                                 env={**host_env, **(env or {})}, cwd=REPO, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-        checker = CheckerProcess(proc, port, log_path)
+        checker = CheckerProcess(proc, port, log_path, ca)
         started.append(checker)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

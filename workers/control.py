@@ -2,9 +2,15 @@
 
 Every host command is addressed to one worker by name and, when ``HOST_CONTROL_SECRET`` is
 set, must carry a valid signature for this worker (``broker_config.signing``): unsigned, forged,
-expired or replayed commands are refused, logged and counted. Celery's destructive built-ins
-(``shutdown``, ``pool_restart``, ``pool_shrink``) are refused unless
-``HOST_ALLOW_DANGEROUS_CONTROL`` is set.
+expired or replayed commands are refused, logged and counted. Nonces are kept in the store, so
+a command is obeyed at most once fleet-wide, whatever restarts.
+
+Celery's built-ins that change what a worker consumes or how much it can do (``GUARDED``:
+add/cancel consumer, rate and time limits, autoscale, pool grow/shrink, revoke with terminate,
+terminate, shutdown, pool restart, objgraph) are refused unless signed like host's own
+commands, or named in ``HOST_ALLOW_CONTROL``; the destructive ones (``DANGEROUS``) need
+``HOST_ALLOW_DANGEROUS_CONTROL`` as well. Whoever sends it, no command subscribes a worker out
+of rotation to a work queue. Inspection (``celery inspect``, Flower's pages) is untouched.
 """
 
 from __future__ import annotations
@@ -16,40 +22,80 @@ from typing import Any
 
 from celery.worker.control import Panel, control_command
 
-from broker_config.signing import Verifier
+from broker_config.queues import is_work_queue
+from broker_config.settings import GUARDED_BUILTINS
+from broker_config.signing import SIGNATURE_FIELDS, NonceMemory, Verifier
 from workers import gate, inject
 from workers.logs import get_logger
 
 log = get_logger(__name__)
 
-DANGEROUS = ("shutdown", "pool_restart", "pool_shrink")
+#: Celery built-ins that stop, restart or kill: refused unless HOST_ALLOW_DANGEROUS_CONTROL.
+DANGEROUS = ("shutdown", "pool_restart", "terminate")
+#: Signed or allowed by name, else refused (see broker_config.settings.GUARDED_BUILTINS).
+GUARDED = GUARDED_BUILTINS
+_TERMINATING = ("revoke", "revoke_by_stamped_headers")
 #: Refused commands by (command, reason), reported in every wear report.
 REFUSED: Counter[tuple[str, str]] = Counter()
 
 _verifier = Verifier("", time.time)
+#: Celery's own handlers of the guarded commands, as Celery registered them.
+_BUILTINS: dict[str, Callable[..., Any]] = {}
 
 
-def configure(secret: str, allow_dangerous: bool, worker: str, previous: str = "") -> None:
-    """Set the secret commands must be signed with, and disarm Celery's destructive built-ins."""
+def configure(secret: str, allow_dangerous: bool, worker: str, previous: str = "",
+              allowed: tuple[str, ...] = (), nonces: NonceMemory | None = None) -> None:
+    """Set the secret commands must be signed with, and guard Celery's built-ins.
+
+    Args:
+        allowed: guarded built-ins obeyed unsigned (``HOST_ALLOW_CONTROL``).
+        nonces: the fleet-wide memory of used nonces.
+    """
     global _verifier
-    _verifier = Verifier(secret, time.time, previous=previous)
+    _verifier = Verifier(secret, time.time, previous=previous, nonces=nonces)
     if not secret:
         log.warning("control_commands_unsigned", worker=worker,
                     note="HOST_CONTROL_SECRET is not set: any client of the broker can drain "
                          "this worker (refused in production)")
-    if not allow_dangerous:
-        for name in DANGEROUS:
-            Panel.data[name] = _refusing(name)
+    for name in GUARDED:
+        original = _BUILTINS.setdefault(name, Panel.data[name])
+        # HOST_ALLOW_DANGEROUS_CONTROL lets the destructive ones through as Celery sends them.
+        dangerous = name in DANGEROUS
+        Panel.data[name] = _guarded(name, original, name in allowed or (dangerous and allow_dangerous),
+                                    dangerous and not allow_dangerous)
 
 
-def _refusing(name: str) -> Callable[..., dict[str, Any]]:
-    def refuse(state: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        REFUSED[(name, "disabled")] += 1
-        log.warning("control_command_refused", command=name, reason="disabled",
-                    worker=state.consumer.hostname)
-        return {"error": f"{name} is disabled on host workers (HOST_ALLOW_DANGEROUS_CONTROL)"}
+def _guarded(name: str, original: Callable[..., Any], allowed: bool,
+             disabled: bool) -> Callable[..., Any]:
+    def guard(state: Any, **arguments: Any) -> Any:
+        if name in _TERMINATING and not arguments.get("terminate"):
+            return original(state, **arguments)  # a plain revoke changes no capacity
+        worker = state.consumer.hostname
+        if disabled:
+            return _refuse(name, "disabled", worker,
+                           f"{name} is disabled on host workers (HOST_ALLOW_DANGEROUS_CONTROL)")
+        if not allowed:
+            reason = _verifier.refusal(name, arguments, worker)
+            if reason is not None or not _verifier.secret:
+                return _refuse(name, reason or "unsigned", worker,
+                               f"refused: {reason or 'unsigned'} ({name} changes what a host "
+                               "worker consumes or can do: sign it, or name it in "
+                               "HOST_ALLOW_CONTROL)")
+        if name == "add_consumer" and is_work_queue(str(arguments.get("queue"))) and not (
+                gate.allows(str(arguments.get("queue")), worker)):
+            return _refuse(name, "out_of_rotation", worker,
+                           f"refused: {worker} is out of rotation; only the checker's admit "
+                           "puts it back on a work queue")
+        plain = {k: v for k, v in arguments.items() if k not in SIGNATURE_FIELDS}
+        return original(state, **plain)
 
-    return refuse
+    return guard
+
+
+def _refuse(name: str, reason: str, worker: str, message: str) -> dict[str, Any]:
+    REFUSED[(name, reason)] += 1
+    log.warning("control_command_refused", command=name, reason=reason, worker=worker)
+    return {"error": message}
 
 
 def _authentic(state: Any, command: str, arguments: dict[str, Any]) -> dict[str, Any] | None:

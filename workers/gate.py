@@ -91,6 +91,13 @@ def use_store(url: str) -> None:
     _remote = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
 
+def nonces() -> Any:
+    """The fleet-wide memory of used control nonces, in the store (None before use_store)."""
+    from broker_config.signing import RedisNonces
+
+    return None if _remote is None else RedisNonces(_remote)
+
+
 def _closed_in_store(worker: str) -> bool:
     if _remote is None:
         return False
@@ -132,6 +139,48 @@ def checker_epoch() -> int | None:
     except (redis.ConnectionError, redis.TimeoutError):
         return None
     return int(value) if value else 0
+
+
+def is_open_locally() -> bool:
+    """The local flag alone (True outside a host worker): cheap enough for every message."""
+    return _gate is None or _gate.is_open()
+
+
+#: Work-queue subscriptions a worker out of rotation undid itself, and how often.
+UNDONE: dict[str, int] = {}
+
+
+def undo_subscriptions(consumer: Any, why: str) -> list[str]:
+    """Out of rotation but subscribed to work queues (somebody re-subscribed it): cancel them
+    now, without waiting for the checker. Returns the queues cancelled."""
+    if _gate is None or _gate.is_open():
+        return []
+    cancelled = consuming_work_queues(consumer)
+    for name in cancelled:
+        consumer.cancel_task_queue(name)
+        UNDONE[name] = UNDONE.get(name, 0) + 1
+    if cancelled:
+        log.warning("subscription_undone", queues=cancelled, reason=why,
+                    gate_reason=_gate.reason, worker=consumer.hostname)
+    return cancelled
+
+
+#: The worker's consumer (main process), set when it is built.
+_consumer: Any = None
+
+
+def attach(consumer: Any) -> None:
+    """Remember the worker's consumer, for ``hold_out``."""
+    global _consumer
+    _consumer = consumer
+
+
+def hold_out(reason: str) -> None:
+    """The checker's gate key refused a task: close the local gate too and stop consuming,
+    so that the worker hands back what it reserved once, not in a loop. Main process only."""
+    if _gate is not None and _gate.is_open() and _consumer is not None:
+        take_out(_consumer, reason)
+        log.warning("held_out_by_store_gate", reason=reason, worker=_consumer.hostname)
 
 
 def take_out(consumer: Any, reason: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from celery.worker import state as worker_state
 
 from broker_config.app import settings_of
 from workers import control, gate, inject, tally
+from workers.consumer import REJECTED
 from workers.logs import get_logger
 from workers.requests import REQUEUED, TASKS
 from workers.wear import Smoothed, WearSampler
@@ -74,6 +75,7 @@ class WearReporter(bootsteps.StartStopStep):
         for metric, value in samples.items():
             self.smoothed.setdefault(metric, Smoothed()).add(value)
         self._protect_self(c)
+        gate.undo_subscriptions(c, "subscribed while out of rotation")
         self.seq += 1
         fields = {
             "seq": self.seq,
@@ -87,6 +89,8 @@ class WearReporter(bootsteps.StartStopStep):
             "requeued": dict(REQUEUED),
             **tally.snapshot(),
             "control_refused": control.refused_counts(),
+            "dead_letters": dict(REJECTED),
+            "subscriptions_undone": dict(gate.UNDONE),
             **{k: v for k, v in gate.status(c).items() if k != "inflight"},
             "inject": injection.spec() or None,
             "cost_s": round(self.cost_s, 6),

@@ -46,6 +46,7 @@ class HostRequest(Request):
             REQUEUED[queue] = REQUEUED.get(queue, 0) + 1
             log.info("task_requeued_by_gate", task_id=self.id, task=self.name, queue=queue,
                      worker=self.hostname, reason=str(getattr(exc, "reason", "")))
+            gate.hold_out(f"checker holds it out: {getattr(exc, 'reason', '')}")
         else:
             self._host_failed = True
             self._record(ok=False)

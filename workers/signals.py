@@ -49,9 +49,10 @@ def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
     queues.select_add(queue)
     log.info("verify_queue_added", queue=queue.name)
     settings = settings_of(instance.app)
-    control.configure(settings.control_secret, settings.allow_dangerous_control, sender,
-                      previous=settings.control_secret_previous)
     gate.use_store(settings.effective_store_url)
+    control.configure(settings.control_secret, settings.allow_dangerous_control, sender,
+                      previous=settings.control_secret_previous,
+                      allowed=settings.allowed_control, nonces=gate.nonces())
     reason = gate.closed_reason_in_store(sender)
     if reason is not None:
         for name in gate.configured_work_queues_of(sender):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from broker_config.app import HostCelery
 from healthcheck.actuator import control_reply
@@ -28,26 +29,29 @@ class TestDrainCommand:
         assert consumed(app, worker.name) == sorted(
             ["bulk", "default", "tweets", f"host.verify.{worker.name}"])
 
-    def test_a_closed_gate_hands_delivered_work_back(self, app: HostCelery,
-                                                     start_worker: WorkerFactory,
-                                                     host_env: dict[str, str]) -> None:
-        """Work delivered to a gated worker is never started there: a healthy worker runs it."""
-        gated = start_worker("gt2", env={"HOST_WEAR_INTERVAL": "0.3"})
-        assert control_reply(app, "host_drain", gated.name, {"reason": "test"}) is not None
-        # Celery's own add_consumer makes it consume again, but cannot open the gate
-        proc = celery("control", "add_consumer", "tweets", "-d", gated.name, env=host_env)
-        assert proc.returncode == 0, proc.stderr
-        time.sleep(0.5)
+    def test_a_verdict_the_worker_never_heard_of_hands_back_once_and_stops(
+            self, app: HostCelery, start_worker: WorkerFactory, redis_client: Any) -> None:
+        """The checker's gate key written, its drain never sent (the checker died): the worker
+        hands back what it had reserved, stops consuming on its own, and a healthy one runs it."""
+        from broker_config import keys
+
+        gated = start_worker("gt2", env={"HOST_WEAR_INTERVAL": "0.3"}, concurrency=2)
+        redis_client.set(keys.gate(gated.name), "test verdict")
         with EventTap(app) as tap:
             results = [app.send_task("host.analyse", args=[envelope(f"g:{i}", f"tweet {i} ok")])
                        for i in range(20)]
             tap.wait_for("task-rejected", hostname=gated.name, timeout=20)
+            report = tap.wait_for("worker-wear", lambda e: e["gate"] == "closed",
+                                  hostname=gated.name)
             healthy = start_worker("gt3")
             records = [r.get(timeout=60) for r in results]
-            report = tap.wait_for("worker-wear", lambda e: sum(e["requeued"].values()) > 0,
-                                  hostname=gated.name)
+            time.sleep(1.0)
+            rejected = len(tap.of("task-rejected", hostname=gated.name))
         assert {r["worker"] for r in records} == {healthy.name}
-        assert report["gate"] == "closed"
+        assert report["consuming"] == []
+        assert consumed(app, gated.name) == [f"host.verify.{gated.name}"]
+        # handed back at most what two processes had reserved, not in a loop
+        assert 1 <= rejected <= 4, rejected
 
     def test_verify_queue_is_served_while_gated(self, app: HostCelery,
                                                 start_worker: WorkerFactory) -> None:

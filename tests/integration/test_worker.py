@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,7 +11,7 @@ from broker_config.app import HostCelery
 from broker_config.queues import verify_queue_name
 from tests.conftest import WorkerFactory
 from tests.support.cli import celery
-from tests.support.polling import consumed
+from tests.support.polling import consumed, wait_until
 from workers.analysis import envelope
 
 
@@ -63,3 +64,38 @@ class TestConfigurationErrors:
         assert proc.returncode == 78
         assert "wear_intervall" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+class TestMalformedMessages:
+    def test_every_bad_message_is_a_dead_letter_and_the_worker_serves_on(
+            self, app: HostCelery, start_worker: WorkerFactory, redis_client: Any) -> None:
+        """Written straight to the queue, each class of bad message becomes a dead-letter record
+        with its reason and queue; no worker stops, nothing stays in the queue or unacked."""
+        from tests.support.raw_messages import malformed
+        from workers.deadletter import RedisDeadLetterStore
+
+        worker = start_worker("mm1")
+        items = malformed()
+        for raw in items.values():
+            redis_client.lpush("tweets", raw)
+        store = RedisDeadLetterStore(redis_client)
+        wait_until(lambda: store.counts().get("total", 0) >= len(items), 30,
+                   "a dead letter for every bad message")
+        reasons = sorted(r["reason"] for r in store.latest(100))
+        assert reasons == sorted(k.split(":")[0] for k in items), " | ".join(
+            f'{r["reason"]}: {r["detail"][:70]}' for r in store.latest(100))
+        assert {r["queue"] for r in store.latest(100)} == {"tweets"}
+        assert worker.alive()
+        record = app.send_task("host.analyse", args=[envelope("mm:1", "still fine :)")]).get(
+            timeout=20)
+        assert record["worker"] == worker.name and record["status"] == "analysed"
+        assert redis_client.llen("tweets") == 0
+        wait_until(lambda: redis_client.hlen("unacked") == 0, 10, "every message settled")
+
+    def test_a_rejected_message_answers_its_caller(self, app: HostCelery,
+                                                   start_worker: WorkerFactory) -> None:
+        """A caller waiting on a message with bad arguments gets a rejection, not PENDING."""
+        start_worker("mm2")
+        result = app.send_task("host.analyse", args=[{"data": {"id": "1", "text": "x"}}, 2])
+        answer = result.get(timeout=20)
+        assert answer["status"] == "rejected" and answer["reason"] == "bad_arguments"

@@ -80,3 +80,44 @@ class TestSigning:
         assert Verifier("new", clock, previous="old").refusal("host_drain", old, "w1@n") is None
         old = sign("old", "host_drain", {"reason": "x"}, "w1@n", clock())
         assert Verifier("new", clock).refusal("host_drain", old, "w1@n") == "forged"
+
+
+class MemoryNonces:
+    """An in-memory NonceMemory: what RedisNonces keeps in Redis (tests/integration checks it)."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+        self.reachable = True
+
+    def first_use(self, nonce: str, ttl_s: float) -> bool | None:
+        if not self.reachable:
+            return None
+        first = nonce not in self.used
+        self.used.add(nonce)
+        return first
+
+
+class TestReplayAcrossRestarts:
+    def test_a_restarted_receiver_still_refuses_a_replay(self) -> None:
+        """Nonces live in the shared memory: a new Verifier (a restarted worker) refuses it."""
+        clock, nonces = Clock(), MemoryNonces()
+        args = sign(SECRET, "host_admit", {"reason": "r"}, "w1@n", clock())
+        assert Verifier(SECRET, clock, nonces=nonces).refusal("host_admit", args, "w1@n") is None
+        restarted = Verifier(SECRET, clock, nonces=nonces)
+        assert restarted.refusal("host_admit", args, "w1@n") == "replayed"
+
+    def test_an_unreachable_memory_refuses_rather_than_risk_a_replay(self) -> None:
+        """No memory to ask: the command is refused as unverifiable, not accepted."""
+        clock, nonces = Clock(), MemoryNonces()
+        nonces.reachable = False
+        args = sign(SECRET, "host_drain", {"reason": "r"}, "w1@n", clock())
+        assert Verifier(SECRET, clock, nonces=nonces).refusal("host_drain", args,
+                                                              "w1@n") == "unverifiable"
+
+    def test_signed_says_whether_a_message_is_authentic(self) -> None:
+        """`signed` is False without a secret, for unsigned and for forged messages."""
+        clock = Clock()
+        args = sign(SECRET, "rate_limit", {"task_name": "t"}, "w1@n", clock())
+        assert Verifier(SECRET, clock).signed("rate_limit", args, "w1@n")
+        assert not Verifier("", clock).signed("rate_limit", args, "w1@n")
+        assert not Verifier(SECRET, clock).signed("rate_limit", {"task_name": "t"}, "w1@n")

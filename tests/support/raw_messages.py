@@ -1,0 +1,67 @@
+"""Messages written straight onto a Redis queue, as any producer (or an attacker) could: the
+kombu envelope host's workers read, and every way of getting it wrong."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import uuid
+import zlib
+from typing import Any
+
+
+def envelope(body: bytes, headers: dict[str, Any] | None, queue: str = "tweets",
+             content_type: str = "application/json") -> bytes:
+    """A kombu Redis envelope carrying ``body`` (as kombu itself writes one)."""
+    return json.dumps({
+        "body": base64.b64encode(body).decode(), "content-encoding": "utf-8",
+        "content-type": content_type, "headers": headers,
+        "properties": {"correlation_id": (headers or {}).get("id", ""), "reply_to": "",
+                       "delivery_mode": 2, "priority": 0, "body_encoding": "base64",
+                       "delivery_info": {"exchange": queue, "routing_key": queue},
+                       "delivery_tag": str(uuid.uuid4())},
+    }).encode()
+
+
+def task_headers(task: str = "host.analyse", task_id: str | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """Protocol 2 headers for ``task``."""
+    return {"lang": "py", "task": task, "id": task_id or str(uuid.uuid4()), "retries": 0,
+            "root_id": None, "parent_id": None, "group": None, "argsrepr": "", "kwargsrepr": "",
+            "origin": "raw-test", **extra}
+
+
+def task_body(*args: Any, **kwargs: Any) -> bytes:
+    """Protocol 2 body: [args, kwargs, embed]."""
+    return json.dumps([list(args), kwargs, {"callbacks": None, "errbacks": None,
+                                           "chain": None, "chord": None}]).encode()
+
+
+def malformed() -> dict[str, bytes]:
+    """One raw item per class of bad message, by the dead-letter reason it must get."""
+    good = {"data": {"id": "1", "text": "fine"}}
+    return {
+        "not_json": b"not json {",
+        "not_a_message": b'{"hello": "world"}',
+        "not_a_message:list": b"[1, 2, 3]",
+        "not_a_message:headers": json.dumps({**json.loads(envelope(task_body(good), None)),
+                                             "headers": "oops"}).encode(),
+        "unsupported_protocol": envelope(json.dumps(
+            {"task": "host.analyse", "id": str(uuid.uuid4()), "args": [good], "kwargs": {}})
+            .encode(), headers={}),
+        "content_disallowed": envelope(pickle.dumps(([good], {}, {})), task_headers(),
+                                       content_type="application/x-python-serialize"),
+        "content_disallowed:yaml": envelope(b"- 1", task_headers(),
+                                            content_type="application/x-yaml"),
+        "content_disallowed:compression": envelope(
+            zlib.compress(task_body(good)), task_headers(compression="application/x-gzip")),
+        "undecodable:compression": envelope(task_body(good),
+                                            task_headers(compression="application/x-gzip")),
+        "undecodable": envelope(b"\xff\xfe not json", task_headers()),
+        "invalid_task": envelope(b'{"args": []}', task_headers()),
+        "unknown_task": envelope(task_body(good), task_headers("host.analyze")),
+        "bad_arguments": envelope(task_body(good, "one too many"), task_headers()),
+        "bad_arguments:kwargs": envelope(task_body(good, colour="red"), task_headers()),
+        "oversize": envelope(task_body("x" * 9_000_000), task_headers()),
+    }

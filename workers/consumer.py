@@ -1,0 +1,200 @@
+"""The worker's message consumer: what arrives on a queue is either a valid host task or a dead
+letter, and nothing starts while the worker is out of rotation.
+
+Celery's own consumer ends the worker on some malformed messages and drops others with only a
+log line. ``HostConsumer`` looks at every message before Celery's task strategy does:
+
+* out of rotation (the local gate closed): a work-queue message is handed back at once, and the
+  work-queue subscriptions are undone, so a worker somebody re-subscribed hands back at most
+  what it had reserved — it never spins;
+* not a task host can run — another serializer or compression than JSON, protocol v1, a body
+  that is not JSON or not ``[args, kwargs, embed]``, an unknown task name, arguments that do not
+  bind to the task's signature, a message over ``HOST_MAX_MESSAGE_BYTES`` — becomes a
+  dead-letter record (reason code, queue, the raw message truncated) and is acknowledged: the
+  worker keeps serving, the failure is charged to the sender, never to the worker.
+
+Messages that are not even a kombu envelope never reach here: the Redis transport hands them
+to ``dead_letter_raw`` (see broker_config.transport).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+from functools import cache
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+from broker_config.queues import is_work_queue
+from workers import gate
+from workers.deadletter import DeadLetterStore, RedisDeadLetterStore
+from workers.inbound import truncate
+from workers.logs import get_logger
+from workers.requests import REQUEUED
+
+log = get_logger(__name__)
+#: kombu's *_log_error helpers format %-style: they get a standard logger.
+_kombu_log = logging.getLogger(__name__)
+
+#: Dead letters written at the consumer, by reason code (reported in wear reports).
+REJECTED: dict[str, int] = {}
+
+
+class HostConsumer(Consumer):
+    """Celery's consumer with host's checks in front of every task message."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        gate.attach(self)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's handler, behind the gate and the message checks."""
+        receive = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            queue = str((message.delivery_info or {}).get("routing_key"))
+            if is_work_queue(queue) and not gate.is_open_locally():
+                return self._hand_back(message, queue)
+            problem = self._problem(message)
+            if problem is not None:
+                return self._dead_letter(message, queue, *problem)
+            return receive(message)
+
+        return on_task_received
+
+    # Celery's own dead ends, recorded before Celery logs and settles the message.
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """An unregistered task name: a dead letter; the caller's result says NotRegistered."""
+        self._record(message, "unknown_task", str(exc))
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        """A task message Celery cannot read."""
+        self._record(message, "invalid_task", str(exc))
+        super().on_invalid_task(body, message, exc)
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        """A body that does not decode."""
+        self._record(message, "undecodable", str(exc))
+        super().on_decode_error(message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        """A message with no task in it."""
+        self._record(message, "not_a_task", "no task name in the headers or body")
+        super().on_unknown_message(body, message)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _problem(self, message: Any) -> tuple[str, str] | None:
+        """(reason code, detail) when the message is no task host can run, else None."""
+        settings = _settings(self.app)
+        headers = message.headers
+        if not isinstance(headers, dict) or "task" not in headers:
+            return ("unsupported_protocol", "no task header: protocol v1 or not a Celery message")
+        if message.content_type != "application/json":
+            return ("content_disallowed", f"content type {message.content_type!r}: host takes JSON")
+        if headers.get("compression"):
+            return ("content_disallowed", f"compression {headers['compression']!r}")
+        body = message.body
+        if len(body) > settings.max_message_bytes:
+            return ("oversize", f"{len(body)} bytes > HOST_MAX_MESSAGE_BYTES "
+                                f"({settings.max_message_bytes})")
+        try:
+            decoded = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            return ("undecodable", f"body is not JSON: {exc}")
+        if not (isinstance(decoded, list) and len(decoded) == 3 and isinstance(decoded[0], list)
+                and isinstance(decoded[1], dict)):
+            return ("invalid_task", "body is not [args, kwargs, embed]")
+        task = self.app.tasks.get(str(headers["task"]))
+        if task is None:
+            return None  # Celery's on_unknown_task records it and fails the caller's result
+        try:
+            _signature(task).bind(*decoded[0], **decoded[1])
+        except TypeError as exc:
+            return ("bad_arguments", f"{headers['task']}: {exc}")
+        return None
+
+    def _dead_letter(self, message: Any, queue: str | None, code: str, detail: str) -> None:
+        self._record(message, code, detail)
+        _settle(message, self.connection_errors)  # type: ignore[attr-defined]
+        self._fail_caller(message, code, detail)
+
+    def _record(self, message: Any, code: str, detail: str) -> None:
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        queue = (message.delivery_info or {}).get("routing_key")
+        REJECTED[code] = REJECTED.get(code, 0) + 1
+        log.warning("message_dead_lettered", reason=code, detail=detail, queue=queue,
+                    task_id=headers.get("id"), task=headers.get("task"), worker=self.hostname)
+        record = {"status": "rejected", "ref": str(headers.get("id") or ""), "reason": code,
+                  "detail": detail, "raw": truncate(message.body), "stage": "consumer",
+                  "queue": queue, "task": headers.get("task"), "worker": self.hostname,
+                  "at": time.time()}
+        try:
+            _store(self.app).record([record])
+        except Exception as exc:  # the record is logged above: never lose the worker for it
+            log.error("dead_letter_write_failed", error=str(exc), reason=code)
+
+    def _fail_caller(self, message: Any, code: str, detail: str) -> None:
+        """Tell a waiting caller its message was rejected (its result would stay PENDING)."""
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        task_id = headers.get("id")
+        if not isinstance(task_id, str) or not task_id:
+            return
+        try:
+            self.app.backend.store_result(
+                task_id, {"status": "rejected", "reason": code, "detail": detail}, "SUCCESS")
+        except Exception as exc:
+            log.error("rejection_result_failed", error=str(exc), task_id=task_id)
+
+    def _hand_back(self, message: Any, queue: str) -> None:
+        REQUEUED[queue] = REQUEUED.get(queue, 0) + 1
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        log.info("task_requeued_by_gate", task_id=headers.get("id"), queue=queue,
+                 worker=self.hostname, reason="gate closed; unstarted")
+        message.reject_log_error(_kombu_log, self.connection_errors,  # type: ignore[attr-defined]
+                                 requeue=True)
+        gate.undo_subscriptions(self, f"received from {queue} while out of rotation")
+
+
+def dead_letter_raw(app: Any, raw: bytes, queue: str, code: str, detail: str) -> None:
+    """A message taken off ``queue`` that is not even a kombu envelope (the Redis transport's
+    hook): recorded as a dead letter, never redelivered."""
+    REJECTED[code] = REJECTED.get(code, 0) + 1
+    log.warning("message_dead_lettered", reason=code, detail=detail, queue=queue)
+    record = {"status": "rejected", "ref": "", "reason": code, "detail": detail,
+              "raw": truncate(raw), "stage": "transport", "queue": queue, "at": time.time()}
+    try:
+        _store(app).record([record])
+    except Exception as exc:
+        log.error("dead_letter_write_failed", error=str(exc), reason=code)
+
+
+def _settle(message: Any, errors: Any) -> None:
+    """Acknowledge a dead-lettered message: it is recorded, and must not come back."""
+    message.ack_log_error(_kombu_log, errors)
+
+
+@cache
+def _signature(task: Any) -> inspect.Signature:
+    return inspect.signature(task.run)
+
+
+def _settings(app: Any) -> Any:
+    from broker_config.app import settings_of
+
+    return settings_of(app)
+
+
+def _store(app: Any) -> DeadLetterStore:
+    settings = _settings(app)
+    return _stores(settings.effective_store_url, settings.deadletter_keep)
+
+
+@cache
+def _stores(url: str, keep: int) -> RedisDeadLetterStore:
+    return RedisDeadLetterStore.from_url(url, keep)
