@@ -116,9 +116,9 @@ class TestConsumptionIsMeasured:
         assert seen_after < 3.0, seen_after  # one 0.25 s report, plus a busy machine's slack
         watcher.stop()
         checker = start_checker("--policy", rules, "--tick", "0.1")
-        for w in workers:
-            wait_until(lambda w=w: "tweets" in consumed(app, w.name), 20,
-                       f"{w.name} consuming tweets again")
+        for name in (w.name for w in workers):
+            wait_until(lambda name=name: "tweets" in consumed(app, name),  # type: ignore[misc]
+                       20, f"{name} consuming tweets again")
         wait_until(lambda: metric(checker, "host_queue_healthy_consumers", queue="tweets") == 2,
                    20, "two tweets consumers again")
         assert "consumption_corrected" in checker.log_path.read_text()
