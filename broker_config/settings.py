@@ -69,6 +69,10 @@ class Settings:
     max_line_bytes: int = 1_048_576
     max_text_chars: int = 10_000
     max_batch: int = 1_000
+    #: Most emoji in one text (VADER is quadratic in them); more is a dead letter.
+    max_emoji: int = 1_000
+    #: CPU seconds one input may cost; more stops it as a dead letter (too_expensive).
+    input_cpu_budget: float = 0.5
     #: The largest task message body a worker accepts; a larger one is a dead letter.
     max_message_bytes: int = 8_388_608
     deadletter_keep: int = 100_000
@@ -259,6 +263,8 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "max_text_chars": _positive,
     "max_batch": _positive,
     "max_message_bytes": _positive,
+    "max_emoji": _positive,
+    "input_cpu_budget": _positive,
     "deadletter_keep": _positive,
     "log_format": _one_of(LOG_FORMATS),
     "log_level": _one_of(LOG_LEVELS),

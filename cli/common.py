@@ -52,6 +52,18 @@ def check_broker(app: HostCelery, timeout: float = 5.0) -> None:
         raise BrokerUnreachable(f"broker {_redact(url)} is unreachable: {exc}") from None
 
 
+def check_store(app: HostCelery) -> None:
+    """Raise BrokerUnreachable unless host's store and the result backend (Redis) answer."""
+    import redis
+
+    settings = app.host_settings
+    for url in dict.fromkeys((settings.effective_store_url, settings.effective_result_backend)):
+        try:
+            redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5).ping()
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnreachable(f"store {_redact(url)} is unreachable: {exc}") from None
+
+
 def _redact(url: str) -> str:
     from kombu.utils.url import maybe_sanitize_url
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +47,8 @@ class FeedReport:
     by_worker: Counter[str] = field(default_factory=Counter)
     by_reason: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    #: Why the feed stopped early: the broker or the result store went away for good.
+    unreachable: str | None = None
 
     @property
     def accounted(self) -> int:
@@ -64,6 +67,7 @@ class FeedReport:
             "failed": self.failed, "missing": len(self.missing), "complete": self.complete,
             "by_label": dict(self.by_label), "by_worker": dict(self.by_worker),
             "by_reason": dict(self.by_reason), "elapsed_s": round(self.elapsed_s, 3),
+            "unreachable": self.unreachable,
         }
 
     def add(self, record: dict[str, Any]) -> None:
@@ -135,34 +139,58 @@ def feed(
     wire_fmt = "jsonl" if fmt == "json" else fmt
 
     def emit(record: dict[str, Any]) -> None:
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.write(json_line(record) + "\n")
         report.add(record)
         if on_record:
             on_record(record)
 
-    with app.producer_or_acquire() as producer:
-        for chunk in _chunks(lines, batch):
-            rejected = [ln.rejection.record(at=time.time(), stage="ingest")
-                        for ln in chunk if ln.rejection is not None]
-            if rejected:
-                store.record(rejected)
-                for rec in rejected:
-                    emit(rec)
-            envs = [envelope(ln.ref, ln.text, wire_fmt, time.time())
-                    for ln in chunk if ln.text is not None]
-            report.inputs += len(chunk)
-            if envs:
-                res = _send(app, producer, envs, batch)
-                pending[res.id] = [e["ref"] for e in envs]
-                results.append(res)
-            if progress:
-                progress(report.accounted, report.inputs, False)
-            if rate:
-                _pace(started, report.inputs, rate)
+    try:
+        with app.producer_or_acquire() as producer:
+            for chunk in _chunks(lines, batch):
+                report.inputs += len(chunk)
+                rejected = [ln.rejection.record(at=time.time(), stage="ingest")
+                            for ln in chunk if ln.rejection is not None]
+                if rejected:
+                    store.record(rejected)
+                    for rec in rejected:
+                        emit(rec)
+                envs = [envelope(ln.ref, ln.text, wire_fmt, time.time())
+                        for ln in chunk if ln.text is not None]
+                if envs:
+                    res = _send(app, producer, envs, batch)
+                    pending[res.id] = [e["ref"] for e in envs]
+                    results.append(res)
+                if progress:
+                    progress(report.accounted, report.inputs, False)
+                if rate:
+                    _pace(started, report.inputs, rate)
+    except BROKEN as exc:  # publishing retried for ~30 s and gave up, or the store is gone
+        report.unreachable = f"the broker or the store stopped answering: {exc}"
     _collect(app, results, pending, emit, report, idle_timeout, progress)
     report.missing = [ref for refs in pending.values() for ref in refs]
     report.elapsed_s = time.monotonic() - started
     return report
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One output line that is always valid JSON, in UTF-8: a value that is not finite becomes
+    null, and text that cannot be UTF-8 (a lone surrogate) is written escaped."""
+    try:
+        line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+        line.encode("utf-8")
+        return line
+    except ValueError:  # NaN/Infinity, or UnicodeEncodeError (a ValueError too)
+        return json.dumps(_finite(record), ensure_ascii=True, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _send(app: Celery, producer: Any, envs: list[dict[str, Any]], batch: int) -> AsyncResult[Any]:
@@ -230,9 +258,10 @@ def _collect(app: Celery, results: list[AsyncResult[Any]], pending: dict[str, li
             return
         except (Stalled, _Done):
             return
-        except BROKEN:  # the backend went away mid-wait: wait on what is still pending
+        except BROKEN as exc:  # the backend went away mid-wait: wait on what is still pending
             time.sleep(POLL_S / 4)
             if time.monotonic() - clock["last"] > idle_timeout:
+                report.unreachable = report.unreachable or f"the result store is gone: {exc}"
                 return
 
 

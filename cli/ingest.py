@@ -10,7 +10,7 @@ from typing import IO
 import click
 from celery.bin.base import CeleryCommand
 
-from cli.common import EXIT_INCOMPLETE, Progress, check_broker, host_app
+from cli.common import EXIT_INCOMPLETE, BrokerUnreachable, Progress, check_broker, check_store, host_app
 from cli.feed import FeedReport, feed, read_lines
 from workers.deadletter import RedisDeadLetterStore
 from workers.inbound import FORMATS, Limits
@@ -42,6 +42,7 @@ def ingest(ctx: click.Context, source: str, fmt: str, out_path: str, batch: int,
     if batch > settings.max_batch:
         raise click.BadParameter(f"at most HOST_MAX_BATCH={settings.max_batch}", param_hint="--batch")
     check_broker(app)
+    check_store(app)
     limits = Limits(settings.max_line_bytes, settings.max_text_chars)
     store = RedisDeadLetterStore.from_url(settings.effective_store_url, settings.deadletter_keep)
     with ExitStack() as stack:
@@ -49,11 +50,14 @@ def ingest(ctx: click.Context, source: str, fmt: str, out_path: str, batch: int,
                           else stack.enter_context(open(source, "rb")))
         out: IO[str] = (sys.stdout if out_path == "-"
                         else stack.enter_context(open(out_path, "w", encoding="utf-8")))
-        name = "stdin" if source == "-" else source
+        # a file name that is not UTF-8 (surrogate-escaped bytes) is written escaped in refs
+        name = "stdin" if source == "-" else source.encode("utf-8", "backslashreplace").decode()
         with Progress("ingest").running() as progress:
             report = feed(app, read_lines(inp, name, fmt, limits), out, store, fmt=fmt,
                           batch=batch, idle_timeout=timeout, progress=progress.update)
     print_summary(report, as_json)
+    if report.unreachable:
+        raise BrokerUnreachable(report.unreachable)
     if not report.complete:
         ctx.exit(EXIT_INCOMPLETE)
 
@@ -72,6 +76,8 @@ def print_summary(report: FeedReport, as_json: bool) -> None:
         lines.append("workers: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_worker.items())))
     if report.by_reason:
         lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in report.by_reason.most_common()))
+    if report.unreachable:
+        lines.append(report.unreachable)
     if report.missing:
         lines.append("missing: " + ", ".join(report.missing[:10])
                      + (" …" if len(report.missing) > 10 else ""))

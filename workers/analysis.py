@@ -9,7 +9,7 @@ from typing import Any
 
 from workers.deadletter import DeadLetterStore
 from workers.inbound import Limits, Message, Rejection, parse_line, truncate
-from workers.sentiment import analyse_text
+from workers.sentiment import Scores, TooExpensive, analyse_text, cpu_budget, emoji_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,9 @@ def analyse_envelope(env: object, ctx: RunContext) -> dict[str, Any]:
     parsed = _parse_envelope(env, ctx.limits)
     if isinstance(parsed, Rejection):
         return parsed.record(at=started, stage="worker", worker=ctx.worker)
-    scores = analyse_text(parsed.text)
+    scores = _bounded_scores(parsed, ctx.limits)
+    if isinstance(scores, Rejection):
+        return scores.record(at=started, stage="worker", worker=ctx.worker)
     finished = ctx.clock()
     queued_at = env.get("queued_at") if isinstance(env, dict) else None
     wait = started - queued_at if isinstance(queued_at, (int, float)) else None
@@ -81,6 +83,21 @@ def keep_dead_letters(results: Sequence[dict[str, Any]], store: DeadLetterStore)
     rejected = dead_letters(results)
     if rejected:
         store.record(rejected)
+
+
+def _bounded_scores(message: Message, limits: Limits) -> Scores | Rejection:
+    """VADER's scores, or ``too_expensive`` when the input would cost more than its budget:
+    too many emoji (checked first, in linear time) or more CPU than ``cpu_budget_s``."""
+    emoji = emoji_count(message.text)
+    if emoji > limits.max_emoji:
+        return Rejection(message.ref, "too_expensive",
+                         f"{emoji} emoji > HOST_MAX_EMOJI ({limits.max_emoji})",
+                         truncate(message.text))
+    try:
+        with cpu_budget(limits.cpu_budget_s):
+            return analyse_text(message.text)
+    except TooExpensive as exc:
+        return Rejection(message.ref, "too_expensive", str(exc), truncate(message.text))
 
 
 def _parse_envelope(env: object, limits: Limits) -> Message | Rejection:

@@ -8,6 +8,7 @@ nothing raises on bad input.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +25,15 @@ _TSV = re.compile(r"^[^\t\n]+\t[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\t")
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Size limits on inbound input (HOST_MAX_LINE_BYTES, HOST_MAX_TEXT_CHARS)."""
+    """Limits on inbound input (HOST_MAX_LINE_BYTES, HOST_MAX_TEXT_CHARS, HOST_MAX_EMOJI,
+    HOST_INPUT_CPU_BUDGET)."""
 
     max_line_bytes: int = 1_048_576
     max_text_chars: int = 10_000
+    #: Most emoji one text may hold: VADER's cost grows with their square (docs/operations.md).
+    max_emoji: int = 1_000
+    #: CPU seconds one input may cost the analysis before it is stopped as too expensive.
+    cpu_budget_s: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,43 +94,102 @@ def truncate(raw: object, keep: int = RAW_KEEP_CHARS) -> str:
     return text if len(text) <= keep else text[:keep] + "…"
 
 
-def frame_lines(stream: IO[bytes], source: str, limits: Limits) -> Iterator[Line]:
-    """Split a byte stream into lines, reading at most ``max_line_bytes`` of any line.
+#: What ends a line: LF, CRLF, a lone CR (old Mac exports), and, in decoded text, U+2028 LINE
+#: SEPARATOR and U+2029 PARAGRAPH SEPARATOR — except inside a JSON string, where JSON allows
+#: them raw (a JSON line is never cut in two). A UTF-8 byte-order mark opening the input is
+#: dropped. Nothing else (form feed, NEL, vertical tab) ends a line.
+_BREAK = re.compile(rb"\r\n|\r|\n")
+_UNICODE_BREAKS = ("\u2028", "\u2029")
+_BOM = b"\xef\xbb\xbf"
+
+
+def frame_lines(stream: IO[bytes], source: str, limits: Limits,
+                chunk_size: int = 65_536) -> Iterator[Line]:
+    """Split a byte stream into lines, holding at most ``max_line_bytes`` of any line.
 
     Blank lines are not inputs and yield nothing. A line over the limit or not valid UTF-8
     yields a rejection; the rest of an over-long line is skipped without being held in memory.
+    Lines are numbered in the order they are framed (``source:N``).
     """
     lineno = 0
-    while True:
-        chunk = stream.readline(limits.max_line_bytes + 1)
-        if not chunk:
-            return
-        lineno += 1
-        ref = f"{source}:{lineno}"
-        if len(chunk) > limits.max_line_bytes and not chunk.endswith(b"\n"):
-            size = len(chunk) + _skip_rest_of_line(stream)
+    for raw, size in _physical_lines(stream, limits.max_line_bytes, chunk_size):
+        if lineno == 0 and raw.startswith(_BOM):
+            raw = raw[len(_BOM):]
+        if size > limits.max_line_bytes:
+            lineno += 1
+            ref = f"{source}:{lineno}"
             yield Line(ref, None, Rejection(ref, "line_too_long",
                                             f"{size} bytes > {limits.max_line_bytes}",
-                                            truncate(chunk)))
+                                            truncate(raw)))
             continue
-        body = chunk.rstrip(b"\r\n")
         try:
-            text = body.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
+            lineno += 1
+            ref = f"{source}:{lineno}"
             yield Line(ref, None, Rejection(ref, "invalid_utf8", f"byte {exc.start}: {exc.reason}",
-                                            truncate(body)))
+                                            truncate(raw)))
             continue
-        if text.strip():
-            yield Line(ref, text)
+        for piece in split_unicode_breaks(text):
+            lineno += 1
+            if piece.strip():
+                yield Line(f"{source}:{lineno}", piece)
 
 
-def _skip_rest_of_line(stream: IO[bytes], chunk_size: int = 65_536) -> int:
-    skipped = 0
+def _physical_lines(stream: IO[bytes], limit: int,
+                    chunk_size: int) -> Iterator[tuple[bytes, int]]:
+    """(line without its break, its full size) for every LF, CRLF or CR line; a line over
+    ``limit`` comes back cut to ``limit + 1`` bytes, with the size it really had."""
+    buf = b""
+    skipped = 0  # bytes of an over-long line seen so far (0: not inside one)
+    head = b""
     while True:
-        chunk = stream.readline(chunk_size)
-        skipped += len(chunk)
-        if not chunk or chunk.endswith(b"\n"):
-            return skipped
+        chunk = stream.read(chunk_size)
+        buf += chunk
+        pos = 0
+        for match in _BREAK.finditer(buf):
+            if chunk and match.group() == b"\r" and match.end() == len(buf):
+                break  # maybe the CR of a CRLF whose LF is in the next chunk
+            line = buf[pos:match.start()]
+            pos = match.end()
+            if skipped:
+                yield head, skipped + len(line)
+                skipped, head = 0, b""
+            else:
+                yield line, len(line)
+        buf = buf[pos:]
+        if not chunk:
+            if skipped:
+                yield head, skipped + len(buf)
+            elif buf:
+                yield buf, len(buf)
+            return
+        keep = b"\r" if buf.endswith(b"\r") else b""  # a CR that may start a CRLF
+        if len(buf) > limit and not skipped:
+            head, skipped, buf = buf[:limit + 1], len(buf) - len(keep), keep
+        elif skipped:
+            skipped, buf = skipped + len(buf) - len(keep), keep
+
+
+def split_unicode_breaks(text: str) -> list[str]:
+    """``text`` cut at U+2028 and U+2029, but never inside a JSON string of a JSON line."""
+    if not any(b in text for b in _UNICODE_BREAKS):
+        return [text]
+    if not text.lstrip().startswith(("{", "[")):
+        return re.split("[\u2028\u2029]", text)
+    pieces, start, in_string, escaped = [], 0, False, False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and in_string:
+            escaped = True
+        elif ch == '"':
+            in_string = not in_string
+        elif ch in _UNICODE_BREAKS and not in_string:
+            pieces.append(text[start:i])
+            start = i + 1
+    pieces.append(text[start:])
+    return pieces
 
 
 def detect_format(line: str) -> Format:
@@ -227,6 +292,8 @@ def _parse_tsv(raw: str, ref: str, limits: Limits) -> Message | Rejection:
         rating = float(parts[1])
     except ValueError:
         return Rejection(ref, "bad_tsv", "rating is not a number", truncate(raw))
+    if not math.isfinite(rating):
+        return Rejection(ref, "bad_tsv", "rating is not a finite number", truncate(raw))
     return _message(ref, parts[0].strip(), parts[2], raw, limits, rating=rating)
 
 
@@ -240,8 +307,10 @@ def _message(ref: str, tweet_id: str, text: object, raw: str, limits: Limits,
         return Rejection(ref, "empty_text", "text is empty", truncate(raw))
     if "\x00" in text:
         return Rejection(ref, "nul_byte", "text contains a NUL character", truncate(raw))
-    if _SURROGATE.search(text):
-        return Rejection(ref, "invalid_unicode", "text contains a lone surrogate", truncate(raw))
+    for name, value in (("text", text), ("id", tweet_id), ("author", author)):
+        if value is not None and _SURROGATE.search(value):
+            return Rejection(ref, "invalid_unicode", f"{name} contains a lone surrogate",
+                             truncate(raw))
     if len(text) > limits.max_text_chars:
         return Rejection(ref, "text_too_long", f"{len(text)} chars > {limits.max_text_chars}",
                          truncate(raw))

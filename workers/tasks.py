@@ -55,9 +55,15 @@ def _context(task: Task[Any, Any]) -> RunContext:
         worker=task.request.hostname or "unknown",
         queue=delivery.get("routing_key"),
         task_id=task.request.id,
-        limits=Limits(settings.max_line_bytes, settings.max_text_chars),
+        limits=limits_of(settings),
         started_at=getattr(task.request, "host_started_at", None),
     )
+
+
+def limits_of(settings: Any) -> Limits:
+    """The input limits a worker applies, from its settings."""
+    return Limits(settings.max_line_bytes, settings.max_text_chars, settings.max_emoji,
+                  settings.input_cpu_budget)
 
 
 def _store_for(app: Any) -> RedisDeadLetterStore:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -179,3 +180,68 @@ class TestIngestAccounting:
         assert proc.returncode == 3, proc.stderr
         assert "unreachable" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def strict_json(line: str) -> dict[str, object]:
+    """Parse one output line as strict JSON: NaN and Infinity are not JSON."""
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON: {line[:200]}")
+
+    value: dict[str, object] = json.loads(line, parse_constant=refuse)
+    return value
+
+
+class TestAnyFile:
+    """Every input line of any file is accounted for, and every output line is JSON."""
+
+    @pytest.mark.parametrize("sep", ["\n", "\r\n", "\r", "\u2028", "\u2029"])
+    def test_every_line_separator_frames_every_tweet(self, sep: str, start_worker: WorkerFactory,
+                                                     host_env: dict[str, str],
+                                                     tmp_path: Path) -> None:
+        """20 tweets joined by LF, CRLF, CR, U+2028 or U+2029, behind a BOM: 20 results."""
+        start_worker("af1", concurrency=2)
+        tweets = [f"tweet {i} is a lovely one" for i in range(20)]
+        src = tmp_path / "tweets.txt"
+        src.write_bytes(b"\xef\xbb\xbf" + sep.join(tweets).encode() + sep.encode())
+        out = tmp_path / "out.jsonl"
+        proc = celery("ingest", str(src), "--out", str(out), env=host_env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        records = [strict_json(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
+        assert sorted(str(r["text"]) for r in records) == sorted(tweets)
+
+    def test_unencodable_values_are_dead_letters_not_a_crash(
+            self, start_worker: WorkerFactory, host_env: dict[str, str], tmp_path: Path) -> None:
+        """2,000 tweets plus lone surrogates in each field, infinite ratings, a non-UTF-8 file
+        name: every line accounted for, exit 0, every output line strict JSON."""
+        start_worker("af2", concurrency=2)
+        good = [json.dumps({"data": {"id": str(i), "text": f"good tweet {i} :)"}})
+                for i in range(2000)]
+        bad = ['{"data": {"id": "1", "text": "x", "author_id": "\\udfff"}}',
+               '{"data": {"id": "\\udfff", "text": "x"}}',
+               '{"id_str": "2", "text": "x", "user": {"screen_name": "\\udfff"}}',
+               '{"data": {"id": "3", "text": "x", "note_tweet": {"text": "\\udfff"}}}',
+               "7\t1e999\tan infinite rating", "8\t-1e400\tminus infinity"]
+        name = os.fsdecode(os.fsencode(tmp_path) + b"/tweets-\xff.jsonl")  # not UTF-8
+        Path(name).write_text("\n".join(good[:1000] + bad + good[1000:]) + "\n",
+                              encoding="utf-8")
+        out = tmp_path / "out.jsonl"
+        proc = celery("ingest", name, "--out", str(out), "--json", env=host_env, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        records = [strict_json(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
+        assert len(records) == 2006
+        rejected = [r for r in records if r["status"] == "rejected"]
+        assert sorted(str(r["reason"]) for r in rejected) == ["bad_tsv"] * 2 + [
+            "invalid_unicode"] * 4
+        assert "Traceback" not in proc.stderr
+
+    def test_a_result_store_nobody_listens_on_is_exit_3(self, host_env: dict[str, str],
+                                                        tmp_path: Path) -> None:
+        """The result store gone: exit 3 and one line, no traceback."""
+        from cli.redis_server import free_port
+
+        src = tmp_path / "one.txt"
+        src.write_text("hello\n")
+        env = {**host_env, "HOST_RESULT_BACKEND": f"redis://127.0.0.1:{free_port()}/0"}
+        proc = celery("ingest", str(src), env=env, timeout=60)
+        assert proc.returncode == 3, proc.stderr
+        assert "unreachable" in proc.stderr and "Traceback" not in proc.stderr

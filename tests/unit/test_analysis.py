@@ -59,3 +59,33 @@ class TestAnalysis:
         """A batch that is not a list, or too long, is rejected whole."""
         results = analyse_many(batch, CTX, max_batch=10)
         assert [r["reason"] for r in results] == [reason]
+
+
+class TestCostBound:
+    def test_too_many_emoji_are_refused_before_vader_runs(self) -> None:
+        """9,999 emoji (19 s of VADER): rejected as too_expensive in linear time."""
+        import time
+
+        ctx = RunContext(worker="w1@n", queue="tweets", task_id="t", clock=lambda: 1.0,
+                         limits=Limits(max_text_chars=20_000, max_emoji=1000))
+        started = time.process_time()
+        result = analyse_envelope(envelope("e:1", "😀" * 9_999, "text"), ctx)
+        assert (result["status"], result["reason"]) == ("rejected", "too_expensive")
+        assert "9999 emoji" in result["detail"]
+        assert time.process_time() - started < 0.5
+
+    def test_an_input_over_its_cpu_budget_is_stopped(self) -> None:
+        """Under the emoji cap but over a 0.05 s budget: stopped near the budget."""
+        import time
+
+        ctx = RunContext(worker="w1@n", queue="tweets", task_id="t", clock=lambda: 1.0,
+                         limits=Limits(max_text_chars=20_000, max_emoji=5000,
+                                       cpu_budget_s=0.05))
+        started = time.process_time()
+        result = analyse_envelope(envelope("e:2", "😀" * 2_000, "text"), ctx)  # ~0.7 s
+        spent = time.process_time() - started
+        assert (result["status"], result["reason"]) == ("rejected", "too_expensive")
+        assert spent < 0.4, spent
+        # and the next input is analysed normally, the timer disarmed
+        ok = analyse_envelope(envelope("e:3", "a fine day 😀", "text"), ctx)
+        assert ok["status"] == "analysed"

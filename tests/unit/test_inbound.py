@@ -145,7 +145,7 @@ class TestFraming:
         lines = self.frame(b"a" * 5000 + b"\nnext\n")
         assert len(lines) == 2
         assert lines[0].rejection is not None and lines[0].rejection.code == "line_too_long"
-        assert "5001 bytes" in lines[0].rejection.detail
+        assert "5000 bytes" in lines[0].rejection.detail  # the line, without its break
         assert lines[1].text == "next"
 
     def test_empty_input_has_no_lines(self) -> None:
@@ -160,3 +160,82 @@ class TestFraming:
         parsed = [parse_line(ln.text, "jsonl", ln.ref, LIMITS) for ln in lines]
         assert [(m.ref, m.id) for m in parsed if isinstance(m, Message)] == [("d#1", "1"),
                                                                                ("d#2", "2")]
+
+
+class TestLineBreaks:
+    """Which separators count: LF, CRLF, CR, U+2028, U+2029 (not inside a JSON string)."""
+
+    @staticmethod
+    def texts(data: bytes, chunk_size: int = 65_536) -> list[str | None]:
+        return [ln.text for ln in frame_lines(io.BytesIO(data), "f", LIMITS, chunk_size)]
+
+    @pytest.mark.parametrize("sep", [b"\n", b"\r\n", b"\r", "\u2028".encode(),
+                                     "\u2029".encode()])
+    @pytest.mark.parametrize("chunk_size", [1, 2, 3, 7, 65_536])
+    def test_each_separator_frames_twenty_tweets(self, sep: bytes, chunk_size: int) -> None:
+        """Twenty tweets joined by any one separator are twenty inputs, at any read size."""
+        tweets = [f"tweet number {i} is nice" for i in range(20)]
+        assert self.texts(sep.join(t.encode() for t in tweets) + sep, chunk_size) == tweets
+
+    def test_mixed_breaks_and_a_crlf_split_across_reads(self) -> None:
+        """A CR at the end of one read and its LF at the start of the next are one break."""
+        data = b"one\r\ntwo\rthree\nfour\r\n"
+        for size in range(1, len(data) + 1):
+            assert self.texts(data, size) == ["one", "two", "three", "four"], size
+
+    def test_a_leading_bom_is_dropped(self) -> None:
+        """A UTF-8 BOM does not make the first JSON line text."""
+        lines = self.texts(b'\xef\xbb\xbf{"data": {"id": "1", "text": "hi"}}\nsecond\n')
+        assert lines == ['{"data": {"id": "1", "text": "hi"}}', "second"]
+        assert detect_format(str(lines[0])) == "jsonl"
+
+    def test_unicode_separators_inside_json_strings_stay(self) -> None:
+        """JSON allows raw U+2028 in a string: such a line is not cut; between objects it is."""
+        inner = json.dumps({"data": {"id": "1", "text": "a\u2028b"}}, ensure_ascii=False)
+        two = inner + "\u2029" + json.dumps({"data": {"id": "2", "text": "c"}})
+        assert self.texts((inner + "\n" + two + "\n").encode()) == [
+            inner, inner, json.dumps({"data": {"id": "2", "text": "c"}})]
+
+    def test_an_over_long_line_read_in_small_pieces(self) -> None:
+        """Memory stays bounded and the count is right whatever the read size."""
+        for size in (1, 100, 999, 1001, 4096):
+            lines = frame_lines(io.BytesIO(b"x" * 3000 + b"\r" + b"after"), "f", LIMITS, size)
+            first, second = list(lines)
+            assert first.rejection is not None and "3000 bytes" in first.rejection.detail
+            assert second.text == "after"
+
+
+class TestUnencodable:
+    @pytest.mark.parametrize("obj", [
+        {"data": {"id": "\udfff", "text": "fine"}},
+        {"data": {"id": "1", "text": "fine", "author_id": "\udfff"}},
+        {"data": {"id": "1", "text": "x", "note_tweet": {"text": "bad \udfff"}}},
+        {"id_str": "1", "text": "fine", "user": {"screen_name": "\ud800"}},
+    ])
+    def test_lone_surrogates_in_any_field_are_rejected(self, obj: dict[str, object]) -> None:
+        """A lone surrogate escape anywhere the output would carry it: invalid_unicode."""
+        result = parse_line(json.dumps(obj), "auto", "r", LIMITS)
+        assert isinstance(result, Rejection) and result.code == "invalid_unicode"
+
+    @pytest.mark.parametrize("rating", ["nan", "inf", "-Infinity"])
+    def test_non_finite_ratings_are_rejected(self, rating: str) -> None:
+        """A TSV rating of NaN or infinity would not be JSON in the output."""
+        result = parse_line(f"1\t{rating}\tsome text", "tsv", "r", LIMITS)
+        assert isinstance(result, Rejection) and result.code == "bad_tsv"
+
+
+class TestFramingProperty:
+    @given(st.lists(st.text(st.characters(blacklist_categories=("Cs",),  # type: ignore[arg-type]
+                                          blacklist_characters="\r\n\u2028\u2029"),
+                            min_size=1, max_size=30).filter(str.strip), max_size=30),
+           st.lists(st.sampled_from(["\n", "\r\n", "\r", "\u2028", "\u2029"]), min_size=1),
+           st.integers(1, 50))
+    def test_any_separators_any_read_size_give_back_the_lines(
+            self, lines: list[str], seps: list[str], chunk_size: int) -> None:
+        """Plain-text lines joined by any mix of the separators come back, in order."""
+        lines = [ln for ln in lines if not ln.lstrip().startswith(("{", "["))]
+        joined = "".join(ln + seps[i % len(seps)] for i, ln in enumerate(lines))
+        limits = Limits(max_line_bytes=10_000)
+        framed = [ln.text for ln in frame_lines(io.BytesIO(joined.encode()), "f", limits,
+                                                chunk_size)]
+        assert framed == lines
