@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from kombu import Exchange, Queue
 
-TWEETS = "tweets"
+from broker_config import contract
+
+TWEETS = contract.TWEETS_QUEUE
 DEFAULT = "default"
 BULK = "bulk"
 #: The data-plane queues. A worker consumes these only while it is healthy.
 WORK_QUEUES: tuple[str, ...] = (TWEETS, DEFAULT, BULK)
 VERIFY_PREFIX = "host.verify."
 
-TASK_ROUTES: dict[str, dict[str, str]] = {
-    "host.analyse": {"queue": TWEETS},
-    "host.analyse_batch": {"queue": TWEETS},
-}
+#: Where host's own tasks go (the producer contract, broker_config.contract).
+TASK_ROUTES: dict[str, dict[str, str]] = contract.ROUTES
+#: Queues no host worker consumes where host's tasks may still land: watched and alerted on.
+WATCHED_QUEUES: tuple[str, ...] = (contract.CELERY_DEFAULT_QUEUE,)
 
 
 def work_queues() -> tuple[Queue, ...]:

@@ -10,6 +10,7 @@ import click
 from celery.bin.base import CeleryCommand
 
 from broker_config.app import ConfigurationFailed
+from broker_config.queues import WATCHED_QUEUES, WORK_QUEUES
 from broker_config.settings import ConfigError
 from cli.common import check_broker, host_app
 from healthcheck import webconfig
@@ -64,7 +65,7 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
     try:
         prober = Prober(CeleryProbeTransport(app), known_answers(), config.probes)
         leadership = Leadership(store, candidate_id(), settings.checker_lease)
-        depths = QueueDepths(broker_depths(app))
+        depths = QueueDepths(broker_depths(app, WORK_QUEUES + WATCHED_QUEUES))
         checker = Checker.from_store(store, actuator, config, tick_s=tick,
                                      secret=settings.control_secret,
                                      previous_secret=settings.control_secret_previous,

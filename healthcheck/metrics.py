@@ -135,8 +135,9 @@ class FleetCollector(Collector):
         yield limits
         if self._depths is not None:
             depth = GaugeMetricFamily("host_queue_messages",
-                                      "Messages waiting in each work queue (read from the broker "
-                                      "at most every few seconds)", labels=["queue"])
+                                      "Messages waiting in each work queue, and in Celery's "
+                                      "default queue, which no host worker consumes (read from "
+                                      "the broker at most every few seconds)", labels=["queue"])
             for q, n in sorted(self._depths().items()):
                 depth.add_metric([q], n)
             yield depth

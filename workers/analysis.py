@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from broker_config.contract import envelope as envelope  # re-exported: the producers' envelope
 from workers.deadletter import DeadLetterStore
 from workers.inbound import Limits, Message, Rejection, parse_line, truncate
 from workers.sentiment import Scores, TooExpensive, analyse_text, cpu_budget, emoji_count
@@ -23,11 +24,6 @@ class RunContext:
     clock: Callable[[], float] = time.time
     #: When the task started (passed the health gate); None: when the analysis begins.
     started_at: float | None = None
-
-
-def envelope(ref: str, line: str, fmt: str = "auto", queued_at: float | None = None) -> dict[str, Any]:
-    """What a producer sends for one inbound line."""
-    return {"ref": ref, "line": line, "format": fmt, "queued_at": queued_at}
 
 
 def analyse_envelope(env: object, ctx: RunContext) -> dict[str, Any]:
