@@ -75,8 +75,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     rows = [_row(to_dict(w), reports.get(name, {})) for name, w in sorted(workers.items())]
-    queues = {q: sum(1 for w in workers.values() if w.state in CONSUMING and q in w.queues)
-              for q in WORK_QUEUES}
+    queues = {q: sum(1 for w in workers.values() if w.consumes(q)) for q in WORK_QUEUES}
     if as_json:
         click.echo(json.dumps({"workers": rows, "healthy_consumers": queues}))
         return
@@ -96,7 +95,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 def _row(w: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     return {"worker": w["name"], "state": w["state"], "reason": w["reason"], "since": w["since"],
-            "cause": w["cause"], "queues": w["queues"], "wear": report.get("wear") or {},
+            "cause": w["cause"], "queues": w["queues"], "held": w.get("held") or None,
+            "wear": report.get("wear") or {},
             "consuming": report.get("consuming"), "inflight": report.get("inflight"),
             "gate": report.get("gate"), "reported_at": report.get("at")}
 

@@ -144,11 +144,13 @@ class Fleet:
         elif step.eject is not None:
             self._proposed[obs.worker] = step.eject
             self._waiting.add(obs.worker)
-        elif not step.degraded:
+        elif not step.degraded and isinstance(obs, WearReport):
+            # Only a clean wear report says the wear is gone: a heartbeat or a passed probe
+            # between two hot reports does not.
             self._proposed.pop(obs.worker, None)
             self._waiting.discard(obs.worker)
         changed: tuple[str, ...] = ()
-        if step.health.held and not step.degraded:
+        if step.health.held and not step.degraded and isinstance(obs, WearReport):
             step = replace(step, health=replace(step.health, held=""))
             changed = (obs.worker,)
         self._put(step.health)

@@ -84,6 +84,7 @@ class TestHeldWorkersAreVisible:
         row = wait_until(lambda: (r := status_rows(host_env)[hot.name]) and "held in rotation"
                          in str(r["reason"]) and r, 30, "the hot worker to be held")
         assert row["state"] == "SUSPECT" and "bound 1" in str(row["reason"])
+        assert "bound 1" in str(row["held"]), row
         assert re.search(r"cpu_percent 9\d(\.\d+)? >= hard 97|cpu_percent 100", str(row["reason"]))
         wait_until(lambda: metric(checker, "host_guard_held_workers") == 1.0, 10,
                    "host_guard_held_workers 1")
@@ -114,6 +115,8 @@ class TestConsumptionIsMeasured:
                    5, "the count to reach 0")
         seen_after = time.monotonic() - cancelled
         assert seen_after < 3.0, seen_after  # one 0.25 s report, plus a busy machine's slack
+        proc = celery("fleet", "status", "--json", env=host_env)
+        assert json.loads(proc.stdout)["healthy_consumers"]["tweets"] == 0
         watcher.stop()
         checker = start_checker("--policy", rules, "--tick", "0.1")
         for name in (w.name for w in workers):

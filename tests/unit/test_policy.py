@@ -487,3 +487,21 @@ class TestMeasuredConsumption:
         w = policy.operator(healthy(), State.MAINTENANCE, "fan swap", now=0).health
         step = policy.observe_wear(w, wear(at=1, consuming=()))
         assert not step.degraded and step.health.state is State.MAINTENANCE
+
+
+class TestHeldThroughOtherSignals:
+    def test_heartbeats_and_passed_probes_do_not_release_a_held_worker(self) -> None:
+        """Between two hot reports, a heartbeat or a passed probe is no sign the wear is gone."""
+        from healthcheck.policy import Heartbeat
+
+        fleet = Fleet()
+        for i in range(3):
+            fleet.observe(wear(f"w{i}", at=0))
+        fleet.observe(ProbeResult("w0", 1, "wrong"))
+        fleet.observe(wear("w1", at=2, cpu=99))
+        fleet.tick(2.5)
+        assert fleet.workers["w1"].held
+        fleet.observe(Heartbeat("w1", 3))
+        fleet.observe(ProbeResult("w1", 3.1, "ok"))
+        assert fleet.workers["w1"].held and fleet.figures().held_back == 1
+        assert fleet.guard_engaged
