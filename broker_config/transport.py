@@ -1,20 +1,19 @@
-"""kombu's Redis transport with one window of its acknowledgement emulation closed.
+"""kombu's Redis transport with an atomic hand-off from queue to worker.
 
 kombu takes a message off its Redis list with BRPOP and then, in a second round trip, records
 it as unacknowledged (a hash entry plus a sorted-set index) — the record that lets the message
-be handed out again if the worker never acknowledges it. When Redis goes away between the two
-(a restart, a failover, a network cut), the message is in no Redis structure any more, and
-Celery drops its in-memory copy when the connection resets: it is lost.
+be handed out again if the worker never acknowledges it. Anything that comes between the two
+loses the message: Redis restarting, or a network cut that swallows BRPOP's reply (Redis has
+popped it; the worker never sees it; kombu gives up after ~27 s and reconnects).
 
-Here a message whose unacknowledged record could not be written is kept in the process as an
-orphan, and put back at the head of its queue as soon as the channel can talk to Redis again,
-before the next BRPOP. If the record had in fact been written (only the reply was lost), the
-orphan is not put back: the record brings the message back after the visibility timeout, and
-no message is run twice for this reason.
-
-What stays open: Redis killed after it executed a BRPOP (and wrote it to its append-only file)
-but before the reply reached the worker. That is one event-loop turn of the server, not a round
-trip of the client.
+Here the two steps are one: a Lua script (take.lua) pops the next message of the first
+non-empty queue and writes its unacknowledged record in the same atomic step. Whatever happens
+to the reply, the message is in a queue or in the unacknowledged hash, and kombu's visibility
+sweep hands it out again once its timeout passes without an acknowledgement. A script cannot
+block, so after an empty take the channel waits server-side for a moment (a BLPOP with a short
+timeout on a key nobody writes: 5 ms, doubling to 100 ms while the queues stay empty) and takes
+again; under load it takes back to back. The cost is one script call per message instead of one
+BRPOP, and an idle worker's 10-200 small commands a second.
 
 A popped item that is not a kombu envelope at all (not JSON, or JSON of another shape) would
 end the worker inside kombu; here it goes to the ``undeliverable`` hook (workers record it as a
@@ -26,9 +25,9 @@ broker URL keeps its scheme: tools that read it (Flower's broker page) see a Red
 
 from __future__ import annotations
 
-import functools
-import threading
+import time
 from collections.abc import Callable
+from importlib import resources
 from queue import Empty
 from typing import Any
 
@@ -41,10 +40,10 @@ from workers.logs import get_logger
 
 log = get_logger(__name__)
 
-#: (payload, exchange, routing key, delivery tag) of messages taken off a queue whose
-#: unacknowledged record could not be written; shared by every channel of the process.
-_ORPHANS: list[tuple[dict[str, Any], str, str, str]] = []
-_LOCK = threading.Lock()
+#: The atomic take (take.lua).
+TAKE_SCRIPT = (resources.files("broker_config") / "take.lua").read_text(encoding="utf-8")
+#: A key nobody writes: a short BLPOP on it is a wait that keeps the event loop free.
+IDLE_KEY = "host:transport:idle"
 
 
 def _log_undeliverable(raw: bytes, queue: str, code: str, detail: str) -> None:
@@ -84,63 +83,73 @@ def envelope_problem(payload: Any) -> str | None:
     return None
 
 
-def orphans() -> int:
-    """How many taken messages wait to be put back (for tests and reports)."""
-    with _LOCK:
-        return len(_ORPHANS)
-
-
-class QoS(kombu_redis.QoS):
-    """Remembers a message whose unacknowledged record failed, instead of forgetting it."""
-
-    def append(self, message: Any, delivery_tag: str) -> None:
-        try:
-            super().append(message, delivery_tag)
-        except self.channel.connection_errors:  # type: ignore[attr-defined]
-            delivery = message.delivery_info
-            with _LOCK:
-                _ORPHANS.append((message._raw, delivery["exchange"], delivery["routing_key"],
-                                 delivery_tag))
-            log.warning("message_orphaned", delivery_tag=delivery_tag,
-                        routing_key=delivery["routing_key"],
-                        note="broker lost while recording it; put back on reconnect")
-            raise
-
-
 class Channel(kombu_redis.Channel):
-    """Puts orphans back before every BRPOP, once Redis answers again."""
+    """Takes messages atomically (pop + unacknowledged record), in place of BRPOP."""
 
-    QoS = QoS
+    #: Seconds of server-side wait after an empty take, doubling from the first to the last.
+    IDLE_WAIT_S = (0.005, 0.1)
+    _idle_s = 0.0
+    _sent = ""
+    #: Queues consumed with no_ack (reply queues): popped, never recorded.
+    _no_ack: frozenset[str] = frozenset()
 
     def _brpop_start(self, timeout: float | None = None) -> None:
-        if _ORPHANS:
-            self._put_back_orphans()
-        super()._brpop_start(timeout)  # type: ignore[misc]
+        queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
+        if not queues:
+            return
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        prefix = self.global_keyprefix or ""
+        if self._idle_s:
+            self._sent = "BLPOP"
+            self.client.connection.send_command("BLPOP", prefix + IDLE_KEY,
+                                                f"{self._idle_s:.3f}")
+            return
+        order = [(queue, pri) for pri in self.priority_steps for queue in queues]
+        keys = [prefix + self._q_for_pri(q, pri) for q, pri in order]  # type: ignore[attr-defined]
+        acked = ["0" if q in self._no_ack else "1" for q, _ in order]
+        self._sent = "EVAL"
+        self.client.connection.send_command(
+            "EVAL", TAKE_SCRIPT, len(keys) + 2, *keys, prefix + self.unacked_key,
+            prefix + self.unacked_index_key, repr(time.time()), *acked)
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        """kombu's, remembering the queues consumed without acknowledgements."""
+        if no_ack:
+            self._no_ack = self._no_ack | {queue}
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        """kombu's, forgetting a cancelled no-ack queue."""
+        queue = self._tag_to_queue.get(consumer_tag)
+        self._no_ack = self._no_ack - {queue}
+        return super().basic_cancel(consumer_tag)
 
     def _brpop_read(self, **options: Any) -> bool:
-        # kombu's own, but an item that is no envelope goes to the hook instead of raising
-        # out of the event loop (which ends the worker, and loses the item).
+        sent, self._sent = self._sent, ""
         try:
             try:
-                dest_item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+                reply = self.client.parse_response(self.client.connection, sent, **options)
             except self.connection_errors:  # type: ignore[attr-defined]
                 self.client.connection.disconnect()
                 raise
-            if not dest_item:
+            if sent == "BLPOP":
+                self._idle_s = 0.0  # waited: take again
+                # A consumer without an event loop (no sweep timer) swept for expired messages
+                # when a poll came back empty; these waits end with a reply, so sweep here.
+                transport: Any = self.connection
+                if not transport.in_event_loop:
+                    transport.cycle.maybe_restore_messages()
                 raise Empty()
-            dest, item = dest_item
-            dest = bytes_to_str(dest).rsplit(self.sep, 1)[0]
-            self._queue_cycle.rotate(dest)  # type: ignore[attr-defined]
-            try:
-                payload = loads(bytes_to_str(item))
-            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-                undeliverable(item, dest, "not_json", f"not a JSON envelope: {exc}")
-                return True
-            problem = envelope_problem(payload)
-            if problem is not None:
-                undeliverable(item, dest, "not_a_message", problem)
-                return True
-            self.connection._deliver(payload, dest)
+            if not reply:
+                low, high = self.IDLE_WAIT_S
+                self._idle_s = min(max(self._idle_s * 2, low), high)
+                raise Empty()
+            self._idle_s = 0.0
+            key, item = reply
+            queue = bytes_to_str(key)[len(self.global_keyprefix or ""):].rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)  # type: ignore[attr-defined]
+            self._deliver_raw(item, queue)
             return True
         finally:
             self._in_poll = None
@@ -148,36 +157,41 @@ class Channel(kombu_redis.Channel):
             if flush is not None:
                 flush()
 
-    def _put_back_orphans(self) -> None:
-        with _LOCK:
-            pending = list(_ORPHANS)
-            _ORPHANS.clear()
-        while pending:
-            payload, exchange, routing_key, tag = pending[0]
-            try:
-                with self.conn_or_acquire() as client:
-                    put = client.transaction(
-                        functools.partial(self._put_back, payload=payload, exchange=exchange,
-                                          routing_key=routing_key, tag=tag),
-                        self.unacked_key, value_from_callable=True)
-            except self.connection_errors:  # type: ignore[attr-defined]
-                with _LOCK:
-                    _ORPHANS[:0] = pending  # still unreachable: try again before the next BRPOP
-                return
-            pending.pop(0)
-            log.warning("message_put_back" if put else "message_recorded_after_all",
-                        delivery_tag=tag, routing_key=routing_key)
+    def _deliver_raw(self, item: bytes, queue: str) -> None:
+        try:
+            payload = loads(bytes_to_str(item))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            undeliverable(item, queue, "not_json", f"not a JSON envelope: {exc}")
+            return
+        problem = envelope_problem(payload)
+        if problem is not None:
+            self._forget(payload)
+            undeliverable(item, queue, "not_a_message", problem)
+            return
+        self.connection._deliver(payload, queue)
 
-    def _put_back(self, pipe: Any, payload: dict[str, Any], exchange: str, routing_key: str,
-                  tag: str) -> bool:
-        recorded = pipe.hexists(self.unacked_key, tag)
-        pipe.multi()
-        if not recorded:
-            self._do_restore_message(payload, exchange, routing_key, pipe, leftmost=False)  # type: ignore[attr-defined]
-        return not recorded
+    def _forget(self, payload: Any) -> None:
+        """Drop the unacknowledged record the take may have written for a bad envelope."""
+        properties = payload.get("properties") if isinstance(payload, dict) else None
+        tag = properties.get("delivery_tag") if isinstance(properties, dict) else None
+        if tag is None:
+            return
+        try:
+            with self.conn_or_acquire() as client:
+                client.pipeline().hdel(self.unacked_key, str(tag)).zrem(
+                    self.unacked_index_key, str(tag)).execute()
+        except self.connection_errors:  # type: ignore[attr-defined]
+            pass  # the sweep hands it out once more, and it is dead-lettered then
 
 
 class Transport(kombu_redis.Transport):
-    """``redis://`` as kombu does it, with the orphan-keeping channel."""
+    """``redis://`` as kombu does it, with the atomic take."""
 
     Channel = Channel
+    #: True once a worker's event loop drives it (its timer sweeps for expired messages).
+    in_event_loop = False
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """kombu's, remembering that a loop (and its sweep timer) drives this transport."""
+        self.in_event_loop = True
+        super().register_with_event_loop(connection, loop)

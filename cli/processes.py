@@ -45,11 +45,14 @@ class WorkerProcess:
         extra_args: more ``celery worker`` options.
         app: what ``-A`` names (``host``; benchmarks name their plain baseline).
         loglevel: the worker's ``-l``.
+        prefix: a command that runs it (tests: ``ip netns exec NS``).
     """
 
     def __init__(self, name: str, env: Mapping[str, str], queues: Sequence[str] = (),
                  concurrency: int = 1, log_path: Path | None = None,
-                 extra_args: Sequence[str] = (), app: str = "host", loglevel: str = "INFO") -> None:
+                 extra_args: Sequence[str] = (), app: str = "host", loglevel: str = "INFO",
+                 prefix: Sequence[str] = ()) -> None:
+        self.prefix = tuple(prefix)
         self.name = name
         self.env = dict(env)
         self.queues = tuple(queues)
@@ -63,7 +66,7 @@ class WorkerProcess:
 
     def command(self) -> list[str]:
         """The command line that starts this worker."""
-        cmd = [sys.executable, "-m", "celery", "-A", self.app, "worker", "-n", self.name,
+        cmd = [*self.prefix, sys.executable, "-m", "celery", "-A", self.app, "worker", "-n", self.name,
                "-c", str(self.concurrency), "--without-mingle", "--without-gossip",
                "-l", self.loglevel]
         if self.queues:

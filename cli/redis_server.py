@@ -51,11 +51,14 @@ class RedisServer:
     Args:
         port: the port to listen on (a free one when None).
         appendonly: keep an append-only file, so a restart keeps the data.
+        bind: the addresses it listens on (tests add a network namespace's link).
     """
 
-    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(self, port: int | None = None, appendonly: bool = False,
+                 bind: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.bind = bind
         self._dir = tempfile.TemporaryDirectory(prefix="host-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -66,7 +69,10 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start the server and wait until it answers PING."""
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+        # Beyond loopback (a test's own network namespace) only with protected mode off.
+        protected = "yes" if set(self.bind) <= {"127.0.0.1", "::1"} else "no"
+        args = [redis_server_binary(), "--port", str(self.port), "--bind", *self.bind,
+                "--protected-mode", protected,
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log")]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

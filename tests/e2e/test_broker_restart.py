@@ -48,8 +48,8 @@ class TestBrokerRestart:
 
         Each restart lands, now and then, between a worker's BRPOP and its unacknowledged
         record: stock kombu lost that tweet (1 in 1,000, in about one run of four with a single
-        restart); host's transport puts it back (``message_orphaned`` / ``message_put_back``
-        in the worker logs)."""
+        restart); host's transport takes and records a message in one atomic step, so the
+        visibility sweep hands it out again."""
         import os
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}

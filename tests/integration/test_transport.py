@@ -1,9 +1,10 @@
-"""The transport's orphan keeping, on a real redis-server, with the broker's failure injected at
-the one moment that matters: after BRPOP took the message, before its unacked record is written."""
+"""The transport's atomic take, on a real redis-server: a message is always in its queue or in
+the unacknowledged hash, whatever happens to the reply that carries it to the worker."""
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,79 +16,107 @@ from kombu.transport import redis as kombu_redis
 from broker_config import transport
 from cli.redis_server import RedisServer
 
-QUEUE = Queue("orphan-test", Exchange("orphan-test"), routing_key="orphan-test")
+QUEUE = Queue("take-test", Exchange("take-test"), routing_key="take-test")
+OTHER = Queue("take-other", Exchange("take-other"), routing_key="take-other")
 
 
 @pytest.fixture
 def conn(redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[Connection]:
     with Connection(redis_server.url, transport="broker_config.transport:Transport",
-                    transport_options={"visibility_timeout": 3600}) as c:
+                    transport_options={"visibility_timeout": 1, "unacked_restore_interval": 0.2,
+                                       "unacked_restore_throttle": 1}) as c:
         yield c
 
 
-def publish(conn: Connection, body: str) -> None:
+def publish(conn: Connection, body: str, queue: Queue = QUEUE) -> None:
     with conn.Producer() as producer:
-        producer.publish(body, exchange=QUEUE.exchange, routing_key="orphan-test",
-                         declare=[QUEUE], serializer="json")
+        producer.publish(body, exchange=queue.exchange, routing_key=queue.routing_key,
+                         declare=[queue], serializer="json")
 
 
-def receive(conn: Connection, timeout: float = 5.0) -> list[Any]:
+def receive(conn: Connection, timeout: float = 5.0, queues: tuple[Queue, ...] = (QUEUE,),
+            limit: int = 1) -> list[Any]:
     got: list[Any] = []
 
     def on_message(body: Any, message: Any) -> None:
         got.append(body)
         message.ack()
 
-    with conn.Consumer([QUEUE], callbacks=[on_message]), contextlib.suppress(TimeoutError):
-        conn.drain_events(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    with conn.Consumer(list(queues), callbacks=[on_message]), contextlib.suppress(TimeoutError):
+        while len(got) < limit and time.monotonic() < deadline:
+            conn.drain_events(timeout=max(0.01, deadline - time.monotonic()))
     return got
 
 
-ORIGINAL_APPEND = kombu_redis.QoS.append
+def take(redis_client: redis.Redis, *queues: str) -> Any:
+    """The script exactly as the channel sends it: what Redis does whether or not the reply
+    ever reaches the worker."""
+    return redis_client.eval(transport.TAKE_SCRIPT, len(queues) + 2, *queues, "unacked",
+                             "unacked_index", repr(time.time()), *["1"] * len(queues))
 
 
-def broker_gone(record_first: bool) -> Any:
-    """A QoS.append that fails once as if Redis vanished after the message left its list:
-    before writing the unacked record, or (``record_first``) after it, losing only the reply."""
-    calls: list[int] = []
-
-    def append(qos: Any, message: Any, delivery_tag: str) -> None:
-        if calls:
-            return ORIGINAL_APPEND(qos, message, delivery_tag)
-        calls.append(1)
-        if record_first:
-            ORIGINAL_APPEND(qos, message, delivery_tag)
-        raise redis.ConnectionError("Connection reset by peer (injected)")
-
-    return append
-
-
-class TestOrphans:
-    def test_a_message_taken_while_the_broker_vanished_is_put_back(
-            self, conn: Connection, redis_client: redis.Redis,
-            monkeypatch: pytest.MonkeyPatch) -> None:
+class TestAtomicTake:
+    def test_a_taken_message_is_always_recorded(self, conn: Connection,
+                                                redis_client: redis.Redis) -> None:
+        """Popped and recorded in one step: the reply lost, the record brings it back once."""
         publish(conn, "tweet-1")
-        monkeypatch.setattr(kombu_redis.QoS, "append", broker_gone(record_first=False))
-        with pytest.raises(redis.ConnectionError):
-            receive(conn)
-        # Taken off the list, recorded nowhere in Redis: only the orphan list has it
-        assert transport.orphans() == 1
-        assert redis_client.llen("orphan-test") == 0 and redis_client.hlen("unacked") == 0
-        # The channel talks to Redis again: the orphan goes back first and is delivered
-        assert receive(conn) == ["tweet-1"]
-        assert transport.orphans() == 0 and redis_client.hlen("unacked") == 0
+        key, _ = take(redis_client, "take-test")
+        assert key == b"take-test"
+        # the worker never saw the reply: the message is in no queue, but it is recorded ...
+        assert redis_client.llen("take-test") == 0 and redis_client.hlen("unacked") == 1
+        # ... so the visibility sweep hands it out again, once
+        assert receive(conn, timeout=10) == ["tweet-1"]
+        assert receive(conn, timeout=1.5) == []
+        assert redis_client.hlen("unacked") == 0 and redis_client.llen("take-test") == 0
 
-    def test_an_orphan_whose_record_was_written_is_not_put_back_twice(
+    def test_stock_brpop_loses_what_it_popped(self, conn: Connection,
+                                              redis_client: redis.Redis) -> None:
+        """The window the take closes: kombu's BRPOP with its reply lost leaves nothing."""
+        publish(conn, "tweet-2")
+        assert redis_client.brpop(["take-test"], timeout=1) is not None
+        assert redis_client.llen("take-test") == 0 and redis_client.hlen("unacked") == 0
+        assert receive(conn, timeout=2.5) == []
+
+    def test_a_failure_recording_it_again_loses_nothing(
             self, conn: Connection, redis_client: redis.Redis,
             monkeypatch: pytest.MonkeyPatch) -> None:
-        """The record reached Redis and only the reply was lost: the visibility timeout
-        brings the message back; putting it back too would run it twice."""
-        publish(conn, "tweet-2")
-        monkeypatch.setattr(kombu_redis.QoS, "append", broker_gone(record_first=True))
+        """The broker vanishing as kombu re-records the message: it is recorded already."""
+        publish(conn, "tweet-3")
+        calls: list[int] = []
+        original = kombu_redis.QoS.append
+
+        def append(qos: Any, message: Any, tag: str) -> None:
+            if not calls:
+                calls.append(1)
+                raise redis.ConnectionError("Connection reset by peer (injected)")
+            original(qos, message, tag)
+
+        monkeypatch.setattr(kombu_redis.QoS, "append", append)
         with pytest.raises(redis.ConnectionError):
             receive(conn)
+        assert redis_client.hlen("unacked") == 1
         monkeypatch.undo()
-        assert transport.orphans() == 1 and redis_client.hlen("unacked") == 1
-        assert receive(conn, timeout=1.0) == []
-        assert transport.orphans() == 0 and redis_client.llen("orphan-test") == 0
-        assert redis_client.hlen("unacked") == 1  # left for the visibility sweep
+        assert receive(conn, timeout=10) == ["tweet-3"]
+
+    def test_every_queue_is_served_in_turn_and_idle_waits_are_short(
+            self, conn: Connection) -> None:
+        """Two queues, both served; a message published while idle arrives within 0.5 s."""
+        for i in range(3):
+            publish(conn, f"a{i}")
+            publish(conn, f"b{i}", OTHER)
+        got = receive(conn, queues=(QUEUE, OTHER), limit=6)
+        assert sorted(got) == ["a0", "a1", "a2", "b0", "b1", "b2"]
+        def on_message(body: Any, message: Any) -> None:
+            got.append(body)
+            message.ack()
+
+        with conn.Consumer([QUEUE], callbacks=[on_message]):
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.5)  # idle: the channel backs off to 100 ms waits
+            sent = time.monotonic()
+            publish(conn, "late")
+            while "late" not in got and time.monotonic() - sent < 5:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.2)
+            assert "late" in got and time.monotonic() - sent < 0.5

@@ -90,7 +90,8 @@ class TestMalformedMessages:
             timeout=20)
         assert record["worker"] == worker.name and record["status"] == "analysed"
         assert redis_client.llen("tweets") == 0
-        wait_until(lambda: redis_client.hlen("unacked") == 0, 10, "every message settled")
+        wait_until(lambda: redis_client.hlen("unacked") == 0, 10,
+                   f"every message settled ({redis_client.hvals('unacked')!r:.600})")
 
     def test_a_rejected_message_answers_its_caller(self, app: HostCelery,
                                                    start_worker: WorkerFactory) -> None:
