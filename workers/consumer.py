@@ -28,9 +28,10 @@ from typing import Any
 
 from celery.worker.consumer import Consumer
 
+from broker_config.app import settings_of
 from broker_config.queues import is_work_queue
 from workers import gate
-from workers.deadletter import DeadLetterStore, RedisDeadLetterStore
+from workers.deadletter import store_of
 from workers.inbound import truncate
 from workers.logs import get_logger
 from workers.requests import REQUEUED
@@ -91,7 +92,7 @@ class HostConsumer(Consumer):
 
     def _problem(self, message: Any) -> tuple[str, str] | None:
         """(reason code, detail) when the message is no task host can run, else None."""
-        settings = _settings(self.app)
+        settings = settings_of(self.app)
         headers = message.headers
         if not isinstance(headers, dict) or "task" not in headers:
             return ("unsupported_protocol", "no task header: protocol v1 or not a Celery message")
@@ -135,7 +136,7 @@ class HostConsumer(Consumer):
                   "queue": queue, "task": headers.get("task"), "worker": self.hostname,
                   "at": time.time()}
         try:
-            _store(self.app).record([record])
+            store_of(self.app).record([record])
         except Exception as exc:  # the record is logged above: never lose the worker for it
             log.error("dead_letter_write_failed", error=str(exc), reason=code)
 
@@ -169,7 +170,7 @@ def dead_letter_raw(app: Any, raw: bytes, queue: str, code: str, detail: str) ->
     record = {"status": "rejected", "ref": "", "reason": code, "detail": detail,
               "raw": truncate(raw), "stage": "transport", "queue": queue, "at": time.time()}
     try:
-        _store(app).record([record])
+        store_of(app).record([record])
     except Exception as exc:
         log.error("dead_letter_write_failed", error=str(exc), reason=code)
 
@@ -182,19 +183,3 @@ def _settle(message: Any, errors: Any) -> None:
 @cache
 def _signature(task: Any) -> inspect.Signature:
     return inspect.signature(task.run)
-
-
-def _settings(app: Any) -> Any:
-    from broker_config.app import settings_of
-
-    return settings_of(app)
-
-
-def _store(app: Any) -> DeadLetterStore:
-    settings = _settings(app)
-    return _stores(settings.effective_store_url, settings.deadletter_keep)
-
-
-@cache
-def _stores(url: str, keep: int) -> RedisDeadLetterStore:
-    return RedisDeadLetterStore.from_url(url, keep)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from functools import cache
 from typing import Any, Protocol
 
 import redis
@@ -63,6 +64,20 @@ class RedisDeadLetterStore:
     def latest(self, n: int = 10) -> list[dict[str, Any]]:
         """The newest records, newest first."""
         return [json.loads(r) for r in self._client.lrange(keys.DEADLETTER, 0, n - 1)]
+
+
+def store_of(app: Any) -> RedisDeadLetterStore:
+    """The dead-letter store of a host app's settings (one client per process)."""
+    from broker_config.app import settings_of
+
+    settings = settings_of(app)
+    return _cached(settings.effective_store_url, settings.deadletter_keep)
+
+
+@cache
+def _cached(url: str, keep: int) -> RedisDeadLetterStore:
+    # redis-py reconnects after a fork or a broker restart: one client serves a process.
+    return RedisDeadLetterStore.from_url(url, keep)
 
 
 class InMemoryDeadLetterStore:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from functools import cache
 from typing import Any
 
 from celery import Task, shared_task
@@ -12,7 +11,7 @@ from celery import Task, shared_task
 from broker_config.app import settings_of
 from workers import inject, tally
 from workers.analysis import RunContext, analyse_envelope, analyse_many, keep_dead_letters
-from workers.deadletter import RedisDeadLetterStore
+from workers.deadletter import store_of
 from workers.inbound import Limits
 from workers.requests import HostTask
 
@@ -23,7 +22,7 @@ def analyse(self: Task[Any, Any], envelope: object) -> dict[str, Any]:
     injection = _injected()
     context = _context(self)
     results = [analyse_envelope(envelope, context)]
-    keep_dead_letters(results, _store_for(self.app))
+    keep_dead_letters(results, store_of(self.app))
     tally.count(results, context.queue)
     return inject.distort(results[0], injection, random.random())
 
@@ -35,7 +34,7 @@ def analyse_batch(self: Task[Any, Any], envelopes: object) -> list[dict[str, Any
     settings = settings_of(self.app)
     context = _context(self)
     results = analyse_many(envelopes, context, settings.max_batch)
-    keep_dead_letters(results, _store_for(self.app))
+    keep_dead_letters(results, store_of(self.app))
     tally.count(results, context.queue)
     return [inject.distort(r, injection, random.random()) for r in results]
 
@@ -64,14 +63,3 @@ def limits_of(settings: Any) -> Limits:
     """The input limits a worker applies, from its settings."""
     return Limits(settings.max_line_bytes, settings.max_text_chars, settings.max_emoji,
                   settings.input_cpu_budget)
-
-
-def _store_for(app: Any) -> RedisDeadLetterStore:
-    settings = settings_of(app)
-    return _store(settings.effective_store_url, settings.deadletter_keep)
-
-
-@cache
-def _store(url: str, keep: int) -> RedisDeadLetterStore:
-    # One client per process; redis-py reconnects after a fork or a broker restart.
-    return RedisDeadLetterStore.from_url(url, keep)

@@ -505,3 +505,17 @@ class TestHeldThroughOtherSignals:
         fleet.observe(ProbeResult("w1", 3.1, "ok"))
         assert fleet.workers["w1"].held and fleet.figures().held_back == 1
         assert fleet.guard_engaged
+
+
+class TestFailuresOnMostWorkers:
+    def test_one_task_failing_everywhere_is_blamed_on_the_input(self) -> None:
+        """Three of four fail every task at once: nobody is ejected, the inputs are suspect."""
+        fleet = Fleet()
+        for i in range(4):
+            fleet.observe(wear(f"w{i}", at=0))
+        for i in range(3):
+            fleet.observe(wear(f"w{i}", at=1, completed=0, failed=20, consecutive_failures=20))
+        decision = fleet.tick(1.5)
+        assert fleet.by_state()[State.DRAINING] == 0 and decision.guard_engaged
+        assert all("suspecting the inputs" in fleet.workers[f"w{i}"].reason for i in range(3))
+        assert fleet.figures().held_back == 3
