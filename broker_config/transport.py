@@ -25,6 +25,7 @@ broker URL keeps its scheme: tools that read it (Flower's broker page) see a Red
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -35,6 +36,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import NoScriptError
 
 from workers.logs import get_logger
 
@@ -42,6 +44,7 @@ log = get_logger(__name__)
 
 #: The atomic take (take.lua).
 TAKE_SCRIPT = (resources.files("broker_config") / "take.lua").read_text(encoding="utf-8")
+TAKE_SHA = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
 #: A key nobody writes: a short BLPOP on it is a wait that keeps the event loop free.
 IDLE_KEY = "host:transport:idle"
 
@@ -90,6 +93,7 @@ class Channel(kombu_redis.Channel):
     IDLE_WAIT_S = (0.005, 0.1)
     _idle_s = 0.0
     _sent = ""
+    _load = True
     #: Queues consumed with no_ack (reply queues): popped, never recorded.
     _no_ack: frozenset[str] = frozenset()
 
@@ -108,10 +112,13 @@ class Channel(kombu_redis.Channel):
         order = [(queue, pri) for pri in self.priority_steps for queue in queues]
         keys = [prefix + self._q_for_pri(q, pri) for q, pri in order]  # type: ignore[attr-defined]
         acked = ["0" if q in self._no_ack else "1" for q, _ in order]
-        self._sent = "EVAL"
+        # By its digest once Redis knows the script; by its text after a NOSCRIPT (a new or
+        # restarted Redis), which also loads it.
+        self._sent = "EVAL" if self._load else "EVALSHA"
         self.client.connection.send_command(
-            "EVAL", TAKE_SCRIPT, len(keys) + 2, *keys, prefix + self.unacked_key,
-            prefix + self.unacked_index_key, repr(time.time()), *acked)
+            self._sent, TAKE_SCRIPT if self._load else TAKE_SHA, len(keys) + 2, *keys,
+            prefix + self.unacked_key, prefix + self.unacked_index_key, repr(time.time()),
+            *acked)
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         """kombu's, remembering the queues consumed without acknowledgements."""
@@ -133,6 +140,11 @@ class Channel(kombu_redis.Channel):
             except self.connection_errors:  # type: ignore[attr-defined]
                 self.client.connection.disconnect()
                 raise
+            except NoScriptError:
+                self._load = True  # nothing was taken: send the script itself next time
+                raise Empty() from None
+            if sent == "EVAL":
+                self._load = False
             if sent == "BLPOP":
                 self._idle_s = 0.0  # waited: take again
                 # A consumer without an event loop (no sweep timer) swept for expired messages

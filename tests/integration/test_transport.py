@@ -120,3 +120,14 @@ class TestAtomicTake:
                 with contextlib.suppress(TimeoutError):
                     conn.drain_events(timeout=0.2)
             assert "late" in got and time.monotonic() - sent < 0.5
+
+    def test_a_redis_that_forgot_the_script_is_taught_it_again(
+            self, conn: Connection, redis_client: redis.Redis) -> None:
+        """Taken by digest once loaded; after SCRIPT FLUSH (as after a restart) by its text."""
+        publish(conn, "first")
+        assert receive(conn) == ["first"]
+        assert redis_client.script_exists(transport.TAKE_SHA) == [True]
+        redis_client.script_flush()
+        publish(conn, "second")
+        assert receive(conn) == ["second"]
+        assert redis_client.script_exists(transport.TAKE_SHA) == [True]
