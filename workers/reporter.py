@@ -87,7 +87,7 @@ class WearReporter(bootsteps.StartStopStep):
             "inflight": len(worker_state.active_requests) + len(worker_state.reserved_requests),
             "queues": gate.configured_work_queues(c),
             "requeued": dict(REQUEUED),
-            **tally.snapshot(),
+            **_with_dead_letters(tally.snapshot()),
             "control_refused": control.refused_counts(),
             "dead_letters": dict(REJECTED),
             "subscriptions_undone": dict(gate.UNDONE),
@@ -114,6 +114,14 @@ class WearReporter(bootsteps.StartStopStep):
                 g.self_protected = reason
                 log.warning("self_protection", reason=reason)
                 return
+
+
+def _with_dead_letters(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The pool's inbound counts, plus the messages the consumer dead-lettered (rejected
+    inputs too, though no task ever ran for them)."""
+    inbound = dict(counts.get("inbound", {}))
+    inbound["rejected"] = inbound.get("rejected", 0) + sum(REJECTED.values())
+    return {**counts, "inbound": inbound}
 
 
 #: Metrics whose hard limits a worker enforces on itself: running out of memory or overheating

@@ -11,6 +11,7 @@ from broker_config.app import HostCelery
 from broker_config.queues import verify_queue_name
 from tests.conftest import WorkerFactory
 from tests.support.cli import celery
+from tests.support.events import EventTap
 from tests.support.polling import consumed, wait_until
 from workers.analysis import envelope
 
@@ -86,6 +87,10 @@ class TestMalformedMessages:
             f'{r["reason"]}: {r["detail"][:70]}' for r in store.latest(100))
         assert {r["queue"] for r in store.latest(100)} == {"tweets"}
         assert worker.alive()
+        with EventTap(app) as tap:
+            report = tap.wait_for("worker-wear", lambda e: e["inbound"]["rejected"] >= len(items),
+                                  hostname=worker.name)
+        assert sum(report["dead_letters"].values()) == len(items)  # counted, by reason
         record = app.send_task("host.analyse", args=[envelope("mm:1", "still fine :)")]).get(
             timeout=20)
         assert record["worker"] == worker.name and record["status"] == "analysed"
