@@ -29,7 +29,6 @@ from typing import Any
 from celery.worker.consumer import Consumer
 
 from broker_config.app import settings_of
-from broker_config.queues import is_work_queue
 from workers import gate
 from workers.deadletter import store_of
 from workers.inbound import truncate
@@ -57,7 +56,7 @@ class HostConsumer(Consumer):
 
         def on_task_received(message: Any) -> Any:
             queue = str((message.delivery_info or {}).get("routing_key"))
-            if is_work_queue(queue) and not gate.is_open_locally():
+            if gate.holds_back(queue):
                 return self._hand_back(message, queue)
             problem = self._problem(message)
             if problem is not None:

@@ -22,7 +22,6 @@ from typing import Any
 
 from celery.worker.control import Panel, control_command
 
-from broker_config.queues import is_work_queue
 from broker_config.settings import GUARDED_BUILTINS
 from broker_config.signing import SIGNATURE_FIELDS, NonceMemory, Verifier
 from workers import gate, inject
@@ -81,8 +80,7 @@ def _guarded(name: str, original: Callable[..., Any], allowed: bool,
                                f"refused: {reason or 'unsigned'} ({name} changes what a host "
                                "worker consumes or can do: sign it, or name it in "
                                "HOST_ALLOW_CONTROL)")
-        if name == "add_consumer" and is_work_queue(str(arguments.get("queue"))) and not (
-                gate.allows(str(arguments.get("queue")), worker)):
+        if name == "add_consumer" and not gate.allows(str(arguments.get("queue")), worker):
             return _refuse(name, "out_of_rotation", worker,
                            f"refused: {worker} is out of rotation; only the checker's admit "
                            "puts it back on a work queue")

@@ -17,7 +17,7 @@ import multiprocessing
 import time
 from typing import Any
 
-from broker_config.queues import is_work_queue
+from broker_config.queues import verify_queue_name
 from workers.logs import get_logger
 
 log = get_logger(__name__)
@@ -37,8 +37,9 @@ class Gate:
         return bool(self._open.value)
 
     def allows(self, queue: str | None) -> bool:
-        """Whether a task that came from ``queue`` may start now (verify-queue tasks always may)."""
-        return self.is_open() or (queue is not None and not is_work_queue(queue))
+        """Whether a task that came from ``queue`` may start now (from this worker's own verify
+        queue always; from any other queue only while the gate is open)."""
+        return self.is_open() or not in_rotation_only(queue)
 
     def close(self, reason: str) -> None:
         """Refuse work-queue tasks from now on."""
@@ -53,13 +54,22 @@ class Gate:
 
 
 _gate: Gate | None = None
+#: This worker's own verify queue: the one queue it consumes out of rotation.
+_verify = ""
 
 
-def install_gate(open_: bool, reason: str) -> Gate:
+def install_gate(open_: bool, reason: str, worker: str = "") -> Gate:
     """Create this worker's gate (main process, before the pool forks)."""
-    global _gate
+    global _gate, _verify
     _gate = Gate(open_, reason)
+    _verify = verify_queue_name(worker) if worker else ""
     return _gate
+
+
+def in_rotation_only(queue: str | None) -> bool:
+    """True for every queue but this worker's own verify queue — the work queues, and any
+    other queue somebody made it consume: a worker out of rotation takes from none of them."""
+    return queue != _verify or not queue
 
 
 def gate() -> Gate | None:
@@ -73,7 +83,7 @@ def allows(queue: str | None, worker: str | None = None) -> bool:
     Both the local flag (set by the drain command) and the checker's gate key in the store
     (set at the verdict) must be open. When the store does not answer, the local flag decides.
     """
-    if _gate is None or (queue is not None and not is_work_queue(queue)):
+    if _gate is None or not in_rotation_only(queue):
         return True
     if not _gate.is_open():
         return False
@@ -141,9 +151,10 @@ def checker_epoch() -> int | None:
     return int(value) if value else 0
 
 
-def is_open_locally() -> bool:
-    """The local flag alone (True outside a host worker): cheap enough for every message."""
-    return _gate is None or _gate.is_open()
+def holds_back(queue: str | None) -> bool:
+    """The local flag alone, cheap enough for every message: True when a message from
+    ``queue`` must be handed back (out of rotation, and not from the own verify queue)."""
+    return _gate is not None and not _gate.is_open() and in_rotation_only(queue)
 
 
 #: Work-queue subscriptions a worker out of rotation undid itself, and how often.
@@ -220,9 +231,9 @@ def status(consumer: Any) -> dict[str, Any]:
 
 
 def consuming_work_queues(consumer: Any) -> list[str]:
-    """Work queues the consumer is subscribed to right now."""
+    """Queues the consumer is subscribed to right now, its own verify queue aside."""
     queues = consumer.task_consumer.queues if consumer.task_consumer else []
-    return sorted(q.name for q in queues if is_work_queue(q.name))
+    return sorted(q.name for q in queues if in_rotation_only(q.name))
 
 
 def configured_work_queues(consumer: Any) -> list[str]:
@@ -241,7 +252,7 @@ _configured: dict[str, tuple[str, ...]] = {}
 
 def remember_configured(worker: str, queues: list[str]) -> None:
     """Record the work queues a worker was started with (before any drain deselects them)."""
-    _configured[worker] = tuple(q for q in queues if is_work_queue(q))
+    _configured[worker] = tuple(q for q in queues if q != verify_queue_name(worker))
 
 
 def _require() -> Gate:

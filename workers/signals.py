@@ -57,10 +57,10 @@ def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
     if reason is not None:
         for name in gate.configured_work_queues_of(sender):
             queues.deselect(name)
-        gate.install_gate(False, f"restarted while held out: {reason}")
+        gate.install_gate(False, f"restarted while held out: {reason}", sender)
         log.warning("starting_out_of_rotation", reason=reason)
     else:
-        gate.install_gate(True, "clean start")
+        gate.install_gate(True, "clean start", sender)
 
 
 def _install_injection(sender: Any, **_: Any) -> None:

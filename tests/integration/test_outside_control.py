@@ -111,13 +111,22 @@ class TestCeleryBuiltins:
 
     def test_an_out_of_rotation_worker_is_never_resubscribed(
             self, app: HostCelery, start_worker: WorkerFactory, host_env: dict[str, str]) -> None:
-        """Even allowed, add_consumer of a work queue is refused while the gate is closed."""
+        """Even allowed, add_consumer of any queue — a work queue, Celery's default one — is
+        refused while the gate is closed; extra queues it was given in rotation go too."""
         worker = start_worker("ob4", env={"HOST_ALLOW_CONTROL": "add_consumer"})
+        broker = host_env["HOST_BROKER_URL"]
+        proc = plain_celery(broker, "control", "add_consumer", "celery", "-d", worker.name)
+        assert "celery" in consumed(app, worker.name), proc.stdout  # in rotation: allowed
         assert control_reply(app, "host_drain", worker.name, {"reason": "test"}) is not None
-        proc = plain_celery(host_env["HOST_BROKER_URL"], "control", "add_consumer", "tweets",
-                            "-d", worker.name)
-        assert "out of rotation" in proc.stdout, proc.stdout
         assert consumed(app, worker.name) == [f"host.verify.{worker.name}"]
+        for queue in ("tweets", "celery", "anything"):
+            proc = plain_celery(broker, "control", "add_consumer", queue, "-d", worker.name)
+            assert "out of rotation" in proc.stdout, proc.stdout
+        assert consumed(app, worker.name) == [f"host.verify.{worker.name}"]
+        # admitted again, it consumes the queues it was started with
+        assert control_reply(app, "host_admit", worker.name, {"reason": "test"}) is not None
+        assert consumed(app, worker.name) == sorted(["bulk", "default", "tweets",
+                                                     f"host.verify.{worker.name}"])
 
 
 class TestReplay:
