@@ -60,7 +60,7 @@ class HostConsumer(Consumer):
                 return self._hand_back(message, queue)
             problem = self._problem(message)
             if problem is not None:
-                return self._dead_letter(message, queue, *problem)
+                return self._dead_letter(message, *problem)
             return receive(message)
 
         return on_task_received
@@ -119,7 +119,7 @@ class HostConsumer(Consumer):
             return ("bad_arguments", f"{headers['task']}: {exc}")
         return None
 
-    def _dead_letter(self, message: Any, queue: str | None, code: str, detail: str) -> None:
+    def _dead_letter(self, message: Any, code: str, detail: str) -> None:
         self._record(message, code, detail)
         _settle(message, self.connection_errors)  # type: ignore[attr-defined]
         self._fail_caller(message, code, detail)
