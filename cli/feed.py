@@ -258,6 +258,13 @@ def _collect(app: Celery, results: list[AsyncResult[Any]], pending: dict[str, li
             return
         except (Stalled, _Done):
             return
+        except RuntimeError as exc:
+            # Celery's result consumer gives up after its retries ("Retry limit exceeded while
+            # trying to reconnect to the Celery result store"): the store is gone for good.
+            if not isinstance(exc.__cause__, BROKEN):
+                raise
+            report.unreachable = f"the result store is gone: {exc.__cause__}"
+            return
         except BROKEN as exc:  # the backend went away mid-wait: wait on what is still pending
             time.sleep(POLL_S / 4)
             if time.monotonic() - clock["last"] > idle_timeout:

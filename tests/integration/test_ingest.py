@@ -245,3 +245,38 @@ class TestAnyFile:
         proc = celery("ingest", str(src), env=env, timeout=60)
         assert proc.returncode == 3, proc.stderr
         assert "unreachable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class TestGoneForGood:
+    def test_a_broker_that_dies_mid_run_is_exit_3(self, tmp_path: Path) -> None:
+        """Everything sent, no worker, then Redis gone for good: exit 3, one line, no traceback."""
+        import subprocess
+        import sys
+        import time
+
+        from cli.redis_server import RedisServer
+        from tests.support.cli import REPO
+
+        server = RedisServer().start()
+        src = tmp_path / "some.txt"
+        src.write_text("".join(f"tweet {i}\n" for i in range(50)))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
+        env["HOST_BROKER_URL"] = server.url
+        proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "ingest",
+                                 str(src), "--timeout", "5", "--out", str(tmp_path / "o.jsonl")],
+                                env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            client = redis.Redis.from_url(server.url)
+            deadline = time.monotonic() + 30
+            while client.llen("tweets") < 50 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert client.llen("tweets") == 50
+            server.stop()
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            server.stop()
+        assert proc.returncode == 3, err[-2000:]
+        assert "Traceback" not in err and "result store is gone" in err
