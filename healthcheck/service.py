@@ -20,7 +20,7 @@ from typing import Any
 from celery import Celery
 
 from broker_config.queues import verify_queue_name
-from broker_config.signing import Verifier
+from broker_config.signing import NonceMemory, Verifier
 from healthcheck.actuator import Actuator, Reply
 from healthcheck.errors import HealthcheckError, LeaseLost
 from healthcheck.intake import WEAR_EVENT, observation
@@ -58,7 +58,8 @@ class Checker:
                  tick_s: float = 0.25, reconcile_s: float = 2.0, secret: str = "",
                  previous_secret: str = "", prober: Prober | None = None,
                  leadership: Leadership | None = None, forget_after_s: float = 3600.0,
-                 depths: Callable[[], Mapping[str, int]] | None = None) -> None:
+                 depths: Callable[[], Mapping[str, int]] | None = None,
+                 nonces: NonceMemory | None = None) -> None:
         self.fleet = fleet
         self.store = store
         self.actuator = actuator
@@ -78,7 +79,7 @@ class Checker:
         self._unsaved_audit: list[dict[str, Any]] = []
         self._last_correction: dict[str, float] = {}
         self._reports: dict[str, dict[str, Any]] = {}
-        self._verifier = Verifier(secret, clock, previous=previous_secret)
+        self._verifier = Verifier(secret, clock, previous=previous_secret, nonces=nonces)
         self.prober = prober
         self.leadership = leadership
         self._refreshed = 0.0

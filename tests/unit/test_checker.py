@@ -220,6 +220,29 @@ class TestOperatorRequests:
         assert checker.fleet.workers["w1"].state is State.HEALTHY
 
 
+    def test_a_request_replayed_to_a_restarted_checker_is_refused(self) -> None:
+        """Operators' nonces outlive the checker: a new one refuses the captured request."""
+        from broker_config.signing import sign
+        from tests.unit.test_signing import MemoryNonces
+
+        store, nonces, clock = InMemoryHealthStore(), MemoryNonces(), Clock()
+        first = Checker.from_store(store, InMemoryActuator(), PolicyConfig(), clock=clock, seed=1,
+                                   secret="k", nonces=nonces)
+        first.handle(wear_event("w1"), clock())
+        captured = sign("k", "operator:quarantine", {"id": "r1", "action": "quarantine",
+                                                     "worker": "w1", "reason": "x"},
+                        "checker", clock())
+        store.requests.append(dict(captured))
+        first.tick(clock())
+        assert store.replies["r1"]["ok"] is True
+        again = Checker.from_store(store, InMemoryActuator(), PolicyConfig(), clock=clock,
+                                   seed=1, secret="k", nonces=nonces)
+        store.requests.append({**captured, "id": "r1"})
+        store.replies.pop("r1")
+        again.tick(clock())
+        assert store.replies["r1"]["error"] == "refused: replayed"
+
+
 class TestRefusalMetrics:
     def test_refusals_reported_by_workers_are_exported(self) -> None:
         """Workers' refused commands show as host_control_commands_total{outcome=refused_*}."""
