@@ -23,6 +23,7 @@ import inspect
 import json
 import logging
 import time
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -95,6 +96,11 @@ class HostConsumer(Consumer):
         headers = message.headers
         if not isinstance(headers, dict) or "task" not in headers:
             return ("unsupported_protocol", "no task header: protocol v1 or not a Celery message")
+        if not isinstance(headers["task"], str) or not isinstance(headers.get("id"), str):
+            return ("invalid_task", "the task and id headers must be strings")
+        for key in ("retries", "eta", "expires", "timelimit", "parent_id", "root_id", "group"):
+            if key in headers and not _plausible(key, headers[key]):
+                return ("invalid_task", f"header {key}={truncate(headers[key], 40)!s}")
         if message.content_type != "application/json":
             return ("content_disallowed", f"content type {message.content_type!r}: host takes JSON")
         if headers.get("compression"):
@@ -159,6 +165,26 @@ class HostConsumer(Consumer):
         message.reject_log_error(_kombu_log, self.connection_errors,  # type: ignore[attr-defined]
                                  requeue=True)
         gate.undo_subscriptions(self, f"received from {queue} while out of rotation")
+
+
+def _plausible(key: str, value: Any) -> bool:
+    """Whether a protocol-2 header has a shape Celery can use (None is always fine)."""
+    if value is None:
+        return True
+    if key == "retries":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if key == "timelimit":
+        return isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value)
+    if key in ("eta", "expires"):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key == "expires":
+            return True
+        try:
+            datetime.fromisoformat(str(value))
+        except ValueError:
+            return False
+        return isinstance(value, str)
+    return isinstance(value, str)
 
 
 def dead_letter_raw(app: Any, raw: bytes, queue: str, code: str, detail: str) -> None:

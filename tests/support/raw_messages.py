@@ -64,4 +64,13 @@ def malformed() -> dict[str, bytes]:
         "bad_arguments": envelope(task_body(good, "one too many"), task_headers()),
         "bad_arguments:kwargs": envelope(task_body(good, colour="red"), task_headers()),
         "oversize": envelope(task_body("x" * 9_000_000), task_headers()),
+        "invalid_task:task_not_a_string": envelope(task_body(good),
+                                                   {**task_headers(), "task": ["x"]}),
+        "invalid_task:task_a_number": envelope(task_body(good), {**task_headers(), "task": 123}),
+        "invalid_task:no_id": envelope(task_body(good), {k: v for k, v in task_headers().items()
+                                                          if k != "id"}),
+        "invalid_task:bad_eta": envelope(task_body(good), task_headers(eta={"not": "a date"})),
+        "invalid_task:bad_retries": envelope(task_body(good), task_headers(retries="many")),
+        "invalid_task:bad_timelimit": envelope(task_body(good), task_headers(timelimit="1")),
+        "invalid_task:eta_not_a_date": envelope(task_body(good), task_headers(eta="yesterday")),
     }
