@@ -25,6 +25,7 @@ broker URL keeps its scheme: tools that read it (Flower's broker page) see a Red
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 from collections.abc import Callable
@@ -76,10 +77,25 @@ def envelope_problem(payload: Any) -> str | None:
     properties = payload.get("properties")
     if not isinstance(properties, dict) or "delivery_tag" not in properties:
         return "no properties.delivery_tag"
-    if not isinstance(properties.get("delivery_info", {}), dict):
+    info = properties.get("delivery_info", {})
+    if not isinstance(info, dict):
         return "properties.delivery_info is not an object"
-    if not isinstance(payload.get("body", ""), str):
+    if not all(isinstance(info.get(k, ""), str) for k in ("exchange", "routing_key")):
+        return "properties.delivery_info: exchange and routing_key must be strings"
+    for key in ("content-type", "content-encoding"):
+        if not isinstance(payload.get(key) or "", str):
+            return f"{key} is not a string"
+    body = payload.get("body", "")
+    if not isinstance(body, str):
         return "body is not a string"
+    encoding = properties.get("body_encoding")
+    if encoding not in (None, "base64"):
+        return f"properties.body_encoding {str(encoding)[:20]!r}: kombu writes base64"
+    if encoding == "base64":
+        try:
+            base64.b64decode(body, validate=True)
+        except ValueError:
+            return "body is not base64"
     headers = payload.get("headers")
     if headers is not None and not isinstance(headers, dict):
         return "headers is not an object"
@@ -180,7 +196,16 @@ class Channel(kombu_redis.Channel):
             self._forget(payload)
             undeliverable(item, queue, "not_a_message", problem)
             return
-        self.connection._deliver(payload, queue)
+        try:
+            self.connection._deliver(payload, queue)
+        except self.connection_errors:  # type: ignore[attr-defined]
+            raise  # kombu reconnects; the message is recorded and comes back
+        except Exception as exc:
+            # Anything else a message makes the consumer raise would end the worker (Celery's
+            # "Unrecoverable error"): it is the message's fault, so it is the dead letter.
+            log.exception("message_not_deliverable", queue=queue)
+            self._forget(payload)
+            undeliverable(item, queue, "not_a_message", f"{type(exc).__name__}: {exc}"[:300])
 
     def _forget(self, payload: Any) -> None:
         """Drop the unacknowledged record the take may have written for a bad envelope."""

@@ -131,3 +131,23 @@ class TestAtomicTake:
         publish(conn, "second")
         assert receive(conn) == ["second"]
         assert redis_client.script_exists(transport.TAKE_SHA) == [True]
+
+    def test_a_message_the_consumer_chokes_on_is_handed_to_the_hook(
+            self, conn: Connection, redis_client: redis.Redis,
+            monkeypatch: pytest.MonkeyPatch) -> None:
+        """Past every envelope check, an exception while delivering ends no consumer: the
+        message goes to the undeliverable hook and its record is dropped."""
+        import json
+
+        seen: list[tuple[str, str]] = []
+        monkeypatch.setattr(transport, "undeliverable",
+                            lambda raw, queue, code, detail: seen.append((queue, detail)))
+        monkeypatch.setattr(transport, "envelope_problem", lambda payload: None)
+        publish(conn, "choke")
+        raw = json.loads(redis_client.rpop("take-test"))
+        raw["properties"]["body_encoding"] = "rot13"  # kombu cannot decode it
+        redis_client.lpush("take-test", json.dumps(raw))
+        publish(conn, "after")
+        assert receive(conn) == ["after"]
+        assert seen and seen[0][0] == "take-test"
+        assert redis_client.hlen("unacked") == 0

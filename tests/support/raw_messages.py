@@ -24,6 +24,19 @@ def envelope(body: bytes, headers: dict[str, Any] | None, queue: str = "tweets",
     }).encode()
 
 
+def _tampered(task: bytes, **changes: Any) -> bytes:
+    """A kombu envelope of a good task with some of its fields made wrong."""
+    raw = json.loads(envelope(task, task_headers()))
+    for key, value in changes.items():
+        if key in ("body_encoding",):
+            raw["properties"][key] = value
+        elif key == "routing_key":
+            raw["properties"]["delivery_info"][key] = value
+        else:
+            raw[key] = value
+    return json.dumps(raw).encode()
+
+
 def task_headers(task: str = "host.analyse", task_id: str | None = None,
                  **extra: Any) -> dict[str, Any]:
     """Protocol 2 headers for ``task``."""
@@ -47,6 +60,10 @@ def malformed() -> dict[str, bytes]:
         "not_a_message:list": b"[1, 2, 3]",
         "not_a_message:headers": json.dumps({**json.loads(envelope(task_body(good), None)),
                                              "headers": "oops"}).encode(),
+        "not_a_message:body_encoding": _tampered(task_body(good), body_encoding="rot13"),
+        "not_a_message:not_base64": _tampered(b"", body="%%% not base64 %%%"),
+        "not_a_message:content_type": _tampered(task_body(good), **{"content-type": 123}),
+        "not_a_message:routing_key": _tampered(task_body(good), routing_key=5),
         "unsupported_protocol": envelope(json.dumps(
             {"task": "host.analyse", "id": str(uuid.uuid4()), "args": [good], "kwargs": {}})
             .encode(), headers={}),
