@@ -144,7 +144,7 @@ class TestAtomicTake:
                             lambda raw, queue, code, detail: seen.append((queue, detail)))
         monkeypatch.setattr(transport, "envelope_problem", lambda payload: None)
         publish(conn, "choke")
-        raw = json.loads(redis_client.rpop("take-test"))
+        raw = json.loads(redis_client.rpop("take-test"))  # type: ignore[arg-type]
         raw["properties"]["body_encoding"] = "rot13"  # kombu cannot decode it
         redis_client.lpush("take-test", json.dumps(raw))
         publish(conn, "after")
