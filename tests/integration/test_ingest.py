@@ -168,14 +168,16 @@ class TestIngestAccounting:
         summary = json.loads(proc.stderr.strip().splitlines()[-1])
         assert summary["missing"] == 2 and summary["complete"] is False
 
-    def test_unreachable_broker_is_one_line_and_exit_3(self, host_env: dict[str, str],
+    @pytest.mark.parametrize("setting", ["HOST_BROKER_URL", "HOST_RESULT_BACKEND"])
+    def test_unreachable_broker_is_one_line_and_exit_3(self, setting: str,
+                                                       host_env: dict[str, str],
                                                        tmp_path: Path) -> None:
-        """A broker nobody listens on gives exit code 3 and no traceback."""
+        """A broker or a result store nobody listens on gives exit code 3 and no traceback."""
         from cli.redis_server import free_port
 
         src = tmp_path / "one.txt"
         src.write_text("hello\n")
-        env = {**host_env, "HOST_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+        env = {**host_env, setting: f"redis://127.0.0.1:{free_port()}/0"}
         proc = celery("ingest", str(src), env=env, timeout=60)
         assert proc.returncode == 3, proc.stderr
         assert "unreachable" in proc.stderr
@@ -233,18 +235,6 @@ class TestAnyFile:
         assert sorted(str(r["reason"]) for r in rejected) == ["bad_tsv"] * 2 + [
             "invalid_unicode"] * 4
         assert "Traceback" not in proc.stderr
-
-    def test_a_result_store_nobody_listens_on_is_exit_3(self, host_env: dict[str, str],
-                                                        tmp_path: Path) -> None:
-        """The result store gone: exit 3 and one line, no traceback."""
-        from cli.redis_server import free_port
-
-        src = tmp_path / "one.txt"
-        src.write_text("hello\n")
-        env = {**host_env, "HOST_RESULT_BACKEND": f"redis://127.0.0.1:{free_port()}/0"}
-        proc = celery("ingest", str(src), env=env, timeout=60)
-        assert proc.returncode == 3, proc.stderr
-        assert "unreachable" in proc.stderr and "Traceback" not in proc.stderr
 
 
 class TestGoneForGood:
