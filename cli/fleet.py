@@ -84,7 +84,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         table.add_column(col)
     now = time.time()
     for r in rows:
-        table.add_row(r["worker"], _color(r["state"]), r["reason"][:60],
+        table.add_row(r["worker"], _color(r["state"]), r["reason"][:110],
                       _ago(now - r["since"]), _num(r["wear"].get("cpu_percent")),
                       _num(r["wear"].get("memory_percent")), str(r["inflight"] or 0),
                       ",".join(r["consuming"] or []) or "-")
