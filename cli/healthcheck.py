@@ -7,13 +7,11 @@ import threading
 from types import FrameType
 
 import click
-import redis
 from celery.bin.base import CeleryCommand
 
 from broker_config.app import ConfigurationFailed
 from broker_config.queues import WATCHED_QUEUES, WORK_QUEUES
 from broker_config.settings import ConfigError
-from broker_config.signing import RedisNonces
 from cli.common import check_broker, host_app
 from healthcheck import webconfig
 from healthcheck.actuator import CeleryActuator
@@ -62,8 +60,6 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
         config = dataclasses.replace(config, enforce=False)
     check_broker(app)
     store = RedisHealthStore.from_url(settings.effective_store_url)
-    # operators' requests are signed too: their nonces are kept where restarts cannot forget
-    nonces = RedisNonces(redis.Redis.from_url(settings.effective_store_url, socket_timeout=2))
     actuator = CeleryActuator(app, secret=settings.control_secret)
     actuator.warm()
     try:
@@ -75,7 +71,7 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
                                      previous_secret=settings.control_secret_previous,
                                      prober=prober, leadership=leadership,
                                      forget_after_s=settings.metrics_worker_ttl,
-                                     depths=depths, nonces=nonces)
+                                     depths=depths, nonces=store.nonces())
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()

@@ -23,7 +23,7 @@ from broker_config.queues import verify_queue_name
 from broker_config.signing import NonceMemory, Verifier
 from healthcheck.actuator import Actuator, Reply
 from healthcheck.errors import HealthcheckError, LeaseLost
-from healthcheck.intake import WEAR_EVENT, observation
+from healthcheck.intake import WEAR_EVENT, consuming, observation
 from healthcheck.lease import Leadership
 from healthcheck.metrics import CheckerMetrics
 from healthcheck.page import WearHistory
@@ -501,10 +501,10 @@ def operator_target(action: str, w: Any, force: bool) -> State | str:
 
 def _not_consuming(event: Mapping[str, Any]) -> list[str]:
     """Configured work queues an open-gated worker reports it does not consume."""
-    consuming = event.get("consuming")
-    if event.get("gate") != "open" or not isinstance(consuming, (list, tuple)):
+    actual = consuming(event)
+    if event.get("gate") != "open" or actual is None:
         return []
-    return [str(q) for q in event.get("queues") or () if q not in consuming]
+    return [str(q) for q in event.get("queues") or () if q not in actual]
 
 
 def report_summary(event: Mapping[str, Any], at: float) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import redis
 
 from broker_config import keys
+from broker_config.signing import RedisNonces
 from healthcheck.errors import LeaseLost, StoreUnavailable
 from healthcheck.policy import Cause, State, WorkerHealth
 
@@ -168,6 +169,10 @@ class RedisHealthStore:
         # The socket timeout outlasts the longest BLPOP this store makes (operator requests: 5 s).
         return cls(redis.Redis.from_url(url, socket_timeout=15, socket_connect_timeout=5,
                                         health_check_interval=10))
+
+    def nonces(self) -> RedisNonces:
+        """The fleet-wide memory of used control nonces, on this store's connection."""
+        return RedisNonces(self._client)
 
     def load(self) -> dict[str, WorkerHealth]:
         raw = self._call(self._client.hgetall, keys.WORKERS)
