@@ -17,6 +17,10 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
+from broker_config import keys
+
 SIGNATURE_FIELDS = ("_ts", "_nonce", "_sig")
 #: How far a signed message's timestamp may be from the receiver's clock.
 MAX_SKEW_S = 30.0
@@ -57,10 +61,6 @@ class RedisNonces:
 
     def first_use(self, nonce: str, ttl_s: float) -> bool | None:
         """See NonceMemory."""
-        from redis.exceptions import RedisError
-
-        from broker_config import keys
-
         try:
             return bool(self.client.set(keys.nonce(nonce), b"1", nx=True,
                                         ex=max(1, math.ceil(ttl_s))))

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from broker_config.queues import verify_queue_name
+from broker_config.signing import RedisNonces
 from workers.logs import get_logger
 
 log = get_logger(__name__)
@@ -101,10 +102,8 @@ def use_store(url: str) -> None:
     _remote = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
 
-def nonces() -> Any:
+def nonces() -> RedisNonces | None:
     """The fleet-wide memory of used control nonces, in the store (None before use_store)."""
-    from broker_config.signing import RedisNonces
-
     return None if _remote is None else RedisNonces(_remote)
 
 
