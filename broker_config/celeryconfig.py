@@ -29,7 +29,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_disable_prefetch": settings.broker_is_redis,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
-        "task_queues": queues.work_queues(),
+        "task_queues": queues.work_queues(settings.queue_type, settings.delivery_limit),
         "task_default_queue": queues.DEFAULT,
         "task_default_exchange": queues.DEFAULT,
         "task_default_routing_key": queues.DEFAULT,

@@ -19,6 +19,8 @@ LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 BROKER_SCHEMES = ("redis", "rediss", "unix", "amqp", "amqps", "pyamqp", "memory")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+QUEUE_TYPES = ("classic", "quorum")
 
 
 class ConfigError(ValueError):
@@ -63,6 +65,15 @@ class Settings:
     visibility_timeout: float = 10.0
     #: Seconds between kombu's sweeps for messages whose visibility timeout has expired.
     unacked_restore_interval: float = 1.0
+    #: RabbitMQ only: ``quorum`` declares the work queues as quorum queues, with a delivery limit
+    #: and a dead-letter exchange whose messages become host dead-letter records.
+    queue_type: str = "classic"
+    #: RabbitMQ quorum queues: deliveries of one message before the broker dead-letters it.
+    delivery_limit: int = 20
+    #: RabbitMQ: the broker's ``consumer_timeout`` in seconds (its default is 30 minutes). host
+    #: never holds a message this long: tasks are limited to half of it, and a message due
+    #: later than that is handed back after at most half of it.
+    broker_consumer_timeout: float = 1800.0
     task_soft_time_limit: float = 30.0
     task_time_limit: float = 45.0
     result_expires: int = 3600
@@ -105,6 +116,14 @@ class Settings:
                 self.task_soft_time_limit,
                 f"must be below HOST_TASK_TIME_LIMIT ({self.task_time_limit})",
             )
+        if self.queue_type != "classic" and not self.broker_is_amqp:
+            raise ConfigError(env_key("queue_type"), self.queue_type,
+                              "quorum queues need a RabbitMQ broker (amqp://)")
+        if self.broker_is_amqp and self.task_time_limit > self.broker_consumer_timeout / 2:
+            raise ConfigError(
+                env_key("task_time_limit"), self.task_time_limit,
+                f"must be at most half HOST_BROKER_CONSUMER_TIMEOUT ({self.broker_consumer_timeout}):"
+                " RabbitMQ closes the channel of a message held longer than that")
         if not self.result_backend and not _is_redis(self.broker_url):
             raise ConfigError(
                 env_key("result_backend"), "", "must be set when the broker is not Redis"
@@ -129,6 +148,16 @@ class Settings:
     def broker_is_redis(self) -> bool:
         """True when the broker is Redis (prefetch and visibility settings apply)."""
         return _is_redis(self.broker_url)
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """True when the broker is RabbitMQ (AMQP 0-9-1)."""
+        return urlsplit(self.broker_url).scheme in AMQP_SCHEMES
+
+    @property
+    def hold_horizon(self) -> float:
+        """The longest a worker holds a message it will not run yet (RabbitMQ)."""
+        return self.broker_consumer_timeout / 2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -256,6 +285,9 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "wear_interval": _positive,
     "visibility_timeout": _positive,
     "unacked_restore_interval": _positive,
+    "queue_type": _one_of(QUEUE_TYPES),
+    "delivery_limit": _positive,
+    "broker_consumer_timeout": _positive,
     "task_soft_time_limit": _positive,
     "task_time_limit": _positive,
     "result_expires": _positive,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import ssl
 import subprocess
@@ -18,6 +19,7 @@ import redis
 from broker_config.app import HostCelery, create_app
 from broker_config.settings import Settings
 from cli.processes import WorkerProcess, node_name, terminate
+from cli.rabbitmq_server import RabbitServer, RabbitServerNotFound
 from cli.redis_server import RedisServer, RedisServerNotFound, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,18 +47,66 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
+#: The private RabbitMQ node's delivery acknowledgement timeout (RabbitMQ's default is 30
+#: minutes): every test on it shows host holds no message that long.
+RABBIT_CONSUMER_TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="session")
+def rabbit_server() -> Iterator[RabbitServer]:
+    """A RabbitMQ node of the session's own (own name, ports, port mapper and files; never the
+    machine's node on 5672), started once, when the first test on RabbitMQ needs it."""
+    try:
+        server = RabbitServer(consumer_timeout_ms=RABBIT_CONSUMER_TIMEOUT_S * 1000).start()
+    except RabbitServerNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def host_env(redis_server: RedisServer) -> dict[str, str]:
+def broker(request: pytest.FixtureRequest) -> str:
+    """The broker of this test: ``redis``, unless parametrised (tests.support.brokers)."""
+    return str(getattr(request, "param", "redis"))
+
+
+@pytest.fixture
+def broker_url(broker: str, redis_server: RedisServer,
+               request: pytest.FixtureRequest) -> Iterator[str]:
+    """The broker URL of this test. On RabbitMQ, a virtual host of the test's own on the
+    session's node (removed afterwards), so nothing one test declares meets the next."""
+    if broker == "redis":
+        yield redis_server.url
+        return
+    rabbit: RabbitServer = request.getfixturevalue("rabbit_server")
+    vhost = f"t{next(_vhosts)}"
+    rabbit.ctl("add_vhost", vhost)
+    rabbit.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    yield rabbit.url.rstrip("/") + "/" + vhost
+    rabbit.ctl("delete_vhost", vhost)
+
+
+_vhosts = itertools.count(1)
+
+
+@pytest.fixture
+def host_env(broker: str, broker_url: str, redis_server: RedisServer) -> dict[str, str]:
     """The environment a host process of this test runs with."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
-    env.update(HOST_BROKER_URL=redis_server.url, HOST_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
+    env.update(HOST_BROKER_URL=broker_url, HOST_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
+    if broker == "amqp":
+        # The store and the results stay Redis; tasks fit in half the node's short timeout.
+        env.update(HOST_STORE_URL=redis_server.url, HOST_RESULT_BACKEND=redis_server.url,
+                   HOST_BROKER_CONSUMER_TIMEOUT=str(RABBIT_CONSUMER_TIMEOUT_S),
+                   HOST_TASK_TIME_LIMIT=str(RABBIT_CONSUMER_TIMEOUT_S // 2),
+                   HOST_TASK_SOFT_TIME_LIMIT=str(RABBIT_CONSUMER_TIMEOUT_S // 2 - 5))
     return env
 
 
 @pytest.fixture
-def app(redis_server: RedisServer, redis_client: redis.Redis) -> HostCelery:
-    """The host app pointed at the private server."""
-    return create_app(Settings(broker_url=redis_server.url))
+def app(host_env: dict[str, str], redis_client: redis.Redis) -> HostCelery:
+    """The host app pointed at the private servers, with the settings its processes have."""
+    return create_app(Settings.from_env(host_env))
 
 
 WorkerFactory = Callable[..., WorkerProcess]

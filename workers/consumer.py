@@ -23,14 +23,15 @@ import inspect
 import json
 import logging
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
 from celery.worker.consumer import Consumer
 
 from broker_config.app import settings_of
-from workers import gate
+from broker_config.queues import is_dead_queue
+from workers import gate, handback
 from workers.deadletter import store_of
 from workers.inbound import truncate
 from workers.logs import get_logger
@@ -59,9 +60,13 @@ class HostConsumer(Consumer):
             queue = str((message.delivery_info or {}).get("routing_key"))
             if gate.holds_back(queue):
                 return self._hand_back(message, queue)
+            if is_dead_queue(queue):
+                return self._dead_lettered_by_broker(message)
             problem = self._problem(message)
             if problem is not None:
                 return self._dead_letter(message, *problem)
+            if self._due_past_horizon(message):
+                return self._hold_then_hand_back(message, queue)
             return receive(message)
 
         return on_task_received
@@ -125,19 +130,70 @@ class HostConsumer(Consumer):
             return ("bad_arguments", f"{headers['task']}: {exc}")
         return None
 
+    def _due_past_horizon(self, message: Any) -> bool:
+        """On RabbitMQ: a task due later than the hold horizon (half the broker's consumer
+        timeout). Held until then, RabbitMQ would close the channel and the worker with it."""
+        settings = settings_of(self.app)
+        eta = message.headers.get("eta")
+        if not settings.broker_is_amqp or not eta:
+            return False
+        try:
+            due = datetime.fromisoformat(str(eta))
+        except ValueError:
+            return False
+        if due.tzinfo is None:
+            due = due.replace(tzinfo=UTC)
+        return (due - datetime.now(UTC)).total_seconds() > settings.hold_horizon
+
+    def _hold_then_hand_back(self, message: Any, queue: str) -> None:
+        """Keep a task that is due too late for at most the hold horizon, then hand it back to
+        the tail of its queue: one re-publish per horizon until it is due soon enough for
+        Celery's own countdown, and never a message held past the broker's timeout."""
+        settings = settings_of(self.app)
+        source = handback.source_queue(message, self.task_consumer)  # type: ignore[attr-defined]
+        headers = message.headers
+        log.info("task_due_later_held", task_id=headers.get("id"), queue=queue,
+                 eta=headers.get("eta"), hold_s=settings.hold_horizon)
+        qos = self.qos  # type: ignore[attr-defined]
+        qos.increment_eventually()  # a held message must not take the worker's prefetch slot
+
+        def give_back() -> None:
+            try:
+                handback.hand_back(self.app, message, source or queue,
+                                   self.connection_errors)  # type: ignore[attr-defined]
+            finally:
+                qos.decrement_eventually()
+
+        self.timer.call_after(settings.hold_horizon, give_back)
+
+    def _dead_lettered_by_broker(self, message: Any) -> None:
+        """A message RabbitMQ dead-lettered (past a quorum queue's delivery limit): a record
+        with the broker's reason and the queue it left, and the caller told; never run."""
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        deaths = headers.get("x-death")
+        death = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
+        reason = str(death.get("reason") or headers.get("x-first-death-reason") or "dead_lettered")
+        origin = str(death.get("queue") or headers.get("x-first-death-queue") or "?")
+        detail = (f"RabbitMQ dead-lettered it from {origin} ({reason}, "
+                  f"{death.get('count', '?')} time(s)) before it ran")
+        self._record(message, reason, detail, queue=origin, stage="broker")
+        _settle(message, self.connection_errors)  # type: ignore[attr-defined]
+        self._fail_caller(message, reason, detail)
+
     def _dead_letter(self, message: Any, code: str, detail: str) -> None:
         self._record(message, code, detail)
         _settle(message, self.connection_errors)  # type: ignore[attr-defined]
         self._fail_caller(message, code, detail)
 
-    def _record(self, message: Any, code: str, detail: str) -> None:
+    def _record(self, message: Any, code: str, detail: str, queue: str | None = None,
+                stage: str = "consumer") -> None:
         headers = message.headers if isinstance(message.headers, dict) else {}
-        queue = (message.delivery_info or {}).get("routing_key")
+        queue = queue or (message.delivery_info or {}).get("routing_key")
         REJECTED[code] = REJECTED.get(code, 0) + 1
         log.warning("message_dead_lettered", reason=code, detail=detail, queue=queue,
                     task_id=headers.get("id"), task=headers.get("task"), worker=self.hostname)
         record = {"status": "rejected", "ref": str(headers.get("id") or ""), "reason": code,
-                  "detail": detail, "raw": truncate(message.body), "stage": "consumer",
+                  "detail": detail, "raw": truncate(message.body), "stage": stage,
                   "queue": queue, "task": headers.get("task"), "worker": self.hostname,
                   "at": time.time()}
         try:
@@ -160,10 +216,12 @@ class HostConsumer(Consumer):
     def _hand_back(self, message: Any, queue: str) -> None:
         REQUEUED[queue] = REQUEUED.get(queue, 0) + 1
         headers = message.headers if isinstance(message.headers, dict) else {}
+        source = handback.source_queue(message, self.task_consumer)  # type: ignore[attr-defined]
+        how = handback.hand_back(self.app, message, source or queue,
+                                 self.connection_errors)  # type: ignore[attr-defined]
         log.info("task_requeued_by_gate", task_id=headers.get("id"), queue=queue,
-                 worker=self.hostname, reason="gate closed; unstarted")
-        message.reject_log_error(_kombu_log, self.connection_errors,  # type: ignore[attr-defined]
-                                 requeue=True)
+                 worker=self.hostname, reason="gate closed; unstarted", how=how,
+                 handed_back=headers.get(handback.HANDED_BACK_HEADER) or 0)
         gate.undo_subscriptions(self, f"received from {queue} while out of rotation")
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from broker_config.queues import verify_queue_name
 from broker_config.signing import RedisNonces
+from workers import handback
 from workers.logs import get_logger
 
 log = get_logger(__name__)
@@ -166,6 +167,7 @@ def undo_subscriptions(consumer: Any, why: str) -> list[str]:
     if _gate is None or _gate.is_open():
         return []
     cancelled = consuming_work_queues(consumer)
+    handback.remember_tags(consumer.task_consumer)
     for name in cancelled:
         consumer.cancel_task_queue(name)
         UNDONE[name] = UNDONE.get(name, 0) + 1
@@ -185,6 +187,11 @@ def attach(consumer: Any) -> None:
     _consumer = consumer
 
 
+def task_consumer() -> Any:
+    """The worker's kombu task consumer (None before it has one, or outside a worker)."""
+    return getattr(_consumer, "task_consumer", None)
+
+
 def hold_out(reason: str) -> None:
     """The checker's gate key refused a task: close the local gate too and stop consuming,
     so that the worker hands back what it reserved once, not in a loop. Main process only."""
@@ -197,6 +204,8 @@ def take_out(consumer: Any, reason: str) -> dict[str, Any]:
     """Close the gate and stop consuming every work queue; what the worker now holds."""
     g = _require()
     g.close(reason)
+    if consumer.task_consumer is not None:
+        handback.remember_tags(consumer.task_consumer)
     for name in consuming_work_queues(consumer):
         consumer.cancel_task_queue(name)
     return status(consumer)

@@ -13,7 +13,7 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
-from workers import gate
+from workers import gate, handback
 from workers.logs import get_logger
 from workers.wear import TaskWindow
 
@@ -31,6 +31,8 @@ class HostRequest(Request):
     """Counts each task's outcome, runtime and queue wait when its message is settled."""
 
     _host_failed = False
+    #: Set when the gate refused the task: its message is handed back, not rejected.
+    _host_hand_back = False
 
     def send_event(self, type: str, **fields: Any) -> None:
         """Celery's task events, plus the task's name and queue (the checker's task metrics)."""
@@ -45,13 +47,27 @@ class HostRequest(Request):
             queue = (self.delivery_info or {}).get("routing_key") or "?"
             REQUEUED[queue] = REQUEUED.get(queue, 0) + 1
             log.info("task_requeued_by_gate", task_id=self.id, task=self.name, queue=queue,
-                     worker=self.hostname, reason=str(getattr(exc, "reason", "")))
+                     worker=self.hostname, reason=str(getattr(exc, "reason", "")),
+                     handed_back=_handed_back(self._message))  # type: ignore[attr-defined]
+            self._host_hand_back = True
             gate.hold_out(f"checker holds it out: {getattr(exc, 'reason', '')}")
         else:
             self._host_failed = True
             self._record(ok=False)
         return super().on_failure(exc_info, send_failed_event=send_failed_event,
                                   return_ok=return_ok)
+
+    def reject(self, requeue: bool = False) -> None:
+        """Celery's reject; a message the gate refused is handed back instead (on RabbitMQ a
+        re-publish and ack: no head-of-queue loop, no count towards a delivery limit)."""
+        if not (requeue and self._host_hand_back) or self.acknowledged:
+            super().reject(requeue)
+            return
+        message, app = self._message, self._app  # type: ignore[attr-defined]
+        queue = handback.source_queue(message, gate.task_consumer())
+        handback.hand_back(app, message, queue, self._connection_errors)  # type: ignore[attr-defined]
+        self.acknowledged = True
+        self.send_event("task-rejected", requeue=True)
 
     def acknowledge(self) -> None:
         """Acknowledge; a task acknowledged without a failure succeeded."""
@@ -67,6 +83,12 @@ class HostRequest(Request):
         wait = (self.time_start - sent_at
                 if self.time_start and isinstance(sent_at, (int, float)) else None)
         TASKS.record(time.monotonic(), ok, runtime, wait)
+
+
+def _handed_back(message: Any) -> int:
+    """How often this message was handed back before (its ``host_handed_back`` header)."""
+    count = (message.headers or {}).get(handback.HANDED_BACK_HEADER) if message else None
+    return count if isinstance(count, int) else 0
 
 
 class HostTask(Task[Any, Any]):

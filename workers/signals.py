@@ -9,7 +9,7 @@ import structlog
 from celery import Celery, signals
 
 from broker_config.app import settings_of
-from broker_config.queues import verify_queue
+from broker_config.queues import dead_queue, verify_queue
 from workers import control, gate
 from workers.logs import configure_logging, get_logger
 
@@ -44,11 +44,13 @@ def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
     """
     structlog.contextvars.bind_contextvars(worker=sender)
     queues = instance.app.amqp.queues
+    settings = settings_of(instance.app)
+    if settings.queue_type == "quorum":
+        queues.select_add(dead_queue())  # every worker in rotation records what the broker drops
     gate.remember_configured(sender, list(queues.consume_from))
     queue = verify_queue(sender)
     queues.select_add(queue)
     log.info("verify_queue_added", queue=queue.name)
-    settings = settings_of(instance.app)
     gate.use_store(settings.effective_store_url)
     control.configure(settings.control_secret, settings.allow_dangerous_control, sender,
                       previous=settings.control_secret_previous,

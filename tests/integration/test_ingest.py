@@ -14,6 +14,7 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 from broker_config import keys
 from broker_config.app import HostCelery
 from tests.conftest import GROUND_TRUTH, WorkerFactory
+from tests.support.brokers import on_both_brokers
 from tests.support.cli import celery, read_jsonl
 from workers.analysis import envelope
 from workers.deadletter import RedisDeadLetterStore
@@ -54,6 +55,7 @@ def hostile_corpus(directory: Path) -> dict[str, bytes]:
 
 class TestGroundTruth:
     @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
+    @on_both_brokers
     def test_all_tweets_through_two_workers(self, app: HostCelery, start_worker: WorkerFactory,
                                             host_env: dict[str, str], tmp_path: Path) -> None:
         """4,200 tweets, one per task: exact VADER scores, r = 0.872 against human ratings."""

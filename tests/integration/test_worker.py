@@ -10,6 +10,7 @@ import pytest
 from broker_config.app import HostCelery
 from broker_config.queues import verify_queue_name
 from tests.conftest import WorkerFactory
+from tests.support.brokers import on_both_brokers
 from tests.support.cli import celery
 from tests.support.events import EventTap
 from tests.support.polling import consumed, wait_until
@@ -67,18 +68,26 @@ class TestConfigurationErrors:
         assert "Traceback" not in proc.stderr
 
 
+@on_both_brokers
 class TestMalformedMessages:
     def test_every_bad_message_is_a_dead_letter_and_the_worker_serves_on(
-            self, app: HostCelery, start_worker: WorkerFactory, redis_client: Any) -> None:
+            self, app: HostCelery, start_worker: WorkerFactory, redis_client: Any,
+            broker: str, broker_url: str, request: pytest.FixtureRequest) -> None:
         """Written straight to the queue, each class of bad message becomes a dead-letter record
-        with its reason and queue; no worker stops, nothing stays in the queue or unacked."""
-        from tests.support.raw_messages import malformed
+        with its reason and queue; no worker stops, nothing stays in the queue or unacked.
+        (On Redis also the items that are no kombu envelope at all.)"""
+        from tests.support.raw_messages import bad_messages, malformed, publish_amqp
         from workers.deadletter import RedisDeadLetterStore
 
         worker = start_worker("mm1")
-        items = malformed()
-        for raw in items.values():
-            redis_client.lpush("tweets", raw)
+        if broker == "redis":
+            items: dict[str, object] = dict(malformed())
+            for raw in items.values():
+                redis_client.lpush("tweets", raw)
+        else:
+            messages = bad_messages()
+            items = dict(messages)
+            publish_amqp(broker_url, messages.values())
         store = RedisDeadLetterStore(redis_client)
         wait_until(lambda: store.counts().get("total", 0) >= len(items), 30,
                    "a dead letter for every bad message")
@@ -94,9 +103,16 @@ class TestMalformedMessages:
         record = app.send_task("host.analyse", args=[envelope("mm:1", "still fine :)")]).get(
             timeout=20)
         assert record["worker"] == worker.name and record["status"] == "analysed"
-        assert redis_client.llen("tweets") == 0
-        wait_until(lambda: redis_client.hlen("unacked") == 0, 10,
-                   f"every message settled ({redis_client.hvals('unacked')!r:.600})")
+        if broker == "redis":
+            assert redis_client.llen("tweets") == 0
+            wait_until(lambda: redis_client.hlen("unacked") == 0, 10,
+                       f"every message settled ({redis_client.hvals('unacked')!r:.600})")
+        else:
+            rabbit = request.getfixturevalue("rabbit_server")
+            vhost = broker_url.rsplit("/", 1)[1]
+            wait_until(lambda: rabbit.ctl("list_queues", "-p", vhost, "-q", "--no-table-headers",
+                                          "name", "messages").split("\n").count("tweets\t0") == 1,
+                       10, "tweets empty: every message settled")
 
     def test_a_rejected_message_answers_its_caller(self, app: HostCelery,
                                                    start_worker: WorkerFactory) -> None:

@@ -39,6 +39,23 @@ class TestCeleryConfig:
         assert c["task_routes"]["host.analyse"] == {"queue": "tweets"}
         assert c["task_routes"]["host.analyse_batch"] == {"queue": "tweets"}
 
+    def test_quorum_work_queues_dead_letter_past_an_explicit_limit(self) -> None:
+        """Quorum work queues carry the delivery limit and dead-letter, at least once, to
+        host.dead, which is declared (a quorum queue, without a limit) beside them."""
+        c = celery_config(Settings(broker_url="amqp://guest@localhost//",
+                                   result_backend="redis://r/0", store_url="redis://r/0",
+                                   queue_type="quorum", delivery_limit=7))
+        queues = {q.name: q for q in c["task_queues"]}
+        assert set(queues) == {*WORK_QUEUES, "host.dead"}
+        for name in WORK_QUEUES:
+            assert queues[name].queue_arguments == {
+                "x-queue-type": "quorum", "x-delivery-limit": 7,
+                "x-dead-letter-exchange": "host.dead", "x-dead-letter-routing-key": "host.dead",
+                "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+        assert queues["host.dead"].queue_arguments == {"x-queue-type": "quorum"}
+        classic = celery_config(Settings())["task_queues"]
+        assert all(not q.queue_arguments for q in classic)
+
     def test_verify_queue_is_per_worker(self) -> None:
         """Each worker's private queue is named after it."""
         assert verify_queue_name("w1@node") == "host.verify.w1@node"

@@ -58,6 +58,36 @@ class TestSettingsFromEnv:
         assert not s.broker_is_redis
 
 
+AMQP = {"broker_url": "amqp://guest@localhost//", "result_backend": "redis://r/0",
+        "store_url": "redis://r/1"}
+
+
+class TestRabbitMQSettings:
+    def test_quorum_queues_need_a_rabbitmq_broker(self) -> None:
+        """HOST_QUEUE_TYPE=quorum on Redis is a mistake, said at start."""
+        with pytest.raises(ConfigError, match="HOST_QUEUE_TYPE='quorum': quorum queues need"):
+            Settings(queue_type="quorum")
+        assert Settings(**AMQP, queue_type="quorum").queue_type == "quorum"
+        with pytest.raises(ConfigError, match="must be one of classic, quorum"):
+            Settings(**AMQP, queue_type="stream")
+
+    def test_tasks_must_fit_in_half_the_consumer_timeout(self) -> None:
+        """RabbitMQ closes the channel of a message held past its consumer timeout, so a task
+        (acknowledged late) may last at most half of it; Redis has no such limit."""
+        with pytest.raises(ConfigError, match=r"HOST_TASK_TIME_LIMIT=45\.0: must be at most half"):
+            Settings(**AMQP, broker_consumer_timeout=60)
+        s = Settings(**AMQP, broker_consumer_timeout=60, task_time_limit=30,
+                     task_soft_time_limit=25)
+        assert (s.hold_horizon, s.broker_is_amqp) == (30.0, True)
+        assert Settings(broker_consumer_timeout=60).task_time_limit == 45.0
+
+    def test_delivery_limit_must_be_positive(self) -> None:
+        with pytest.raises(ConfigError, match="HOST_DELIVERY_LIMIT"):
+            Settings.from_env({"HOST_BROKER_URL": AMQP["broker_url"],
+                               "HOST_RESULT_BACKEND": "redis://r/0", "HOST_STORE_URL": "redis://r/0",
+                               "HOST_DELIVERY_LIMIT": "0"})
+
+
 class TestSettingsFile:
     def test_file_values_apply_and_env_overrides_them(self, tmp_path: Path) -> None:
         """The TOML file sets values; HOST_ variables win over it."""
