@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,8 +59,8 @@ class TestSettingsFromEnv:
         assert not s.broker_is_redis
 
 
-AMQP = {"broker_url": "amqp://guest@localhost//", "result_backend": "redis://r/0",
-        "store_url": "redis://r/1"}
+AMQP: dict[str, Any] = {"broker_url": "amqp://guest@localhost//", "result_backend": "redis://r/0",
+                        "store_url": "redis://r/1"}
 
 
 class TestRabbitMQSettings:
