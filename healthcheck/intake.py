@@ -54,6 +54,7 @@ def wear_report(event: Mapping[str, Any], worker: str, at: float) -> WearReport:
         queues=tuple(str(q) for q in event.get("queues") or ()),
         self_protected=str(protected) if protected else None,
         consuming=consuming(event),
+        gate_closed=event.get("gate") == "closed",
     )
 
 

@@ -217,11 +217,10 @@ class HostConsumer(Consumer):
         REQUEUED[queue] = REQUEUED.get(queue, 0) + 1
         headers = message.headers if isinstance(message.headers, dict) else {}
         source = handback.source_queue(message, self.task_consumer)  # type: ignore[attr-defined]
-        how = handback.hand_back(self.app, message, source or queue,
-                                 self.connection_errors)  # type: ignore[attr-defined]
         log.info("task_requeued_by_gate", task_id=headers.get("id"), queue=queue,
-                 worker=self.hostname, reason="gate closed; unstarted", how=how,
-                 handed_back=headers.get(handback.HANDED_BACK_HEADER) or 0)
+                 worker=self.hostname, reason="gate closed; unstarted")
+        handback.hand_back(self.app, message, source or queue,
+                           self.connection_errors)  # type: ignore[attr-defined]
         gate.undo_subscriptions(self, f"received from {queue} while out of rotation")
 
 

@@ -64,6 +64,15 @@ def republishes(app: Any) -> bool:
 def hand_back(app: Any, message: Any, queue: str, errors: Any = ()) -> str:
     """Give ``message`` back to the broker unstarted; how: ``republished``, ``requeued`` or
     ``returned`` (its channel had closed, which gave it back)."""
+    how = _give_back(app, message, queue, errors)
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    before = headers.get(HANDED_BACK_HEADER)
+    log.info("message_handed_back", task_id=headers.get("id"), queue=queue, how=how,
+             handed_back_before=before if isinstance(before, int) else 0)
+    return how
+
+
+def _give_back(app: Any, message: Any, queue: str, errors: Any) -> str:
     if republishes(app):
         if not getattr(getattr(message, "channel", None), "is_open", True):
             return "returned"  # its channel closed: the broker has taken it back already

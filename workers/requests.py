@@ -47,8 +47,7 @@ class HostRequest(Request):
             queue = (self.delivery_info or {}).get("routing_key") or "?"
             REQUEUED[queue] = REQUEUED.get(queue, 0) + 1
             log.info("task_requeued_by_gate", task_id=self.id, task=self.name, queue=queue,
-                     worker=self.hostname, reason=str(getattr(exc, "reason", "")),
-                     handed_back=_handed_back(self._message))  # type: ignore[attr-defined]
+                     worker=self.hostname, reason=str(getattr(exc, "reason", "")))
             self._host_hand_back = True
             gate.hold_out(f"checker holds it out: {getattr(exc, 'reason', '')}")
         else:
@@ -83,12 +82,6 @@ class HostRequest(Request):
         wait = (self.time_start - sent_at
                 if self.time_start and isinstance(sent_at, (int, float)) else None)
         TASKS.record(time.monotonic(), ok, runtime, wait)
-
-
-def _handed_back(message: Any) -> int:
-    """How often this message was handed back before (its ``host_handed_back`` header)."""
-    count = (message.headers or {}).get(handback.HANDED_BACK_HEADER) if message else None
-    return count if isinstance(count, int) else 0
 
 
 class HostTask(Task[Any, Any]):

@@ -64,6 +64,10 @@ class WearReport:
         self_protected: the reason, when the worker closed its own gate.
         consuming: the work queues it actually consumes, as it measured them (None: the
             worker did not say; an empty tuple: none, its gate closed or its consumers gone).
+        gate_closed: the worker's gate was closed when it sampled this report. A worker in
+            rotation with a closed gate is a contradiction the checker corrects (an admit),
+            or a report sampled before the admit that arrived after it: never a sign that
+            consumption failed.
     """
 
     worker: str
@@ -77,10 +81,12 @@ class WearReport:
     queues: tuple[str, ...] = ()
     self_protected: str | None = None
     consuming: tuple[str, ...] | None = None
+    gate_closed: bool = False
 
     def not_consuming(self) -> tuple[str, ...]:
-        """Configured work queues the worker says it does not consume (none when it did not say)."""
-        if self.consuming is None:
+        """Configured work queues the worker says it does not consume with its gate open (none
+        when it did not say, or when its gate was closed)."""
+        if self.consuming is None or self.gate_closed:
             return ()
         return tuple(q for q in self.queues if q not in self.consuming)
 

@@ -13,6 +13,7 @@ from broker_config.app import HostCelery
 from cli.redis_server import free_port
 from healthcheck.store import RedisHealthStore
 from tests.conftest import CheckerFactory, WorkerFactory
+from tests.support.brokers import on_both_brokers
 from tests.support.cli import celery
 from tests.support.polling import consumed, wait_until
 
@@ -29,6 +30,7 @@ def fleet_json(env: dict[str, str]) -> dict[str, Any]:
 
 
 class TestFleetCommands:
+    @on_both_brokers
     def test_status_drain_restore_history(self, app: HostCelery, start_worker: WorkerFactory,
                                           start_checker: CheckerFactory,
                                           host_env: dict[str, str],

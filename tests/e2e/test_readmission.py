@@ -10,6 +10,7 @@ import redis
 from broker_config.app import HostCelery
 from healthcheck.store import RedisHealthStore
 from tests.conftest import CheckerFactory, WorkerFactory
+from tests.support.brokers import on_both_brokers
 from tests.support.cli import celery
 from tests.support.events import EventTap
 from tests.support.polling import wait_until
@@ -48,6 +49,7 @@ def moves(store: RedisHealthStore, worker: str) -> list[tuple[str, str, str]]:
             if r["kind"] == "transition"]
 
 
+@on_both_brokers
 class TestProbes:
     def test_wrong_answers_quarantine_while_wear_looks_normal(
             self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,

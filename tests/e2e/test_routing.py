@@ -15,8 +15,10 @@ import redis
 from broker_config.app import HostCelery
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
+from tests.support.brokers import on_both_brokers
 from tests.support.cli import REPO, celery, read_jsonl
 from tests.support.events import EventTap
+from tests.support.handbacks import handed_back
 from tests.support.polling import consumed, wait_until
 
 FAST_WEAR = {"HOST_WEAR_INTERVAL": "0.25"}
@@ -44,10 +46,12 @@ def state_of(store: RedisHealthStore, worker: str) -> str | None:
 
 
 @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
+@on_both_brokers
 class TestDrainOnWear:
     def test_worn_worker_is_drained_and_starts_nothing_after_confirming(
             self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
-            host_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path) -> None:
+            host_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path,
+            broker: str) -> None:
         """Mid-stream wear: drained within 2 s, confirmed within 100 ms, zero tasks after it."""
         store = RedisHealthStore(redis_client)
         with EventTap(app) as tap:
@@ -94,6 +98,11 @@ class TestDrainOnWear:
         assert len(runs) == 4200 and max(runs.values()) == 1
         assert {r["worker"] for r in results if r["started_at"] > confirmed["at"]} <= {
             w.name for w in workers[1:]}
+        # What the drain handed back, it handed back once per message (no requeue loop)
+        redeliveries = handed_back(w.log_path for w in workers)
+        print(f"drain on {broker}: {sum(redeliveries.values())} message(s) handed back, "
+              f"at most {max(redeliveries.values(), default=0)} time(s) each")
+        assert max(redeliveries.values(), default=0) <= 1, redeliveries.most_common(3)
         # Celery's own CLI shows the worker consuming only its verify queue
         proc = celery("inspect", "active_queues", "-d", bad, "--json", env=host_env)
         assert proc.returncode == 0, proc.stderr

@@ -481,6 +481,18 @@ class TestMeasuredConsumption:
         w0 = fleet.workers["w0"]
         assert w0.state is State.DRAINING and "not consuming tweets" in w0.reason
 
+    def test_a_report_sampled_with_the_gate_closed_is_no_consumption_signal(self) -> None:
+        """Just admitted (probation, tightest limits), a report the worker sampled before the
+        admit arrives after it: gate closed, nothing consumed. That is the admit racing the
+        report, which the checker's correction handles, not a failure to consume."""
+        policy = HealthPolicy()
+        w = policy.operator(healthy(), State.MAINTENANCE, "fan swap", now=0).health
+        w = policy.operator(w, State.PROBATION, "done", now=1).health
+        step = policy.observe_wear(w, wear(at=2, consuming=(), gate_closed=True))
+        assert not step.degraded and step.health.state is State.PROBATION
+        step = policy.observe_wear(w, wear(at=2, consuming=()))  # the gate open: it is a signal
+        assert step.degraded
+
     def test_out_of_rotation_not_consuming_is_no_signal(self) -> None:
         """A drained worker consumes nothing on purpose."""
         policy = HealthPolicy()
