@@ -58,7 +58,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport.register()
         config["broker_transport_options"] = redis_transport_options(settings)
         config["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
+    if settings.broker_is_amqp:
+        config["broker_transport_options"] = amqp_transport_options(settings)
+        config["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
     return config
+
+
+def amqp_transport_options(settings: Settings) -> dict[str, Any]:
+    """py-amqp's options: every publish waits for the broker's confirmation, so a message a
+    producer counts as sent is in the broker (on its disk, for a durable queue) and survives
+    a broker crash."""
+    return {"confirm_publish": True}
 
 
 def redis_transport_options(settings: Settings) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from cli.processes import terminate
 from cli.redis_server import free_port
 from healthcheck.actuator import control_reply
 from tests.conftest import WorkerFactory
+from tests.support.brokers import on_both_brokers
 from tests.support.cli import REPO
 from tests.support.polling import consumed, wait_until
 from workers.analysis import envelope
@@ -76,6 +77,7 @@ class TestFlowerBesideHost:
         status, page = flower.request("/broker")
         assert status == 200 and "tweets" in page
 
+    @on_both_brokers
     def test_flowers_add_consumer_cannot_resubscribe_an_out_of_rotation_worker(
             self, app: HostCelery, start_worker: WorkerFactory, flower: Flower) -> None:
         """Flower's "add consumer" on a drained worker is refused; nothing is handed back."""

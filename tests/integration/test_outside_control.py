@@ -12,6 +12,7 @@ from broker_config.app import HostCelery
 from broker_config.signing import sign
 from healthcheck.actuator import control_reply
 from tests.conftest import WorkerFactory
+from tests.support.brokers import on_both_brokers
 from tests.support.cli import REPO
 from tests.support.events import EventTap
 from tests.support.polling import consumed, wait_until
@@ -44,6 +45,7 @@ def rate_limit_of(app: HostCelery, worker: str) -> Any:
     return replies[worker]
 
 
+@on_both_brokers
 class TestCeleryBuiltins:
     def test_consumption_and_capacity_do_not_change_unsigned(
             self, app: HostCelery, start_worker: WorkerFactory, host_env: dict[str, str]) -> None:

@@ -29,7 +29,7 @@ class TestCeleryConfig:
         """Prefetch disabling and visibility options apply only to Redis."""
         c = celery_config(Settings(broker_url="amqp://guest@localhost//",
                                    result_backend="redis://r/0", store_url="redis://r/0"))
-        assert "broker_transport_options" not in c
+        assert c["broker_transport_options"] == {"confirm_publish": True}  # none of Redis'
         assert c["worker_disable_prefetch"] is False
 
     def test_work_queues_and_routes(self) -> None:
