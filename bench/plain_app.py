@@ -3,7 +3,9 @@
 ``PLAIN_PROFILE=default`` runs Celery's defaults; ``reliable`` adds the reliability settings
 host uses (late ack, reject on worker lost, prefetch 1, no prefetch, JSON only); ``same`` adds
 task events on top, as host sends them (its checker reads them), which makes it host's own
-Celery settings. ``PLAIN_BROKER_URL`` names the broker. Workers run ``-A bench.plain_app``.
+Celery settings. ``PLAIN_BROKER_URL`` names the broker (Redis or RabbitMQ) and
+``PLAIN_RESULT_BACKEND`` the results (a Redis; the broker by default). Workers run
+``-A bench.plain_app``.
 """
 
 from __future__ import annotations
@@ -18,16 +20,20 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 _analyzer = SentimentIntensityAnalyzer()
 
 
-def make_app(profile: str, broker_url: str) -> Celery:
+def make_app(profile: str, broker_url: str, backend_url: str = "") -> Celery:
     """A plain app with Celery's defaults, or with host's reliability settings."""
-    app = Celery("plain", broker=broker_url, backend=broker_url, set_as_current=False)
+    app = Celery("plain", broker=broker_url, backend=backend_url or broker_url,
+                 set_as_current=False)
     app.conf.task_default_queue = f"plain_{profile}"
+    on_redis = broker_url.startswith(("redis", "unix"))
     if profile in ("reliable", "same"):
         app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True,
-                        worker_prefetch_multiplier=1, worker_disable_prefetch=True,
+                        worker_prefetch_multiplier=1, worker_disable_prefetch=on_redis,
                         accept_content=["json"])
     if profile == "same":
         app.conf.worker_send_task_events = True
+        if not on_redis:  # host publishes with confirms on RabbitMQ
+            app.conf.broker_transport_options = {"confirm_publish": True}
 
     @app.task(name="plain.analyse")
     def analyse(text: str) -> dict[str, Any]:
@@ -47,4 +53,5 @@ def make_app(profile: str, broker_url: str) -> Celery:
 
 
 app = make_app(os.environ.get("PLAIN_PROFILE", "default"),
-               os.environ.get("PLAIN_BROKER_URL", "redis://127.0.0.1:6379/0"))
+               os.environ.get("PLAIN_BROKER_URL", "redis://127.0.0.1:6379/0"),
+               os.environ.get("PLAIN_RESULT_BACKEND", ""))

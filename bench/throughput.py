@@ -1,11 +1,13 @@
 """Tweets per second through a fleet: host against plain Celery, same machine, same run.
 
 Each configuration gets one worker process (``-c 2``, one child per core) on a private
-redis-server; every run publishes the same tweets from ../shared/data and waits for every
+redis-server, or with ``--broker amqp`` on a private RabbitMQ node (results in a private
+redis-server either way); every run publishes the same tweets from ../shared/data and waits for every
 result. Runs are interleaved across configurations so that machine noise spreads evenly, and
 the table reports medians and the ratio to each plain baseline.
 
-    python bench/throughput.py [--tweets 2000] [--runs 5] [--batch 100] [--json]
+    python bench/throughput.py [--broker redis|amqp] [--tweets 2000] [--runs 5] [--batch 100]
+                               [--json]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ sys.path.insert(0, str(REPO))
 from broker_config.app import create_app  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
 from cli.processes import WorkerProcess, node_name  # noqa: E402
+from cli.rabbitmq_server import RabbitServer  # noqa: E402
 from cli.redis_server import RedisServer  # noqa: E402
 from workers.analysis import envelope  # noqa: E402
 
@@ -98,13 +101,16 @@ def run_once(cfg: Config, tweets: list[tuple[str, str]]) -> float:
     return len(tweets) / elapsed
 
 
-def configs(url: str, batch: int) -> list[Config]:
+def configs(url: str, batch: int, results_url: str) -> list[Config]:
     from bench.plain_app import make_app
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HOST_", "PLAIN_"))}
-    env.update(PYTHONPATH=str(REPO), PLAIN_BROKER_URL=url, HOST_BROKER_URL=url)
-    host_app = create_app(Settings(broker_url=url))
-    plain = {p: make_app(p, url) for p in ("default", "reliable", "same")}
+    env.update(PYTHONPATH=str(REPO), PLAIN_BROKER_URL=url, HOST_BROKER_URL=url,
+               PLAIN_RESULT_BACKEND=results_url)
+    if results_url != url:
+        env.update(HOST_RESULT_BACKEND=results_url, HOST_STORE_URL=results_url)
+    host_app = create_app(Settings.from_env(env))
+    plain = {p: make_app(p, url, results_url) for p in ("default", "reliable", "same")}
     penv = {p: {**env, "PLAIN_PROFILE": p} for p in plain}
     return [
         Config("plain celery, defaults", plain["default"], PLAIN, penv["default"], send_plain(1)),
@@ -134,12 +140,15 @@ def main() -> int:
     parser.add_argument("--tweets", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--broker", choices=("redis", "amqp"), default="redis",
+                        help="the broker every configuration runs on (results stay in Redis)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tweets = load_tweets(args.tweets)
     server = RedisServer().start()
+    rabbit = RabbitServer().start() if args.broker == "amqp" else None
     with tempfile.TemporaryDirectory(prefix="host-bench-") as logs:
-        all_cfgs = configs(server.url, args.batch)
+        all_cfgs = configs(rabbit.url if rabbit else server.url, args.batch, server.url)
         workers: list[WorkerProcess] = []
         try:
             for run in range(args.runs):
@@ -155,6 +164,8 @@ def main() -> int:
             for w in workers:
                 w.stop()
             server.stop()
+            if rabbit is not None:
+                rabbit.stop()
     report(all_cfgs, args)
     return 0
 
@@ -168,9 +179,10 @@ def report(cfgs: list[Config], args: argparse.Namespace) -> None:
              "vs_plain_defaults": round(med[c.name] / plain_default, 3),
              "vs_plain_same_settings": round(med[c.name] / plain_reliable, 3)} for c in cfgs]
     if args.json:
-        print(json.dumps({"tweets": args.tweets, "runs": args.runs, "results": rows}, indent=2))
+        print(json.dumps({"broker": args.broker, "tweets": args.tweets, "runs": args.runs,
+                          "results": rows}, indent=2))
         return
-    print(f"\n{args.tweets} tweets per run, {args.runs} runs, medians (tweets/s):")
+    print(f"\n{args.broker}: {args.tweets} tweets per run, {args.runs} runs, medians (tweets/s):")
     print(f"{'configuration':48} {'median':>9} {'÷ plain':>8} {'÷ plain same settings':>22}")
     print(f"{'':48} {'':>9} {'defaults':>8} {'(row 3)':>22}")
     for r in rows:

@@ -66,7 +66,8 @@ def rabbit_server() -> Iterator[RabbitServer]:
 
 @pytest.fixture
 def broker(request: pytest.FixtureRequest) -> str:
-    """The broker of this test: ``redis``, unless parametrised (tests.support.brokers)."""
+    """The broker of this test: ``redis``, unless parametrised (tests.support.brokers):
+    ``amqp`` (classic queues) or ``amqp-quorum`` (quorum queues, a delivery limit of 2)."""
     return str(getattr(request, "param", "redis"))
 
 
@@ -94,12 +95,15 @@ def host_env(broker: str, broker_url: str, redis_server: RedisServer) -> dict[st
     """The environment a host process of this test runs with."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
     env.update(HOST_BROKER_URL=broker_url, HOST_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
-    if broker == "amqp":
+    if broker.startswith("amqp"):
         # The store and the results stay Redis; tasks fit in half the node's short timeout.
         env.update(HOST_STORE_URL=redis_server.url, HOST_RESULT_BACKEND=redis_server.url,
                    HOST_BROKER_CONSUMER_TIMEOUT=str(RABBIT_CONSUMER_TIMEOUT_S),
                    HOST_TASK_TIME_LIMIT=str(RABBIT_CONSUMER_TIMEOUT_S // 2),
                    HOST_TASK_SOFT_TIME_LIMIT=str(RABBIT_CONSUMER_TIMEOUT_S // 2 - 5))
+    if broker == "amqp-quorum":
+        # A small limit: a hand-back that counted as a delivery would lose messages here.
+        env.update(HOST_QUEUE_TYPE="quorum", HOST_DELIVERY_LIMIT="2")
     return env
 
 

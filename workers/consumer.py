@@ -41,6 +41,8 @@ log = get_logger(__name__)
 #: kombu's *_log_error helpers format %-style: they get a standard logger.
 _kombu_log = logging.getLogger(__name__)
 
+#: The reasons RabbitMQ gives for dead-lettering (x-death); any other value is a forgery.
+BROKER_DEATHS = frozenset({"delivery_limit", "rejected", "expired", "maxlen"})
 #: Dead letters written at the consumer, by reason code (reported in wear reports).
 REJECTED: dict[str, int] = {}
 
@@ -172,7 +174,8 @@ class HostConsumer(Consumer):
         headers = message.headers if isinstance(message.headers, dict) else {}
         deaths = headers.get("x-death")
         death = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
-        reason = str(death.get("reason") or headers.get("x-first-death-reason") or "dead_lettered")
+        reason = str(death.get("reason") or headers.get("x-first-death-reason") or "")
+        reason = reason if reason in BROKER_DEATHS else "dead_lettered"  # bounded: a metric label
         origin = str(death.get("queue") or headers.get("x-first-death-queue") or "?")
         detail = (f"RabbitMQ dead-lettered it from {origin} ({reason}, "
                   f"{death.get('count', '?')} time(s)) before it ran")

@@ -15,14 +15,14 @@ import redis
 from broker_config.app import HostCelery
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
-from tests.support.brokers import on_both_brokers
+from tests.support.brokers import on_every_queue_type
 from tests.support.cli import REPO, read_jsonl
 from tests.support.events import EventTap
 from tests.support.polling import wait_until
 from workers.analysis import envelope
 
 
-@on_both_brokers
+@on_every_queue_type
 class TestKilledWorker:
     def test_sigkill_mid_task_loses_nothing_and_redelivers_within_15s(
             self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from broker_config.app import HostCelery
 from healthcheck.metrics import QueueDepths, broker_depths
+from tests.support.brokers import on_every_queue_type
 
 
+@on_every_queue_type
 class TestQueueDepths:
     def test_depths_of_the_work_queues(self, app: HostCelery) -> None:
         read = broker_depths(app)
