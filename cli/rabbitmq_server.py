@@ -90,6 +90,9 @@ class RabbitServer:
             "RABBITMQ_FEATURE_FLAGS_FILE": str(self.base / "feature_flags"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
             "RABBITMQ_PID_FILE": str(self.base / "pid"),
+            # Erlang's schedulers spin while idle by default: on a small shared machine that
+            # is CPU taken from the workers under test. Sleep instead.
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "+sbwt none +sbwtdcpu none +sbwtdio none",
         }
 
     def start(self, timeout: float = 60.0) -> RabbitServer:

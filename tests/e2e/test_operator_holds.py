@@ -55,8 +55,16 @@ class TestOperatorStatesHold:
         wait_until(lambda: len(status_rows(host_env)) == 2, 20, "both workers known")
         proc = celery("fleet", "quarantine", kept.name, "--reason", "bad disk", env=host_env)
         assert proc.returncode == 0, proc.stderr
+        quarantined = store.get(kept.name)
+        assert quarantined is not None and quarantined.state.value == "QUARANTINED"
+        # (probes passed while it was healthy count too: six more, after its back-off ended)
+        passed_before = metric(checker, "host_probe_results_total", worker=kept.name,
+                               outcome="ok") or 0
+        wait_until(lambda: time.time() > quarantined.backoff_until + 0.5, 10,
+                   "its back-off over")
         wait_until(lambda: (metric(checker, "host_probe_results_total", worker=kept.name,
-                                   outcome="ok") or 0) >= 6, 40, "six passing probes")
+                                   outcome="ok") or 0) >= passed_before + 6, 40,
+                   "six more passing probes")
         w = store.get(kept.name)
         assert w is not None and (w.state.value, w.cause.value) == ("QUARANTINED", "operator")
         assert time.time() > w.backoff_until  # its back-off is long over

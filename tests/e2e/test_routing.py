@@ -15,7 +15,7 @@ import redis
 from broker_config.app import HostCelery
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
-from tests.support.brokers import on_every_queue_type
+from tests.support.brokers import on_both_brokers
 from tests.support.cli import REPO, celery, read_jsonl
 from tests.support.events import EventTap
 from tests.support.handbacks import handed_back
@@ -46,7 +46,7 @@ def state_of(store: RedisHealthStore, worker: str) -> str | None:
 
 
 @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
-@on_every_queue_type
+@on_both_brokers
 class TestDrainOnWear:
     def test_worn_worker_is_drained_and_starts_nothing_after_confirming(
             self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
