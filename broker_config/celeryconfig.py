@@ -57,10 +57,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # surviving items that are no message (broker_config.transport), under redis://.
         transport.register()
         config["broker_transport_options"] = redis_transport_options(settings)
-        config["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
     if settings.broker_is_amqp:
         config["broker_transport_options"] = amqp_transport_options(settings)
-        config["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
+    # Results are in Redis whatever the broker: a write that hangs gives up after 5 s.
+    config["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
     return config
 
 
