@@ -1,4 +1,5 @@
-"""The store's lease and fenced writes on a real redis-server, and the workers' epoch fence."""
+"""Two leaderships on one real redis-server, and the workers' epoch fence (the store's own
+cases: tests/integration/test_store_contract.py)."""
 
 from __future__ import annotations
 
@@ -20,26 +21,7 @@ def worker(name: str, state: State = State.HEALTHY) -> WorkerHealth:
     return WorkerHealth(name=name, state=state, since=1.0, last_seen=1.0, queues=("tweets",))
 
 
-class TestLease:
-    def test_take_renew_expire_and_take_over(self, redis_client: redis.Redis) -> None:
-        store = RedisHealthStore(redis_client)
-        a = store.lease("a", 0.5)
-        assert a == "1:a"
-        assert store.lease("b", 0.5) == "1:a"  # taken: b learns who leads
-        assert store.lease("a", 0.5, "1:a") == "1:a"  # renewal keeps the epoch
-        assert 0 < redis_client.pttl(keys.LEADER) <= 500
-        wait_until(lambda: redis_client.get(keys.LEADER) is None, 3, "the lease to expire")
-        assert store.lease("b", 0.5) == "2:b" and store.epoch() == 2
-        assert store.lease("a", 0.5, "1:a") == "2:b"  # a's old token renews nothing
-
-    def test_release_only_by_the_holder(self, redis_client: redis.Redis) -> None:
-        store = RedisHealthStore(redis_client)
-        token = store.lease("a", 30)
-        store.release("7:someone-else")
-        assert redis_client.get(keys.LEADER) == token.encode()  # type: ignore[union-attr]
-        store.release(token)  # type: ignore[arg-type]
-        assert redis_client.get(keys.LEADER) is None
-
+class TestLeadershipOnRedis:
     def test_two_leaderships_on_one_redis(self, redis_client: redis.Redis) -> None:
         store = RedisHealthStore(redis_client)
         a, b = Leadership(store, "a", 3.0), Leadership(store, "b", 3.0)

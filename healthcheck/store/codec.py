@@ -1,0 +1,42 @@
+"""A worker's health as stored: plain JSON-ready data and back."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from healthcheck.policy import Cause, State, WorkerHealth
+
+
+def to_dict(w: WorkerHealth) -> dict[str, Any]:
+    """A worker's health as plain JSON-ready data."""
+    data = dataclasses.asdict(w)
+    data["state"], data["cause"] = w.state.value, w.cause.value
+    data["resume"] = w.resume.value if w.resume else None
+    data["queues"] = list(w.queues)
+    data["consuming"] = None if w.consuming is None else list(w.consuming)
+    return data
+
+
+def from_dict(data: Mapping[str, Any]) -> WorkerHealth:
+    """The inverse of ``to_dict``; unknown fields are ignored.
+
+    Raises:
+        ValueError: a field has an impossible value.
+    """
+    known = {f.name for f in dataclasses.fields(WorkerHealth)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["state"] = State(values.get("state", "HEALTHY"))
+    values["cause"] = Cause(values.get("cause", ""))
+    values["resume"] = State(values["resume"]) if values.get("resume") else None
+    values["queues"] = tuple(values.get("queues", ()))
+    consuming = values.get("consuming")
+    values["consuming"] = None if consuming is None else tuple(consuming)
+    return WorkerHealth(**values)
+
+
+def recorded_at(record: Mapping[str, Any]) -> float | None:
+    """When an audit record says it happened (None: it does not say, or not as a number)."""
+    at = record.get("at")
+    return float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None

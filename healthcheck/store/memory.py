@@ -1,0 +1,118 @@
+"""The store in memory, for unit tests and the simulator: the same contract as on Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from healthcheck.errors import LeaseLost
+from healthcheck.policy import WorkerHealth
+from healthcheck.store.codec import from_dict, recorded_at, to_dict
+
+
+class InMemoryHealthStore:
+    """Every port of ``healthcheck.store.ports`` in one process's memory.
+
+    Args:
+        clock: seconds, for the lease's TTL.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.workers: dict[str, dict[str, Any]] = {}
+        self.audit: list[dict[str, Any]] = []
+        self.gates: dict[str, str] = {}
+        self.last_reports: dict[str, dict[str, Any]] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.replies: dict[str, dict[str, Any]] = {}
+        self.leader: str | None = None
+        self.leader_until = 0.0
+        self.epochs = 0
+        self._answered = threading.Condition()
+
+    def load(self) -> dict[str, WorkerHealth]:
+        return {k: from_dict(v) for k, v in self.workers.items()}
+
+    def get(self, worker: str) -> WorkerHealth | None:
+        data = self.workers.get(worker)
+        return from_dict(data) if data else None
+
+    def commit(self, workers: Iterable[WorkerHealth], records: Iterable[Mapping[str, Any]] = (),
+               reports: Mapping[str, Mapping[str, Any]] | None = None, fence: str = "") -> None:
+        self._check(fence)
+        for w in workers:
+            self.workers[w.name] = to_dict(w)
+        self.audit.extend(dict(r) for r in records)
+        self.last_reports.update({k: dict(v) for k, v in (reports or {}).items()})
+
+    def save(self, workers: Iterable[WorkerHealth]) -> None:
+        self.commit(workers)
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        self.commit((), records)
+
+    def history(self, worker: str | None = None, since: float | None = None,
+                limit: int = 1000) -> list[dict[str, Any]]:
+        records = [r for r in self.audit if (worker is None or r.get("worker") == worker)
+                   and (since is None or (recorded_at(r) or -1.0) >= since)]
+        return records[-limit:] if limit > 0 else []
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        return dict(self.last_reports)
+
+    def close_gate(self, worker: str, reason: str, fence: str = "") -> None:
+        self._check(fence)
+        self.gates[worker] = reason
+
+    def open_gate(self, worker: str, fence: str = "") -> None:
+        self._check(fence)
+        self.gates.pop(worker, None)
+
+    def take_requests(self, limit: int = 100, fence: str = "") -> list[dict[str, Any]]:
+        self._check(fence)
+        with self._answered:
+            taken, self.requests = self.requests[:limit], self.requests[limit:]
+        return taken
+
+    def reply(self, request_id: str, answer: Mapping[str, Any]) -> None:
+        with self._answered:
+            self.replies[request_id] = dict(answer)
+            self._answered.notify_all()
+
+    def ask(self, request: Mapping[str, Any], timeout: float) -> dict[str, Any] | None:
+        request_id = str(request["id"])
+        with self._answered:
+            self.requests.append(dict(request))
+            self._answered.wait_for(lambda: request_id in self.replies, timeout)
+            if request_id not in self.replies:
+                self.requests = [r for r in self.requests if str(r.get("id")) != request_id]
+                return None
+            return self.replies.pop(request_id)
+
+    def lease(self, candidate: str, ttl_s: float, token: str = "") -> str | None:
+        current = self._current()
+        if current is not None and current != token:
+            return current
+        if current is None:
+            self.epochs += 1
+            self.leader = f"{self.epochs}:{candidate}"
+        self.leader_until = self.clock() + ttl_s
+        return self.leader
+
+    def release(self, token: str) -> None:
+        if self._current() == token:
+            self.leader = None
+
+    def epoch(self) -> int:
+        return self.epochs
+
+    def _current(self) -> str | None:
+        if self.leader is not None and self.clock() >= self.leader_until:
+            self.leader = None
+        return self.leader
+
+    def _check(self, fence: str) -> None:
+        if fence and self._current() != fence:
+            raise LeaseLost(f"lease lost: {fence} no longer leads")

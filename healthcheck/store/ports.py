@@ -1,0 +1,86 @@
+"""The checker's store, split by concern: one narrow port per job.
+
+Each port has a Redis implementation (``redis_store``) and an in-memory one (``memory``); one
+contract suite (tests/integration/test_store_contract.py) runs the same cases against both.
+Every method raises StoreUnavailable when the store does not answer, and a fenced write (a
+``fence`` lease token) raises LeaseLost, writing nothing, once that token no longer leads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from healthcheck.policy import WorkerHealth
+
+
+class StateStore(Protocol):
+    """Worker states, the audit log and the last report summaries, written together."""
+
+    def load(self) -> dict[str, WorkerHealth]:
+        """Every stored worker's health."""
+
+    def get(self, worker: str) -> WorkerHealth | None:
+        """One worker's stored health."""
+
+    def commit(self, workers: Iterable[WorkerHealth], records: Iterable[Mapping[str, Any]] = (),
+               reports: Mapping[str, Mapping[str, Any]] | None = None, fence: str = "") -> None:
+        """Store workers' health, audit records and report summaries, all or nothing."""
+
+    def save(self, workers: Iterable[WorkerHealth]) -> None:
+        """Store these workers' health (unfenced: tools and tests)."""
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Add records to the audit log (unfenced: tools and tests)."""
+
+    def history(self, worker: str | None = None, since: float | None = None,
+                limit: int = 1000) -> list[dict[str, Any]]:
+        """Audit records, oldest first: the newest ``limit`` of those about ``worker`` (all
+        workers: None) whose ``at`` is at or after ``since`` (wall-clock seconds)."""
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        """Every worker's last report summary."""
+
+
+class GateKeys(Protocol):
+    """The checker's side of the gate keys: workers refuse work-queue tasks while theirs is set."""
+
+    def close_gate(self, worker: str, reason: str, fence: str = "") -> None:
+        """Hold ``worker`` out: its pool processes refuse work-queue tasks from now on."""
+
+    def open_gate(self, worker: str, fence: str = "") -> None:
+        """Let ``worker``'s pool processes start work-queue tasks again."""
+
+
+class OperatorRequests(Protocol):
+    """Operators' requests to the checker, and its answers."""
+
+    def take_requests(self, limit: int = 100, fence: str = "") -> list[dict[str, Any]]:
+        """Requests waiting for the checker, oldest first (removed from the queue)."""
+
+    def reply(self, request_id: str, answer: Mapping[str, Any]) -> None:
+        """Answer one request."""
+
+    def ask(self, request: Mapping[str, Any], timeout: float) -> dict[str, Any] | None:
+        """Queue a request and wait for its answer (None: none came, and it was taken back)."""
+
+
+class LeaseStore(Protocol):
+    """The checker lease: who leads, under which fencing epoch."""
+
+    def lease(self, candidate: str, ttl_s: float, token: str = "") -> str | None:
+        """Take or renew the lease; the leading token afterwards (None: nobody leads).
+
+        ``token`` is the caller's current token, renewed if it still leads; otherwise a free
+        lease is taken under a new epoch (``"<epoch>:<candidate>"``).
+        """
+
+    def release(self, token: str) -> None:
+        """Give the lease up, if ``token`` still holds it."""
+
+    def epoch(self) -> int:
+        """The fencing epoch: how many times the lease has been taken."""
+
+
+class HealthStore(StateStore, GateKeys, OperatorRequests, LeaseStore, Protocol):
+    """Every port at once: what one Redis (or one in-memory store) provides to the checker."""
