@@ -29,7 +29,7 @@ def worker(name: str, state: State = State.HEALTHY) -> WorkerHealth:
 @dataclass
 class Subject:
     store: HealthStore
-    expire: Callable[[], None]  # the lease runs out now (as if its holder had paused)
+    expire: Callable[[], object]  # the lease runs out now (as if its holder had paused)
 
 
 @pytest.fixture(params=["memory", "redis"])
