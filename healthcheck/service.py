@@ -179,7 +179,7 @@ class Checker:
         if kind in EVENT_TYPES:
             self.inbox.put((event, self.clock()))
         elif isinstance(kind, str) and kind.startswith("task-") and self.leading():
-            self.metrics.task_events.on_event(event)  # one checker counts: sums stay right
+            self.metrics.on_task_event(event)  # one checker counts: sums stay right
 
     def handle(self, event: Mapping[str, Any], at: float) -> None:
         """Apply one event: observe it, act on what changed, correct the worker's gate."""
@@ -284,7 +284,7 @@ class Checker:
         if not t.enforced:
             log.warning("dry_run_would_act", worker=t.worker, action="drain" if out else "admit",
                         reason=t.reason)
-            self.metrics.control.labels("drain" if out else "admit", "dry_run").inc()
+            self.metrics.command("drain" if out else "admit", "dry_run")
             return
         if out:
             self._drain(t.worker, t.reason)
@@ -312,7 +312,7 @@ class Checker:
             # it back. Should that not take, its reports keep saying so and the policy ejects it.
             self._last_correction[name] = at
             log.warning("consumption_corrected", worker=name, not_consuming=missing)
-            self.metrics.control.labels("consumption_correction", "sent").inc()
+            self.metrics.command("consumption_correction", "sent")
             self._admit(name, f"correction: not consuming {', '.join(missing)}")
 
     def _drain(self, worker: str, reason: str, correction: bool = False) -> None:
@@ -341,7 +341,7 @@ class Checker:
                                   "inflight": reply.body.get("inflight")}
         if reply.answered and verdict_at is not None and reply.confirmed_at is not None:
             record["confirm_s"] = reply.confirmed_at - verdict_at
-            self.metrics.drain.observe(max(0.0, record["confirm_s"]))
+            self.metrics.drain_confirmed(record["confirm_s"])
         log.info("drain_" + ("confirmed" if reply.answered else "unconfirmed"), worker=worker,
                  reason=reason, confirm_s=record.get("confirm_s"), consuming=record["consuming"],
                  correction=correction)
@@ -374,9 +374,9 @@ class Checker:
             reply = command(worker, reason)
         except HealthcheckError as exc:
             log.error("control_failed", worker=worker, command=name, error=str(exc))
-            self.metrics.control.labels(name, "error").inc()
+            self.metrics.command(name, "error")
             return None
-        self.metrics.control.labels(name, "confirmed" if reply.answered else "no_reply").inc()
+        self.metrics.command(name, "confirmed" if reply.answered else "no_reply")
         return reply
 
     def flush(self) -> None:
@@ -440,7 +440,7 @@ class Checker:
         worker = str(request.get("worker"))
         refusal = self._verifier.refusal(f"operator:{action}", request, "checker")
         if refusal:
-            self.metrics.control.labels(f"operator_{action}", f"refused_{refusal}").inc()
+            self.metrics.operator_request(action, f"refused_{refusal}")
             log.warning("operator_request_refused", action=action, worker=worker, reason=refusal)
             return {"ok": False, "code": "refused", "error": f"refused: {refusal}"}
         w = self.fleet.workers.get(worker)
@@ -452,7 +452,7 @@ class Checker:
         reason = f"operator: {request.get('reason') or action}"
         decision = self.fleet.operator(worker, target, reason, self.clock())
         self.apply(decision)
-        self.metrics.control.labels(f"operator_{action}", "applied").inc()
+        self.metrics.operator_request(action, "applied")
         log.info("operator_action", action=action, worker=worker, reason=reason,
                  state=self.fleet.workers[worker].state.value)
         return {"ok": True, "worker": worker, "state": self.fleet.workers[worker].state.value,

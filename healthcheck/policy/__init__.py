@@ -7,6 +7,7 @@ from healthcheck.policy.fleet import Decision, Fleet, GuardFigures
 from healthcheck.policy.machine import HealthPolicy, Step
 from healthcheck.policy.model import (
     Cause,
+    Code,
     Heartbeat,
     ProbeResult,
     Reading,
@@ -17,7 +18,7 @@ from healthcheck.policy.model import (
 )
 
 __all__ = [
-    "Cause", "Decision", "Fleet", "GuardFigures", "HealthPolicy", "Heartbeat", "PolicyConfig",
+    "Cause", "Code", "Decision", "Fleet", "GuardFigures", "HealthPolicy", "Heartbeat", "PolicyConfig",
     "ProbeResult", "Reading", "State", "Step", "Threshold", "Transition", "WearReport",
     "WorkerHealth",
 ]

@@ -17,6 +17,7 @@ from healthcheck.policy.detectors import assess
 from healthcheck.policy.model import (
     CONSUMING,
     Cause,
+    Code,
     Heartbeat,
     ProbeResult,
     State,
@@ -24,6 +25,7 @@ from healthcheck.policy.model import (
     Verdict,
     WearReport,
     WorkerHealth,
+    transition_code,
 )
 
 #: Where an OFFLINE worker goes when it is heard from again, by the state it had.
@@ -141,7 +143,7 @@ class HealthPolicy:
             return Step(dataclasses.replace(w2, resume=resume, cause=w.cause), (t,))
         if w.state is State.DRAINING and now - w.since > c.drain_timeout_s:
             w, t = self._quarantine(w, f"drain timed out after {c.drain_timeout_s:g}s", now,
-                                    jitter_s)
+                                    jitter_s, Code.DRAIN_TIMEOUT)
             return Step(w, (t,))
         if w.state is State.PROBATION:
             return self._maybe_graduate(w, now, ())
@@ -175,7 +177,8 @@ class HealthPolicy:
         report that still wants the worker out, so the reason tracks them)."""
         reason = f"held in rotation by the guard ({why}): {proposal.reason}"
         if w.state is State.HEALTHY:
-            w, t = self._move(w, State.SUSPECT, reason, now, evidence=proposal.evidence)
+            w, t = self._move(w, State.SUSPECT, reason, now, evidence=proposal.evidence,
+                              code=Code.HELD)
             return Step(dataclasses.replace(w, breaches=self.config.recovery.confirm_breaches,
                                             held=why), (t,), degraded=True)
         return Step(dataclasses.replace(w, reason=reason, held=why), degraded=True)
@@ -263,17 +266,18 @@ class HealthPolicy:
             return Step(w, (*done, t))
         return Step(w, done)
 
-    def _quarantine(self, w: WorkerHealth, reason: str, now: float,
-                    jitter_s: float) -> tuple[WorkerHealth, Transition]:
-        w2, t = self._move(w, State.QUARANTINED, reason, now, w.cause)
+    def _quarantine(self, w: WorkerHealth, reason: str, now: float, jitter_s: float,
+                    code: Code | None = None) -> tuple[WorkerHealth, Transition]:
+        w2, t = self._move(w, State.QUARANTINED, reason, now, w.cause, code=code)
         return dataclasses.replace(w2, backoff_until=now + self.backoff_s(w.ejections, jitter_s)), t
 
     def _move(self, w: WorkerHealth, to: State, reason: str, now: float,
               cause: Cause = Cause.NONE, automatic: bool = True,
-              evidence: Mapping[str, float | str] | None = None
+              evidence: Mapping[str, float | str] | None = None, code: Code | None = None
               ) -> tuple[WorkerHealth, Transition]:
         t = Transition(worker=w.name, from_state=w.state, to_state=to, reason=reason, at=now,
                        cause=cause, automatic=automatic, enforced=self.config.enforce,
-                       evidence=dict(evidence or {}))
+                       evidence=dict(evidence or {}),
+                       code=code or transition_code(w.state, to, automatic, cause))
         return dataclasses.replace(w, state=to, since=now, reason=reason, breaches=0, passes=0,
                                    cause=cause, held=""), t

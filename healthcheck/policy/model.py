@@ -171,6 +171,41 @@ class WorkerHealth:
         return self.state is State.QUARANTINED and now >= self.backoff_until
 
 
+class Code(StrEnum):
+    """What kind of change a transition is: a bounded code for metric labels and alerts (the
+    reason is free text for people and may be reworded at will)."""
+
+    LIVENESS = "liveness"  # went OFFLINE: no sign of life
+    RETURNED = "returned"  # came back from OFFLINE
+    OPERATOR = "operator"  # a person's action
+    WEAR = "wear"  # ejected for wear
+    PROBE = "probe"  # ejected for a wrong probe answer
+    SELF = "self"  # ejected after the worker closed its own gate
+    DRAINED = "drained"  # DRAINING to QUARANTINED: nothing left in flight
+    DRAIN_TIMEOUT = "drain_timeout"  # DRAINING to QUARANTINED: the drain took too long
+    SUSPECT = "suspect"  # looks degraded, not yet ejected
+    HELD = "held"  # the guard kept it in rotation although the policy would eject it
+    RECOVERY = "recovery"  # back towards HEALTHY
+
+
+def transition_code(from_state: State, to_state: State, automatic: bool, cause: Cause) -> Code:
+    """The code a transition has by its states and cause alone (the policy names the two
+    codes that need more context, DRAIN_TIMEOUT and HELD, itself)."""
+    if to_state is State.OFFLINE:
+        return Code.LIVENESS
+    if from_state is State.OFFLINE:
+        return Code.RETURNED
+    if not automatic:
+        return Code.OPERATOR
+    if to_state in (State.DRAINING, State.QUARANTINED):
+        if from_state is State.DRAINING:
+            return Code.DRAINED
+        return Code(cause.value) if cause is not Cause.NONE else Code.WEAR
+    if to_state is State.SUSPECT:
+        return Code.SUSPECT
+    return Code.RECOVERY
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     """One change of state, with its reason: adapters log, count, store and act on these.
@@ -185,6 +220,7 @@ class Transition:
         automatic: False for operator actions.
         enforced: False in a dry run: detected, not acted upon.
         evidence: the figures behind the decision.
+        code: what kind of change it is (None: derived from the states and the cause).
     """
 
     worker: str
@@ -196,6 +232,12 @@ class Transition:
     automatic: bool = True
     enforced: bool = True
     evidence: Mapping[str, float | str] = field(default_factory=dict)
+    code: Code = None  # type: ignore[assignment]  # set in __post_init__ when not given
+
+    def __post_init__(self) -> None:
+        if self.code is None:
+            object.__setattr__(self, "code", transition_code(self.from_state, self.to_state,
+                                                             self.automatic, self.cause))
 
 
 @dataclass(frozen=True, slots=True)

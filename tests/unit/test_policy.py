@@ -17,6 +17,7 @@ from healthcheck.policy import (
     ProbeResult,
     Reading,
     State,
+    Transition,
     WearReport,
     WorkerHealth,
 )
@@ -531,3 +532,38 @@ class TestFailuresOnMostWorkers:
         assert fleet.by_state()[State.DRAINING] == 0 and decision.guard_engaged
         assert all("suspecting the inputs" in fleet.workers[f"w{i}"].reason for i in range(3))
         assert fleet.figures().held_back == 3
+
+
+class TestTransitionCodes:
+    """Metric labels come from a transition's code, never from its reason's words."""
+
+    def test_the_code_ignores_the_reason(self) -> None:
+        from healthcheck.policy import Code
+
+        for reason in ("drain timed out", "ejection held", "drained", "anything at all"):
+            t = Transition("w1", State.DRAINING, State.QUARANTINED, reason, 1.0, Cause.WEAR)
+            assert t.code is Code.DRAINED
+            t = Transition("w1", State.HEALTHY, State.SUSPECT, reason, 1.0)
+            assert t.code is Code.SUSPECT
+
+    def test_the_policy_names_a_drain_timeout_and_a_hold(self) -> None:
+        from healthcheck.policy import Code, HealthPolicy
+        from healthcheck.policy.machine import Proposal
+
+        policy = HealthPolicy(PolicyConfig())
+        draining = WorkerHealth("w1", State.DRAINING, since=0.0, last_seen=100.0,
+                                cause=Cause.WEAR)
+        [timed_out] = policy.tick(draining, 100.0).transitions
+        assert timed_out.code is Code.DRAIN_TIMEOUT
+        healthy = WorkerHealth("w2", State.HEALTHY, since=0.0, last_seen=1.0)
+        [held] = policy.hold(healthy, Proposal("cpu 99", Cause.WEAR, {}), "budget", 1.0).transitions
+        assert held.code is Code.HELD and held.to_state is State.SUSPECT
+        [ejected] = policy.eject(healthy, Proposal("cpu 99", Cause.WEAR, {}), 1.0).transitions
+        assert ejected.code is Code.WEAR
+
+    def test_every_code_is_a_documented_label(self) -> None:
+        from healthcheck.policy import Code
+
+        doc = (Path(__file__).parents[2] / "docs" / "observability.md").read_text()
+        row = next(line for line in doc.splitlines() if "host_worker_transitions_total" in line)
+        assert all(code.value in row for code in Code)
