@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from broker_config.app import create_app
+from workers.app import create_app
 
 app = create_app()

@@ -30,14 +30,18 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.plain_app import make_app  # noqa: E402
-from broker_config.app import create_app  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
-from cli.processes import WorkerProcess, node_name  # noqa: E402
+from cli.event_tap import EventTap  # noqa: E402
+from cli.processes import (  # noqa: E402
+    WorkerProcess,
+    node_name,
+    wait_until,
+)
 from cli.redis_server import RedisServer, free_port  # noqa: E402
+from healthcheck.audit import Kind, parse_all  # noqa: E402
 from healthcheck.store import RedisHealthStore  # noqa: E402
-from tests.support.events import EventTap  # noqa: E402
-from tests.support.polling import wait_until  # noqa: E402
 from workers.analysis import envelope  # noqa: E402
+from workers.app import create_app  # noqa: E402
 
 GROUND_TRUTH = REPO.parent / "shared" / "data" / "tweets_groundtruth.tsv"
 #: Tweets published per second: more than two workers take, so that queues hold a backlog
@@ -99,12 +103,12 @@ def run_host(url: str, env: dict[str, str], texts: list[str], logs: Path) -> dic
             records = [r.get(timeout=120) for r in results]
             first_hard = next(e for e in tap.of("worker-wear", bad)
                               if e["wear"]["cpu_percent"][0] >= 97)
-        history = store.history(bad)
-        confirmed = next(r for r in history if r["kind"] == "drain_confirmed")
-        verdict_at = confirmed["verdict_at"]  # when the verdict was recorded and took effect
+        history = parse_all(store.history(bad))
+        confirmed = next(r for r in history if r.kind is Kind.DRAIN_CONFIRMED)
+        verdict_at = confirmed.get("verdict_at")  # when the verdict was recorded and took effect
         after = sum(1 for r in records if r["worker"] == bad and r["started_at"] > verdict_at)
         return {"detection_s": verdict_at - first_hard["timestamp"],
-                "confirm_s": confirmed["confirm_s"], "started_after": after,
+                "confirm_s": confirmed.get("confirm_s"), "started_after": after,
                 "total": len(records)}
     finally:
         checker.terminate()

@@ -25,10 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.plain_app import make_app  # noqa: E402
-from broker_config.app import create_app  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
 from cli.processes import WorkerProcess, node_name  # noqa: E402
 from cli.redis_server import RedisServer  # noqa: E402
+from workers.app import create_app  # noqa: E402
 
 
 def tree_cpu(pid: int) -> float:
@@ -58,7 +58,7 @@ def measure(worker: WorkerProcess, app: object, seconds: float) -> float:
 
 
 def sample_costs(app: object, seconds: float) -> list[float]:
-    from tests.support.events import EventTap
+    from cli.event_tap import EventTap
 
     with EventTap(app) as tap:  # type: ignore[arg-type]
         time.sleep(seconds)

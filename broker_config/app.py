@@ -1,4 +1,4 @@
-"""The Celery app factory: `host.app` is built here, configured lazily from Settings."""
+"""host's Celery app class: configured lazily from Settings (built by ``workers.app.create_app``)."""
 
 from __future__ import annotations
 
@@ -60,12 +60,3 @@ def settings_of(app: Celery) -> Settings:
     if not isinstance(app, HostCelery):
         raise TypeError(f"{app!r} is not a host app; build it with create_app()")
     return app.host_settings
-
-
-def create_app(settings: Settings | None = None) -> HostCelery:
-    """Build the host app with its tasks, signals and worker extensions registered."""
-    app = HostCelery(settings)
-    from workers import install
-
-    install(app)
-    return app

@@ -39,7 +39,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from redis.exceptions import NoScriptError
 
-from workers.logs import get_logger
+from broker_config.logs import get_logger
 
 log = get_logger(__name__)
 

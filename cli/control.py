@@ -7,6 +7,7 @@ from typing import Any
 import click
 from celery import Celery
 
+from broker_config.app import settings_of
 from healthcheck.actuator import control_reply
 
 EXIT_NO_REPLY = 4
@@ -36,8 +37,6 @@ def send(app: Celery, command: str, worker: str, arguments: dict[str, Any] | Non
     """
     if not worker or not worker.strip():
         raise click.UsageError("a worker name is required (control commands are never broadcast)")
-    from broker_config.app import settings_of
-
     answer = control_reply(app, command, worker, arguments, timeout,
                            secret=settings_of(app).control_secret)
     if answer is None:

@@ -28,16 +28,18 @@ from celery.bin.base import CeleryCommand
 from rich.console import Console
 from rich.table import Table
 
-from broker_config.app import HostCelery, create_app
+from broker_config.app import HostCelery
+from broker_config.logs import ensure_logging
 from cli.common import EXIT_INCOMPLETE, Progress, check_broker, host_app
 from cli.feed import FeedReport, feed, read_lines
 from cli.processes import WorkerProcess, node_name, terminate
 from cli.redis_server import RedisServer, free_port
 from healthcheck.actuator import control_reply
+from healthcheck.audit import Kind, parse_all
 from healthcheck.store import RedisHealthStore
+from workers.app import create_app
 from workers.deadletter import RedisDeadLetterStore
 from workers.inbound import Limits
-from workers.logs import ensure_logging
 
 #: Wear reports four times a second, so the demo's drain happens within seconds.
 DEMO_WEAR_INTERVAL = "0.25"
@@ -160,17 +162,17 @@ class Run:
             self.records.append((str(record["worker"]), float(record["started_at"])))
 
     def _tell(self, store: RedisHealthStore, worker: str) -> None:
-        history = store.history(worker)
-        drained = next((r for r in history if r.get("to") == "DRAINING"), None)
-        confirmed = next((r for r in history if r["kind"] == "drain_confirmed"), None)
+        history = parse_all(store.history(worker))
+        drained = next((r for r in history if r.to_state == "DRAINING"), None)
+        confirmed = next((r for r in history if r.kind is Kind.DRAIN_CONFIRMED), None)
         if drained is None or confirmed is None or self.story.injected_at is None:
             self.story.drained = {"drained": False}
             return
-        verdict_at = confirmed["verdict_at"]
+        verdict_at = confirmed.get("verdict_at")
         self.story.drained = {
-            "drained": True, "reason": drained["reason"],
+            "drained": True, "reason": drained.get("reason"),
             "drained_after_injection_s": round(verdict_at - self.story.injected_at, 3),
-            "confirm_s": round(confirmed["confirm_s"], 4),
+            "confirm_s": round(confirmed.get("confirm_s", 0.0), 4),
             "state_now": (w.state.value if (w := store.get(worker)) else None),
         }
         self.story.started_after_verdict = sum(1 for w, t in self.records

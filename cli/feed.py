@@ -23,7 +23,8 @@ from kombu.exceptions import OperationalError
 
 from workers.analysis import envelope
 from workers.deadletter import DeadLetterStore
-from workers.inbound import Limits, Line, Rejection, frame_lines, split_document
+from workers.framing import frame_lines
+from workers.inbound import Limits, Line, Rejection, split_document
 from workers.requests import SENT_AT_HEADER
 
 #: Called with (accounted, total_known, sending_done) whenever progress is made.

@@ -27,6 +27,7 @@ from cli.common import (
     check_broker,
     host_app,
 )
+from healthcheck.audit import Kind, parse_all
 from healthcheck.errors import StoreUnavailable
 from healthcheck.policy.model import CONSUMING
 from healthcheck.store import RedisHealthStore, to_dict
@@ -82,7 +83,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     table = Table(title="host fleet")
     for col in ("worker", "state", "reason", "since", "cpu %", "mem %", "in flight", "consuming"):
         table.add_column(col)
-    now = time.time()
+    now = checker_now(reports)
     for r in rows:
         table.add_row(r["worker"], _color(r["state"]), r["reason"][:110],
                       _ago(now - r["since"]), _num(r["wear"].get("cpu_percent")),
@@ -91,6 +92,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
     console = Console()
     console.print(table)
     console.print("healthy consumers: " + ", ".join(f"{q} {n}" for q, n in queues.items()))
+
+
+def checker_now(reports: dict[str, dict[str, Any]]) -> float:
+    """"Now" by the checker's clock, which wrote every stored time: when it received the newest
+    report (workers report every second). Ages are never this machine's clock minus the
+    checker's; with no report stored, this machine's clock is all there is."""
+    times = [r["at"] for r in reports.values() if isinstance(r.get("at"), (int, float))]
+    return max(times, default=time.time())
 
 
 def _row(w: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
@@ -130,18 +139,19 @@ def history(ctx: click.Context, worker: str | None, since: float | None, limit: 
     """The audit log: every transition, drain and operator action, oldest first."""
     app = host_app(ctx)
     store = _store(app)
-    records = store.history(worker, time.time() - since if since else None, limit)
+    now = checker_now(store.reports()) if since else 0.0
+    records = parse_all(store.history(worker, now - since if since else None, limit))
     if as_json:
         for r in records:
-            click.echo(json.dumps(r))
+            click.echo(json.dumps(r.to_dict()))
         return
     table = Table(title=f"history{' of ' + worker if worker else ''}")
     for col in ("time", "worker", "what", "reason"):
         table.add_column(col)
     for r in records:
-        what = (f"{r['from']} → {r['to']}" + ("" if r.get("enforced", True) else " (dry run)")
-                if r["kind"] == "transition" else r["kind"])
-        table.add_row(time.strftime("%H:%M:%S", time.localtime(r["at"])), r["worker"], what,
+        what = (f"{r.get('from')} → {r.to_state}" + ("" if r.get("enforced", True) else " (dry run)")
+                if r.kind is Kind.TRANSITION else r.kind.value)
+        table.add_row(time.strftime("%H:%M:%S", time.localtime(r.at)), r.worker or "", what,
                       str(r.get("reason", ""))[:70])
     Console().print(table)
 

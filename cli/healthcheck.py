@@ -10,6 +10,8 @@ import click
 from celery.bin.base import CeleryCommand
 
 from broker_config.app import ConfigurationFailed
+from broker_config.logs import ensure_logging, get_logger
+from broker_config.policy_file import load_policy
 from broker_config.queues import WATCHED_QUEUES, WORK_QUEUES
 from broker_config.settings import ConfigError
 from cli.common import check_broker, host_app
@@ -21,12 +23,11 @@ from healthcheck.http import serve
 from healthcheck.lease import Leadership, candidate_id
 from healthcheck.metrics import QueueDepths, broker_depths
 from healthcheck.page import fleet_view
-from healthcheck.policy_file import load_policy
 from healthcheck.probes import CeleryProbeTransport, Prober, known_answers
-from healthcheck.service import Checker, receive_events
+from healthcheck.receiver import receive_events
+from healthcheck.service import Checker
 from healthcheck.store import RedisHealthStore
 from healthcheck.webconfig import require_auth
-from workers.logs import ensure_logging, get_logger
 
 log = get_logger(__name__)
 

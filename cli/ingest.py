@@ -10,11 +10,11 @@ from typing import IO
 import click
 from celery.bin.base import CeleryCommand
 
+from broker_config.logs import ensure_logging
 from cli.common import EXIT_INCOMPLETE, BrokerUnreachable, Progress, check_broker, check_store, host_app
 from cli.feed import FeedReport, feed, read_lines
 from workers.deadletter import RedisDeadLetterStore
 from workers.inbound import FORMATS, Limits
-from workers.logs import ensure_logging
 
 
 @click.command(cls=CeleryCommand)

@@ -15,19 +15,17 @@ from healthcheck.errors import ControlUnavailable
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """A worker's answer to a control command (None fields: it did not answer)."""
+    """A worker's answer to a control command.
+
+    ``sent_at`` is the checker's clock; the times in ``body`` are the worker's, and are never
+    subtracted from the checker's.
+    """
 
     worker: str
     command: str
     sent_at: float
     answered: bool
     body: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def confirmed_at(self) -> float | None:
-        """When the worker had done it, by its own clock (from the reply)."""
-        at = self.body.get("at")
-        return float(at) if isinstance(at, (int, float)) else None
 
 
 def control_reply(app: Celery, command: str, worker: str, arguments: dict[str, Any] | None = None,

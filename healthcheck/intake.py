@@ -1,70 +1,66 @@
-"""Turning Celery events into the policy's observations. Never raises on a malformed event."""
+"""Intake: Celery events in, the policy's observations out, and what the checker keeps of
+each worker's last report (its readings, its sparkline history, the summary ``fleet status``
+shows). Never raises on a malformed event: it is dropped."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
+from broker_config.wear_event import WEAR_EVENT, WearEvent
+from healthcheck.page import WearHistory
 from healthcheck.policy import Heartbeat, Reading, WearReport
 
-WEAR_EVENT = "worker-wear"
 LIVENESS_EVENTS = ("worker-heartbeat", "worker-online")
+#: The events the checker's loop takes (task events only feed the task metrics).
+EVENT_TYPES = (WEAR_EVENT, *LIVENESS_EVENTS, "worker-offline")
 
 
 def observation(event: Mapping[str, Any], at: float) -> WearReport | Heartbeat | None:
-    """The observation an event carries (``at``: when the checker received it), or None.
-
-    Events come from the network: anything malformed yields None rather than an exception.
-    """
-    kind = event.get("type")
+    """The observation an event carries (``at``: when the checker received it), or None."""
+    if event.get("type") == WEAR_EVENT:
+        report = WearEvent.parse(event)
+        return None if report is None else wear_report(report, at)
     worker = event.get("hostname")
-    if not isinstance(worker, str) or not worker:
-        return None
-    if kind in LIVENESS_EVENTS:
+    if event.get("type") in LIVENESS_EVENTS and isinstance(worker, str) and worker:
         return Heartbeat(worker, at)
-    if kind == WEAR_EVENT:
-        try:
-            return wear_report(event, worker, at)
-        except (TypeError, ValueError):
-            return None
     return None
 
 
-def wear_report(event: Mapping[str, Any], worker: str, at: float) -> WearReport:
-    """A WearReport from a ``worker-wear`` event.
-
-    Raises:
-        TypeError, ValueError: a field has the wrong shape.
-    """
-    wear = {}
-    for metric, pair in (event.get("wear") or {}).items():
-        value, peak = (float(x) for x in pair)
-        if math.isfinite(value) and math.isfinite(peak):
-            wear[str(metric)] = Reading(value, peak)
-    tasks = event.get("tasks") or {}
-    p95 = tasks.get("runtime_p95")
-    protected = event.get("self_protected")
+def wear_report(report: WearEvent, at: float) -> WearReport:
+    """What the policy needs of a wear report."""
     return WearReport(
-        worker=worker, at=at, wear=wear,
-        completed=int(tasks.get("completed", 0)), failed=int(tasks.get("failed", 0)),
-        consecutive_failures=int(tasks.get("consecutive_failures", 0)),
-        runtime_p95=float(p95) if p95 is not None else None,
-        inflight=int(event.get("inflight", 0)),
-        queues=tuple(str(q) for q in event.get("queues") or ()),
-        self_protected=str(protected) if protected else None,
-        consuming=consuming(event),
-        gate_closed=event.get("gate") == "closed",
+        worker=report.hostname, at=at,
+        wear={m: Reading(value, peak) for m, (value, peak) in report.wear.items()},
+        completed=report.tasks.completed, failed=report.tasks.failed,
+        consecutive_failures=report.tasks.consecutive_failures,
+        runtime_p95=report.tasks.runtime_p95, inflight=report.inflight, queues=report.queues,
+        self_protected=report.self_protected, consuming=report.consuming,
+        gate_closed=report.gate == "closed",
     )
 
 
-def consuming(event: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """The work queues a worker really consumes, by its report: those it is subscribed to while
-    its gate is open (a closed gate starts nothing, whatever it is subscribed to); None for a
-    worker that does not report them."""
-    queues = event.get("consuming")
-    if not isinstance(queues, (list, tuple)):
-        return None
-    if event.get("gate") != "open":
-        return ()
-    return tuple(str(q) for q in queues)
+def report_summary(report: WearEvent, at: float) -> dict[str, Any]:
+    """What ``fleet status`` shows of a worker's last report."""
+    return {"at": at, "wear": {m: value for m, (value, _) in report.wear.items()},
+            "consuming": None if report.subscribed is None else list(report.subscribed),
+            "queues": list(report.queues), "inflight": report.inflight, "gate": report.gate,
+            "self_protected": report.self_protected, "inject": report.inject or None}
+
+
+class Intake:
+    """Each worker's last readings and recent wear, from the reports as they arrive."""
+
+    def __init__(self) -> None:
+        self.wear: dict[str, Mapping[str, Reading]] = {}
+        self.history = WearHistory()
+
+    def take(self, report: WearReport) -> None:
+        """Remember a report's readings."""
+        self.wear[report.worker] = report.wear
+        self.history.add(report.worker, report.wear)
+
+    def forget(self, worker: str) -> None:
+        """A worker no longer exported."""
+        self.wear.pop(worker, None)
+        self.history.forget(worker)

@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from broker_config.logs import get_logger
 from healthcheck.errors import HealthcheckError
-from healthcheck.store import HealthStore
-from workers.logs import get_logger
+from healthcheck.store import LeaseStore
 
 log = get_logger(__name__)
 
@@ -53,7 +53,7 @@ class Leadership:
         clock: monotonic seconds.
     """
 
-    store: HealthStore
+    store: LeaseStore
     candidate: str
     ttl_s: float = 5.0
     clock: Callable[[], float] = time.monotonic

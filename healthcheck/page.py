@@ -14,9 +14,10 @@ from importlib import resources
 from typing import Any
 
 from broker_config.queues import WORK_QUEUES
+from healthcheck.audit import Kind, parse_all
 from healthcheck.errors import HealthcheckError
 from healthcheck.policy import Fleet, Reading
-from healthcheck.store import HealthStore
+from healthcheck.store import StateStore
 
 #: Wear samples kept per worker for the sparklines.
 SPARK_POINTS = 60
@@ -50,13 +51,13 @@ class WearHistory:
         self._series.pop(worker, None)
 
 
-def fleet_view(fleet: Fleet, history: WearHistory, store: HealthStore, leading: bool,
+def fleet_view(fleet: Fleet, history: WearHistory, store: StateStore, leading: bool,
                depths: Callable[[], Mapping[str, int]] | None = None,
                clock: Callable[[], float] = time.time, transitions: int = 20) -> dict[str, Any]:
     """What the page shows, as JSON-ready data."""
     workers = sorted(fleet.workers.values(), key=lambda w: w.name)
     try:
-        recent = [r for r in store.history(limit=200) if r.get("kind") == "transition"]
+        recent = [r for r in parse_all(store.history(limit=200)) if r.kind is Kind.TRANSITION]
         recent = recent[-transitions:][::-1]
         store_ok = True
     except HealthcheckError:
@@ -74,6 +75,6 @@ def fleet_view(fleet: Fleet, history: WearHistory, store: HealthStore, leading: 
                      "cause": w.cause.value, "held": w.held or None, "since": w.since,
                      "last_seen": w.last_seen,
                      "queues": list(w.queues), "wear": history.of(w.name)} for w in workers],
-        "transitions": [{"at": r.get("at"), "worker": r.get("worker"), "from": r.get("from"),
-                         "to": r.get("to"), "reason": r.get("reason")} for r in recent],
+        "transitions": [{"at": r.at, "worker": r.worker, "from": r.get("from"),
+                         "to": r.to_state, "reason": r.get("reason")} for r in recent],
     }

@@ -18,7 +18,8 @@ from broker_config.queues import verify_queue
 from healthcheck.policy import ProbeResult, State
 from healthcheck.policy.config import Probes
 from workers.analysis import envelope
-from workers.inbound import Limits, Message, frame_lines, parse_line
+from workers.framing import frame_lines
+from workers.inbound import Limits, Message, parse_line
 from workers.sentiment import analyse_text
 
 SCORES = ("neg", "neu", "pos", "compound")
@@ -33,8 +34,9 @@ class KnownAnswer:
 
 
 def known_answers(limit: int = 25) -> list[KnownAnswer]:
-    """Answers computed now from the sample that ships with host (its analysable lines)."""
-    sample = files("cli") / "data" / "sample.txt"
+    """Answers computed now from the probe inputs that ship with the checker (``data/probes.txt``:
+    the first lines of the demo's sample, mixed formats; its analysable lines)."""
+    sample = files("healthcheck") / "data" / "probes.txt"
     answers = []
     with sample.open("rb") as f:
         for line in frame_lines(f, "probe", Limits()):

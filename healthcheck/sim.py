@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from broker_config.policy_file import load_policy
+from broker_config.settings import ConfigError
 from healthcheck.policy import Fleet, HealthPolicy, PolicyConfig, ProbeResult, Reading, State
 from healthcheck.policy.model import OUT_OF_ROTATION, WearReport
 
@@ -254,9 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1 or args.seconds < 1:
         parser.error("--workers and --seconds must be positive")
-    from broker_config.settings import ConfigError
-    from healthcheck.policy_file import load_policy
-
     try:
         config = load_policy(args.policy)
     except ConfigError as exc:

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from broker_config.app import HostCelery, create_app
+from broker_config.app import HostCelery
 from broker_config.settings import Settings
 from cli.processes import WorkerProcess, node_name, terminate
 from cli.rabbitmq_server import RabbitServer, RabbitServerNotFound
 from cli.redis_server import RedisServer, RedisServerNotFound, free_port
+from workers.app import create_app
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -30,12 +30,12 @@ from typing import Any
 from celery.worker.consumer import Consumer
 
 from broker_config.app import settings_of
+from broker_config.logs import get_logger
 from broker_config.queues import is_dead_queue
 from workers import gate, handback
 from workers.deadletter import store_of
 from workers.inbound import truncate
-from workers.logs import get_logger
-from workers.requests import REQUEUED
+from workers.runtime import RUNTIME
 
 log = get_logger(__name__)
 #: kombu's *_log_error helpers format %-style: they get a standard logger.
@@ -43,8 +43,6 @@ _kombu_log = logging.getLogger(__name__)
 
 #: The reasons RabbitMQ gives for dead-lettering (x-death); any other value is a forgery.
 BROKER_DEATHS = frozenset({"delivery_limit", "rejected", "expired", "maxlen"})
-#: Dead letters written at the consumer, by reason code (reported in wear reports).
-REJECTED: dict[str, int] = {}
 
 
 class HostConsumer(Consumer):
@@ -52,7 +50,7 @@ class HostConsumer(Consumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        gate.attach(self)
+        RUNTIME.consumer = self
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's handler, behind the gate and the message checks."""
@@ -192,7 +190,7 @@ class HostConsumer(Consumer):
                 stage: str = "consumer") -> None:
         headers = message.headers if isinstance(message.headers, dict) else {}
         queue = queue or (message.delivery_info or {}).get("routing_key")
-        REJECTED[code] = REJECTED.get(code, 0) + 1
+        RUNTIME.rejected[code] += 1
         log.warning("message_dead_lettered", reason=code, detail=detail, queue=queue,
                     task_id=headers.get("id"), task=headers.get("task"), worker=self.hostname)
         record = {"status": "rejected", "ref": str(headers.get("id") or ""), "reason": code,
@@ -217,7 +215,7 @@ class HostConsumer(Consumer):
             log.error("rejection_result_failed", error=str(exc), task_id=task_id)
 
     def _hand_back(self, message: Any, queue: str) -> None:
-        REQUEUED[queue] = REQUEUED.get(queue, 0) + 1
+        RUNTIME.requeued[queue] += 1
         headers = message.headers if isinstance(message.headers, dict) else {}
         source = handback.source_queue(message, self.task_consumer)  # type: ignore[attr-defined]
         log.info("task_requeued_by_gate", task_id=headers.get("id"), queue=queue,
@@ -250,7 +248,7 @@ def _plausible(key: str, value: Any) -> bool:
 def dead_letter_raw(app: Any, raw: bytes, queue: str, code: str, detail: str) -> None:
     """A message taken off ``queue`` that is not even a kombu envelope (the Redis transport's
     hook): recorded as a dead letter, never redelivered."""
-    REJECTED[code] = REJECTED.get(code, 0) + 1
+    RUNTIME.rejected[code] += 1
     log.warning("message_dead_lettered", reason=code, detail=detail, queue=queue)
     record = {"status": "rejected", "ref": "", "reason": code, "detail": detail,
               "raw": truncate(raw), "stage": "transport", "queue": queue, "at": time.time()}

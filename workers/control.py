@@ -16,16 +16,16 @@ of rotation to a work queue. Inspection (``celery inspect``, Flower's pages) is 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from celery.worker.control import Panel, control_command
 
+from broker_config.logs import get_logger
 from broker_config.settings import GUARDED_BUILTINS
 from broker_config.signing import SIGNATURE_FIELDS, NonceMemory, Verifier
-from workers import gate, inject
-from workers.logs import get_logger
+from workers import gate
+from workers.runtime import RUNTIME
 
 log = get_logger(__name__)
 
@@ -34,11 +34,8 @@ DANGEROUS = ("shutdown", "pool_restart", "terminate")
 #: Signed or allowed by name, else refused (see broker_config.settings.GUARDED_BUILTINS).
 GUARDED = GUARDED_BUILTINS
 _TERMINATING = ("revoke", "revoke_by_stamped_headers")
-#: Refused commands by (command, reason), reported in every wear report.
-REFUSED: Counter[tuple[str, str]] = Counter()
-
-_verifier = Verifier("", time.time)
-#: Celery's own handlers of the guarded commands, as Celery registered them.
+#: Celery's own handlers of the guarded commands, as Celery registered them in its (process-
+#: wide) Panel: kept once, so that configuring again never wraps a guard in a guard.
 _BUILTINS: dict[str, Callable[..., Any]] = {}
 
 
@@ -50,8 +47,7 @@ def configure(secret: str, allow_dangerous: bool, worker: str, previous: str = "
         allowed: guarded built-ins obeyed unsigned (``HOST_ALLOW_CONTROL``).
         nonces: the fleet-wide memory of used nonces.
     """
-    global _verifier
-    _verifier = Verifier(secret, time.time, previous=previous, nonces=nonces)
+    RUNTIME.verifier = Verifier(secret, time.time, previous=previous, nonces=nonces)
     if not secret:
         log.warning("control_commands_unsigned", worker=worker,
                     note="HOST_CONTROL_SECRET is not set: any client of the broker can drain "
@@ -74,8 +70,8 @@ def _guarded(name: str, original: Callable[..., Any], allowed: bool,
             return _refuse(name, "disabled", worker,
                            f"{name} is disabled on host workers (HOST_ALLOW_DANGEROUS_CONTROL)")
         if not allowed:
-            reason = _verifier.refusal(name, arguments, worker)
-            if reason is not None or not _verifier.secret:
+            reason = RUNTIME.verifier.refusal(name, arguments, worker)
+            if reason is not None or not RUNTIME.verifier.secret:
                 return _refuse(name, reason or "unsigned", worker,
                                f"refused: {reason or 'unsigned'} ({name} changes what a host "
                                "worker consumes or can do: sign it, or name it in "
@@ -91,7 +87,7 @@ def _guarded(name: str, original: Callable[..., Any], allowed: bool,
 
 
 def _refuse(name: str, reason: str, worker: str, message: str) -> dict[str, Any]:
-    REFUSED[(name, reason)] += 1
+    RUNTIME.refused[(name, reason)] += 1
     log.warning("control_command_refused", command=name, reason=reason, worker=worker)
     return {"error": message}
 
@@ -99,10 +95,10 @@ def _refuse(name: str, reason: str, worker: str, message: str) -> dict[str, Any]
 def _authentic(state: Any, command: str, arguments: dict[str, Any]) -> dict[str, Any] | None:
     """None if the command may run; else the error reply (and the refusal is counted)."""
     worker = state.consumer.hostname
-    reason = _verifier.refusal(command, arguments, worker)
+    reason = RUNTIME.verifier.refusal(command, arguments, worker)
     if reason is None:
         return None
-    REFUSED[(command, reason)] += 1
+    RUNTIME.refused[(command, reason)] += 1
     log.warning("control_command_refused", command=command, reason=reason, worker=worker)
     return {"error": f"refused: {reason}"}
 
@@ -113,7 +109,7 @@ def host_inject(state: Any, spec: str = "", **signed: Any) -> dict[str, Any]:
     refused = _authentic(state, "host_inject", {"spec": spec, **signed})
     if refused:
         return refused
-    board = inject.board()
+    board = RUNTIME.board
     if board is None:
         return {"error": "this worker has no injection board"}
     try:
@@ -131,10 +127,10 @@ def _fenced(state: Any, command: str, epoch: int | None) -> dict[str, Any] | Non
     A checker that lost its lease (paused past its TTL, say) may still send what it decided
     before; the store's epoch has moved on by then, so the command is refused here.
     """
-    current = gate.checker_epoch()
+    current = RUNTIME.gate_keys.epoch() if RUNTIME.gate_keys is not None else None
     if epoch is None or current is None or epoch >= current:
         return None
-    REFUSED[(command, "stale_leader")] += 1
+    RUNTIME.refused[(command, "stale_leader")] += 1
     log.warning("control_command_refused", command=command, reason="stale_leader",
                 epoch=epoch, current_epoch=current, worker=state.consumer.hostname)
     return {"error": f"refused: stale_leader (epoch {epoch} < {current})"}
@@ -187,4 +183,4 @@ def host_gate(state: Any, **signed: Any) -> dict[str, Any]:
 
 def refused_counts() -> dict[str, int]:
     """Refusals as ``command:reason`` -> count, for the wear report."""
-    return {f"{c}:{r}": n for (c, r), n in REFUSED.items()}
+    return {f"{c}:{r}": n for (c, r), n in RUNTIME.refused.items()}

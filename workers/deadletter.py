@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import redis
 
 from broker_config import keys
+from broker_config.app import settings_of
 
 
 class DeadLetterStore(Protocol):
@@ -68,8 +69,6 @@ class RedisDeadLetterStore:
 
 def store_of(app: Any) -> RedisDeadLetterStore:
     """The dead-letter store of a host app's settings (one client per process)."""
-    from broker_config.app import settings_of
-
     settings = settings_of(app)
     return _cached(settings.effective_store_url, settings.deadletter_keep)
 

@@ -23,7 +23,8 @@ import threading
 from typing import Any
 
 from broker_config.app import settings_of
-from workers.logs import get_logger
+from broker_config.logs import get_logger
+from workers.runtime import RUNTIME
 
 log = get_logger(__name__)
 #: kombu's *_log_error helpers format %-style: they get a standard logger.
@@ -35,16 +36,14 @@ HANDED_BACK_HEADER = "host_handed_back"
 _KEPT = ("correlation_id", "reply_to", "priority", "delivery_mode", "expiration", "message_id",
          "timestamp", "type", "user_id", "app_id")
 
+#: Guards RUNTIME.handback_connection (the consumer and the request hooks both publish).
 _lock = threading.Lock()
-_connection: Any = None
-#: Consumer tags the worker used, by tag: which queue a delivery came from once it cancelled.
-_tag_queues: dict[str, str] = {}
 
 
 def remember_tags(task_consumer: Any) -> None:
     """Note which queue each current consumer tag reads (called before cancelling them)."""
     for queue, tag in dict(getattr(task_consumer, "_active_tags", {}) or {}).items():
-        _tag_queues[str(tag)] = str(queue)
+        RUNTIME.tag_queues[str(tag)] = str(queue)
 
 
 def source_queue(message: Any, task_consumer: Any = None) -> str:
@@ -53,7 +52,7 @@ def source_queue(message: Any, task_consumer: Any = None) -> str:
     if task_consumer is not None:
         remember_tags(task_consumer)
     tag = info.get("consumer_tag")
-    return _tag_queues.get(str(tag), "") or str(info.get("routing_key") or "")
+    return RUNTIME.tag_queues.get(str(tag), "") or str(info.get("routing_key") or "")
 
 
 def republishes(app: Any) -> bool:
@@ -104,12 +103,13 @@ def _republish(app: Any, message: Any, queue: str) -> None:
 
 def _channel(app: Any) -> Any:
     """A publisher-confirmed channel of this process's own (reconnected when it broke)."""
-    global _connection
-    if _connection is not None and not _connection.connected:
-        _connection.release()
-        _connection = None
-    if _connection is None:
+    connection = RUNTIME.handback_connection
+    if connection is not None and not connection.connected:
+        connection.release()
+        connection = None
+    if connection is None:
         options = {**(app.conf.broker_transport_options or {}), "confirm_publish": True}
-        _connection = app.connection_for_write(transport_options=options)
-        _connection.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.2)
-    return _connection.default_channel
+        connection = app.connection_for_write(transport_options=options)
+        connection.ensure_connection(max_retries=2, interval_start=0.2, interval_step=0.2)
+        RUNTIME.handback_connection = connection
+    return connection.default_channel

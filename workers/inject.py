@@ -24,6 +24,9 @@ import multiprocessing
 from dataclasses import dataclass, fields
 from typing import Any
 
+from workers.runtime import RUNTIME
+from workers.sentiment import label
+
 WEAR_KEYS = ("cpu", "memory", "load", "temperature", "open_files")
 _PROBABILITIES = ("fail_rate", "wrong_answers")
 _SPEC_BYTES = 1024
@@ -124,24 +127,15 @@ class InjectionBoard:
                 return self._cached[1]
 
 
-_board: InjectionBoard | None = None
-
-
 def install_board(spec: str) -> InjectionBoard:
     """Create the shared board (in the worker's main process, before the pool forks)."""
-    global _board
-    _board = InjectionBoard(spec)
-    return _board
+    RUNTIME.board = InjectionBoard(spec)
+    return RUNTIME.board
 
 
 def current() -> Injection:
     """The injection in force in this process (none outside a host worker)."""
-    return _board.get() if _board is not None else Injection()
-
-
-def board() -> InjectionBoard | None:
-    """The board of this worker, if it has one."""
-    return _board
+    return RUNTIME.board.get() if RUNTIME.board is not None else Injection()
 
 
 def before_task(injection: Injection, draw: float, sleep: Any) -> None:
@@ -173,6 +167,4 @@ def distort(result: dict[str, Any], injection: Injection, draw: float) -> dict[s
         return result
     compound = float(result["compound"])
     shifted = round(compound - 0.1 if compound > 0.9 else compound + 0.1, 4)
-    from workers.sentiment import label
-
     return {**result, "compound": shifted, "label": label(shifted)}

@@ -13,16 +13,12 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
+from broker_config.logs import get_logger
 from workers import gate, handback
-from workers.logs import get_logger
-from workers.wear import TaskWindow
+from workers.runtime import RUNTIME
 
 log = get_logger(__name__)
 
-#: Task outcomes of this worker (main process only).
-TASKS = TaskWindow()
-#: Messages handed back to the broker unstarted, by queue (the health gate).
-REQUEUED: dict[str, int] = {}
 #: Header producers set to the time they sent a message (queue wait = start - sent).
 SENT_AT_HEADER = "host_sent_at"
 
@@ -45,7 +41,7 @@ class HostRequest(Request):
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
         if isinstance(exc, Reject) and getattr(exc, "requeue", False):
             queue = (self.delivery_info or {}).get("routing_key") or "?"
-            REQUEUED[queue] = REQUEUED.get(queue, 0) + 1
+            RUNTIME.requeued[queue] += 1
             log.info("task_requeued_by_gate", task_id=self.id, task=self.name, queue=queue,
                      worker=self.hostname, reason=str(getattr(exc, "reason", "")))
             self._host_hand_back = True
@@ -81,7 +77,7 @@ class HostRequest(Request):
         sent_at = (self.request_dict or {}).get(SENT_AT_HEADER)
         wait = (self.time_start - sent_at
                 if self.time_start and isinstance(sent_at, (int, float)) else None)
-        TASKS.record(time.monotonic(), ok, runtime, wait)
+        RUNTIME.tasks.record(time.monotonic(), ok, runtime, wait)
 
 
 class HostTask(Task[Any, Any]):

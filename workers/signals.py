@@ -9,9 +9,12 @@ import structlog
 from celery import Celery, signals
 
 from broker_config.app import settings_of
+from broker_config.logs import configure_logging, get_logger
 from broker_config.queues import dead_queue, verify_queue
-from workers import control, gate
-from workers.logs import configure_logging, get_logger
+from workers import control, gate, tally
+from workers.gate_keys import RedisGateKeys
+from workers.inject import install_board
+from workers.sentiment import analyzer
 
 log = get_logger(__name__)
 
@@ -47,29 +50,23 @@ def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
     settings = settings_of(instance.app)
     if settings.queue_type == "quorum":
         queues.select_add(dead_queue())  # every worker in rotation records what the broker drops
-    gate.remember_configured(sender, list(queues.consume_from))
+    configured = list(queues.consume_from)
     queue = verify_queue(sender)
     queues.select_add(queue)
     log.info("verify_queue_added", queue=queue.name)
-    gate.use_store(settings.effective_store_url)
+    gate_keys = RedisGateKeys.from_url(settings.effective_store_url)
     control.configure(settings.control_secret, settings.allow_dangerous_control, sender,
                       previous=settings.control_secret_previous,
-                      allowed=settings.allowed_control, nonces=gate.nonces())
-    reason = gate.closed_reason_in_store(sender)
-    if reason is not None:
-        for name in gate.configured_work_queues_of(sender):
+                      allowed=settings.allowed_control, nonces=gate_keys.nonces())
+    held = gate.install(sender, configured, gate_keys)
+    if held is not None:
+        for name in gate.configured_work_queues():
             queues.deselect(name)
-        gate.install_gate(False, f"restarted while held out: {reason}", sender)
-        log.warning("starting_out_of_rotation", reason=reason)
-    else:
-        gate.install_gate(True, "clean start", sender)
+        log.warning("starting_out_of_rotation", reason=held)
 
 
 def _install_injection(sender: Any, **_: Any) -> None:
     """Create the shared injection board before the pool forks, and say loudly if it is active."""
-    from workers import tally
-    from workers.inject import install_board
-
     tally.install()
     spec = settings_of(sender.app).wear_inject
     board = install_board(spec)
@@ -80,8 +77,6 @@ def _install_injection(sender: Any, **_: Any) -> None:
 
 def _warm_up(**_: Any) -> None:
     """Load VADER's lexicon when a pool process starts, not during its first task."""
-    from workers.sentiment import analyzer
-
     analyzer()
 
 

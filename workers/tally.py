@@ -13,25 +13,20 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from broker_config.queues import is_work_queue
+from broker_config.wear_event import LABELS, OUTCOMES
+from workers.runtime import RUNTIME
 
-#: Inbound outcomes: analysed, or rejected (dead-lettered).
-OUTCOMES = ("analysed", "rejected")
-#: Sentiment labels of analysed tweets (VADER's compound: >= 0.05, <= -0.05, between).
-LABELS = ("positive", "neutral", "negative")
 _SLOTS = OUTCOMES + LABELS
-
-_counts: Any = None
-
 
 def install() -> None:
     """Create the shared counters (in the main process, before the pool forks)."""
-    global _counts
-    _counts = multiprocessing.Array("Q", len(_SLOTS))
+    RUNTIME.counts = multiprocessing.Array("Q", len(_SLOTS))
 
 
 def count(results: Iterable[Mapping[str, Any]], queue: str | None) -> None:
     """Count what one task produced (in a pool process)."""
-    if _counts is None or (queue is not None and not is_work_queue(queue)):
+    counts = RUNTIME.counts
+    if counts is None or (queue is not None and not is_work_queue(queue)):
         return
     add = [0] * len(_SLOTS)
     for r in results:
@@ -41,17 +36,18 @@ def count(results: Iterable[Mapping[str, Any]], queue: str | None) -> None:
         label = r.get("label")
         if status == "analysed" and label in LABELS:
             add[_SLOTS.index(label)] += 1
-    with _counts.get_lock():
+    with counts.get_lock():
         for i, n in enumerate(add):
-            _counts[i] += n
+            counts[i] += n
 
 
 def snapshot() -> dict[str, dict[str, int]]:
     """Counts since this worker started: ``{"inbound": {...}, "tweets": {...}}``."""
-    if _counts is None:
+    counts = RUNTIME.counts
+    if counts is None:
         return {"inbound": {}, "tweets": {}}
-    with _counts.get_lock():
-        values = list(_counts)
+    with counts.get_lock():
+        values = list(counts)
     by_slot = dict(zip(_SLOTS, values, strict=True))
     return {"inbound": {k: by_slot[k] for k in OUTCOMES},
             "tweets": {k: by_slot[k] for k in LABELS}}

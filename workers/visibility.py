@@ -16,7 +16,7 @@ from celery import bootsteps
 from celery.worker import state as worker_state
 
 from broker_config.app import settings_of
-from workers.logs import get_logger
+from broker_config.logs import get_logger
 
 log = get_logger(__name__)
 

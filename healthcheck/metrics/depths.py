@@ -8,8 +8,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from broker_config.logs import get_logger
 from broker_config.queues import WORK_QUEUES
-from workers.logs import get_logger
 
 log = get_logger(__name__)
 

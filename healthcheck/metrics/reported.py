@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from workers.tally import LABELS, OUTCOMES
+from broker_config.wear_event import LABELS, OUTCOMES
 
 
 class Cumulative:

@@ -1,6 +1,12 @@
 """The policy's vocabulary: worker states, observations, per-worker health, transitions.
 
-Times are monotonic seconds chosen by the caller; nothing here reads a clock.
+Time, said once for the whole product: every time the policy sees (``at``, ``since``,
+``last_seen``, ``now``) is the *checker's* wall clock, in seconds since the epoch, read by the
+checker (``time.time``) when an event arrives or a tick starts, and passed in. Nothing here
+reads a clock. Wall clock, not monotonic, because states are stored and another checker (or
+this one, restarted) carries on from them; the checker's own, because durations are only ever
+differences of two readings of one machine's clock: a worker's or a producer's clock never
+enters a policy decision, a metric or an audit duration (their times are kept as theirs).
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ class WearReport:
 
     Args:
         worker: the node name.
-        at: when the checker received it (monotonic seconds).
+        at: when the checker received it (the checker's clock).
         wear: readings by metric name (``cpu_percent``, ``memory_percent``, ...).
         completed: tasks that succeeded in the window.
         failed: tasks that failed in the window.
@@ -215,7 +221,7 @@ class Transition:
         from_state: the state it left.
         to_state: the state it entered.
         reason: why, in words an operator reads in the audit log.
-        at: when (the caller's monotonic seconds).
+        at: when (the checker's clock).
         cause: whose budget an ejection counts against.
         automatic: False for operator actions.
         enforced: False in a dry run: detected, not acted upon.

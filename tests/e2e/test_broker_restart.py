@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from broker_config.app import create_app
 from broker_config.settings import Settings
 from cli.processes import WorkerProcess, node_name
 from cli.rabbitmq_server import RabbitServer
@@ -26,6 +25,7 @@ from tests.support.brokers import on_both_brokers
 from tests.support.cli import REPO, read_jsonl
 from tests.support.polling import consumed, wait_until
 from workers.analysis import envelope
+from workers.app import create_app
 
 
 def answers(app: Any, worker: str) -> bool:

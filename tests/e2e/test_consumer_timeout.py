@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from broker_config.app import create_app
 from broker_config.settings import Settings
 from cli.processes import WorkerProcess, node_name
 from cli.rabbitmq_server import RabbitServer
@@ -28,6 +27,7 @@ from tests.support.events import EventTap
 from tests.support.handbacks import handed_back
 from tests.support.polling import consumed, wait_until
 from workers.analysis import envelope
+from workers.app import create_app
 
 TIMEOUT_S = 10
 DUE_IN_S = 80

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from broker_config.app import create_app
 from broker_config.settings import Settings
 from cli.processes import WorkerProcess, node_name, terminate
 from cli.redis_server import RedisServer
@@ -24,6 +23,7 @@ from tests.conftest import GROUND_TRUTH
 from tests.support.cli import REPO, read_jsonl
 from tests.support.netns import Link
 from tests.support.polling import wait_until
+from workers.app import create_app
 
 CUT_S = 20.0
 TWEETS = 2000

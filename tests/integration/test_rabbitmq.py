@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 from kombu import Connection, Producer
 
-from broker_config.app import HostCelery, create_app
+from broker_config.app import HostCelery
 from broker_config.queues import DEAD, TWEETS, work_queues
 from broker_config.settings import Settings
 from tests.conftest import WorkerFactory
 from tests.support.polling import wait_until
 from workers import handback
 from workers.analysis import envelope
+from workers.app import create_app
 from workers.deadletter import RedisDeadLetterStore
 
 pytestmark = pytest.mark.parametrize("broker", ["amqp"], indirect=True)

@@ -169,7 +169,7 @@ class TestScripts:
 
 
 def test_a_store_that_is_down_says_so() -> None:
-    store = RedisHealthStore(redis.Redis(port=1, socket_connect_timeout=0.2))
+    store = RedisHealthStore.from_url("redis://127.0.0.1:1/0")  # nothing listens there
     for call in (store.load, store.reports, store.history, store.epoch,
                  lambda: store.lease("a", 1), lambda: store.close_gate("w1", "x")):
         with pytest.raises(StoreUnavailable):

@@ -255,3 +255,36 @@ class TestRefusalMetrics:
                      {"command": "host_drain", "outcome": "refused_forged"}) == 3
         assert value("host_control_commands_total",
                      {"command": "shutdown", "outcome": "refused_disabled"}) == 1
+
+
+class SkewedActuator(InMemoryActuator):
+    """Answers like a worker whose clock is an hour ahead of the checker's, and takes a
+    quarter of a second (by the checker's clock) to answer."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def drain(self, worker: str, reason: str) -> Any:
+        reply = super().drain(worker, reason)
+        self.clock.now += 0.25
+        reply.body.update(at=self.clock.now + 3600, received_at=self.clock.now + 3600)
+        return reply
+
+
+class TestOneClock:
+    def test_durations_and_record_times_are_the_checkers_alone(self) -> None:
+        """The worker's clock is in the record as its own, never in a duration or an ``at``."""
+        store, clock = InMemoryHealthStore(), Clock()
+        actuator = SkewedActuator(clock)
+        checker = Checker.from_store(store, actuator, PolicyConfig(), clock=clock, seed=1)
+        for w in ("w1", "w2", "w3", "w4"):
+            checker.handle(wear_event(w), clock())
+        checker.handle(wear_event("w1", cpu=99, inflight=1), clock())
+        clock.now += 0.25
+        checker.tick(clock())
+        [drained] = [r for r in store.history("w1") if r["kind"] == "drain_confirmed"]
+        assert drained["confirm_s"] == pytest.approx(0.25)
+        assert drained["at"] == pytest.approx(drained["verdict_at"] + 0.25)
+        assert drained["received_at"] == pytest.approx(clock.now + 3600)  # kept, as the worker's
+        assert sample(checker, "host_drain_seconds_sum") == pytest.approx(0.25)

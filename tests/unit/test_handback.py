@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker_config.app import create_app
 from broker_config.settings import Settings
 from workers import handback
+from workers.app import create_app
 
 
 @dataclass

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from celery.app.utils import find_app
 
-from broker_config.app import ConfigurationFailed, HostCelery, create_app
+from broker_config.app import ConfigurationFailed, HostCelery
 from broker_config.settings import Settings
+from workers.app import create_app
 
 
 class TestHostApp:

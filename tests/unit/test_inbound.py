@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from workers.framing import frame_lines
 from workers.inbound import (
     Limits,
     Line,
     Message,
     Rejection,
     detect_format,
-    frame_lines,
     parse_line,
     split_document,
 )

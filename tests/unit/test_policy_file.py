@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from broker_config.policy_file import load_policy
 from broker_config.settings import ConfigError
 from healthcheck.policy import PolicyConfig
-from healthcheck.policy_file import load_policy
 
 DEPLOYED = Path(__file__).resolve().parents[2] / "deploy" / "policy.toml"
 

@@ -1,0 +1,63 @@
+"""The worker's gate-key port, the same cases on Redis and in memory: what the checker's store
+writes, the worker reads; a store that is away fails static."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+
+from broker_config import keys
+from healthcheck.store import RedisHealthStore
+from workers.gate_keys import GateKeyReader, InMemoryGateKeys, RedisGateKeys
+
+
+@dataclass
+class Subject:
+    reader: GateKeyReader
+    close: Callable[[str, str], object]  # the checker closes a worker's gate
+    open: Callable[[str], object]
+    set_epoch: Callable[[int], object]
+    away: Callable[[], GateKeyReader]  # a reader whose store does not answer
+
+
+@pytest.fixture(params=["memory", "redis"])
+def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
+    if request.param == "memory":
+        memory = InMemoryGateKeys()
+
+        def away_memory() -> GateKeyReader:
+            gone = InMemoryGateKeys(dict(memory.gates), memory.current_epoch)
+            gone.down = True
+            return gone
+
+        yield Subject(memory, memory.gates.__setitem__, lambda w: memory.gates.pop(w, None),
+                      lambda n: setattr(memory, "current_epoch", n), away_memory)
+        return
+    client: redis.Redis = request.getfixturevalue("redis_client")
+    store = RedisHealthStore(client)
+    yield Subject(RedisGateKeys(client), store.close_gate, store.open_gate,
+                  lambda n: client.set(keys.EPOCH, n),
+                  lambda: RedisGateKeys.from_url("redis://127.0.0.1:1/0"))
+
+
+class TestGateKeys:
+    def test_a_closed_gate_is_read_with_its_reason(self, subject: Subject) -> None:
+        assert not subject.reader.closed("w1") and subject.reader.reason("w1") is None
+        subject.close("w1", "cpu 99 over its hard limit")
+        assert subject.reader.closed("w1") and not subject.reader.closed("w2")
+        assert subject.reader.reason("w1") == "cpu 99 over its hard limit"
+        subject.open("w1")
+        assert not subject.reader.closed("w1") and subject.reader.reason("w1") is None
+
+    def test_the_epoch(self, subject: Subject) -> None:
+        assert subject.reader.epoch() == 0
+        subject.set_epoch(4)
+        assert subject.reader.epoch() == 4
+
+    def test_a_store_that_is_away_fails_static(self, subject: Subject) -> None:
+        subject.close("w1", "x")
+        away = subject.away()
+        assert not away.closed("w1") and away.reason("w1") is None and away.epoch() is None

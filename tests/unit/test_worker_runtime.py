@@ -1,0 +1,194 @@
+"""The worker's gate, control commands and wear reports, on its runtime with in-memory doubles:
+no broker, no store, no worker process."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from broker_config.signing import sign
+from broker_config.wear_event import WearEvent
+from workers import control, gate, inject, tally
+from workers.gate_keys import InMemoryGateKeys
+from workers.reporting import WearReporting
+from workers.runtime import RUNTIME, WorkerRuntime
+
+WORKER = "w1@test"
+VERIFY = f"host.verify.{WORKER}"
+
+
+@dataclasses.dataclass
+class FakeTaskConsumer:
+    queues: list[Any]
+    _active_tags: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class FakeConsumer:
+    """What the gate uses of Celery's consumer: its name and its subscriptions."""
+
+    def __init__(self, queues: list[str]) -> None:
+        self.hostname = WORKER
+        self.task_consumer = FakeTaskConsumer([SimpleNamespace(name=q) for q in queues])
+
+    def subscribed(self) -> list[str]:
+        return sorted(q.name for q in self.task_consumer.queues)
+
+    def cancel_task_queue(self, name: str) -> None:
+        self.task_consumer.queues = [q for q in self.task_consumer.queues if q.name != name]
+
+    def add_task_queue(self, name: str) -> None:
+        self.task_consumer.queues.append(SimpleNamespace(name=name))
+
+
+@pytest.fixture(autouse=True)
+def fresh_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every field of this process's runtime as a new worker starts with it."""
+    for f in dataclasses.fields(WorkerRuntime):
+        monkeypatch.setattr(RUNTIME, f.name, getattr(WorkerRuntime(), f.name))
+    yield
+
+
+def started(keys: InMemoryGateKeys | None = None,
+            queues: tuple[str, ...] = ("bulk", "tweets")) -> tuple[FakeConsumer, InMemoryGateKeys]:
+    keys = keys or InMemoryGateKeys()
+    held = gate.install(WORKER, [*queues, VERIFY], keys)
+    consumer = FakeConsumer([VERIFY] if held else [*queues, VERIFY])
+    RUNTIME.consumer = consumer
+    return consumer, keys
+
+
+class TestGate:
+    def test_outside_a_worker_everything_may_start(self) -> None:
+        assert gate.allows("tweets", WORKER) and not gate.holds_back("tweets")
+
+    def test_the_store_gate_key_closes_work_queues_not_the_verify_queue(self) -> None:
+        _, keys = started()
+        assert gate.allows("tweets", WORKER)
+        keys.gates[WORKER] = "cpu 99"
+        assert not gate.allows("tweets", WORKER) and not gate.allows("other", WORKER)
+        assert gate.allows(VERIFY, WORKER)
+        assert not gate.holds_back("tweets")  # the local flag alone is still open
+
+    def test_a_store_that_is_away_fails_static(self) -> None:
+        _, keys = started()
+        keys.gates[WORKER] = "cpu 99"
+        keys.down = True
+        assert gate.allows("tweets", WORKER)
+        gate.gate().close("drained")  # type: ignore[union-attr]
+        assert not gate.allows("tweets", WORKER)
+
+    def test_a_worker_held_out_starts_closed(self) -> None:
+        consumer, _ = started(InMemoryGateKeys({WORKER: "quarantined: wrong answers"}))
+        assert gate.consuming_work_queues(consumer) == []
+        g = gate.gate()
+        assert g is not None and not g.is_open()
+        assert g.reason == "restarted while held out: quarantined: wrong answers"
+        assert gate.holds_back("tweets") and not gate.holds_back(VERIFY)
+        assert gate.configured_work_queues() == ["bulk", "tweets"]
+
+    def test_take_out_then_put_back(self) -> None:
+        consumer, _ = started()
+        status = gate.take_out(consumer, "drain")
+        assert status["gate"] == "closed" and status["consuming"] == []
+        assert consumer.subscribed() == [VERIFY]
+        status = gate.put_back(consumer, "admit")
+        assert status["gate"] == "open" and status["consuming"] == ["bulk", "tweets"]
+        assert consumer.subscribed() == sorted(["bulk", "tweets", VERIFY])
+
+    def test_a_worker_out_of_rotation_undoes_a_resubscription(self) -> None:
+        consumer, _ = started()
+        gate.take_out(consumer, "drain")
+        consumer.add_task_queue("tweets")  # somebody's add_consumer
+        assert gate.undo_subscriptions(consumer, "test") == ["tweets"]
+        assert consumer.subscribed() == [VERIFY] and RUNTIME.undone == {"tweets": 1}
+        assert gate.undo_subscriptions(consumer, "test") == []
+
+    def test_hold_out_closes_the_local_gate_once(self) -> None:
+        consumer, _ = started()
+        gate.hold_out("checker holds it out")
+        assert not gate.gate().is_open() and consumer.subscribed() == [VERIFY]  # type: ignore[union-attr]
+
+
+class TestControlCommands:
+    SECRET = "s3cret"
+
+    def state(self, consumer: FakeConsumer) -> Any:
+        return SimpleNamespace(consumer=consumer)
+
+    def signed(self, command: str, **arguments: Any) -> dict[str, Any]:
+        import time
+
+        return sign(self.SECRET, command, arguments, WORKER, time.time())
+
+    def test_a_signed_drain_takes_the_worker_out_and_says_so(self) -> None:
+        consumer, _ = started()
+        control.configure(self.SECRET, False, WORKER)
+        reply = control.host_drain(self.state(consumer), **self.signed("host_drain", reason="x"))
+        assert reply["ok"] is True and reply["gate"] == "closed" and reply["consuming"] == []
+        assert isinstance(reply["received_at"], float)
+        reply = control.host_admit(self.state(consumer), **self.signed("host_admit", reason="y"))
+        assert reply["ok"] is True and reply["consuming"] == ["bulk", "tweets"]
+
+    def test_unsigned_and_forged_commands_are_refused_and_counted(self) -> None:
+        consumer, _ = started()
+        control.configure(self.SECRET, False, WORKER)
+        assert "unsigned" in control.host_drain(self.state(consumer), reason="x")["error"]
+        forged = {**self.signed("host_drain", reason="x"), "reason": "other"}
+        assert "forged" in control.host_drain(self.state(consumer), **forged)["error"]
+        assert gate.gate().is_open()  # type: ignore[union-attr]
+        assert control.refused_counts() == {"host_drain:unsigned": 1, "host_drain:forged": 1}
+
+    def test_a_command_of_an_older_epoch_is_refused(self) -> None:
+        consumer, _ = started(InMemoryGateKeys(epoch=3))
+        control.configure(self.SECRET, False, WORKER)
+        stale = control.host_drain(self.state(consumer),
+                                   **self.signed("host_drain", reason="x", epoch=2))
+        assert "stale_leader" in stale["error"] and gate.gate().is_open()  # type: ignore[union-attr]
+        current = control.host_drain(self.state(consumer),
+                                     **self.signed("host_drain", reason="x", epoch=3))
+        assert current["ok"] is True
+
+    def test_injection_changes_what_the_pool_reads(self) -> None:
+        consumer, _ = started()
+        control.configure("", False, WORKER)
+        inject.install_board("")
+        assert control.host_inject(self.state(consumer), spec="cpu=97") == {"ok": "cpu=97"}
+        assert inject.current().as_dict()["cpu"] == 97
+        assert "error" in control.host_inject(self.state(consumer), spec="cpu=lots")
+
+
+class TestWearReporting:
+    def reporting(self, sample: dict[str, float], **limits: tuple[float | None, float | None]
+                  ) -> WearReporting:
+        return WearReporting(lambda: dict(sample), 1.0, limits)
+
+    def test_a_report_is_a_wear_event_the_checker_reads_back(self) -> None:
+        consumer, _ = started()
+        tally.install()
+        RUNTIME.requeued["tweets"] += 2
+        reporting = self.reporting({"cpu_percent": 40.0, "memory_percent": 30.0})
+        first = reporting.report(consumer)
+        second = reporting.report(consumer)
+        assert (first.seq, second.seq) == (1, 2) and first.boot == second.boot
+        assert second.gate == "open" and second.consuming == ("bulk", "tweets")
+        assert second.counts["requeued"] == {"tweets": 2}
+        wire = {"type": "worker-wear", "hostname": WORKER, **second.to_fields()}
+        assert WearEvent.parse(wire) == second
+
+    def test_a_hard_local_limit_closes_the_gate_at_once(self) -> None:
+        consumer, _ = started()
+        reporting = self.reporting({"memory_percent": 99.0}, memory_percent=(95.0, None))
+        event = reporting.report(consumer)
+        assert event.gate == "closed" and event.consuming == ()
+        assert event.self_protected and "memory_percent" in event.self_protected
+        assert consumer.subscribed() == [VERIFY]
+
+    def test_an_injection_replaces_the_sampled_reading(self) -> None:
+        consumer, _ = started()
+        inject.install_board("cpu=100")
+        event = self.reporting({"cpu_percent": 5.0}).report(consumer)
+        assert event.wear["cpu_percent"][0] == 100.0 and event.inject == "cpu=100"
