@@ -49,7 +49,7 @@ class RedisDeadLetterStore:
         pipe = self._client.pipeline(transaction=False)
         n = 0
         for rec in records:
-            pipe.lpush(keys.DEADLETTER, json.dumps(rec, ensure_ascii=False))
+            pipe.lpush(keys.DEADLETTER, _json(rec))
             pipe.hincrby(keys.DEADLETTER_COUNTS, str(rec.get("reason", "unknown")), 1)
             n += 1
         if n:
@@ -60,11 +60,16 @@ class RedisDeadLetterStore:
     def counts(self) -> dict[str, int]:
         """Counts by reason code, with ``total``."""
         raw: dict[bytes, bytes] = self._client.hgetall(keys.DEADLETTER_COUNTS)  # type: ignore[assignment]
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {"total": 0, **{k.decode(): int(v) for k, v in raw.items()}}
 
     def latest(self, n: int = 10) -> list[dict[str, Any]]:
         """The newest records, newest first."""
         return [json.loads(r) for r in self._client.lrange(keys.DEADLETTER, 0, n - 1)]
+
+
+def _json(record: Mapping[str, Any]) -> str:
+    """A record as stored: JSON, anything that is not JSON (bytes, say) as its text."""
+    return json.dumps(record, ensure_ascii=False, default=str)
 
 
 def store_of(app: Any) -> RedisDeadLetterStore:
@@ -80,19 +85,28 @@ def _cached(url: str, keep: int) -> RedisDeadLetterStore:
 
 
 class InMemoryDeadLetterStore:
-    """A dead-letter store in a list, for unit tests and the simulator."""
+    """A dead-letter store in a list, for unit tests and the simulator.
 
-    def __init__(self) -> None:
+    Args:
+        keep: how many records the list keeps; counts are never trimmed.
+    """
+
+    def __init__(self, keep: int = 100_000) -> None:
         self.records: list[dict[str, Any]] = []
+        self._keep = keep
+        self._counts: Counter[str] = Counter()
 
     def record(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Keep the records."""
-        self.records.extend(dict(r) for r in records)
+        """Keep the records (as they would come back from JSON) and count them."""
+        for rec in records:
+            self.records.append(json.loads(_json(rec)))
+            self._counts[str(rec.get("reason", "unknown"))] += 1
+            self._counts["total"] += 1
+        del self.records[:-self._keep]
 
     def counts(self) -> dict[str, int]:
         """Counts by reason code, with ``total``."""
-        counts = Counter(str(r.get("reason", "unknown")) for r in self.records)
-        return {**counts, "total": len(self.records)}
+        return {"total": 0, **self._counts}
 
     def latest(self, n: int = 10) -> list[dict[str, Any]]:
         """The newest records, newest first."""
