@@ -23,7 +23,7 @@ COUNTS = ("requeued", "inbound", "tweets", "control_refused", "dead_letters",
           "subscriptions_undone")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskFigures:
     """The worker's task outcomes over its last window (60 s)."""
 
@@ -44,9 +44,10 @@ class TaskFigures:
                    runtime_p95=_seconds(data.get("runtime_p95")))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WearEvent:
-    """One ``worker-wear`` report.
+    """One ``worker-wear`` report (treat it as read-only: it is not frozen only because a frozen
+    dataclass costs twice as much to build, and the checker builds one per report).
 
     Args:
         hostname: the worker's node name.
@@ -57,7 +58,8 @@ class WearEvent:
         subscribed: the work queues its consumer is subscribed to (None: it did not say).
         gate: ``"open"``, ``"closed"`` or None (a worker that does not say).
         self_protected: why it closed its own gate on a hard local limit, if it did.
-        counts: totals since the worker started (``COUNTS``), each ``{label: count}``.
+        counts: totals since the worker started (``COUNTS``), each ``{label: count}`` as sent
+            (only its non-negative integer counts mean anything).
         inject: the fault injection in force ("": none).
         seq, boot, interval, gate_reason, gate_changed_at, at, cost_s: the report's own
             bookkeeping (sequence, boot id, interval, the gate's last change, when it was
@@ -125,35 +127,38 @@ class WearEvent:
             return None
         try:
             return cls._parse(event, hostname)
-        except (TypeError, ValueError, AttributeError):
+        except (TypeError, ValueError, AttributeError, OverflowError):
             return None
 
     @classmethod
     def _parse(cls, event: Mapping[str, Any], hostname: str) -> WearEvent:
+        # The checker parses every report of the fleet (10,000 a second at fleet scale): no
+        # copies here, and the counts stay as sent (their reader, the metrics, takes only
+        # non-negative integers).
         wear = {}
         for metric, pair in _mapping(event.get("wear")).items():
-            value, peak = (float(x) for x in pair)
+            value, peak = pair
+            value, peak = float(value), float(peak)
             if math.isfinite(value) and math.isfinite(peak):
                 wear[str(metric)] = (value, peak)
         tasks = _mapping(event.get("tasks"))
         subscribed = event.get("consuming")
         protected = event.get("self_protected")
         gate = event.get("gate")
+        get = event.get
         return cls(
-            hostname=hostname, wear=wear, tasks=TaskFigures.parse(tasks), raw_tasks=dict(tasks),
-            inflight=int(event.get("inflight", 0) or 0),
-            queues=tuple(str(q) for q in event.get("queues") or ()),
-            subscribed=(tuple(str(q) for q in subscribed)
+            hostname=hostname, wear=wear, tasks=TaskFigures.parse(tasks), raw_tasks=tasks,
+            inflight=int(get("inflight", 0) or 0),
+            queues=tuple(map(str, get("queues") or ())),
+            subscribed=(tuple(map(str, subscribed))
                         if isinstance(subscribed, (list, tuple)) else None),
             gate=gate if gate in ("open", "closed") else None,
             self_protected=str(protected) if protected else None,
-            counts={k: _counts(event.get(k)) for k in COUNTS if isinstance(event.get(k), Mapping)},
-            inject=str(event.get("inject") or ""),
-            seq=_int(event.get("seq")), boot=str(event.get("boot") or ""),
-            interval=_lenient(event.get("interval")),
-            gate_reason=str(event.get("gate_reason") or ""),
-            gate_changed_at=_lenient(event.get("gate_changed_at")),
-            at=_lenient(event.get("at")), cost_s=_lenient(event.get("cost_s")) or 0.0,
+            counts={k: v for k in COUNTS if isinstance(v := get(k), Mapping)},
+            inject=str(get("inject") or ""), seq=_int(get("seq")), boot=str(get("boot") or ""),
+            interval=_lenient(get("interval")), gate_reason=str(get("gate_reason") or ""),
+            gate_changed_at=_lenient(get("gate_changed_at")), at=_lenient(get("at")),
+            cost_s=_lenient(get("cost_s")) or 0.0,
         )
 
 
@@ -163,12 +168,6 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"expected an object, not {type(value).__name__}")
     return value
-
-
-def _counts(value: Any) -> dict[str, int]:
-    """The well-formed counts of a ``{label: count}`` object (non-negative integers)."""
-    return {str(k): n for k, n in value.items()
-            if isinstance(n, int) and not isinstance(n, bool) and n >= 0}
 
 
 def _seconds(value: Any) -> float | None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import signal
+import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 import click
@@ -18,13 +22,14 @@ from cli.common import check_broker, host_app
 from healthcheck import webconfig
 from healthcheck.actuator import CeleryActuator
 from healthcheck.errors import StoreUnavailable
+from healthcheck.hearing import IntakeWatch
 from healthcheck.http import app as http_app
 from healthcheck.http import serve
 from healthcheck.lease import Leadership, candidate_id
 from healthcheck.metrics import QueueDepths, broker_depths
 from healthcheck.page import fleet_view
 from healthcheck.probes import CeleryProbeTransport, Prober, known_answers
-from healthcheck.receiver import receive_events
+from healthcheck.receiver import Ear, RedisEar
 from healthcheck.service import Checker
 from healthcheck.store import RedisHealthStore
 from healthcheck.webconfig import require_auth
@@ -63,6 +68,7 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
     store = RedisHealthStore.from_url(settings.effective_store_url)
     actuator = CeleryActuator(app, secret=settings.control_secret)
     actuator.warm()
+    watch = IntakeWatch()
     try:
         prober = Prober(CeleryProbeTransport(app), known_answers(), config.probes)
         leadership = Leadership(store, candidate_id(), settings.checker_lease)
@@ -72,13 +78,19 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
                                      previous_secret=settings.control_secret_previous,
                                      prober=prober, leadership=leadership,
                                      forget_after_s=settings.metrics_worker_ttl,
-                                     depths=depths, nonces=store.nonces())
+                                     depths=depths, nonces=store.nonces(), watch=watch,
+                                     act_pool=ThreadPoolExecutor(4, "host-act"))
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()
-    subscribed = threading.Event()
+    def subscribed() -> None:
+        watch.subscribe(time.time())
+
+    ear = (RedisEar(settings.broker_url, checker.on_events, stop, subscribed, watch.lose)
+           if settings.broker_is_redis else Ear(app, checker.on_event, stop, subscribed, watch.lose))
+    checker.resubscribe = ear.resubscribe
     handler = http_app(checker.metrics.registry, lambda: _alive(checker),
-                       lambda: checker.ready and subscribed.is_set(),
+                       lambda: checker.ready and watch.subscribed and checker.intake_trusted,
                        lambda: fleet_view(checker.fleet, checker.history, store,
                                           checker.leading(), depths))
     server, port = serve(require_auth(handler, web.users),
@@ -93,8 +105,14 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    threading.Thread(target=receive_events, args=(app, checker.on_event, stop, subscribed.set),
-                     daemon=True).start()
+    # A fleet's worth of long-lived objects (states, readings, series) makes every full
+    # collection of the cyclic GC a pause of the loop: keep what exists at start out of it,
+    # and collect the young generation less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 1000)
+    sys.setswitchinterval(0.02)  # the ear and the loop hand over less often (default 5 ms)
+    threading.Thread(target=ear.run, daemon=True).start()
     try:
         checker.run(stop)
     finally:

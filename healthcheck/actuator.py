@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -77,8 +78,16 @@ class CeleryActuator:
         self.timeout = timeout
         self.secret = secret
         self.epoch = 0
-        # One long-lived connection: a fresh one costs tens of milliseconds on the first drain.
-        self._conn = app.connection_for_write()
+        # A long-lived connection per thread (commands run on the checker's pool, and a
+        # connection is not to be shared): a fresh one costs tens of milliseconds.
+        self._local = threading.local()
+
+    @property
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.app.connection_for_write()
+        return conn
 
     def warm(self) -> None:
         """Open the connection and declare the reply queue before the first real command."""

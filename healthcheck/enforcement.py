@@ -5,11 +5,21 @@ starts on the worker), then ``host_drain`` to that worker alone; back in is the 
 opened, then ``host_admit``. Each confirmation (or its absence) is an audit record. A worker
 whose gate disagrees with its state (after a restart of either side) is corrected, at most
 once per ``reconcile_s``.
+
+Acting never blocks watching: with a ``pool``, the gate key is written in the loop (one fenced
+store write) and the control command runs on the pool, one at a time per worker; the loop
+settles the answers (audit records, metrics) on its next pass. A worker that never answers
+costs its own timeout, on a pool thread, not the fleet's.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 from broker_config.logs import get_logger
@@ -39,11 +49,12 @@ class Enforcer:
         metrics: counts what was sent and how it went.
         clock: the checker's wall clock.
         reconcile_s: the least time between two corrections of one worker's gate.
+        pool: where control commands run (None: in the caller, waiting for each answer).
     """
 
     def __init__(self, gates: GateKeys, actuator: Actuator, lead: Lead, ledger: Ledger,
                  flush: Callable[[], None], metrics: CheckerMetrics, clock: Callable[[], float],
-                 reconcile_s: float = 2.0) -> None:
+                 reconcile_s: float = 2.0, pool: Executor | None = None) -> None:
         self.gates = gates
         self.actuator = actuator
         self.lead = lead
@@ -53,10 +64,16 @@ class Enforcer:
         self.clock = clock
         self.reconcile_s = reconcile_s
         self._last_correction: dict[str, float] = {}
+        self._unanswered: dict[str, int] = {}  # commands in a row a worker did not answer
+        self.pool = pool
+        self._settled: queue.SimpleQueue[Sent] = queue.SimpleQueue()
+        self._waiting: dict[str, deque[Sent]] = {}  # per worker: in flight first, then queued
+        self._lock = threading.Lock()  # guards _waiting (the loop and pool threads)
 
     def reset(self) -> None:
         """Forget when workers were last corrected (a new leader corrects at once)."""
         self._last_correction.clear()
+        self._unanswered.clear()
 
     def enforce(self, t: Transition) -> None:
         """Take the worker out of rotation or put it back, as the transition says."""
@@ -75,8 +92,13 @@ class Enforcer:
             self.admit(t.worker, t.reason)
 
     def correct(self, w: WorkerHealth | None, report: WearEvent, at: float) -> None:
-        """Make a worker's gate agree with its state, by what its report says."""
-        if w is None or at - self._last_correction.get(w.name, 0.0) < self.reconcile_s:
+        """Make a worker's gate agree with its state, by what its report says: at most once per
+        ``reconcile_s``, never while a command to it is still out, and less often each time it
+        does not answer (doubling, up to a minute)."""
+        if w is None or w.name in self._waiting:
+            return
+        every = min(60.0, self.reconcile_s * 2 ** self._unanswered.get(w.name, 0))
+        if at - self._last_correction.get(w.name, 0.0) < every:
             return
         gate_open = report.gate == "open" or bool(report.subscribed)
         if w.state in OUT_OF_ROTATION and gate_open:
@@ -94,7 +116,7 @@ class Enforcer:
             self.admit(w.name, f"correction: not consuming {', '.join(missing)}")
 
     def drain(self, worker: str, reason: str, correction: bool = False) -> None:
-        """Gate key, then ``host_drain``; the confirmation is recorded.
+        """Gate key, then ``host_drain``; the confirmation is recorded when it is settled.
 
         Raises:
             LeaseLost: another checker leads (nothing was written).
@@ -107,28 +129,11 @@ class Enforcer:
             raise
         except HealthcheckError as exc:
             log.error("gate_key_write_failed", worker=worker, error=str(exc))
-        enforced_at = self.clock()  # the gate key is written: this is the enforced verdict
-        reply = self._send("drain", self.actuator.drain, worker, reason)
-        if reply is None:
-            return
-        answered_at = self.clock()
-        verdict_at = None if correction else enforced_at
-        fields: dict[str, Any] = {
-            "verdict_at": verdict_at, "reason": reason, "consuming": reply.body.get("consuming"),
-            "sent_at": reply.sent_at, "received_at": reply.body.get("received_at"),
-            "inflight": reply.body.get("inflight")}
-        if reply.answered and verdict_at is not None:
-            # Both ends on the checker's clock: the worker's own clock never enters a duration.
-            fields["confirm_s"] = answered_at - verdict_at
-            self.metrics.drain_confirmed(fields["confirm_s"])
-        kind = Kind.DRAIN_CONFIRMED if reply.answered else Kind.DRAIN_UNCONFIRMED
-        log.info(kind.value, worker=worker, reason=reason, confirm_s=fields.get("confirm_s"),
-                 consuming=fields["consuming"], correction=correction)
-        self.ledger.record(AuditRecord(kind, worker, answered_at, fields))
-        self.flush()
+        # The gate key is written: this is the enforced verdict (a correction has none).
+        self._send(Sent("drain", worker, reason, None if correction else self.clock()))
 
     def admit(self, worker: str, reason: str) -> None:
-        """Gate key opened, then ``host_admit``; the confirmation is recorded.
+        """Gate key opened, then ``host_admit``; the confirmation is recorded when settled.
 
         Raises:
             LeaseLost: another checker leads (nothing was written).
@@ -142,21 +147,103 @@ class Enforcer:
         except HealthcheckError as exc:
             log.error("gate_key_write_failed", worker=worker, error=str(exc))
             return  # the worker would refuse work anyway: try again at the next correction
-        reply = self._send("admit", self.actuator.admit, worker, reason)
-        if reply is None:
+        self._send(Sent("admit", worker, reason, None))
+
+    @property
+    def in_flight(self) -> int:
+        """Commands sent or queued and not answered yet."""
+        with self._lock:
+            return sum(len(q) for q in self._waiting.values())
+
+    def settle(self) -> None:
+        """Record the answers that came back (the loop's thread)."""
+        while True:
+            try:
+                sent = self._settled.get_nowait()
+            except queue.Empty:
+                return
+            self._record(sent)
+
+    def _send(self, sent: Sent) -> None:
+        if self.pool is None:
+            self._run(sent)
+            self._record(sent)
             return
-        kind = Kind.ADMIT_CONFIRMED if reply.answered else Kind.ADMIT_UNCONFIRMED
-        log.info(kind.value, worker=worker, reason=reason, consuming=reply.body.get("consuming"))
-        self.ledger.record(AuditRecord(kind, worker, self.clock(), {"reason": reason}))
+        with self._lock:
+            line = self._waiting.setdefault(sent.worker, deque())
+            line.append(sent)
+            first = len(line) == 1  # nothing in flight for this worker: send now
+        if first:
+            self.pool.submit(self._run_line, sent.worker)
+
+    def _run_line(self, worker: str) -> None:
+        """A pool thread: send ``worker``'s commands one after another, handing each answer to
+        the loop, until its line is empty."""
+        while True:
+            with self._lock:
+                sent = self._waiting[worker][0]
+            self._run(sent)
+            self._settled.put(sent)
+            with self._lock:
+                line = self._waiting[worker]
+                line.popleft()
+                if not line:
+                    del self._waiting[worker]
+                    return
+
+    def _run(self, sent: Sent) -> None:
+        command = self.actuator.drain if sent.command == "drain" else self.actuator.admit
+        try:
+            sent.reply = command(sent.worker, sent.reason)
+        except HealthcheckError as exc:
+            sent.error = str(exc)
+        sent.answered_at = self.clock()
+
+    def _record(self, sent: Sent) -> None:
+        if sent.reply is None:
+            log.error("control_failed", worker=sent.worker, command=sent.command,
+                      error=sent.error)
+            self.metrics.command(sent.command, "error")
+            self._unanswered[sent.worker] = self._unanswered.get(sent.worker, 0) + 1
+            return
+        reply = sent.reply
+        self.metrics.command(sent.command, "confirmed" if reply.answered else "no_reply")
+        if reply.answered:
+            self._unanswered.pop(sent.worker, None)
+        else:
+            self._unanswered[sent.worker] = self._unanswered.get(sent.worker, 0) + 1
+        if sent.command == "admit":
+            kind = Kind.ADMIT_CONFIRMED if reply.answered else Kind.ADMIT_UNCONFIRMED
+            log.info(kind.value, worker=sent.worker, reason=sent.reason,
+                     consuming=reply.body.get("consuming"))
+            self.ledger.record(AuditRecord(kind, sent.worker, sent.answered_at,
+                                           {"reason": sent.reason}))
+            self.flush()
+            return
+        fields: dict[str, Any] = {
+            "verdict_at": sent.verdict_at, "reason": sent.reason,
+            "consuming": reply.body.get("consuming"), "sent_at": reply.sent_at,
+            "received_at": reply.body.get("received_at"), "inflight": reply.body.get("inflight")}
+        if reply.answered and sent.verdict_at is not None:
+            # Both ends on the checker's clock: the worker's own clock never enters a duration.
+            fields["confirm_s"] = sent.answered_at - sent.verdict_at
+            self.metrics.drain_confirmed(fields["confirm_s"])
+        kind = Kind.DRAIN_CONFIRMED if reply.answered else Kind.DRAIN_UNCONFIRMED
+        log.info(kind.value, worker=sent.worker, reason=sent.reason,
+                 confirm_s=fields.get("confirm_s"), consuming=fields["consuming"],
+                 correction=sent.verdict_at is None)
+        self.ledger.record(AuditRecord(kind, sent.worker, sent.answered_at, fields))
         self.flush()
 
-    def _send(self, name: str, command: Callable[[str, str], Reply], worker: str,
-              reason: str) -> Reply | None:
-        try:
-            reply = command(worker, reason)
-        except HealthcheckError as exc:
-            log.error("control_failed", worker=worker, command=name, error=str(exc))
-            self.metrics.command(name, "error")
-            return None
-        self.metrics.command(name, "confirmed" if reply.answered else "no_reply")
-        return reply
+
+@dataclass
+class Sent:
+    """One control command: what was asked, and (once run) how it went."""
+
+    command: str  # "drain" or "admit"
+    worker: str
+    reason: str
+    verdict_at: float | None  # when the drain's verdict took effect (None: a correction)
+    reply: Reply | None = None
+    error: str = ""
+    answered_at: float = 0.0

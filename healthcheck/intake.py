@@ -48,12 +48,29 @@ def report_summary(report: WearEvent, at: float) -> dict[str, Any]:
             "self_protected": report.self_protected, "inject": report.inject or None}
 
 
+#: How often a worker's report summary (what ``fleet status`` shows) is stored: every report
+#: would be one JSON document per worker per second in the store.
+SUMMARY_EVERY_S = 5.0
+
+
 class Intake:
     """Each worker's last readings and recent wear, from the reports as they arrive."""
 
     def __init__(self) -> None:
         self.wear: dict[str, Mapping[str, Reading]] = {}
         self.history = WearHistory()
+        #: When each worker's summary was last stored, and what its gate and queues were.
+        self._summarised: dict[str, tuple[float, Any]] = {}
+
+    def summary(self, report: WearEvent, at: float) -> dict[str, Any] | None:
+        """The summary to store for this report: every ``SUMMARY_EVERY_S``, and at once when
+        the worker's gate or queues changed (None: not now)."""
+        seen = (report.gate, report.subscribed, report.self_protected)
+        stored_at, stored = self._summarised.get(report.hostname, (0.0, None))
+        if seen == stored and at - stored_at < SUMMARY_EVERY_S:
+            return None
+        self._summarised[report.hostname] = (at, seen)
+        return report_summary(report, at)
 
     def take(self, report: WearReport) -> None:
         """Remember a report's readings."""
@@ -64,3 +81,4 @@ class Intake:
         """A worker no longer exported."""
         self.wear.pop(worker, None)
         self.history.forget(worker)
+        self._summarised.pop(worker, None)

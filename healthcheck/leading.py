@@ -1,8 +1,23 @@
-"""Whether this checker may act now, and the token its writes are fenced with."""
+"""Whether this checker may act now, the token its writes are fenced with, and what the
+checker does when it takes the lease, loses it, or stands by."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from broker_config.logs import get_logger
+from healthcheck.actuator import Actuator
+from healthcheck.audit import AuditRecord
+from healthcheck.errors import LeaseLost
 from healthcheck.lease import Leadership
+from healthcheck.ledger import Ledger
+from healthcheck.metrics import CheckerMetrics
+from healthcheck.policy import Fleet
+from healthcheck.resume import resumed_fleet
+from healthcheck.store import HealthStore
+
+log = get_logger(__name__)
 
 
 class Lead:
@@ -30,3 +45,73 @@ class Lead:
     def epoch(self) -> int | None:
         """The epoch this checker leads under (None without a lease)."""
         return None if self.leadership is None else self.leadership.epoch
+
+
+class Succession:
+    """The checker's side of leadership (``service.Checker`` is one): taking over from what the
+    store holds, standing by, and treating a refused fenced write as the lease lost."""
+
+    leadership: Leadership | None
+    standing: Lead
+    fleet: Fleet
+    store: HealthStore
+    ledger: Ledger
+    enforcer: Any  # healthcheck.enforcement.Enforcer (which imports this module)
+    prober: Any  # healthcheck.probes.Prober | None
+    actuator: Actuator
+    metrics: CheckerMetrics
+    clock: Callable[[], float]
+
+    def flush(self) -> None:  # the checker's
+        raise NotImplementedError
+
+    def leading(self) -> bool:
+        """True when this checker may act (it holds the lease, or runs without one)."""
+        return self.standing.leading()
+
+    def lead(self) -> None:
+        """Renew or take the lease when due; take over or stand by when that changed."""
+        if self.leadership is None or not self.leadership.step():
+            return
+        if self.leadership.leading():
+            self._guarded(self.take_over)
+        else:
+            self.stand_by("lease not renewed in time" if self.leadership.token
+                          else "another checker leads")
+
+    def take_over(self) -> None:
+        """Lead from what the store holds: states as stored, nobody re-drained."""
+        assert self.leadership is not None
+        self.fleet = resumed_fleet(self.store, self.fleet.config, self.clock(), None)
+        self.ledger.clear()
+        self.ledger.record(AuditRecord.leader(self.clock(), self.leadership.candidate,
+                                              self.leadership.epoch))
+        self.enforcer.reset()
+        if self.prober is not None:
+            self.prober.reset()
+        self.actuator.epoch = self.leadership.epoch
+        self.metrics.leading(True)
+        log.info("checker_leading", epoch=self.leadership.epoch, workers=len(self.fleet.workers),
+                 states={s.value: n for s, n in self.fleet.by_state().items()})
+        self.flush()
+
+    def lose(self, exc: LeaseLost) -> None:
+        """A fenced write was refused: another checker leads now."""
+        if self.leadership is not None:
+            self.leadership.lost()
+        self.stand_by(str(exc))
+
+    def stand_by(self, why: str) -> None:
+        """Stop acting: what was decided and not stored is dropped (the leader decides anew)."""
+        self.ledger.clear()
+        self.metrics.leading(False)
+        log.warning("checker_standing_by", reason=why,
+                    leader=self.leadership.leader if self.leadership else None)
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run one step; a fenced write refused anywhere in it means the lease is lost."""
+        try:
+            step()
+        except LeaseLost as exc:
+            self.lose(exc)
+

@@ -7,6 +7,7 @@ messages that ship with host (never hard-coded numbers).
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -14,13 +15,16 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Protocol
 
-from broker_config.queues import verify_queue
+from broker_config.logs import get_logger
+from broker_config.queues import verify_queue, verify_queue_name
 from healthcheck.policy import ProbeResult, State
 from healthcheck.policy.config import Probes
 from workers.analysis import envelope
 from workers.framing import frame_lines
 from workers.inbound import Limits, Message, parse_line
 from workers.sentiment import analyse_text
+
+log = get_logger(__name__)
 
 SCORES = ("neg", "neu", "pos", "compound")
 
@@ -100,6 +104,10 @@ class _Pending:
     late: bool = False
 
 
+#: States whose probes go first: re-admission waits on them.
+_FIRST = frozenset({State.QUARANTINED, State.PROBATION})
+
+
 class Prober:
     """Decides who is due a probe, sends it, and turns answers into ProbeResults.
 
@@ -121,16 +129,26 @@ class Prober:
         self._pending: dict[str, _Pending] = {}
         self._last_sent: dict[str, float] = {}
         self._seq = itertools.count()
+        self._allowance = config.max_per_s  # probes that may go now (a token bucket, 1 s deep)
+        self._refilled = clock()
 
     def send_due(self, states: Mapping[str, State]) -> None:
-        """Probe every worker whose turn it is (never one that still has a probe out)."""
+        """Probe the workers whose turn it is (never one that still has a probe out), at most
+        ``max_per_s`` a second: quarantined and probation workers first, then the longest
+        waiting."""
         now = self.clock()
+        self._allowance = min(self.config.max_per_s,
+                              self._allowance + (now - self._refilled) * self.config.max_per_s)
+        self._refilled = now
+        if self._allowance < 1:
+            return
         busy = {p.worker for p in self._pending.values()}
-        for worker, state in states.items():
-            if state in (State.OFFLINE, State.MAINTENANCE) or worker in busy:
-                continue
-            if now - self._last_sent.get(worker, 0.0) < self.config.every_s:
-                continue
+        due = [(state not in _FIRST, self._last_sent.get(worker, 0.0), worker)
+               for worker, state in states.items()
+               if state not in (State.OFFLINE, State.MAINTENANCE) and worker not in busy
+               and now - self._last_sent.get(worker, 0.0) >= self.config.every_s]
+        for _, _, worker in heapq.nsmallest(int(self._allowance), due):
+            self._allowance -= 1
             answer = next(self._answers)
             task_id = self.transport.send(worker, answer.text, f"probe:{next(self._seq)}")
             self._pending[task_id] = _Pending(worker, answer, now)
@@ -156,6 +174,22 @@ class Prober:
                 pending.late = True
                 results.append(ProbeResult(pending.worker, now, "late",
                                            f"no answer in {self.config.late_s:g}s", task_id))
+        return results
+
+    def round(self, states: Callable[[], Mapping[str, State]], send: bool) -> list[ProbeResult]:
+        """Send what is due (when ``send``) and judge the answers that came back; nothing when
+        the broker or the result backend failed (the next round tries again)."""
+        try:
+            if send:
+                self.send_due(states())
+            results = self.collect()
+        except Exception as exc:  # the broker or the backend failed: probe again next round
+            log.error("probes_failed", error=str(exc))
+            return []
+        for result in results:
+            if result.outcome != "ok":
+                log.warning("probe_" + result.outcome, worker=result.worker, detail=result.detail,
+                            task_id=result.task_id, queue=verify_queue_name(result.worker))
         return results
 
     def forget(self, worker: str) -> None:

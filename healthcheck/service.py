@@ -15,18 +15,19 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from typing import Any
 
 from broker_config.logs import get_logger
-from broker_config.queues import verify_queue_name
 from broker_config.signing import NonceMemory, Verifier
 from broker_config.wear_event import WEAR_EVENT, WearEvent
 from healthcheck.actuator import Actuator
 from healthcheck.audit import AuditRecord
 from healthcheck.enforcement import Enforcer
-from healthcheck.errors import HealthcheckError, LeaseLost
-from healthcheck.intake import EVENT_TYPES, Intake, observation, report_summary, wear_report
-from healthcheck.leading import Lead
+from healthcheck.errors import HealthcheckError
+from healthcheck.hearing import Hearing, Inbox, IntakeWatch
+from healthcheck.intake import Intake, observation, wear_report
+from healthcheck.leading import Lead, Succession
 from healthcheck.lease import Leadership
 from healthcheck.ledger import Ledger
 from healthcheck.metrics import CheckerMetrics
@@ -41,8 +42,12 @@ log = get_logger(__name__)
 
 __all__ = ["Checker", "resumed_fleet"]
 
+#: How often every worker's clock-driven changes (OFFLINE, drain time-outs, probation) are
+#: looked at; proposed ejections are decided at every tick regardless.
+SWEEP_EVERY_S = 1.0
 
-class Checker:
+
+class Checker(Succession):
     """Keeps every worker's state and acts on the policy's verdicts.
 
     Args:
@@ -61,7 +66,8 @@ class Checker:
                  previous_secret: str = "", prober: Prober | None = None,
                  leadership: Leadership | None = None, forget_after_s: float = 3600.0,
                  depths: Callable[[], Mapping[str, int]] | None = None,
-                 nonces: NonceMemory | None = None) -> None:
+                 nonces: NonceMemory | None = None, watch: IntakeWatch | None = None,
+                 act_pool: Executor | None = None) -> None:
         self.fleet = fleet
         self.store = store
         self.actuator = actuator
@@ -75,16 +81,22 @@ class Checker:
         self.standing = Lead(leadership)
         self.ledger = Ledger(store)
         self.enforcer = Enforcer(store, actuator, self.standing, self.ledger, self.flush,
-                                 self.metrics, clock, reconcile_s)
+                                 self.metrics, clock, reconcile_s, act_pool)
         self.operators = OperatorDesk(store, Verifier(secret, clock, previous=previous_secret,
                                                       nonces=nonces),
                                       self.standing, self.metrics, clock)
         self.prober = prober
-        self.inbox: queue.Queue[tuple[dict[str, Any], float]] = queue.Queue()
+        self.watch = watch
+        self.hearing = Hearing(watch)
+        self.inbox = Inbox(self.metrics, clock, self.leading, watch)
+        self._probes_sent = 0.0
+        self._swept = 0.0
         self.last_loop = 0.0
         self.ready = False
         self._pruned = 0.0
         self._refreshed = 0.0
+        self.metrics.intake.state = lambda: (self.watch.lag_s if self.watch else 0.0,
+                                             self.inbox.qsize(), self.intake_trusted)
         self.metrics.leading(self.leading())
 
     @classmethod
@@ -108,58 +120,6 @@ class Checker:
         """Each worker's recent wear (the fleet page's sparklines)."""
         return self.intake.history
 
-    # --- leadership --------------------------------------------------------------------
-
-    def leading(self) -> bool:
-        """True when this checker may act (it holds the lease, or runs without one)."""
-        return self.standing.leading()
-
-    def lead(self) -> None:
-        """Renew or take the lease when due; take over or stand by when that changed."""
-        if self.leadership is None or not self.leadership.step():
-            return
-        if self.leadership.leading():
-            self._guarded(self.take_over)
-        else:
-            self.stand_by("lease not renewed in time" if self.leadership.token
-                          else "another checker leads")
-
-    def take_over(self) -> None:
-        """Lead from what the store holds: states as stored, nobody re-drained."""
-        assert self.leadership is not None
-        self.fleet = resumed_fleet(self.store, self.fleet.config, self.clock(), None)
-        self.ledger.clear()
-        self.ledger.record(AuditRecord.leader(self.clock(), self.leadership.candidate,
-                                              self.leadership.epoch))
-        self.enforcer.reset()
-        if self.prober is not None:
-            self.prober.reset()
-        self.actuator.epoch = self.leadership.epoch
-        self.metrics.leading(True)
-        log.info("checker_leading", epoch=self.leadership.epoch, workers=len(self.fleet.workers),
-                 states={s.value: n for s, n in self.fleet.by_state().items()})
-        self.flush()
-
-    def lose(self, exc: LeaseLost) -> None:
-        """A fenced write was refused: another checker leads now."""
-        if self.leadership is not None:
-            self.leadership.lost()
-        self.stand_by(str(exc))
-
-    def stand_by(self, why: str) -> None:
-        """Stop acting: what was decided and not stored is dropped (the leader decides anew)."""
-        self.ledger.clear()
-        self.metrics.leading(False)
-        log.warning("checker_standing_by", reason=why,
-                    leader=self.leadership.leader if self.leadership else None)
-
-    def _guarded(self, step: Callable[[], None]) -> None:
-        """Run one step; a fenced write refused anywhere in it means the lease is lost."""
-        try:
-            step()
-        except LeaseLost as exc:
-            self.lose(exc)
-
     # --- the loop ----------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
@@ -169,31 +129,61 @@ class Checker:
         while not stop.is_set():
             self.lead()
             try:
-                event, at = self.inbox.get(timeout=max(0.0, next_tick - self.clock()))
-                self.handle(event, at)
-                while True:  # everything already waiting, before the next tick
-                    event, at = self.inbox.get_nowait()
-                    self.handle(event, at)
+                first: tuple[list[dict[str, Any]], float] | None = self.inbox.get(
+                    timeout=max(0.0, next_tick - self.clock()))
             except queue.Empty:
-                pass
+                first = None
+            started = time.perf_counter()
+            while first is not None:  # everything already waiting, before the next tick
+                self.apply_events(*first)
+                try:
+                    first = self.inbox.get_nowait()
+                except queue.Empty:
+                    first = None
+            self._guarded(self.enforcer.settle)  # answers to commands sent on the pool
             now = self.clock()
             if now >= next_tick:
                 self.tick(now)
                 next_tick = now + self.tick_s
+            self.metrics.loop_pass(time.perf_counter() - started)
             self.last_loop = now
 
     def on_event(self, event: dict[str, Any]) -> None:
-        """Receiver thread: queue an event for the loop, stamped with its arrival time; task
-        events only feed the task metrics."""
-        kind = event.get("type")
-        if kind in EVENT_TYPES:
-            self.inbox.put((event, self.clock()))
-        elif isinstance(kind, str) and kind.startswith("task-") and self.leading():
-            self.metrics.on_task_event(event)  # one checker counts: sums stay right
+        """Receiver thread: one event (see ``on_events``)."""
+        self.on_events([event])
+
+    def on_events(self, events: list[dict[str, Any]]) -> None:
+        """Receiver thread: queue events for the loop, stamped with their arrival time."""
+        self.inbox.take(events)
+
+    @property
+    def resubscribe(self) -> Callable[[str], None] | None:
+        """Takes a new event subscription (set by whoever runs the receiver)."""
+        renew: Callable[[str], None] | None = self.hearing.resubscribe
+        return renew
+
+    @resubscribe.setter
+    def resubscribe(self, renew: Callable[[str], None] | None) -> None:
+        self.hearing.resubscribe = renew
+
+    @property
+    def intake_trusted(self) -> bool:
+        """True while silence from a worker means the worker (``hearing.Hearing``)."""
+        return self.hearing.untrusted_since is None
+
+    def apply_events(self, events: list[dict[str, Any]], at: float) -> None:
+        """Apply events that arrived together at ``at``."""
+        if self.watch is not None:
+            self.watch.applied(at, self.clock())
+        self._guarded(lambda: self._handle_all(events, at))
 
     def handle(self, event: Mapping[str, Any], at: float) -> None:
         """Apply one event: observe it, act on what changed, correct the worker's gate."""
-        self._guarded(lambda: self._handle(event, at))
+        self.apply_events([dict(event)], at)
+
+    def _handle_all(self, events: list[dict[str, Any]], at: float) -> None:
+        for event in events:
+            self._handle(event, at)
 
     def _handle(self, event: Mapping[str, Any], at: float) -> None:
         report = WearEvent.parse(event) if event.get("type") == WEAR_EVENT else None
@@ -201,7 +191,8 @@ class Checker:
         if report is not None:
             obs = wear_report(report, at)
             self.intake.take(obs)
-            self.ledger.report(report.hostname, report_summary(report, at))
+            if (summary := self.intake.summary(report, at)) is not None:
+                self.ledger.report(report.hostname, summary)
             self.metrics.on_report(report.hostname, report.counts, count=self.leading())
         else:
             obs = observation(event, at)
@@ -216,7 +207,6 @@ class Checker:
             log.info("worker_joined", worker=obs.worker)
             self.ledger.changed(obs.worker)
             self.ledger.record(AuditRecord.joined(obs.worker, at, after.state.value))
-            self.flush()
         elif (before.queues, before.consuming) != (after.queues, after.consuming):
             self.ledger.changed(obs.worker)  # status, metrics and --yes read them
         self.apply(decision)
@@ -226,15 +216,25 @@ class Checker:
     def tick(self, now: float) -> None:
         """Time-based decisions, the guard's decisions, probes, operators' requests."""
         self.prune(now)
+        trusted = self.hearing.trusted(now, self.fleet)
         if not self.leading():
             self.refresh(now)
             return
-        self._guarded(lambda: self._tick(now))
+        self._guarded(lambda: self._tick(now, trusted))
 
-    def _tick(self, now: float) -> None:
-        self.apply(self.fleet.tick(now))
+    def _tick(self, now: float, trusted: bool) -> None:
+        if trusted:  # else time stands still for the policy: nobody goes OFFLINE for our deafness
+            sweep = now - self._swept >= SWEEP_EVERY_S
+            if sweep:
+                self._swept = now
+            self.apply(self.fleet.tick(now, sweep=sweep))
         if self.prober is not None:
-            self.probe()
+            send = now - self._probes_sent >= 1.0  # sending looks at the whole fleet
+            if send:
+                self._probes_sent = now
+            for result in self.prober.round(lambda: {w.name: w.state for w in self.fleet}, send):
+                self.metrics.on_probe(result.worker, result.outcome)
+                self.apply(self.fleet.observe(result))
         self.operators.serve(self.fleet, self.apply)
         self.flush()
 
@@ -245,6 +245,7 @@ class Checker:
         self._pruned = now
         for name in self.metrics.forget_stale(self.fleet):
             self.intake.forget(name)
+            self.inbox.forget(name)
             log.info("worker_forgotten", worker=name,
                      note="offline too long: no longer exported in metrics")
 
@@ -294,19 +295,3 @@ class Checker:
             LeaseLost: another checker leads (nothing was written).
         """
         self.ledger.flush(self.fleet.workers, self.standing.fence, self.standing.epoch)
-
-    def probe(self) -> None:
-        """Send the probes that are due and judge the answers that came back."""
-        assert self.prober is not None
-        try:
-            self.prober.send_due({w.name: w.state for w in self.fleet})
-            results = self.prober.collect()
-        except Exception as exc:  # the broker or the backend failed: probe again next tick
-            log.error("probes_failed", error=str(exc))
-            return
-        for result in results:
-            self.metrics.on_probe(result.worker, result.outcome)
-            if result.outcome != "ok":
-                log.warning("probe_" + result.outcome, worker=result.worker, detail=result.detail,
-                            task_id=result.task_id, queue=verify_queue_name(result.worker))
-            self.apply(self.fleet.observe(result))

@@ -8,6 +8,7 @@ facade whose verbs the service calls (it never touches a metric object itself).
 | ``reported.py`` | totals workers report: requeued, inbound, tweets |
 | ``task_events.py`` | ``host_tasks_total``, ``host_task_runtime_seconds`` (Celery task events) |
 | ``control.py`` | ``host_control_commands_total`` |
+| ``intake.py`` | the checker's own intake: events by type, lag, loop passes, subscription |
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from healthcheck.metrics.control import ControlCounts
 from healthcheck.metrics.depths import QueueDepths, broker_depths
 from healthcheck.metrics.fleet import FleetCollector, health_score
+from healthcheck.metrics.intake import IntakeFigures, event_label
 from healthcheck.metrics.reported import Cumulative, ReportedCounts
 from healthcheck.metrics.task_events import TaskEvents, queue_label
 from healthcheck.policy import Fleet, State, Transition
@@ -63,6 +65,7 @@ class CheckerMetrics:
         self._control = ControlCounts(self._reported)
         self.registry.register(self._control)
         self._series: dict[str, set[tuple[Counter, tuple[str, ...]]]] = {}
+        self._last_counts: dict[str, dict[str, Any]] = {}
         self._transitions = Counter("host_worker_transitions_total", "State transitions",
                                     ["worker", "from_state", "to_state", "reason"],
                                     registry=self.registry)
@@ -76,9 +79,19 @@ class CheckerMetrics:
                                 registry=self.registry)
         self._probes = Counter("host_probe_results_total", "Known-answer probe outcomes",
                                ["worker", "outcome"], registry=self.registry)
+        self.intake = IntakeFigures()
+        self.registry.register(self.intake)
         self._leader = Gauge("host_checker_leader",
                              "1 while this checker holds the lease and acts; 0 on a standby",
                              registry=self.registry)
+
+    def event_received(self, kind: object) -> None:
+        """The receiver took one event (receiver thread: the one writer of these counts)."""
+        self.intake.events[event_label(kind)] += 1
+
+    def loop_pass(self, seconds: float) -> None:
+        """One pass of the checker's loop took ``seconds``."""
+        self.intake.loop_pass(seconds)
 
     def leading(self, yes: bool) -> None:
         """Whether this checker leads now."""
@@ -98,6 +111,10 @@ class CheckerMetrics:
 
     def on_report(self, worker: str, event: Mapping[str, Any], count: bool = True) -> None:
         """Take the totals a worker's wear report carries (remembered only, on a standby)."""
+        if self._last_counts.get(worker) == event:
+            return  # the same totals as the last report (most reports): nothing to add
+        self._last_counts[worker] = {k: dict(v) for k, v in event.items()
+                                     if isinstance(v, Mapping)}
         for kind, key in REPORTED.items():
             counts = event.get(key)
             if isinstance(counts, Mapping):
@@ -129,6 +146,7 @@ class CheckerMetrics:
                 with contextlib.suppress(KeyError):
                     counter.remove(*labels)
             self._reported.forget(name)
+            self._last_counts.pop(name, None)
         return gone
 
     def _count(self, counter: Counter, worker: str, *labels: str) -> None:

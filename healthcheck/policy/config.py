@@ -119,6 +119,10 @@ class Probes:
     late_s: float = 5.0
     #: No answer after this counts against liveness.
     missing_s: float = 15.0
+    #: The most probes the checker sends a second, fleet-wide: past ``every_s x max_per_s``
+    #: workers (200 at the defaults), each worker in rotation is probed less often, never the
+    #: broker and the checker more. Quarantined and probation workers go first.
+    max_per_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)

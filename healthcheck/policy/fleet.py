@@ -161,10 +161,18 @@ class Fleet:
         guard's rate window."""
         self._recent.extend(sorted(times))
 
-    def tick(self, now: float) -> Decision:
-        """Let time pass for every worker, then decide the proposed ejections together."""
-        self._fleet_p95 = self._median_p95()
+    def tick(self, now: float, sweep: bool = True) -> Decision:
+        """Let time pass for every worker (``sweep``: the caller may do that less often than it
+        decides, at fleet scale), then decide the proposed ejections together."""
         done: list[Transition] = []
+        if sweep:
+            self._sweep(now, done)
+        decided, changed, held = self._decide(now)
+        done.extend(decided)
+        return Decision(tuple(done), self.guard_engaged, changed, held)
+
+    def _sweep(self, now: float, done: list[Transition]) -> None:
+        self._fleet_p95 = self._median_p95()
         for w in list(self.workers.values()):
             step = self.policy.tick(w, now, self._jitter())
             if step.health is not w:
@@ -173,9 +181,13 @@ class Fleet:
                     self._proposed.pop(w.name, None)
                 self._put(step.health)
                 done.extend(step.transitions)
-        decided, changed, held = self._decide(now)
-        done.extend(decided)
-        return Decision(tuple(done), self.guard_engaged, changed, held)
+
+    def excuse_silence(self, now: float) -> None:
+        """The checker could not hear the fleet until ``now`` (its own intake failed, not the
+        workers): every worker not OFFLINE gets ``offline_after_s`` from ``now`` to be heard."""
+        for name, w in self.workers.items():
+            if w.state is not State.OFFLINE and w.last_seen < now:
+                self.workers[name] = replace(w, last_seen=now)
 
     def operator(self, worker: str, to: State, reason: str, now: float) -> Decision:
         """An operator's action on a known worker.
@@ -277,6 +289,10 @@ class Fleet:
 
     def _put(self, new: WorkerHealth) -> None:
         old = self.workers.get(new.name)
+        if old is not None and (old.state, old.cause, old.queues) == (new.state, new.cause,
+                                                                    new.queues):
+            self.workers[new.name] = new  # nothing the guard counts changed
+            return
         if old is not None:
             self._count(old, -1)
         self.workers[new.name] = new

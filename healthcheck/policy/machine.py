@@ -85,8 +85,10 @@ class HealthPolicy:
     def observe_wear(self, w: WorkerHealth, r: WearReport, fleet_p95: float | None = None,
                      jitter_s: float = 0.0) -> Step:
         """Judge a wear report and move the worker accordingly."""
-        w = dataclasses.replace(w, queues=r.queues or w.queues,
-                                consuming=w.consuming if r.consuming is None else r.consuming)
+        queues = r.queues or w.queues
+        consuming = w.consuming if r.consuming is None else r.consuming
+        if queues != w.queues or consuming != w.consuming:
+            w = dataclasses.replace(w, queues=queues, consuming=consuming)
         step = self._seen(w, r.at)
         w, done = step.health, step.transitions
         verdict = assess(r, self.config, fleet_p95, tight=w.state is State.PROBATION,
@@ -222,6 +224,8 @@ class HealthPolicy:
         """HEALTHY, SUSPECT or PROBATION: convict fast, forgive slowly."""
         rec = self.config.recovery
         if verdict.level == "ok":
+            if w.state is State.HEALTHY and w.breaches == 0 and w.passes >= rec.passes:
+                return Step(w, done)  # nothing to count: passes matter on the way back only
             w = dataclasses.replace(w, breaches=0, passes=w.passes + 1)
             if (w.state is State.SUSPECT and w.passes >= rec.passes
                     and w.clean_for(at) >= rec.min_suspect_s):

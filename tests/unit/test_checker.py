@@ -12,6 +12,7 @@ from healthcheck.policy import PolicyConfig, State, WorkerHealth
 from healthcheck.policy.model import Cause
 from healthcheck.service import Checker
 from healthcheck.store import InMemoryHealthStore
+from tests.support.polling import wait_until
 
 
 class Clock:
@@ -142,6 +143,7 @@ class TestChecker:
         checker, _, clock, _ = make(store=store)
         for w in ("w1", "w2", "w3", "w4"):
             checker.handle(wear_event(w), clock())
+        checker.tick(clock())  # joins are stored with the next tick's commit
         store.down = True
         checker.handle(wear_event("w1", cpu=99, inflight=1), clock())
         checker.tick(clock())
@@ -288,3 +290,159 @@ class TestOneClock:
         assert drained["at"] == pytest.approx(drained["verdict_at"] + 0.25)
         assert drained["received_at"] == pytest.approx(clock.now + 3600)  # kept, as the worker's
         assert sample(checker, "host_drain_seconds_sum") == pytest.approx(0.25)
+
+
+def heard(checker: Checker, event: dict[str, Any], at: float, sent: float | None = None) -> None:
+    """An event as the receiver hands it over: counted, watched, queued, then applied."""
+    checker.on_event({**event, "timestamp": at if sent is None else sent})
+    while not checker.inbox.empty():
+        checker.apply_events(*checker.inbox.get_nowait())
+
+
+class TestIntakeWatch:
+    """A checker that cannot hear the fleet makes nobody OFFLINE for its own deafness."""
+
+    def make(self) -> tuple[Checker, Clock, list[str]]:
+        from healthcheck.hearing import IntakeWatch
+
+        store, clock = InMemoryHealthStore(), Clock()
+        watch = IntakeWatch(deaf_after_s=5.0, behind_after_s=2.0)
+        watch.subscribe(clock())
+        checker = Checker.from_store(store, InMemoryActuator(), PolicyConfig(), clock=clock,
+                                     seed=1, watch=watch)
+        asked: list[str] = []
+        checker.resubscribe = asked.append
+        return checker, clock, asked
+
+    def states(self, checker: Checker) -> dict[str, str]:
+        return {w.name: w.state.value for w in checker.fleet}
+
+    def test_a_silent_worker_goes_offline_while_the_others_are_heard(self) -> None:
+        checker, clock, asked = self.make()
+        offline_after = checker.fleet.config.offline_after_s
+        for w in ("w1", "w2"):
+            heard(checker, wear_event(w), clock())
+        for _ in range(int(offline_after * 4) + 8):
+            clock.now += 0.25
+            heard(checker, wear_event("w1"), clock())
+            checker.tick(clock())
+        assert self.states(checker) == {"w1": "HEALTHY", "w2": "OFFLINE"} and asked == []
+
+    def test_deafness_makes_nobody_offline_and_asks_for_a_new_subscription(self) -> None:
+        checker, clock, asked = self.make()
+        offline_after = checker.fleet.config.offline_after_s
+        for w in ("w1", "w2"):
+            heard(checker, wear_event(w), clock())
+        for _ in range(int(offline_after * 8)):  # twice offline_after_s without a word
+            clock.now += 0.25
+            checker.tick(clock())
+        assert self.states(checker) == {"w1": "HEALTHY", "w2": "HEALTHY"}
+        assert not checker.intake_trusted and asked and "no event" in asked[0]
+        heard(checker, wear_event("w1"), clock())  # resubscribed: the fleet talks again
+        clock.now += 0.25
+        checker.tick(clock())
+        assert checker.intake_trusted and self.states(checker)["w2"] == "HEALTHY"
+        for _ in range(int(offline_after * 4) + 8):  # w2 stays silent: now that is its own
+            clock.now += 0.25
+            heard(checker, wear_event("w1"), clock())
+            checker.tick(clock())
+        assert self.states(checker)["w2"] == "OFFLINE"
+
+    def test_a_fleet_that_a_fresh_subscription_hears_nothing_from_is_believed(self) -> None:
+        checker, clock, asked = self.make()
+        assert checker.watch is not None
+        for w in ("w1", "w2"):
+            heard(checker, wear_event(w), clock())
+        for _ in range(24):  # 6 s of silence: deaf, a new subscription is asked for
+            clock.now += 0.25
+            checker.tick(clock())
+        assert asked and not checker.intake_trusted
+        checker.watch.subscribe(clock())  # ...and taken: still nothing, the fleet really is silent
+        for _ in range(int(checker.fleet.config.offline_after_s * 4) + 24):
+            clock.now += 0.25
+            checker.tick(clock())
+        assert checker.intake_trusted
+        assert self.states(checker) == {"w1": "OFFLINE", "w2": "OFFLINE"}
+
+    def test_events_arriving_late_make_nobody_offline(self) -> None:
+        checker, clock, _ = self.make()
+        offline_after = checker.fleet.config.offline_after_s
+        for w in ("w1", "w2"):
+            heard(checker, wear_event(w), clock())
+        for i in range(int(offline_after * 8)):  # the receiver falls behind: 3 s and growing
+            clock.now += 0.25
+            if i % 4 == 0:
+                heard(checker, wear_event("w1"), clock(), sent=clock() - 3 - i / 10)
+            checker.tick(clock())
+        assert self.states(checker)["w2"] == "HEALTHY" and not checker.intake_trusted
+
+    def test_intake_is_exported(self) -> None:
+        checker, clock, _ = self.make()
+        heard(checker, wear_event("w1"), clock())
+        heard(checker, {"type": "worker-heartbeat", "hostname": "w1"}, clock())
+        checker.on_event({"type": "task-succeeded", "hostname": "w1"})
+        assert sample(checker, "host_checker_events_total", type="worker-wear") == 1
+        assert sample(checker, "host_checker_events_total", type="worker-heartbeat") == 1
+        assert sample(checker, "host_checker_events_total", type="task") == 1
+        assert checker.inbox.empty()  # the heartbeat right after a report was not queued
+        assert sample(checker, "host_checker_subscribed") == 1
+        assert sample(checker, "host_checker_intake_lag_seconds") == 0
+
+
+class StuckActuator(InMemoryActuator):
+    """A worker that does not answer until released (as a dead or partitioned one would not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.release = threading.Event()
+        self.started = threading.Event()
+
+    def drain(self, worker: str, reason: str) -> Any:
+        self.started.set()
+        self.release.wait(10)
+        return super().drain(worker, reason)
+
+
+class TestActingNeverBlocksWatching:
+    def test_a_worker_that_does_not_answer_stalls_nobody_else(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        store, clock, actuator = InMemoryHealthStore(), Clock(), StuckActuator()
+        with ThreadPoolExecutor(4) as pool:
+            checker = Checker.from_store(store, actuator, PolicyConfig(), clock=clock, seed=1,
+                                         act_pool=pool)
+            for w in ("w1", "w2", "w3", "w4", "w5"):
+                checker.handle(wear_event(w), clock())
+            checker.handle(wear_event("w1", cpu=99, inflight=1), clock())
+            clock.now += 0.25
+            checker.tick(clock())  # the verdict: gate key written, the drain on the pool
+            assert actuator.started.wait(5)
+            assert "cpu_percent" in store.gates["w1"]  # in force before any answer
+            for _ in range(32):  # the loop goes on deciding for everyone else meanwhile
+                clock.now += 0.25
+                for w in ("w2", "w3", "w4"):
+                    checker.handle(wear_event(w), clock())
+                checker.tick(clock())
+            assert checker.fleet.workers["w5"].state is State.OFFLINE  # silence still judged
+            assert checker.enforcer.in_flight == 1
+            assert not [r for r in store.history("w1") if r["kind"].startswith("drain")]
+            actuator.release.set()
+            wait_until(lambda: checker.enforcer.in_flight == 0, 5, "the answer")
+            checker.enforcer.settle()
+            kinds = [r["kind"] for r in store.history("w1")]
+            assert kinds[-1] == "drain_confirmed"
+
+    def test_commands_to_one_worker_keep_their_order(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        store, clock, actuator = InMemoryHealthStore(), Clock(), InMemoryActuator()
+        with ThreadPoolExecutor(4) as pool:
+            checker = Checker.from_store(store, actuator, PolicyConfig(), clock=clock, seed=1,
+                                         act_pool=pool)
+            for i in range(20):
+                (checker.enforcer.drain if i % 2 == 0 else checker.enforcer.admit)("w1", str(i))
+            pool.shutdown(wait=True)
+        assert [reason for _, _, reason in actuator.sent] == [str(i) for i in range(20)]
+        assert [c for c, _, _ in actuator.sent] == ["host_drain", "host_admit"] * 10

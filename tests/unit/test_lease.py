@@ -130,6 +130,7 @@ class TestFencedChecker:
         old.lead()
         for w in ("w1", "w2", "w3", "w4"):
             old.handle(wear_event(w), clock())
+        old.tick(clock())  # the joins are stored with the tick's commit
         # The lease changes hands behind its back (it was paused and someone else took over),
         # while its own clock has not moved: it still believes it leads.
         store.leader, store.leader_until, store.epochs = "2:b", clock() + 60, 2

@@ -98,6 +98,37 @@ class TestProber:
         assert result.outcome == "wrong" and "compound" in result.detail
 
 
+class TestProbeBudget:
+    def test_a_large_fleet_is_probed_at_a_bounded_rate_re_admissions_first(self) -> None:
+        transport, clock = InMemoryProbeTransport(), Clock()
+        prober = Prober(transport, known_answers(), Probes(every_s=10, max_per_s=20), clock)
+        states = {f"w{i}": State.HEALTHY for i in range(1000)}
+        states.update(q1=State.QUARANTINED, p1=State.PROBATION)
+        sent_per_second = []
+        for _ in range(10):
+            before = len(transport.sent)
+            for _ in range(4):  # ticks every 0.25 s
+                clock.now += 0.25
+                prober.send_due(states)
+                prober.collect()
+            sent_per_second.append(len(transport.sent) - before)
+        # a full bucket (one second's worth) at the start, then the rate
+        assert sent_per_second[0] <= 40 and max(sent_per_second[1:]) <= 20
+        assert 190 <= sum(sent_per_second) <= 220
+        assert {w for w, _ in transport.sent[:2]} == {"q1", "p1"}
+        assert len({w for w, _ in transport.sent}) == len(transport.sent)  # oldest first: no repeats
+
+    def test_a_small_fleet_keeps_its_cadence(self) -> None:
+        transport, clock = InMemoryProbeTransport(), Clock()
+        prober = Prober(transport, known_answers(), Probes(every_s=10, max_per_s=20), clock)
+        states = {f"w{i}": State.HEALTHY for i in range(50)}
+        for _ in range(4 * 25):
+            clock.now += 0.25
+            prober.send_due(states)
+            prober.collect()
+        assert len(transport.sent) == 150  # at 0 s, 10 s and 20 s: every worker, every 10 s
+
+
 class TestCheckerWithProbes:
     def make(self, stored: dict[str, WorkerHealth], answer: Any = None,
              config: PolicyConfig | None = None) -> tuple[Checker, InMemoryActuator, Clock]:

@@ -43,6 +43,7 @@ class TestWearEvent:
         {"wear": [1, 2]}, {"wear": {"cpu_percent": [1]}}, {"wear": {"cpu_percent": ["x", 1]}},
         {"tasks": "lots"}, {"tasks": {"completed": "many"}}, {"inflight": "two"},
         {"tasks": {"runtime_p95": "slow"}},
+        {"inflight": float("inf")}, {"tasks": {"completed": float("nan")}},
     ])
     def test_malformed_reports_parse_as_none(self, bad: dict[str, Any]) -> None:
         assert WearEvent.parse(wire(**bad)) is None
@@ -52,7 +53,9 @@ class TestWearEvent:
                                      wear={"cpu_percent": [math.inf, 1.0], "load": [1, 2]},
                                      requeued={"tweets": -1, "bulk": 2, "x": True}))
         assert event is not None and event.cost_s == 0.0 and event.seq == 0 and event.at is None
-        assert event.wear == {"load": (1.0, 2.0)} and event.counts == {"requeued": {"bulk": 2}}
+        assert event.wear == {"load": (1.0, 2.0)}
+        # counts are kept as sent: the metrics take only their non-negative integers
+        assert event.counts == {"requeued": {"tweets": -1, "bulk": 2, "x": True}}
 
     @given(st.dictionaries(st.sampled_from(["wear", "tasks", "inflight", "queues", "consuming",
                                             "gate", "self_protected", "requeued", "cost_s"]),
