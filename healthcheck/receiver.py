@@ -146,9 +146,7 @@ class RedisEar(Ear):
             while message is not None:
                 kind = message["type"]
                 if kind == "pmessage":
-                    event = decode(message["data"])
-                    if event is not None:
-                        events.append(event)
+                    events.extend(decode(message["data"]))
                 elif kind == "psubscribe":
                     self.delay = 0.5
                     self._subscribed()
@@ -167,9 +165,10 @@ _BODY = re.compile(rb'^\{"body": "([A-Za-z0-9+/=]*)"')
 _BASE64 = b'"body_encoding": "base64"'
 
 
-def _decode(data: bytes) -> dict[str, Any] | None:
-    """A Celery event from its kombu envelope, or None (the body is taken out without parsing
-    the envelope when it has kombu's usual layout; any other layout is parsed in full)."""
+def _decode(data: bytes) -> list[dict[str, Any]]:
+    """The Celery events in a kombu envelope: one, or the list a worker's dispatcher buffers
+    its task events into; none for anything else. (The body is taken out without parsing the
+    envelope when it has kombu's usual layout; any other layout is parsed in full.)"""
     try:
         found = _BODY.match(data)
         if found is not None and _BASE64 in data:
@@ -181,8 +180,12 @@ def _decode(data: bytes) -> dict[str, Any] | None:
                 body = base64.b64decode(body)
         event = json.loads(body)
     except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-    return event if isinstance(event, dict) else None
+        return []
+    if isinstance(event, dict):
+        return [event]
+    if isinstance(event, list):
+        return [e for e in event if isinstance(e, dict)]
+    return []
 
 
 def receive_events(app: Celery, on_event: Callable[[dict[str, Any]], None],

@@ -25,21 +25,27 @@ def test_kombus_layout_and_any_other_decode_alike() -> None:
     plain = json.dumps(envelope(EVENT)).encode()
     reordered = json.dumps(dict(reversed(list(envelope(EVENT).items())))).encode()
     compact = json.dumps(envelope(EVENT), separators=(",", ":")).encode()
-    assert _decode(plain) == _decode(reordered) == _decode(compact) == EVENT
+    assert _decode(plain) == _decode(reordered) == _decode(compact) == [EVENT]
 
 
 def test_a_body_that_is_not_base64_encoded() -> None:
     raw = envelope(EVENT)
     raw["body"], raw["properties"] = json.dumps(EVENT), {}
-    assert _decode(json.dumps(raw).encode()) == EVENT
+    assert _decode(json.dumps(raw).encode()) == [EVENT]
 
 
 @given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_anything_else_is_dropped_not_raised(data: bytes) -> None:
     result = _decode(data)
-    assert result is None or isinstance(result, dict)
+    assert isinstance(result, list) and all(isinstance(e, dict) for e in result)
 
 
-def test_a_body_that_is_not_an_object_is_dropped() -> None:
-    assert _decode(json.dumps(envelope([1, 2])).encode()) is None
-    assert _decode(b'{"body": "!!!", "properties": {"body_encoding": "base64"}}') is None
+def test_task_events_buffered_into_one_message_are_all_taken() -> None:
+    """A worker with an event loop sends its task events in batches: a list body."""
+    batch = [{"type": "task-received", "uuid": "a"}, {"type": "task-succeeded", "uuid": "a"}]
+    assert _decode(json.dumps(envelope([*batch, 7])).encode()) == batch
+
+
+def test_a_body_that_is_no_event_is_dropped() -> None:
+    assert _decode(json.dumps(envelope("text")).encode()) == []
+    assert _decode(b'{"body": "!!!", "properties": {"body_encoding": "base64"}}') == []
