@@ -43,7 +43,6 @@ class Ear:
         self.stop = stop
         self.on_subscribed = on_subscribed or (lambda: None)
         self.on_lost = on_lost or (lambda: None)
-        self.subscriptions = 0
         self._recv: Any = None
 
     def resubscribe(self, why: str) -> None:
@@ -75,7 +74,6 @@ class Ear:
                 self.on_lost()
 
     def _subscribed(self) -> None:
-        self.subscriptions += 1
         self.on_subscribed()
 
     def _stop_when_told(self) -> None:
@@ -186,12 +184,6 @@ def _decode(data: bytes) -> list[dict[str, Any]]:
     if isinstance(event, list):
         return [e for e in event if isinstance(e, dict)]
     return []
-
-
-def receive_events(app: Celery, on_event: Callable[[dict[str, Any]], None],
-                   stop: threading.Event, on_subscribed: Callable[[], None] | None = None) -> None:
-    """Listen with an ``Ear`` until ``stop`` (for callers that need no resubscription)."""
-    Ear(app, on_event, stop, on_subscribed).run()
 
 
 def _then(first: Callable[..., Any], second: Callable[[], None]) -> Callable[..., None]:

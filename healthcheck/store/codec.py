@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from healthcheck.policy import Cause, State, WorkerHealth
@@ -34,6 +34,20 @@ def from_dict(data: Mapping[str, Any]) -> WorkerHealth:
     consuming = values.get("consuming")
     values["consuming"] = None if consuming is None else tuple(consuming)
     return WorkerHealth(**values)
+
+
+class UnfencedWrites:
+    """``save`` and ``append`` for tools and tests: a store's ``commit`` without a fence."""
+
+    def commit(self, workers: Iterable[WorkerHealth], records: Iterable[Mapping[str, Any]] = (),
+               reports: Mapping[str, Mapping[str, Any]] | None = None, fence: str = "") -> None:
+        raise NotImplementedError
+
+    def save(self, workers: Iterable[WorkerHealth]) -> None:
+        self.commit(workers)
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
+        self.commit((), records)
 
 
 def recorded_at(record: Mapping[str, Any]) -> float | None:

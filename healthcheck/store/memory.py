@@ -9,10 +9,10 @@ from typing import Any
 
 from healthcheck.errors import LeaseLost
 from healthcheck.policy import WorkerHealth
-from healthcheck.store.codec import from_dict, recorded_at, to_dict
+from healthcheck.store.codec import UnfencedWrites, from_dict, recorded_at, to_dict
 
 
-class InMemoryHealthStore:
+class InMemoryHealthStore(UnfencedWrites):
     """Every port of ``healthcheck.store.ports`` in one process's memory.
 
     Args:
@@ -46,12 +46,6 @@ class InMemoryHealthStore:
             self.workers[w.name] = to_dict(w)
         self.audit.extend(dict(r) for r in records)
         self.last_reports.update({k: dict(v) for k, v in (reports or {}).items()})
-
-    def save(self, workers: Iterable[WorkerHealth]) -> None:
-        self.commit(workers)
-
-    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        self.commit((), records)
 
     def history(self, worker: str | None = None, since: float | None = None,
                 limit: int = 1000) -> list[dict[str, Any]]:

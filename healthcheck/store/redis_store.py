@@ -16,7 +16,7 @@ from broker_config import keys
 from broker_config.signing import RedisNonces
 from healthcheck.errors import LeaseLost, StoreUnavailable
 from healthcheck.policy import WorkerHealth
-from healthcheck.store.codec import from_dict, recorded_at, to_dict
+from healthcheck.store.codec import UnfencedWrites, from_dict, recorded_at, to_dict
 
 #: Audit records kept (Redis trims the stream to about this many).
 AUDIT_KEEP = 100_000
@@ -34,7 +34,7 @@ def script(name: str, fenced: bool = False) -> str:
     return ((folder / "fence.lua").read_text(encoding="utf-8") + body) if fenced else body
 
 
-class RedisHealthStore:
+class RedisHealthStore(UnfencedWrites):
     """Every port of ``healthcheck.store.ports`` on one Redis.
 
     Args:
@@ -80,12 +80,6 @@ class RedisHealthStore:
         args = [fence, AUDIT_KEEP, len(states) // 2, *states, len(audit), *audit,
                 len(summaries) // 2, *summaries]
         self._fenced(self._commit, [keys.LEADER, keys.WORKERS, keys.AUDIT, keys.REPORTS], args)
-
-    def save(self, workers: Iterable[WorkerHealth]) -> None:
-        self.commit(workers)
-
-    def append(self, records: Iterable[Mapping[str, Any]]) -> None:
-        self.commit((), records)
 
     def history(self, worker: str | None = None, since: float | None = None,
                 limit: int = 1000) -> list[dict[str, Any]]:
