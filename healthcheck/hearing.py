@@ -97,7 +97,11 @@ class Hearing:
             log.warning("intake_untrusted", subscribed=watch.subscribed,
                         silent_s=round(now - watch.last_arrival, 3), lag_s=round(watch.lag_s, 3),
                         note="no worker is made OFFLINE until the checker hears the fleet again")
-        if (expecting and watch.deaf(now) and self.resubscribe is not None
+        # Renew a subscription that heard the fleet and then went silent; one taken since the
+        # silence began would not hear more for being renewed (its silence is believed once it
+        # is deaf_after_s old), and one being re-established is the receiver's business.
+        if (expecting and watch.subscribed and watch.deaf(now)
+                and watch.subscribed_at <= watch.last_arrival and self.resubscribe is not None
                 and now - self._resubscribed_at >= watch.deaf_after_s):
             self._resubscribed_at = now
             self.resubscribe(f"no event for {now - watch.last_arrival:.1f}s")

@@ -363,6 +363,28 @@ class TestIntakeWatch:
             checker.tick(clock())
         assert checker.intake_trusted
         assert self.states(checker) == {"w1": "OFFLINE", "w2": "OFFLINE"}
+        assert len(asked) == 1  # the fresh subscription was not renewed: its silence is the fleet's
+
+    def test_a_checker_started_in_front_of_a_dead_fleet_believes_the_silence(self) -> None:
+        from healthcheck.hearing import IntakeWatch
+
+        store, clock = InMemoryHealthStore(), Clock()
+        store.save([WorkerHealth(name=w, since=990.0, last_seen=990.0, queues=("tweets",))
+                    for w in ("w1", "w2")])
+        watch = IntakeWatch(deaf_after_s=5.0)
+        checker = Checker.from_store(store, InMemoryActuator(), PolicyConfig(), clock=clock,
+                                     seed=1, watch=watch)
+        asked: list[str] = []
+        checker.resubscribe = asked.append
+        watch.subscribe(clock())
+        for _ in range(24):
+            clock.now += 0.25
+            checker.tick(clock())
+        assert checker.intake_trusted and asked == []  # ready: nobody to hear, and it can tell
+        for _ in range(int(checker.fleet.config.offline_after_s * 4) + 8):
+            clock.now += 0.25
+            checker.tick(clock())
+        assert self.states(checker) == {"w1": "OFFLINE", "w2": "OFFLINE"}
 
     def test_events_arriving_late_make_nobody_offline(self) -> None:
         checker, clock, _ = self.make()
