@@ -165,17 +165,20 @@ def history(ctx: click.Context, worker: str | None, since: float | None, limit: 
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=300.0, show_default=True,
               help="With --wait: give up after this many seconds (exit 1).")
 @click.option("--yes", is_flag=True, help="Drain even if a queue is left with no healthy consumer.")
+@click.option("--stopping", is_flag=True,
+              help="Its platform is about to stop WORKER (a preStop hook, ExecStop): the drain "
+                   "ends by itself when the worker starts again, and never asks for --yes.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def drain(ctx: click.Context, worker: str, reason: str, wait: bool, timeout: float, yes: bool,
-          as_json: bool) -> None:
+          stopping: bool, as_json: bool) -> None:
     """Take WORKER out of rotation for maintenance (MAINTENANCE until `restore`)."""
     app = host_app(ctx)
     store = _store(app)
     _known(store, worker)
-    if not yes:
+    if not yes and not stopping:  # a stop happens whatever we say: drain first all the same
         _refuse_if_last_consumer(store, worker)
-    answer = _ask_checker(app, store, "drain", worker, reason)
+    answer = _ask_checker(app, store, "stop" if stopping else "drain", worker, reason)
     _say(answer, as_json)
     if wait and not _wait_empty(app, worker, timeout, as_json):
         ctx.exit(EXIT_INCOMPLETE)

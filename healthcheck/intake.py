@@ -23,7 +23,7 @@ def observation(event: Mapping[str, Any], at: float) -> WearReport | Heartbeat |
         return None if report is None else wear_report(report, at)
     worker = event.get("hostname")
     if event.get("type") in LIVENESS_EVENTS and isinstance(worker, str) and worker:
-        return Heartbeat(worker, at)
+        return Heartbeat(worker, at, event.get("type") == "worker-online")
     return None
 
 
@@ -58,6 +58,8 @@ class Intake:
 
     def __init__(self) -> None:
         self.wear: dict[str, Mapping[str, Reading]] = {}
+        #: Tasks each worker last said it holds (running or reserved).
+        self.inflight: dict[str, int] = {}
         self.history = WearHistory()
         #: When each worker's summary was last stored, and what its gate and queues were.
         self._summarised: dict[str, tuple[float, Any]] = {}
@@ -75,10 +77,12 @@ class Intake:
     def take(self, report: WearReport) -> None:
         """Remember a report's readings."""
         self.wear[report.worker] = report.wear
+        self.inflight[report.worker] = report.inflight
         self.history.add(report.worker, report.wear)
 
     def forget(self, worker: str) -> None:
         """A worker no longer exported."""
         self.wear.pop(worker, None)
+        self.inflight.pop(worker, None)
         self.history.forget(worker)
         self._summarised.pop(worker, None)

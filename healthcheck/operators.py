@@ -24,7 +24,7 @@ log = get_logger(__name__)
 
 def operator_target(action: str, w: WorkerHealth, force: bool) -> State | str:
     """The state an operator's action leads to, or why it is not allowed."""
-    if action == "drain":
+    if action in ("drain", "stop"):  # stop: a drain that ends when the worker starts again
         return State.MAINTENANCE
     if action == "quarantine":
         return State.QUARANTINED
@@ -32,7 +32,7 @@ def operator_target(action: str, w: WorkerHealth, force: bool) -> State | str:
         return f"unknown action {action}"
     if w.state not in (State.MAINTENANCE, State.QUARANTINED):
         return f"{w.name} is {w.state.value}: only MAINTENANCE or QUARANTINED can be restored"
-    if w.cause is not Cause.OPERATOR and not force:
+    if w.cause not in (Cause.OPERATOR, Cause.STOPPING) and not force:
         return (f"{w.name} was quarantined by the checker ({w.reason}); it re-admits it after "
                 "probes pass — use --force to override")
     return State.HEALTHY if force else State.PROBATION
@@ -95,7 +95,7 @@ class OperatorDesk:
         if not isinstance(target, State):  # State is a str too: test it first
             return {"ok": False, "code": "not_allowed", "error": target}
         reason = f"operator: {request.get('reason') or action}"
-        decision = fleet.operator(worker, target, reason, self.clock())
+        decision = fleet.operator(worker, target, reason, self.clock(), stopping=action == "stop")
         apply(decision)
         self.metrics.operator_request(action, "applied")
         state = fleet.workers[worker].state.value

@@ -76,7 +76,8 @@ class Checker(Succession):
         self.intake = Intake()
         self.metrics = metrics or CheckerMetrics(lambda: self.fleet, lambda: self.wear,
                                                  clock=clock, forget_after_s=forget_after_s,
-                                                 depths=depths)
+                                                 depths=depths,
+                                                 inflight=lambda: self.intake.inflight)
         self.leadership = leadership
         self.standing = Lead(leadership)
         self.ledger = Ledger(store)

@@ -32,7 +32,7 @@ __all__ = ["CheckerMetrics", "Cumulative", "QueueDepths", "broker_depths", "heal
            "queue_label"]
 
 #: Operators' actions, as ``host_control_commands_total`` names them (others: ``other``).
-OPERATOR_ACTIONS = ("drain", "quarantine", "restore")
+OPERATOR_ACTIONS = ("drain", "stop", "quarantine", "restore")
 #: The counts a wear report carries, by the report's key.
 REPORTED = {"requeued": "requeued", "inbound": "inbound", "tweets": "tweets",
             "refused": "control_refused"}
@@ -49,15 +49,17 @@ class CheckerMetrics:
         forget_after_s: a worker OFFLINE for longer than this is no longer exported.
         depths: returns the work queues' depths (``QueueDepths``); None: not exported.
         tasks: the task names ``host_tasks_total`` labels by name (others: ``other``).
+        inflight: returns the tasks each worker last said it holds.
     """
 
     def __init__(self, fleet: Callable[[], Fleet], wear: Callable[[], dict[str, Any]],
                  registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time,
                  forget_after_s: float = 3600.0,
                  depths: Callable[[], Mapping[str, int]] | None = None,
-                 tasks: frozenset[str] = frozenset({"host.analyse", "host.analyse_batch"})) -> None:
+                 tasks: frozenset[str] = frozenset({"host.analyse", "host.analyse_batch"}),
+                 inflight: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self._fleet = FleetCollector(fleet, wear, clock, forget_after_s, depths)
+        self._fleet = FleetCollector(fleet, wear, clock, forget_after_s, depths, inflight)
         self.registry.register(self._fleet)
         self._reported = Cumulative()
         self.registry.register(ReportedCounts(self._reported))

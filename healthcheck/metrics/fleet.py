@@ -38,12 +38,15 @@ class FleetCollector(Collector):
         clock: wall-clock seconds.
         forget_after_s: a worker OFFLINE for longer than this is no longer exported.
         depths: returns the work queues' depths (cached; may be empty).
+        inflight: returns the tasks each worker last said it holds (running or reserved).
     """
 
     def __init__(self, fleet: Callable[[], Fleet], wear: Callable[[], dict[str, Any]],
                  clock: Callable[[], float] = time.time, forget_after_s: float = 3600.0,
-                 depths: Callable[[], Mapping[str, int]] | None = None) -> None:
+                 depths: Callable[[], Mapping[str, int]] | None = None,
+                 inflight: Callable[[], Mapping[str, int]] | None = None) -> None:
         self._fleet = fleet
+        self._inflight = inflight
         self._wear = wear
         self._clock = clock
         self.forget_after_s = forget_after_s
@@ -99,6 +102,14 @@ class FleetCollector(Collector):
                 for metric, reading in worker_readings.items():
                     wear.add_metric([worker, metric], reading.value)
         yield wear
+        if self._inflight is not None:
+            held = GaugeMetricFamily("host_worker_inflight",
+                                     "Tasks each worker last said it holds, running or reserved "
+                                     "(invisible in the queue's depth)", labels=["worker"])
+            for worker, n in sorted(self._inflight().items()):
+                if worker in names:
+                    held.add_metric([worker], n)
+            yield held
         limits = GaugeMetricFamily("host_wear_threshold", "The policy's wear limits",
                                    labels=["metric", "limit"])
         for metric, t in sorted(fleet.config.thresholds.items()):

@@ -83,8 +83,10 @@ def auto_out(w: WorkerHealth) -> bool:
 
 
 def operator_out(w: WorkerHealth) -> bool:
-    """True when a person took the worker out (MAINTENANCE, or a manual quarantine)."""
-    return w.cause is Cause.OPERATOR and w.state in (State.MAINTENANCE, State.QUARANTINED)
+    """True when a person (or the worker's platform, stopping it) took the worker out:
+    MAINTENANCE, or a manual quarantine."""
+    return (w.cause in (Cause.OPERATOR, Cause.STOPPING)
+            and w.state in (State.MAINTENANCE, State.QUARANTINED))
 
 
 @dataclass
@@ -189,14 +191,16 @@ class Fleet:
             if w.state is not State.OFFLINE and w.last_seen < now:
                 self.workers[name] = replace(w, last_seen=now)
 
-    def operator(self, worker: str, to: State, reason: str, now: float) -> Decision:
+    def operator(self, worker: str, to: State, reason: str, now: float,
+                 stopping: bool = False) -> Decision:
         """An operator's action on a known worker.
 
         Raises:
             KeyError: the worker is unknown.
             ValueError: see HealthPolicy.operator.
         """
-        step = self.policy.operator(self.workers[worker], to, reason, now, self._jitter())
+        step = self.policy.operator(self.workers[worker], to, reason, now, self._jitter(),
+                                    stopping)
         self._waiting.discard(worker)
         self._proposed.pop(worker, None)
         self._put(step.health)

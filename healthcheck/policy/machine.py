@@ -80,7 +80,7 @@ class HealthPolicy:
             return self.observe_wear(w, obs, fleet_p95, jitter_s)
         if isinstance(obs, ProbeResult):
             return self.observe_probe(w, obs, jitter_s)
-        return self._seen(w, obs.at)
+        return self._seen(w, obs.at, obs.started)
 
     def observe_wear(self, w: WorkerHealth, r: WearReport, fleet_p95: float | None = None,
                      jitter_s: float = 0.0) -> Step:
@@ -188,17 +188,25 @@ class HealthPolicy:
     # --- operators --------------------------------------------------------------------
 
     def operator(self, w: WorkerHealth, to: State, reason: str, now: float,
-                 jitter_s: float = 0.0) -> Step:
+                 jitter_s: float = 0.0, stopping: bool = False) -> Step:
         """An operator's drain (MAINTENANCE), quarantine, or restore (PROBATION or HEALTHY).
+
+        ``stopping``: a drain because the worker's platform is about to stop it; it ends by
+        itself when the worker starts again (Celery's worker-online, or heard from after
+        OFFLINE), where a maintenance drain lasts until ``restore``.
 
         Raises:
             ValueError: a target state operators cannot set, or an empty reason.
         """
         if to not in (State.MAINTENANCE, State.QUARANTINED, State.PROBATION, State.HEALTHY):
             raise ValueError(f"operators cannot move a worker to {to}")
+        if stopping and to is not State.MAINTENANCE:
+            raise ValueError("only a drain (MAINTENANCE) can be for a stop")
         if not reason.strip():
             raise ValueError("an operator action needs a reason")
         cause = Cause.OPERATOR if to in (State.MAINTENANCE, State.QUARANTINED) else Cause.NONE
+        if stopping:
+            cause = Cause.STOPPING
         if w.state is to and w.cause is cause:
             return Step(w)
         # Same state, new owner (a person quarantines a worker the checker had quarantined):
@@ -210,11 +218,17 @@ class HealthPolicy:
 
     # --- internals --------------------------------------------------------------------
 
-    def _seen(self, w: WorkerHealth, at: float) -> Step:
+    def _seen(self, w: WorkerHealth, at: float, started: bool = False) -> Step:
         w = dataclasses.replace(w, last_seen=max(w.last_seen, at))
+        if started and w.state is State.MAINTENANCE and w.cause is Cause.STOPPING:
+            w, t = self._move(w, State.HEALTHY, "started again after its platform stopped it",
+                              at, code=Code.RETURNED)
+            return Step(w, (t,))
         if w.state is not State.OFFLINE:
             return Step(w)
         back = w.resume or State.HEALTHY
+        if back is State.MAINTENANCE and w.cause is Cause.STOPPING:
+            back = State.HEALTHY  # it stopped as its platform meant it to, and is back
         cause = w.cause if back in (State.QUARANTINED, State.MAINTENANCE) else Cause.NONE
         w, t = self._move(w, back, "heard from again", at, cause)
         return Step(dataclasses.replace(w, resume=None), (t,))

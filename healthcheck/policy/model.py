@@ -44,6 +44,9 @@ class Cause(StrEnum):
     PROBE = "probe"  # automatic, exempt from the guard (a wrong answer is worse than no answer)
     SELF = "self"  # the worker closed its own gate on a hard local limit
     OPERATOR = "operator"  # a person: shows in the guard's figures, not in its budget
+    #: its platform is stopping it (a pod's preStop, a unit's ExecStop): an operator's drain
+    #: that ends by itself when the worker starts again.
+    STOPPING = "stopping"
 
 
 class Reading(NamedTuple):
@@ -111,10 +114,12 @@ class ProbeResult:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """A sign of life without figures (Celery's worker-heartbeat)."""
+    """A sign of life without figures (Celery's worker-heartbeat; ``started`` for its
+    worker-online, sent once as a worker starts)."""
 
     worker: str
     at: float
+    started: bool = False
 
 
 Observation = WearReport | ProbeResult | Heartbeat

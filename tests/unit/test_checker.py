@@ -468,3 +468,15 @@ class TestActingNeverBlocksWatching:
             pool.shutdown(wait=True)
         assert [reason for _, _, reason in actuator.sent] == [str(i) for i in range(20)]
         assert [c for c, _, _ in actuator.sent] == ["host_drain", "host_admit"] * 10
+
+
+class TestOperatorTargets:
+    def test_stop_is_a_drain_and_a_stopped_worker_can_be_restored(self) -> None:
+        """`fleet drain --stopping` asks for "stop": MAINTENANCE; a person may still end it."""
+        from healthcheck.operators import operator_target
+        from healthcheck.policy import Cause, State
+
+        w = WorkerHealth(name="w1", state=State.MAINTENANCE, cause=Cause.STOPPING)
+        assert operator_target("stop", WorkerHealth(name="w1"), False) is State.MAINTENANCE
+        assert operator_target("restore", w, False) is State.PROBATION
+        assert "unknown" in str(operator_target("halt", w, False))

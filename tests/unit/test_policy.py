@@ -13,6 +13,7 @@ from healthcheck.policy import (
     Cause,
     Fleet,
     HealthPolicy,
+    Heartbeat,
     PolicyConfig,
     ProbeResult,
     Reading,
@@ -202,6 +203,40 @@ class TestStateMachine:
             w = self.policy.tick(w, now=t + 1).health
         assert w.state is State.MAINTENANCE
 
+    def test_a_stop_drain_ends_when_the_worker_starts_again(self) -> None:
+        """A drain for a platform stop holds like maintenance while the worker lives on (wear,
+        heartbeats, probes, time), and ends at its next start: Celery's worker-online."""
+        w = self.policy.operator(healthy(), State.MAINTENANCE, "platform stop", now=0,
+                                 stopping=True).health
+        assert (w.state, w.cause) == (State.MAINTENANCE, Cause.STOPPING)
+        for t in range(1, 30, 3):
+            w = self.policy.observe_wear(w, wear(at=t)).health
+            w = self.policy.observe(w, Heartbeat("w1", t + 1)).health
+            w = self.policy.observe_probe(w, ProbeResult("w1", t + 1, "ok")).health
+            w = self.policy.tick(w, now=t + 2).health
+        assert w.state is State.MAINTENANCE
+        step = self.policy.observe(w, Heartbeat("w1", 40, started=True))
+        assert step.health.state is State.HEALTHY and step.health.cause is Cause.NONE
+        assert [t.to_state for t in step.transitions] == [State.HEALTHY]
+
+    def test_a_stopped_worker_heard_after_offline_comes_back_healthy(self) -> None:
+        """Stopped for longer than offline_after_s: OFFLINE, then HEALTHY when heard again
+        (a maintenance drain would come back to MAINTENANCE)."""
+        for stopping, back in ((True, State.HEALTHY), (False, State.MAINTENANCE)):
+            w = self.policy.operator(healthy(), State.MAINTENANCE, "stop", now=0,
+                                     stopping=stopping).health
+            w = self.policy.tick(w, now=100).health
+            assert w.state is State.OFFLINE
+            assert self.policy.observe(w, Heartbeat("w1", 120)).health.state is back
+
+    def test_worker_online_does_not_end_a_maintenance_drain(self) -> None:
+        """Only a stop drain ends at a start: a maintenance drain still needs restore."""
+        w = self.policy.operator(healthy(), State.MAINTENANCE, "fan swap", now=0).health
+        w = self.policy.observe(w, Heartbeat("w1", 1, started=True)).health
+        assert w.state is State.MAINTENANCE
+        with pytest.raises(ValueError, match="stop"):
+            self.policy.operator(healthy(), State.QUARANTINED, "x", now=0, stopping=True)
+
     def test_operator_needs_a_reason_and_a_target_it_may_set(self) -> None:
         """Operators set MAINTENANCE, QUARANTINED, PROBATION or HEALTHY, always with a reason."""
         with pytest.raises(ValueError, match="reason"):
@@ -291,6 +326,16 @@ class TestFleetGuard:
         """MAINTENANCE shows in the figures and leaves the automatic budget untouched."""
         fleet = self.fleet(4)
         fleet.operator("w1", State.MAINTENANCE, "fan swap", now=1)
+        fleet.observe(wear("w0", at=2, cpu=99, inflight=1))
+        fleet.tick(2.5)
+        figures = fleet.figures()
+        assert (figures.operator_out, figures.automatic_out) == (1, 1)
+        assert fleet.workers["w0"].state is State.DRAINING
+
+    def test_stop_drains_show_as_operators_and_do_not_spend_the_budget(self) -> None:
+        """A platform's stop drains (a rolling restart) are people's drains to the guard."""
+        fleet = self.fleet(4)
+        fleet.operator("w1", State.MAINTENANCE, "preStop", now=1, stopping=True)
         fleet.observe(wear("w0", at=2, cpu=99, inflight=1))
         fleet.tick(2.5)
         figures = fleet.figures()
