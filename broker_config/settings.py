@@ -97,6 +97,8 @@ class Settings:
     metrics_address: str = "0.0.0.0"
     #: A web config file in the format of Prometheus' exporters (TLS, basic auth) for it.
     web_config_file: str = ""
+    #: Workers: the port of their own /readyz and /healthz (on HOST_METRICS_ADDRESS); 0: none.
+    worker_status_port: int = 0
 
     @property
     def allowed_control(self) -> tuple[str, ...]:
@@ -274,12 +276,17 @@ def _port(value: int) -> str | None:
     return None if 0 < value < 65536 else "must be a TCP port (1-65535)"
 
 
+def _port_or_off(value: int) -> str | None:
+    return None if 0 <= value < 65536 else "must be a TCP port (1-65535), or 0 for none"
+
+
 _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "broker_url": _url(BROKER_SCHEMES, empty_ok=False),
     "result_backend": _url(REDIS_SCHEMES, empty_ok=True),
     "store_url": _url(REDIS_SCHEMES, empty_ok=True),
     "env": _one_of(ENVIRONMENTS),
     "metrics_port": _port,
+    "worker_status_port": _port_or_off,
     "checker_lease": _positive,
     "metrics_worker_ttl": _positive,
     "wear_interval": _positive,

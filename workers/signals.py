@@ -11,7 +11,7 @@ from celery import Celery, signals
 from broker_config.app import settings_of
 from broker_config.logs import configure_logging, get_logger
 from broker_config.queues import dead_queue, verify_queue
-from workers import control, gate, tally
+from workers import control, gate, status, tally
 from workers.gate_keys import RedisGateKeys
 from workers.inject import install_board
 from workers.sentiment import analyzer
@@ -26,6 +26,7 @@ def connect(app: Celery) -> None:
                                         dispatch_uid="host.verify_queue")
     signals.worker_init.connect(_install_injection, weak=False, dispatch_uid="host.injection")
     signals.worker_process_init.connect(_warm_up, weak=False, dispatch_uid="host.warm_up")
+    signals.worker_ready.connect(_serve_status, weak=False, dispatch_uid="host.status")
     signals.task_prerun.connect(_bind_task, weak=False, dispatch_uid="host.bind_task")
     signals.task_postrun.connect(_unbind_task, weak=False, dispatch_uid="host.unbind_task")
 
@@ -73,6 +74,14 @@ def _install_injection(sender: Any, **_: Any) -> None:
     if board.get().active:
         log.warning("wear_injection_active", spec=board.get().spec(),
                     note="fault injection is ON: this worker reports and behaves worse on purpose")
+
+
+def _serve_status(sender: Any, **_: Any) -> None:
+    """Serve /readyz and /healthz for the worker's platform, if a port is configured (the pool
+    has forked by now: its processes do not inherit the server's thread)."""
+    settings = settings_of(sender.app)
+    if settings.worker_status_port:
+        status.serve(settings.metrics_address, settings.worker_status_port)
 
 
 def _warm_up(**_: Any) -> None:

@@ -78,6 +78,18 @@ class TestContract:
 
 
 class TestValues:
+    def test_inflight_is_what_each_worker_last_said_it_holds(self) -> None:
+        """host_worker_inflight: the work a queue's depth does not show (an autoscaler's
+        trigger must count it), from each worker's last report."""
+        clock = Clock()
+        c = checker(clock)
+        c.handle(wear_event("w1", inflight=3), clock())
+        c.handle(wear_event("w2", inflight=0), clock())
+        c.handle(wear_event("w1", inflight=2), clock())
+        got = {s.labels["worker"]: s.value for f in c.metrics.registry.collect()
+               for s in f.samples if s.name == "host_worker_inflight"}
+        assert got == {"w1": 2, "w2": 0}
+
     def test_reported_counts_and_task_events(self) -> None:
         c = busy_checker()
         assert sample(c, "host_inbound_total", outcome="analysed") == 20
