@@ -20,7 +20,7 @@ from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory
 from tests.support.cli import REPO, celery, read_jsonl
 from tests.support.events import EventTap
-from tests.support.platform import PlatformWorker
+from tests.support.platform_worker import PlatformWorker
 from tests.support.polling import consumed, wait_until
 from tests.support.prometheus import PrometheusServer
 from workers.analysis import envelope
