@@ -52,6 +52,8 @@ class WearEvent:
     Args:
         hostname: the worker's node name.
         wear: ``(smoothed value, peak)`` by metric (``cpu_percent``, ``memory_percent``, ...).
+        last: the last raw sample by metric (sent beside ``wear``, so that checkers that do
+            not read it still read the report).
         tasks: task outcomes over the last window.
         inflight: tasks the worker holds (running or reserved).
         queues: the work queues it was started to consume.
@@ -68,6 +70,7 @@ class WearEvent:
 
     hostname: str
     wear: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    last: Mapping[str, float] = field(default_factory=dict)
     tasks: TaskFigures = field(default_factory=TaskFigures)
     inflight: int = 0
     queues: tuple[str, ...] = ()
@@ -107,6 +110,7 @@ class WearEvent:
         return {
             "seq": self.seq, "boot": self.boot, "interval": self.interval,
             "wear": {m: [v, p] for m, (v, p) in self.wear.items()},
+            "last": dict(self.last),
             "tasks": dict(self.raw_tasks),
             "inflight": self.inflight, "queues": list(self.queues),
             **{k: dict(v) for k, v in self.counts.items()},
@@ -141,13 +145,18 @@ class WearEvent:
             value, peak = float(value), float(peak)
             if math.isfinite(value) and math.isfinite(peak):
                 wear[str(metric)] = (value, peak)
+        last = {}
+        for metric, raw in _mapping(event.get("last")).items():
+            if math.isfinite(raw := float(raw)):
+                last[str(metric)] = raw
         tasks = _mapping(event.get("tasks"))
         subscribed = event.get("consuming")
         protected = event.get("self_protected")
         gate = event.get("gate")
         get = event.get
         return cls(
-            hostname=hostname, wear=wear, tasks=TaskFigures.parse(tasks), raw_tasks=tasks,
+            hostname=hostname, wear=wear, last=last, tasks=TaskFigures.parse(tasks),
+            raw_tasks=tasks,
             inflight=int(get("inflight", 0) or 0),
             queues=tuple(map(str, get("queues") or ())),
             subscribed=(tuple(map(str, subscribed))

@@ -29,9 +29,10 @@ def observation(event: Mapping[str, Any], at: float) -> WearReport | Heartbeat |
 
 def wear_report(report: WearEvent, at: float) -> WearReport:
     """What the policy needs of a wear report."""
+    last = report.last
     return WearReport(
         worker=report.hostname, at=at,
-        wear={m: Reading(value, peak) for m, (value, peak) in report.wear.items()},
+        wear={m: Reading(value, peak, last.get(m)) for m, (value, peak) in report.wear.items()},
         completed=report.tasks.completed, failed=report.tasks.failed,
         consecutive_failures=report.tasks.consecutive_failures,
         runtime_p95=report.tasks.runtime_p95, inflight=report.inflight, queues=report.queues,

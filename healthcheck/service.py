@@ -45,6 +45,8 @@ __all__ = ["Checker", "resumed_fleet"]
 #: How often every worker's clock-driven changes (OFFLINE, drain time-outs, probation) are
 #: looked at; proposed ejections are decided at every tick regardless.
 SWEEP_EVERY_S = 1.0
+#: The shortest time between two ticks brought forward by a proposed ejection.
+EAGER_S = 0.02
 
 
 class Checker(Succession):
@@ -92,6 +94,7 @@ class Checker(Succession):
         self.inbox = Inbox(self.metrics, clock, self.leading, watch)
         self._probes_sent = 0.0
         self._swept = 0.0
+        self._ticked = 0.0
         self.last_loop = 0.0
         self.ready = False
         self._pruned = 0.0
@@ -143,8 +146,12 @@ class Checker(Succession):
                     first = None
             self._guarded(self.enforcer.settle)  # answers to commands sent on the pool
             now = self.clock()
-            if now >= next_tick:
+            # A proposed ejection is decided at once, not at the next tick (at most every
+            # EAGER_S, so that a storm the guard holds back does not tick every pass).
+            eager = self.fleet.has_proposals and now - self._ticked >= EAGER_S
+            if now >= next_tick or eager:
                 self.tick(now)
+                self._ticked = now
                 next_tick = now + self.tick_s
             self.metrics.loop_pass(time.perf_counter() - started)
             self.last_loop = now

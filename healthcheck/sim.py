@@ -57,8 +57,8 @@ class Virtual:
         failed = sum(rng.random() < fail_p for _ in range(4))
         self.consecutive_failures = self.consecutive_failures + failed if failed == 4 else failed
         report = WearReport(self.name, t, {
-            "cpu_percent": Reading(round(self.cpu, 1), max(self.cpu_peaks)),
-            "memory_percent": Reading(round(self.mem, 1), max(self.mem_peaks)),
+            "cpu_percent": Reading(round(self.cpu, 1), max(self.cpu_peaks), round(cpu, 1)),
+            "memory_percent": Reading(round(self.mem, 1), max(self.mem_peaks), round(mem, 1)),
         }, completed=4 - failed, failed=failed, consecutive_failures=self.consecutive_failures,
             runtime_p95=0.02, inflight=inflight, queues=("tweets",))
         return report, wrong
@@ -80,14 +80,33 @@ def gradual(onset: float, rate: float) -> Model:
     return model
 
 
-def spiky(t: float, rng: random.Random) -> tuple[float, float, float, bool]:
-    """Healthy, with one-second spikes: CPU to 100, memory peaks to 90."""
-    cpu, mem, fail, _ = normal(t, rng)
-    if rng.random() < 0.05:
-        cpu = 100.0
-    if rng.random() < 0.02:
-        mem = 90.0
-    return cpu, mem, fail, False
+def spiky() -> Model:
+    """Healthy, with transient spikes of one or two samples (CPU to 100, memory to 90), at
+    least one normal sample between two spikes: a spike begins in 5% of samples."""
+    left = 0  # samples of the current CPU spike still to come; -1: the one normal sample after
+
+    def model(t: float, rng: random.Random) -> tuple[float, float, float, bool]:
+        nonlocal left
+        cpu, mem, fail, _ = normal(t, rng)
+        if left == 0 and rng.random() < 0.05:
+            left = rng.choice((1, 2))
+        if left > 0:
+            cpu, left = 100.0, left - 1
+            left = -1 if left == 0 else left
+        elif left == -1:
+            left = 0
+        if rng.random() < 0.02:
+            mem = 90.0
+        return cpu, mem, fail, False
+    return model
+
+
+def step(onset: float) -> Model:
+    """A sustained step: CPU at 100 from ``onset`` (a runaway job, a stuck loop)."""
+    def model(t: float, rng: random.Random) -> tuple[float, float, float, bool]:
+        cpu, mem, fail, _ = normal(t, rng)
+        return (100.0 if t >= onset else cpu), mem, fail, False
+    return model
 
 
 def flapping(period: float) -> Model:
@@ -135,6 +154,11 @@ def _fleet_with(n: int, rng: random.Random, share: float,
     return out
 
 
+def _step_from(i: int) -> tuple[Model, float]:
+    onset = 20.0 + (i * 7) % 40
+    return step(onset), onset
+
+
 def _gradual_from(i: int) -> tuple[Model, float]:
     onset = 20.0 + (i * 7) % 40
     return gradual(onset, 1.0), onset
@@ -143,8 +167,10 @@ def _gradual_from(i: int) -> tuple[Model, float]:
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("gradual_wear", "2% of workers wear out gradually from t=20..60s",
              lambda n, rng: _fleet_with(n, rng, 0.02, _gradual_from)),
-    Scenario("transient_spikes", "everyone healthy, with one-second CPU and memory spikes",
-             lambda n, rng: [Virtual(f"w{i}", spiky) for i in range(n)]),
+    Scenario("transient_spikes", "everyone healthy, with CPU spikes of one or two samples "
+             "and memory spikes", lambda n, rng: [Virtual(f"w{i}", spiky()) for i in range(n)]),
+    Scenario("sustained_step", "2% of workers step to 100% CPU at once, from t=20..60s",
+             lambda n, rng: _fleet_with(n, rng, 0.02, _step_from)),
     Scenario("flapping", "1% of workers alternate 5 s fine / 5 s overheated from t=0",
              lambda n, rng: _fleet_with(n, rng, 0.01, lambda i: (flapping(5.0), 5.0))),
     Scenario("correlated_half", "half the fleet degrades at once at t=30s",

@@ -68,6 +68,7 @@ class WearReporting:
             hostname=consumer.hostname, seq=self.seq, boot=self.boot, interval=self.interval,
             wear={m: (round(s.value or 0.0, 3), round(s.peak, 3))
                   for m, s in self.smoothed.items()},
+            last={m: round(s.last, 3) for m, s in self.smoothed.items()},
             tasks=TaskFigures.parse(tasks), raw_tasks=tasks, inflight=status["inflight"],
             queues=tuple(gate.configured_work_queues()),
             counts={"requeued": dict(RUNTIME.requeued), **_with_dead_letters(tally.snapshot()),

@@ -42,6 +42,11 @@ class Smoothed:
             self._peaks.popleft()
 
     @property
+    def last(self) -> float:
+        """The newest raw sample."""
+        return self._peaks[-1] if self._peaks else 0.0
+
+    @property
     def peak(self) -> float:
         """The largest raw sample in the window."""
         return max(self._peaks) if self._peaks else 0.0

@@ -83,6 +83,16 @@ class Recovery:
 
 
 @dataclass(frozen=True, slots=True)
+class Sustained:
+    """A step over a hard limit, told from a spike by the raw samples: when the last raw
+    sample of some metric is at or over its hard limit in ``samples`` consecutive reports, the
+    worker is ejected as for a hard breach, whatever its smoothed value says. A spike of fewer
+    samples never ejects (the smoothed value and the peaks still judge it as before)."""
+
+    samples: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class Backoff:
     """Quarantine length: min(base x 2^(ejections-1), max) + jitter."""
 
@@ -133,6 +143,7 @@ class PolicyConfig:
     failures: Failures = field(default_factory=Failures)
     latency: Latency = field(default_factory=Latency)
     recovery: Recovery = field(default_factory=Recovery)
+    sustained: Sustained = field(default_factory=Sustained)
     backoff: Backoff = field(default_factory=Backoff)
     guard: Guard = field(default_factory=Guard)
     probes: Probes = field(default_factory=Probes)
@@ -144,8 +155,8 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self)
-        for section in (self.failures, self.latency, self.recovery, self.backoff, self.guard,
-                        self.probes):
+        for section in (self.failures, self.latency, self.recovery, self.sustained,
+                        self.backoff, self.guard, self.probes):
             _check_positive(section)
         if not 0 < self.guard.max_ejected_fraction <= 1:
             raise ValueError("guard.max_ejected_fraction: must be in (0, 1]")
@@ -180,7 +191,8 @@ class PolicyConfig:
 
 
 _SECTIONS: dict[str, type] = {"failures": Failures, "latency": Latency, "recovery": Recovery,
-                              "backoff": Backoff, "guard": Guard, "probes": Probes}
+                              "sustained": Sustained, "backoff": Backoff, "guard": Guard,
+                              "probes": Probes}
 _FIELDS = {f.name for f in fields(PolicyConfig)}
 
 

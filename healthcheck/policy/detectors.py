@@ -23,11 +23,15 @@ def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = N
     hard: list[str] = []
     evidence: dict[str, float | str] = {}
     factor = config.recovery.probation_tighten if tight else 1.0
+    over: list[str] = []
     for metric, limits in config.thresholds.items():
         reading = report.wear.get(metric)
         if reading is not None:
             _check_reading(metric, reading.value, reading.peak, limits, factor, soft, hard,
                            evidence)
+            if (reading.last is not None and limits.hard is not None
+                    and reading.last >= limits.hard):
+                over.append(metric)
     _check_failures(report, config, soft, hard, evidence)
     _check_latency(report, config, fleet_p95, soft, evidence)
     missing = report.not_consuming() if in_rotation else ()
@@ -37,10 +41,23 @@ def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = N
     if report.self_protected:
         hard.append(f"worker closed its own gate: {report.self_protected}")
     if hard:
-        return Verdict("hard", tuple(hard), evidence)
+        return Verdict("hard", tuple(hard), evidence, tuple(over))
     if soft:
-        return Verdict("soft", tuple(soft), evidence)
-    return OK
+        return Verdict("soft", tuple(soft), evidence, tuple(over))
+    return Verdict("ok", over_hard=tuple(over)) if over else OK
+
+
+def sustained(verdict: Verdict, report: WearReport, hot: int, config: PolicyConfig) -> Verdict:
+    """``verdict`` made hard when ``hot`` consecutive reports (this one included) had a raw
+    sample over a hard limit, and ``config.sustained.samples`` is reached."""
+    if hot < config.sustained.samples or verdict.level == "hard":
+        return verdict
+    reasons = tuple(f"{m} {report.wear[m].last:g} >= hard {config.thresholds[m].hard:g} "
+                    f"for {hot} samples in a row" for m in verdict.over_hard)
+    evidence = {**verdict.evidence, "hot_samples": hot,
+                **{m: report.wear[m].value for m in verdict.over_hard},
+                **{f"{m}_last": report.wear[m].last or 0.0 for m in verdict.over_hard}}
+    return Verdict("hard", (*reasons, *verdict.reasons), evidence, verdict.over_hard)
 
 
 def _check_reading(metric: str, value: float, peak: float, limits: Threshold, factor: float,

@@ -208,6 +208,11 @@ class Fleet:
 
     # --- views --------------------------------------------------------------------------
 
+    @property
+    def has_proposals(self) -> bool:
+        """True while ejections wait for the guard's decision (the next ``tick``)."""
+        return bool(self._proposed)
+
     def bound(self, n: int | None = None) -> int:
         """How many workers (of n, default the fleet) automatic action may take out at once."""
         g = self.config.guard

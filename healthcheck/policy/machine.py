@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from healthcheck.policy.config import PolicyConfig
-from healthcheck.policy.detectors import assess
+from healthcheck.policy.detectors import assess, sustained
 from healthcheck.policy.model import (
     CONSUMING,
     Cause,
@@ -93,6 +93,10 @@ class HealthPolicy:
         w, done = step.health, step.transitions
         verdict = assess(r, self.config, fleet_p95, tight=w.state is State.PROBATION,
                          in_rotation=w.state in CONSUMING)
+        hot = w.hot + 1 if verdict.over_hard else 0
+        if hot != w.hot:
+            w = dataclasses.replace(w, hot=hot)
+        verdict = sustained(verdict, r, hot, self.config)
         if w.state is State.DRAINING:
             if r.inflight == 0:
                 w, t = self._quarantine(w, f"drained ({w.reason})", r.at, jitter_s)

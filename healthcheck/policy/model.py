@@ -50,11 +50,13 @@ class Cause(StrEnum):
 
 
 class Reading(NamedTuple):
-    """One wear metric over the last window: its smoothed value and its peak (a tuple: the
-    checker makes six of these per report, ten thousand reports a second)."""
+    """One wear metric over the last window: its smoothed value, its peak, and its last raw
+    sample (None from a worker that does not send it). A tuple: the checker makes six of these
+    per report, ten thousand reports a second."""
 
     value: float
     peak: float
+    last: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,8 @@ class WorkerHealth:
             configured ``queues`` are assumed).
         held: why the fleet guard keeps it in rotation although the policy would eject it
             ("" when it does not).
+        hot: consecutive reports whose last raw sample crossed a hard limit (a sustained
+            step, told from a spike: see ``Sustained``).
     """
 
     name: str
@@ -165,6 +169,7 @@ class WorkerHealth:
     last_breach: float = 0.0
     consuming: tuple[str, ...] | None = None
     held: str = ""
+    hot: int = 0
 
     def consumes(self, queue: str) -> bool:
         """True when it is in a consuming state and really consumes ``queue``."""
@@ -259,6 +264,8 @@ class Verdict:
     level: str
     reasons: tuple[str, ...] = ()
     evidence: Mapping[str, float | str] = field(default_factory=dict)
+    #: Metrics whose last raw sample is at or over their hard limit (whatever the level).
+    over_hard: tuple[str, ...] = ()
 
     @property
     def reason(self) -> str:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from healthcheck.policy import (
     Cause,
@@ -23,6 +25,7 @@ from healthcheck.policy import (
     WorkerHealth,
 )
 from healthcheck.policy.config import Guard, Recovery
+from healthcheck.policy.machine import Step
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "healthcheck" / "policy"
 
@@ -612,3 +615,76 @@ class TestTransitionCodes:
         doc = (Path(__file__).parents[2] / "docs" / "observability.md").read_text()
         row = next(line for line in doc.splitlines() if "host_worker_transitions_total" in line)
         assert all(code.value in row for code in Code)
+
+
+def raw(at: float, cpu_last: float, cpu: float = 40.0) -> WearReport:
+    """A report whose smoothed CPU stays ``cpu`` and whose last raw sample is ``cpu_last``."""
+    readings = {"cpu_percent": Reading(cpu, max(cpu, cpu_last), cpu_last),
+                "memory_percent": Reading(30.0, 30.0, 30.0)}
+    return WearReport(worker="w1", at=at, wear=readings, queues=("tweets",))
+
+
+class TestSustainedStep:
+    policy = HealthPolicy()
+
+    def feed(self, samples: list[float]) -> list[Step]:
+        w, steps = healthy(), []
+        for t, cpu_last in enumerate(samples, 1):
+            step = self.policy.observe_wear(w, raw(float(t), cpu_last))
+            steps.append(step)
+            w = step.health
+        return steps
+
+    def test_three_raw_samples_over_hard_eject_at_the_third(self) -> None:
+        """A step to 100% CPU: ejected at its third sample, although the smoothed value (40
+        here) is far below every limit."""
+        steps = self.feed([40, 100, 100, 100])
+        assert [s.eject is not None for s in steps] == [False, False, False, True]
+        proposal = steps[-1].eject
+        assert proposal is not None and "3 samples in a row" in proposal.reason
+        assert proposal.evidence["hot_samples"] == 3 and proposal.evidence["cpu_percent_last"] == 100
+
+    def test_spikes_of_one_or_two_samples_never_eject(self) -> None:
+        """Runs of one or two raw samples over the hard limit, however many, eject nobody."""
+        steps = self.feed([100, 100, 40, 100, 40, 100, 100, 40, 100, 100, 50] * 5)
+        assert [s for s in steps if s.eject is not None] == []
+        assert max(s.health.hot for s in steps) == 2
+
+    @given(st.lists(st.tuples(st.integers(1, 2), st.integers(1, 3),
+                              st.floats(97, 100), st.floats(0, 96.9)), max_size=30))
+    def test_no_pattern_of_short_spikes_ejects(self, runs: list[tuple[int, int, float, float]]
+                                               ) -> None:
+        """Any sequence of spikes of one or two samples over the hard limit (any height),
+        each followed by one to three samples under it: nobody is ejected."""
+        samples = [x for hot, cool, high, low in runs for x in [high] * hot + [low] * cool]
+        assert [s for s in self.feed(samples) if s.eject is not None] == []
+
+    def test_a_worker_that_sends_no_raw_samples_is_judged_as_before(self) -> None:
+        """Reports without the raw sample (an older worker) never count as hot."""
+        w = healthy()
+        for t in range(1, 6):
+            w = self.policy.observe_wear(w, wear(at=t, cpu=40, cpu_peak=100)).health
+        assert (w.hot, w.state) == (0, State.HEALTHY)
+
+    def test_samples_are_a_policy_setting(self) -> None:
+        """sustained.samples = 5: five in a row, not three."""
+        policy = HealthPolicy(PolicyConfig.from_mapping({"sustained": {"samples": 5}}))
+        w, ejected = healthy(), []
+        for t in range(1, 7):
+            step = policy.observe_wear(w, raw(float(t), 99))
+            ejected.append(step.eject is not None)
+            w = step.health
+        assert ejected == [False, False, False, False, True, True]
+        with pytest.raises(ValueError, match=r"sustained\.sample"):
+            PolicyConfig.from_mapping({"sustained": {"sample": 5}})
+
+    def test_the_fleet_ejects_a_sustained_step_at_its_next_decision(self) -> None:
+        fleet = Fleet()
+        for i in range(4):
+            fleet.observe(wear(f"w{i}", at=0))
+        for t in (1, 2, 3):
+            fleet.observe(dataclasses.replace(raw(float(t), 100), worker="w0", inflight=1))
+        assert fleet.has_proposals
+        decision = fleet.tick(3.01)
+        assert [(t.worker, t.to_state) for t in decision.transitions] == [("w0", State.DRAINING)]
+        assert not fleet.has_proposals

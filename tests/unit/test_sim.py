@@ -26,8 +26,17 @@ class TestSimulator:
         assert r.false_ejections == 0
         assert r.detection_p99_s is not None and r.detection_p99_s < 20
 
+    def test_sustained_step_is_out_within_three_seconds(self, results: dict[str, sim.Result]
+                                                        ) -> None:
+        """A step to 100% CPU: out at its third sample, decided within that second (the
+        simulator decides 0.9 s after each round of reports): delay under 3 s, nobody else."""
+        r = results["sustained_step"]
+        assert r.degraded >= 2 and r.missed_degradations == 0 and r.false_ejections == 0
+        assert r.detection_p99_s is not None and r.detection_p99_s < 3.0
+
     def test_transient_spikes_eject_nobody(self, results: dict[str, sim.Result]) -> None:
-        """One-second spikes are absorbed by smoothing and peak limits: zero ejections."""
+        """Spikes of one or two samples are absorbed by smoothing, peak limits and the
+        sustained-step rule (three samples): zero ejections."""
         r = results["transient_spikes"]
         assert (r.false_ejections, r.max_out_fraction) == (0, 0.0)
 

@@ -107,3 +107,11 @@ class TestInjection:
         assert inject.distort(result, Injection(wrong_answers=0.2), draw=0.3) == result
         rejected = {"status": "rejected", "reason": "x"}
         assert inject.distort(rejected, Injection(wrong_answers=1), draw=0) == rejected
+
+
+class TestSmoothedLast:
+    def test_smoothed_keeps_the_last_raw_sample(self) -> None:
+        s = Smoothed()
+        for x in (10.0, 100.0, 20.0):
+            s.add(x)
+        assert (s.last, s.peak) == (20.0, 100.0)
