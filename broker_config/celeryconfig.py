@@ -43,8 +43,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_always_retry": True,
         "result_backend_max_retries": 30,
         "result_extended": False,
-        # Task events feed the health checker; they are how it sees failures and latency.
-        "worker_send_task_events": True,
+        # Off by default: the checker's task figures come from the workers' own counts in
+        # their wear reports. On (HOST_TASK_EVENTS) for monitors that show tasks (Flower).
+        "worker_send_task_events": settings.task_events,
         "task_send_sent_event": False,
         # Every message is checked before Celery's strategy: the gate, then dead letters for
         # anything that is not a task host can run (workers.consumer).

@@ -75,3 +75,13 @@ def is_dead_queue(name: str | None) -> bool:
 def is_work_queue(name: str) -> bool:
     """True for the data-plane queues (not a worker's private verify queue)."""
     return name in WORK_QUEUES
+
+
+def queue_label(queue: object) -> str:
+    """A bounded queue label for metrics: a work queue's name, ``verify`` for a worker's
+    verify queue (probes), else ``other``."""
+    if isinstance(queue, str) and is_work_queue(queue):
+        return queue
+    if isinstance(queue, str) and queue.startswith(VERIFY_PREFIX):
+        return "verify"
+    return "other"

@@ -99,6 +99,9 @@ class Settings:
     web_config_file: str = ""
     #: Workers: the port of their own /readyz and /healthz (on HOST_METRICS_ADDRESS); 0: none.
     worker_status_port: int = 0
+    #: Workers send Celery's task events (for Flower and other monitors that show tasks);
+    #: host itself needs none, and they cost per-task throughput (docs/configuration.md).
+    task_events: bool = False
 
     @property
     def allowed_control(self) -> tuple[str, ...]:

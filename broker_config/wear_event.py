@@ -20,7 +20,14 @@ OUTCOMES = ("analysed", "rejected")
 LABELS = ("positive", "neutral", "negative")
 #: Counts since the worker started, each ``{label: count}``, by the event's key.
 COUNTS = ("requeued", "inbound", "tweets", "control_refused", "dead_letters",
-          "subscriptions_undone")
+          "subscriptions_undone", "task_outcomes", "task_runtimes")
+#: Task outcomes a worker counts (``task_outcomes``: ``"<queue>|<task>|<outcome>"``).
+TASK_OUTCOMES = ("succeeded", "failed", "retried", "rejected")
+#: Upper bounds of the runtime buckets a worker counts its succeeded tasks in
+#: (``task_runtimes``: ``"<queue>|<task>|<bound>"`` per bucket, not cumulative, ``inf`` last,
+#: and ``"<queue>|<task>|sum_us"``, the runtimes' sum in microseconds).
+RUNTIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0)
 
 
 @dataclass(slots=True)

@@ -24,16 +24,16 @@ class Inbox(queue.Queue[tuple[list[dict[str, Any]], float]]):
     """Events waiting for the loop, in the batches they arrived in, with their arrival time.
 
     Args:
-        metrics: counts every event received; task events go straight to it.
+        metrics: counts every event received (task events, when workers send them for a
+            monitor, are counted and dropped: the checker needs none).
         clock: the checker's wall clock.
-        leading: whether this checker counts task events (one checker does).
         watch: told of every arrival (None: nothing watches).
     """
 
     def __init__(self, metrics: CheckerMetrics, clock: Callable[[], float],
-                 leading: Callable[[], bool], watch: IntakeWatch | None = None) -> None:
+                 watch: IntakeWatch | None = None) -> None:
         super().__init__()
-        self.metrics, self.clock, self.leading, self.watch = metrics, clock, leading, watch
+        self.metrics, self.clock, self.watch = metrics, clock, watch
         #: When each worker's last wear report arrived (the receiver's thread writes it).
         self.reported: dict[Any, float] = {}
 
@@ -55,8 +55,6 @@ class Inbox(queue.Queue[tuple[list[dict[str, Any]], float]]):
                 continue  # a wear report this recent said all a heartbeat says: alive
             elif kind in EVENT_TYPES:
                 kept.append(event)
-            elif isinstance(kind, str) and kind.startswith("task-") and self.leading():
-                self.metrics.on_task_event(event)  # one checker counts: sums stay right
         if kept:
             self.put((kept, at))
 

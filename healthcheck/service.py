@@ -91,7 +91,7 @@ class Checker(Succession):
         self.prober = prober
         self.watch = watch
         self.hearing = Hearing(watch)
-        self.inbox = Inbox(self.metrics, clock, self.leading, watch)
+        self.inbox = Inbox(self.metrics, clock, watch)
         self._probes_sent = 0.0
         self._swept = 0.0
         self._ticked = 0.0

@@ -27,21 +27,34 @@ class HostRequest(Request):
     """Counts each task's outcome, runtime and queue wait when its message is settled."""
 
     _host_failed = False
+    _host_retried = False
     #: Set when the gate refused the task: its message is handed back, not rejected.
     _host_hand_back = False
 
     def send_event(self, type: str, **fields: Any) -> None:
-        """Celery's task events, plus the task's name and queue (the checker's task metrics)."""
+        """Celery's task events (when ``HOST_TASK_EVENTS`` is on), with the task's name and
+        queue, so that a monitor sees them without having seen ``task-received``."""
         queue = (self.delivery_info or {}).get("routing_key")
         super().send_event(type, name=self.name, queue=queue, **fields)
+
+    def on_retry(self, exc_info: Any) -> Any:
+        """Count a retry (its message is acknowledged: not a success)."""
+        RUNTIME.totals.record(self._queue(), self.name, "retried")
+        self._host_retried = True
+        return super().on_retry(exc_info)
+
+    def _queue(self) -> str | None:
+        queue: str | None = (self.delivery_info or {}).get("routing_key")
+        return queue
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True,
                    return_ok: bool = False) -> Any:
         """Count a failure, or a message handed back unstarted (``Reject(requeue=True)``)."""
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
         if isinstance(exc, Reject) and getattr(exc, "requeue", False):
-            queue = (self.delivery_info or {}).get("routing_key") or "?"
+            queue = self._queue() or "?"
             RUNTIME.requeued[queue] += 1
+            RUNTIME.totals.record(queue, self.name, "rejected")
             log.info("task_requeued_by_gate", task_id=self.id, task=self.name, queue=queue,
                      worker=self.hostname, reason=str(getattr(exc, "reason", "")))
             self._host_hand_back = True
@@ -68,7 +81,7 @@ class HostRequest(Request):
         """Acknowledge; a task acknowledged without a failure succeeded."""
         first = not self.acknowledged
         super().acknowledge()
-        if first and not self._host_failed:
+        if first and not self._host_failed and not self._host_retried:
             self._record(ok=True)
 
     def _record(self, ok: bool) -> None:
@@ -78,6 +91,7 @@ class HostRequest(Request):
         wait = (self.time_start - sent_at
                 if self.time_start and isinstance(sent_at, (int, float)) else None)
         RUNTIME.tasks.record(time.monotonic(), ok, runtime, wait)
+        RUNTIME.totals.record(self._queue(), self.name, "succeeded" if ok else "failed", runtime)
 
 
 class HostTask(Task[Any, Any]):

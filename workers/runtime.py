@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker_config.signing import Verifier
 from workers.gate_keys import GateKeyReader
-from workers.wear import TaskWindow
+from workers.wear import TaskTotals, TaskWindow
 
 if TYPE_CHECKING:  # the types only: these modules read RUNTIME themselves
     from workers.gate import Gate
@@ -54,6 +54,8 @@ class WorkerRuntime:
     consumer: Any = None
     #: main: task outcomes and runtimes (``HostRequest`` runs in the main process).
     tasks: TaskWindow = field(default_factory=TaskWindow)
+    #: main: task outcomes and runtimes since the start (the checker's task metrics).
+    totals: TaskTotals = field(default_factory=TaskTotals)
     #: main: messages handed back to the broker unstarted, by queue.
     requeued: Counter[str] = field(default_factory=Counter)
     #: main: messages the consumer dead-lettered before any task ran, by reason code.

@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 import os
 import resource
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
+
+from broker_config.queues import queue_label
+from broker_config.wear_event import RUNTIME_BUCKETS
 
 #: EWMA weight of the newest sample: 0.3 forgets a one-second spike within a few seconds.
 SMOOTHING = 0.3
@@ -88,6 +91,31 @@ class TaskWindow:
             "runtime_p95": percentile(runtimes, 95),
             "queue_wait_p95": percentile(waits, 95),
         }
+
+
+class TaskTotals:
+    """Task outcomes and runtimes since the worker started, as the wear report sends them
+    (``task_outcomes`` and ``task_runtimes``: ``broker_config.wear_event``). The checker's
+    ``host_tasks_total`` and ``host_task_runtime_seconds`` come from these, so that they need
+    no Celery task events (which cost a plain Celery worker about a third of its throughput).
+
+    Labels are bounded here: a queue is a work queue's name, ``verify`` or ``other``; a task is
+    its name when it is host's (``host.``), else ``other``.
+    """
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self.runtimes: Counter[str] = Counter()
+
+    def record(self, queue: str | None, task: str | None, outcome: str,
+               runtime: float | None = None) -> None:
+        """Count one settled task (its runtime when it succeeded)."""
+        prefix = f"{queue_label(queue)}|{task if task and task.startswith('host.') else 'other'}"
+        self.outcomes[f"{prefix}|{outcome}"] += 1
+        if outcome == "succeeded" and runtime is not None and runtime >= 0:
+            bound = next((str(b) for b in RUNTIME_BUCKETS if runtime <= b), "inf")
+            self.runtimes[f"{prefix}|{bound}"] += 1
+            self.runtimes[f"{prefix}|sum_us"] += round(runtime * 1e6)
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:

@@ -6,7 +6,7 @@ facade whose verbs the service calls (it never touches a metric object itself).
 | ``fleet.py`` | states, health scores, wear, limits, consumers, the guard (read at scrape time) |
 | ``depths.py`` | ``host_queue_messages``, from the broker, cached |
 | ``reported.py`` | totals workers report: requeued, inbound, tweets |
-| ``task_events.py`` | ``host_tasks_total``, ``host_task_runtime_seconds`` (Celery task events) |
+| ``tasks.py`` | ``host_tasks_total``, ``host_task_runtime_seconds`` (totals workers report) |
 | ``control.py`` | ``host_control_commands_total`` |
 | ``intake.py`` | the checker's own intake: events by type, lag, loop passes, subscription |
 """
@@ -20,12 +20,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from broker_config.queues import queue_label
 from healthcheck.metrics.control import ControlCounts
 from healthcheck.metrics.depths import QueueDepths, broker_depths
 from healthcheck.metrics.fleet import FleetCollector, health_score
 from healthcheck.metrics.intake import IntakeFigures, event_label
 from healthcheck.metrics.reported import Cumulative, ReportedCounts
-from healthcheck.metrics.task_events import TaskEvents, queue_label
+from healthcheck.metrics.tasks import TaskTotals
 from healthcheck.policy import Fleet, State, Transition
 
 __all__ = ["CheckerMetrics", "Cumulative", "QueueDepths", "broker_depths", "health_score",
@@ -35,7 +36,8 @@ __all__ = ["CheckerMetrics", "Cumulative", "QueueDepths", "broker_depths", "heal
 OPERATOR_ACTIONS = ("drain", "stop", "quarantine", "restore")
 #: The counts a wear report carries, by the report's key.
 REPORTED = {"requeued": "requeued", "inbound": "inbound", "tweets": "tweets",
-            "refused": "control_refused"}
+            "refused": "control_refused", "task_outcomes": "task_outcomes",
+            "task_runtimes": "task_runtimes"}
 
 
 class CheckerMetrics:
@@ -63,7 +65,7 @@ class CheckerMetrics:
         self.registry.register(self._fleet)
         self._reported = Cumulative()
         self.registry.register(ReportedCounts(self._reported))
-        self._tasks = TaskEvents(self.registry, tasks)
+        self.registry.register(TaskTotals(self._reported, tasks))
         self._control = ControlCounts(self._reported)
         self.registry.register(self._control)
         self._series: dict[str, set[tuple[Counter, tuple[str, ...]]]] = {}
@@ -121,10 +123,6 @@ class CheckerMetrics:
             counts = event.get(key)
             if isinstance(counts, Mapping):
                 self._reported.update(worker, kind, counts, count)
-
-    def on_task_event(self, event: Mapping[str, Any]) -> None:
-        """Count one Celery task event (others are ignored)."""
-        self._tasks.on_event(event)
 
     def command(self, command: str, outcome: str) -> None:
         """Count a control command the checker sent (or decided not to send), by outcome."""

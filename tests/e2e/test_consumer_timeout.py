@@ -29,6 +29,12 @@ from tests.support.polling import consumed, wait_until
 from workers.analysis import envelope
 from workers.app import create_app
 
+
+@pytest.fixture
+def host_env(host_env: dict[str, str]) -> dict[str, str]:
+    """Workers here send Celery's task events (HOST_TASK_EVENTS): the tests watch them."""
+    return {**host_env, "HOST_TASK_EVENTS": "true"}
+
 TIMEOUT_S = 10
 DUE_IN_S = 80
 

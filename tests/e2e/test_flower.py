@@ -25,6 +25,12 @@ from tests.support.polling import consumed, wait_until
 from workers.analysis import envelope
 
 
+@pytest.fixture
+def host_env(host_env: dict[str, str]) -> dict[str, str]:
+    """Workers here send Celery's task events (HOST_TASK_EVENTS): the tests watch them."""
+    return {**host_env, "HOST_TASK_EVENTS": "true"}
+
+
 class Flower:
     def __init__(self, port: int) -> None:
         self.port = port

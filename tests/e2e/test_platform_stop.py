@@ -129,6 +129,11 @@ class TestStatusEndpoints:
 
 
 class TestStop:
+    @pytest.fixture
+    def host_env(self, host_env: dict[str, str]) -> dict[str, str]:
+        """Workers here send Celery's task events (HOST_TASK_EVENTS): the test watches one."""
+        return {**host_env, "HOST_TASK_EVENTS": "true"}
+
     def test_sigterm_drains_first_then_stops_and_a_restart_rejoins(
             self, app: HostCelery, platform: Any, start_checker: CheckerFactory,
             redis_client: redis.Redis, host_env: dict[str, str]) -> None:

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import redis
 
 from broker_config.app import HostCelery
@@ -20,6 +21,12 @@ from tests.support.cli import REPO, read_jsonl
 from tests.support.events import EventTap
 from tests.support.polling import wait_until
 from workers.analysis import envelope
+
+
+@pytest.fixture
+def host_env(host_env: dict[str, str]) -> dict[str, str]:
+    """Workers here send Celery's task events (HOST_TASK_EVENTS): the tests watch them."""
+    return {**host_env, "HOST_TASK_EVENTS": "true"}
 
 
 @on_every_queue_type

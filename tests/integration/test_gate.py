@@ -6,6 +6,8 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from broker_config.app import HostCelery
 from healthcheck.actuator import control_reply
 from tests.conftest import WorkerFactory
@@ -14,6 +16,12 @@ from tests.support.cli import celery
 from tests.support.events import EventTap
 from tests.support.polling import consumed
 from workers.analysis import envelope
+
+
+@pytest.fixture
+def host_env(host_env: dict[str, str]) -> dict[str, str]:
+    """Workers here send Celery's task events (HOST_TASK_EVENTS): the tests watch them."""
+    return {**host_env, "HOST_TASK_EVENTS": "true"}
 
 
 @on_every_queue_type

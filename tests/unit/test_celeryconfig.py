@@ -18,6 +18,12 @@ class TestCeleryConfig:
         assert c["accept_content"] == ["json"]
         assert c["task_serializer"] == "json"
 
+    def test_task_events_are_off_unless_asked_for(self) -> None:
+        """host needs no task events (workers report their own counts); Flower may want them."""
+        assert celery_config(Settings())["worker_send_task_events"] is False
+        on = Settings.from_env({"HOST_TASK_EVENTS": "true"})
+        assert celery_config(on)["worker_send_task_events"] is True
+
     def test_redis_restore_cadence_comes_from_settings(self) -> None:
         """kombu's sweep runs every unacked_restore_interval seconds (throttle 1)."""
         c = celery_config(Settings(visibility_timeout=10, unacked_restore_interval=1))

@@ -175,11 +175,9 @@ class TestFencedChecker:
 class TestStandbyMetrics:
     def test_only_the_leader_counts_and_a_new_leader_counts_on(self) -> None:
         clock, _, leader, standby, _ = leader_and_standby()
-        task = {"type": "task-succeeded", "name": "host.analyse", "queue": "tweets",
-                "runtime": 0.01, "hostname": "w1"}
+        tasks = {"tweets|host.analyse|succeeded": 10}
         for c in (leader, standby):
-            c.handle(wear_event("w1", inbound={"analysed": 10}), clock())
-            c.on_event(task)
+            c.handle(wear_event("w1", inbound={"analysed": 10}, task_outcomes=tasks), clock())
         assert sample(leader, "host_inbound_total", outcome="analysed") == 10
         assert sample(standby, "host_inbound_total", outcome="analysed") == 0
         assert sample(standby, "host_tasks_total", queue="tweets", task="host.analyse",

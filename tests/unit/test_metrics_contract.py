@@ -52,9 +52,11 @@ def busy_checker() -> Checker:
     c.handle(wear_event("w1", cpu=99), clock())
     c.tick(clock())
     c.metrics.on_probe("w2", "ok")
-    for kind in ("task-succeeded", "task-failed", "task-rejected"):
-        c.on_event({"type": kind, "name": "host.analyse", "queue": "tweets", "runtime": 0.004,
-                    "hostname": "w2"})
+    c.handle(wear_event("w2", task_outcomes={"tweets|host.analyse|succeeded": 1,
+                                             "tweets|host.analyse|failed": 1,
+                                             "tweets|host.analyse|rejected": 1},
+                        task_runtimes={"tweets|host.analyse|0.005": 1,
+                                       "tweets|host.analyse|sum_us": 4000}), clock())
     return c
 
 
@@ -90,7 +92,7 @@ class TestValues:
                for s in f.samples if s.name == "host_worker_inflight"}
         assert got == {"w1": 2, "w2": 0}
 
-    def test_reported_counts_and_task_events(self) -> None:
+    def test_reported_counts_and_task_totals(self) -> None:
         c = busy_checker()
         assert sample(c, "host_inbound_total", outcome="analysed") == 20
         assert sample(c, "host_tweets_total", sentiment="negative") == 4
@@ -101,6 +103,25 @@ class TestValues:
                           outcome=outcome) == 1
         assert sample(c, "host_task_runtime_seconds_count", queue="tweets",
                       task="host.analyse") == 1
+        assert sample(c, "host_task_runtime_seconds_sum", queue="tweets",
+                      task="host.analyse") == 0.004
+        assert sample(c, "host_task_runtime_seconds_bucket", queue="tweets",
+                      task="host.analyse", le="0.0025") == 0
+        assert sample(c, "host_task_runtime_seconds_bucket", queue="tweets",
+                      task="host.analyse", le="0.005") == 1
+
+    def test_task_totals_survive_restarts_and_bound_their_labels(self) -> None:
+        """Totals since each worker started: a restart (lower counts) starts from zero again
+        without the fleet's total going back; a task that is not host's is ``other``."""
+        clock = Clock()
+        c = checker(clock)
+        for n in (5, 8, 2):  # 5, then 3 more, then a restart with 2
+            c.handle(wear_event("w1", task_outcomes={"tweets|host.analyse|succeeded": n,
+                                                     "tweets|mine.task|failed": 1}), clock())
+        assert sample(c, "host_tasks_total", queue="tweets", task="host.analyse",
+                      outcome="succeeded") == 10
+        assert sample(c, "host_tasks_total", queue="tweets", task="other",
+                      outcome="failed") == 1
 
     def test_health_score(self) -> None:
         thresholds = PolicyConfig().thresholds

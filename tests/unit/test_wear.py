@@ -109,6 +109,26 @@ class TestInjection:
         assert inject.distort(rejected, Injection(wrong_answers=1), draw=0) == rejected
 
 
+class TestTaskTotals:
+    def test_outcomes_and_runtime_buckets_with_bounded_labels(self) -> None:
+        """What the report sends for the checker's task metrics: totals by queue, task and
+        outcome, runtimes in fixed buckets (not cumulative) with their sum; queues and tasks
+        that are not host's are ``other``, a verify queue is ``verify``."""
+        from workers.wear import TaskTotals
+
+        t = TaskTotals()
+        t.record("tweets", "host.analyse", "succeeded", 0.004)
+        t.record("tweets", "host.analyse", "succeeded", 0.2)
+        t.record("tweets", "host.analyse", "failed", 0.1)
+        t.record("host.verify.w1@x", "host.probe", "succeeded", 99.0)
+        t.record("their-queue", "their.task", "rejected")
+        assert t.outcomes == {"tweets|host.analyse|succeeded": 2, "tweets|host.analyse|failed": 1,
+                              "verify|host.probe|succeeded": 1, "other|other|rejected": 1}
+        assert t.runtimes == {"tweets|host.analyse|0.005": 1, "tweets|host.analyse|0.25": 1,
+                              "tweets|host.analyse|sum_us": 204000,
+                              "verify|host.probe|inf": 1, "verify|host.probe|sum_us": 99000000}
+
+
 class TestSmoothedLast:
     def test_smoothed_keeps_the_last_raw_sample(self) -> None:
         s = Smoothed()
