@@ -50,6 +50,8 @@ class FeedReport:
     elapsed_s: float = 0.0
     #: Why the feed stopped early: the broker or the result store went away for good.
     unreachable: str | None = None
+    #: The input was not read to its end (the feed stopped early).
+    stopped: bool = False
 
     @property
     def accounted(self) -> int:
@@ -68,7 +70,7 @@ class FeedReport:
             "failed": self.failed, "missing": len(self.missing), "complete": self.complete,
             "by_label": dict(self.by_label), "by_worker": dict(self.by_worker),
             "by_reason": dict(self.by_reason), "elapsed_s": round(self.elapsed_s, 3),
-            "unreachable": self.unreachable,
+            "unreachable": self.unreachable, "stopped_early": self.stopped,
         }
 
     def add(self, record: dict[str, Any]) -> None:
@@ -107,6 +109,11 @@ def read_lines(stream: IO[bytes], source: str, fmt: str, limits: Limits) -> Iter
         yield from split
 
 
+#: Inputs in flight at once (sent, no result yet) by default: enough to keep a fleet busy,
+#: few enough that a 2,000,000-line file needs no more memory than a 2,000-line one.
+WINDOW_INPUTS = 20_000
+
+
 def feed(
     app: Celery,
     lines: Iterable[Line],
@@ -118,8 +125,13 @@ def feed(
     progress: ProgressFn | None = None,
     rate: float | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    window: int = WINDOW_INPUTS,
 ) -> FeedReport:
     """Queue every line for analysis and write one JSON line per input to ``out``.
+
+    Sending and collecting overlap: at most ``window`` inputs are in flight (sent, no result
+    yet); when half of them are back, more are read and sent. Memory stays bounded whatever
+    the input's size, and so does what waits in the broker.
 
     Args:
         app: the host app (its broker and result backend are used).
@@ -132,11 +144,10 @@ def feed(
         progress: called as inputs are sent and as results arrive.
         rate: send at most this many inputs per second (a steady stream); None: at once.
         on_record: also called with every output record.
+        window: the most inputs in flight at once (at least one task's worth).
     """
     started = time.monotonic()
     report = FeedReport()
-    pending: dict[str, list[str]] = {}
-    results: list[AsyncResult[Any]] = []
     wire_fmt = "jsonl" if fmt == "json" else fmt
 
     def emit(record: dict[str, Any]) -> None:
@@ -145,32 +156,52 @@ def feed(
         if on_record:
             on_record(record)
 
+    flight = _InFlight(app, report, emit, idle_timeout, progress)
+    limit = max(1, window // batch)  # tasks in flight
+    chunks = _chunks(lines, batch)
+    sending = True
     try:
         with app.producer_or_acquire() as producer:
-            for chunk in _chunks(lines, batch):
-                report.inputs += len(chunk)
-                rejected = [ln.rejection.record(at=time.time(), stage="ingest")
-                            for ln in chunk if ln.rejection is not None]
-                if rejected:
-                    store.record(rejected)
-                    for rec in rejected:
-                        emit(rec)
-                envs = [envelope(ln.ref, ln.text, wire_fmt, time.time())
-                        for ln in chunk if ln.text is not None]
-                if envs:
-                    res = _send(app, producer, envs, batch)
-                    pending[res.id] = [e["ref"] for e in envs]
-                    results.append(res)
+            while sending or flight.pending:
+                while sending and len(flight.pending) < limit:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        sending, flight.all_sent = False, True
+                        break
+                    _send_chunk(app, producer, chunk, batch, wire_fmt, store, emit, flight, report)
+                    if rate and _due(started, report.inputs, rate) > 0:
+                        break  # collect while the next input is not due yet
                 if progress:
-                    progress(report.accounted, report.inputs, False)
-                if rate:
-                    _pace(started, report.inputs, rate)
+                    progress(report.accounted, report.inputs, not sending)
+                due = (time.monotonic() + _due(started, report.inputs, rate)) if rate else None
+                refill_at = limit // 2 if sending else -1  # once half the window is back
+                if not flight.collect(refill_at, due):
+                    report.stopped = sending
+                    break
     except BROKEN as exc:  # publishing retried for ~30 s and gave up, or the store is gone
         report.unreachable = f"the broker or the store stopped answering: {exc}"
-    _collect(app, results, pending, emit, report, idle_timeout, progress)
-    report.missing = [ref for refs in pending.values() for ref in refs]
+        report.stopped = sending
+        flight.collect(-1, None)
+    report.missing = [ref for _, refs in flight.pending.values() for ref in refs]
     report.elapsed_s = time.monotonic() - started
     return report
+
+
+def _send_chunk(app: Celery, producer: Any, chunk: list[Line], batch: int, wire_fmt: str,
+                store: DeadLetterStore, emit: Callable[[dict[str, Any]], None],
+                flight: _InFlight, report: FeedReport) -> None:
+    report.inputs += len(chunk)
+    rejected = [ln.rejection.record(at=time.time(), stage="ingest")
+                for ln in chunk if ln.rejection is not None]
+    if rejected:
+        store.record(rejected)
+        for rec in rejected:
+            emit(rec)
+    envs = [envelope(ln.ref, ln.text, wire_fmt, time.time())
+            for ln in chunk if ln.text is not None]
+    if envs:
+        res = _send(app, producer, envs, batch)
+        flight.pending[res.id] = (res, [e["ref"] for e in envs])
 
 
 def json_line(record: dict[str, Any]) -> str:
@@ -201,11 +232,9 @@ def _send(app: Celery, producer: Any, envs: list[dict[str, Any]], batch: int) ->
     return app.send_task("host.analyse_batch", args=[envs], producer=producer, headers=headers)
 
 
-def _pace(started: float, sent: int, rate: float) -> None:
-    # Sleep until the time the next input is due: input n goes out at started + n / rate.
-    delay = started + sent / rate - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
+def _due(started: float, sent: int, rate: float | None) -> float:
+    """Seconds until the next input is due (input n goes out at started + n / rate)."""
+    return 0.0 if not rate else max(0.0, started + sent / rate - time.monotonic())
 
 
 def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
@@ -214,63 +243,96 @@ def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
         yield chunk
 
 
-def _collect(app: Celery, results: list[AsyncResult[Any]], pending: dict[str, list[str]],
-             emit: Callable[[dict[str, Any]], None], report: FeedReport,
-             idle_timeout: float, progress: ProgressFn | None) -> None:
-    if not results:
-        if progress:
-            progress(report.accounted, report.inputs, True)
-        return
-    clock = {"last": time.monotonic(), "polled": time.monotonic()}
+class _InFlight:
+    """The tasks sent and not yet answered, and collecting their results as they arrive."""
 
-    def deliver(task_id: str, meta: dict[str, Any]) -> None:
-        refs = pending.pop(task_id, None)
-        if refs is None:
+    def __init__(self, app: Celery, report: FeedReport, emit: Callable[[dict[str, Any]], None],
+                 idle_timeout: float, progress: ProgressFn | None) -> None:
+        self.app, self.report, self.emit = app, report, emit
+        self.idle_timeout, self.progress = idle_timeout, progress
+        #: task id -> (its result, the refs of its inputs).
+        self.pending: dict[str, tuple[AsyncResult[Any], list[str]]] = {}
+        self.last = self.polled = time.monotonic()
+        #: Every input has been sent (the progress total is final).
+        self.all_sent = False
+
+    def deliver(self, task_id: str, meta: dict[str, Any]) -> None:
+        entry = self.pending.pop(task_id, None)
+        if entry is None:
             return
-        for record in _records(meta, refs):
-            emit(record)
-        clock["last"] = time.monotonic()
-        if progress:
-            progress(report.accounted, report.inputs, True)
+        for record in _records(meta, entry[1]):
+            self.emit(record)
+        self.last = time.monotonic()
+        if self.progress:
+            self.progress(self.report.accounted, self.report.inputs, self.all_sent)
 
-    def on_interval() -> None:
-        now = time.monotonic()
-        if now - clock["polled"] >= POLL_S:
-            # Results arrive by pub/sub; a broker restart drops the notifications sent while
-            # it was away, so every few seconds the stored results are read directly too.
-            clock["polled"] = now
-            backend: Any = app.backend  # the Redis result backend (its stubs lack get_many)
-            try:
-                for task_id, meta in backend.get_many(list(pending), interval=0,
-                                                      max_iterations=1):
-                    deliver(task_id, meta)
-            except BROKEN:
-                return  # the backend is restarting: poll again later
-            if not pending:
+    def collect(self, refill_at: int, until: float | None) -> bool:
+        """Deliver results as they arrive, until no more than ``refill_at`` tasks are pending
+        (-1: none), ``until`` (a monotonic time) passes, or nothing is pending. False when the
+        feed must stop: no result for the idle timeout, or the result store is gone."""
+        if not self.pending:
+            return True
+
+        def enough() -> bool:
+            return len(self.pending) <= refill_at
+
+        def on_interval() -> None:
+            now = time.monotonic()
+            if now - self.polled >= POLL_S:
+                # Results arrive by pub/sub; a broker restart drops the notifications sent
+                # while it was away, so every few seconds the stored results are read too.
+                self.polled = now
+                self._poll()
+            if not self.pending or enough() or (until is not None and now >= until):
                 raise _Done
-        if now - clock["last"] > idle_timeout:
-            raise Stalled
+            if now - self.last > self.idle_timeout:
+                raise Stalled
 
-    while pending:
-        waiting = [r for r in results if r.id in pending]
+        while self.pending:
+            waiting = [res for res, _ in self.pending.values()]
+            try:
+                for task_id, meta in ResultSet(waiting, app=self.app).iter_native(
+                        on_interval=on_interval):
+                    self.deliver(task_id, meta)
+                    if enough():
+                        break
+                return self._settled()
+            except _Done:
+                return self._settled()
+            except Stalled:
+                self._settled()
+                return False
+            except RuntimeError as exc:
+                # Celery's result consumer gives up after its retries ("Retry limit exceeded
+                # while trying to reconnect to the Celery result store"): gone for good.
+                if not isinstance(exc.__cause__, BROKEN):
+                    raise
+                self.report.unreachable = f"the result store is gone: {exc.__cause__}"
+                return False
+            except BROKEN as exc:  # the backend went away mid-wait: wait on what is pending
+                time.sleep(POLL_S / 4)
+                if time.monotonic() - self.last > self.idle_timeout:
+                    self.report.unreachable = (self.report.unreachable
+                                               or f"the result store is gone: {exc}")
+                    return False
+        return True
+
+    def _settled(self) -> bool:
+        # Results the consumer took but the iteration had not handed out when it stopped.
+        for task_id, (res, _) in list(self.pending.items()):
+            meta = getattr(res, "_cache", None)
+            if meta is not None:
+                self.deliver(task_id, meta)
+        return True
+
+    def _poll(self) -> None:
+        backend: Any = self.app.backend  # the Redis result backend (its stubs lack get_many)
         try:
-            for task_id, meta in ResultSet(waiting, app=app).iter_native(on_interval=on_interval):
-                deliver(task_id, meta)
-            return
-        except (Stalled, _Done):
-            return
-        except RuntimeError as exc:
-            # Celery's result consumer gives up after its retries ("Retry limit exceeded while
-            # trying to reconnect to the Celery result store"): the store is gone for good.
-            if not isinstance(exc.__cause__, BROKEN):
-                raise
-            report.unreachable = f"the result store is gone: {exc.__cause__}"
-            return
-        except BROKEN as exc:  # the backend went away mid-wait: wait on what is still pending
-            time.sleep(POLL_S / 4)
-            if time.monotonic() - clock["last"] > idle_timeout:
-                report.unreachable = report.unreachable or f"the result store is gone: {exc}"
-                return
+            for task_id, meta in backend.get_many(list(self.pending), interval=0,
+                                                  max_iterations=1):
+                self.deliver(task_id, meta)
+        except BROKEN:
+            return  # the backend is restarting: poll again later
 
 
 #: What a Redis result backend raises while it restarts.
@@ -278,7 +340,7 @@ BROKEN = (redis.ConnectionError, redis.TimeoutError, OperationalError, OSError)
 
 
 class _Done(Exception):
-    """Every pending result was found by polling."""
+    """Enough was collected for now (or everything)."""
 
 
 #: Seconds between direct reads of the pending results (see ``_collect``).

@@ -78,6 +78,8 @@ def print_summary(report: FeedReport, as_json: bool) -> None:
         lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in report.by_reason.most_common()))
     if report.unreachable:
         lines.append(report.unreachable)
+    if report.stopped:
+        lines.append(f"stopped before the end of the input, after {report.inputs} inputs")
     if report.missing:
         lines.append("missing: " + ", ".join(report.missing[:10])
                      + (" …" if len(report.missing) > 10 else ""))

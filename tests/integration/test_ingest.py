@@ -148,6 +148,40 @@ class TestIngestAccounting:
         assert sorted(r["ref"] for r in records) == sorted(f"{src}:{i}" for i in range(1, 251))
         assert sum(r["status"] == "rejected" for r in records) == 1
 
+    def test_sending_and_collecting_overlap_within_a_bounded_window(
+            self, app: HostCelery, start_worker: WorkerFactory, redis_client: redis.Redis
+    ) -> None:
+        """Results arrive (and are written) while inputs are still being sent, and never more
+        than the window is in flight: memory and the broker's queue stay bounded."""
+        import io
+
+        from cli.feed import feed, read_lines
+        from workers.inbound import Limits
+
+        start_worker("sw1", concurrency=2)
+        src = io.BytesIO("".join(f"tweet {i} is {'great' if i % 3 else 'bad'}\n"
+                                 for i in range(600)).encode())
+        sent = {"now": 0, "at_first_result": -1}
+        in_flight: list[int] = []
+
+        def progress(accounted: int, inputs: int, final: bool) -> None:
+            sent["now"] = inputs
+            in_flight.append(inputs - accounted)
+
+        def on_record(record: dict[str, object]) -> None:
+            if sent["at_first_result"] < 0:
+                sent["at_first_result"] = sent["now"]
+
+        out = io.StringIO()
+        report = feed(app, read_lines(src, "mem", "auto", Limits(1 << 20, 10_000)), out,
+                      RedisDeadLetterStore(redis_client), batch=5, window=50,
+                      progress=progress, on_record=on_record, idle_timeout=30)
+        assert report.complete and report.inputs == 600 and not report.stopped
+        assert sorted(json.loads(ln)["ref"] for ln in out.getvalue().splitlines()) == sorted(
+            f"mem:{i}" for i in range(1, 601))
+        assert 0 < max(in_flight) <= 50, max(in_flight)
+        assert 0 < sent["at_first_result"] <= 50, sent  # the first result: 50 sent of 600
+
     def test_stdin_and_v2_document(self, start_worker: WorkerFactory,
                                    host_env: dict[str, str]) -> None:
         """A whole v2 response on standard input is split into its tweets."""
