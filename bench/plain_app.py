@@ -1,11 +1,11 @@
 """The baseline: a bare Celery app doing the same VADER work, for benchmarks to compare against.
 
 ``PLAIN_PROFILE=default`` runs Celery's defaults; ``reliable`` adds the reliability settings
-host uses (late ack, reject on worker lost, prefetch 1, no prefetch, JSON only); ``same`` adds
-task events on top, as host sends them (its checker reads them), which makes it host's own
-Celery settings. ``PLAIN_BROKER_URL`` names the broker (Redis or RabbitMQ) and
-``PLAIN_RESULT_BACKEND`` the results (a Redis; the broker by default). Workers run
-``-A bench.plain_app``.
+host uses (late ack, reject on worker lost, prefetch 1, no prefetch, JSON only; publisher
+confirms on RabbitMQ), which are host's own Celery settings; ``events`` adds Celery's task
+events on top (what ``HOST_TASK_EVENTS=true`` turns on in host, for Flower).
+``PLAIN_BROKER_URL`` names the broker (Redis or RabbitMQ) and ``PLAIN_RESULT_BACKEND`` the
+results (a Redis; the broker by default). Workers run ``-A bench.plain_app``.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ def make_app(profile: str, broker_url: str, backend_url: str = "") -> Celery:
                  set_as_current=False)
     app.conf.task_default_queue = f"plain_{profile}"
     on_redis = broker_url.startswith(("redis", "unix"))
-    if profile in ("reliable", "same"):
+    if profile in ("reliable", "events"):
         app.conf.update(task_acks_late=True, task_reject_on_worker_lost=True,
                         worker_prefetch_multiplier=1, worker_disable_prefetch=on_redis,
                         accept_content=["json"])
-    if profile == "same":
-        app.conf.worker_send_task_events = True
         if not on_redis:  # host publishes with confirms on RabbitMQ
             app.conf.broker_transport_options = {"confirm_publish": True}
+    if profile == "events":
+        app.conf.worker_send_task_events = True
 
     @app.task(name="plain.analyse")
     def analyse(text: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ the table reports medians and the ratio to each plain baseline.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -43,14 +44,21 @@ GROUND_TRUTH = REPO.parent / "shared" / "data" / "tweets_groundtruth.tsv"
 
 @dataclass
 class Config:
-    """One thing to measure: an app, the worker that serves it, and how tweets become tasks."""
+    """One thing to measure: an app, the worker that serves it (none: ``worker_app`` empty),
+    and how tweets become tasks (``send``), or a runner of its own that returns the rate."""
 
     name: str
     app: Celery
     worker_app: str
     worker_env: dict[str, str]
-    send: Callable[[Celery, list[tuple[str, str]]], list[Any]]
+    send: Callable[[Celery, list[tuple[str, str]]], list[Any]] | None = None
     rates: list[float] = field(default_factory=list)
+    runner: Callable[[Config, list[tuple[str, str]]], float] | None = None
+    #: Measured with ``--bulk-tweets`` (batches need many tweets to say anything).
+    bulk: bool = False
+
+    def run(self, tweets: list[tuple[str, str]]) -> float:
+        return (self.runner or run_once)(self, tweets)
 
 
 def load_tweets(n: int) -> list[tuple[str, str]]:
@@ -90,6 +98,7 @@ def send_host(batch: int) -> Callable[[Celery, list[tuple[str, str]]], list[Any]
 def run_once(cfg: Config, tweets: list[tuple[str, str]]) -> float:
     """Publish every tweet, wait for every result; tweets per second."""
     start = time.perf_counter()
+    assert cfg.send is not None
     results = cfg.send(cfg.app, tweets)
     got = 0
     for _, meta in ResultSet(results, app=cfg.app).iter_native(timeout=600):
@@ -101,6 +110,58 @@ def run_once(cfg: Config, tweets: list[tuple[str, str]]) -> float:
     return len(tweets) / elapsed
 
 
+def run_ingest(batch: int) -> Callable[[Config, list[tuple[str, str]]], float]:
+    """What ``celery -A host ingest --batch N`` runs (``cli.feed.feed``: framing, sending and
+    collecting overlapped, output lines written), in this process, from a TSV in memory."""
+    def run(cfg: Config, tweets: list[tuple[str, str]]) -> float:
+        from cli.feed import feed, read_lines
+        from workers.deadletter import InMemoryDeadLetterStore
+        from workers.inbound import Limits
+
+        data = "".join(f"{i}\t0\t{text}\n" for i, (_, text) in enumerate(tweets)).encode()
+        limits = Limits(1 << 20, 10_000)
+        start = time.perf_counter()
+        report = feed(cfg.app, read_lines(io.BytesIO(data), "bench", "auto", limits),
+                      io.StringIO(), InMemoryDeadLetterStore(), batch=batch, idle_timeout=120)
+        elapsed = time.perf_counter() - start
+        if not report.complete:
+            raise RuntimeError(f"{cfg.name}: {report.as_dict()}")
+        return len(tweets) / elapsed
+    return run
+
+
+def _vader_share(texts: list[str], start: Any, done: Any) -> None:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    analyzer.polarity_scores("warm up")
+    start.wait()
+    for text in texts:
+        analyzer.polarity_scores(text)
+    done.put(len(texts))
+
+
+def run_raw_vader(cfg: Config, tweets: list[tuple[str, str]]) -> float:
+    """VADER alone, one process per core, each scoring its share: the machine's limit."""
+    import multiprocessing as mp
+
+    cores = os.cpu_count() or 1
+    texts = [t for _, t in tweets]
+    ctx = mp.get_context("fork")
+    start, done = ctx.Barrier(cores + 1), ctx.Queue()
+    procs = [ctx.Process(target=_vader_share, args=(texts[i::cores], start, done))
+             for i in range(cores)]
+    for proc in procs:
+        proc.start()
+    start.wait()
+    began = time.perf_counter()
+    total: int = sum(int(done.get()) for _ in procs)
+    elapsed = time.perf_counter() - began
+    for proc in procs:
+        proc.join()
+    return total / elapsed
+
+
 def configs(url: str, batch: int, results_url: str) -> list[Config]:
     from bench.plain_app import make_app
 
@@ -110,18 +171,25 @@ def configs(url: str, batch: int, results_url: str) -> list[Config]:
     if results_url != url:
         env.update(HOST_RESULT_BACKEND=results_url, HOST_STORE_URL=results_url)
     host_app = create_app(Settings.from_env(env))
-    plain = {p: make_app(p, url, results_url) for p in ("default", "reliable", "same")}
+    events_env = {**env, "HOST_TASK_EVENTS": "true"}
+    plain = {p: make_app(p, url, results_url) for p in ("default", "reliable", "events")}
     penv = {p: {**env, "PLAIN_PROFILE": p} for p in plain}
     return [
         Config("plain celery, defaults", plain["default"], PLAIN, penv["default"], send_plain(1)),
-        Config("plain celery, reliability settings", plain["reliable"], PLAIN, penv["reliable"],
-               send_plain(1)),
-        Config("plain celery, host's settings (+ task events)", plain["same"], PLAIN, penv["same"],
+        Config("plain celery, host's reliability settings", plain["reliable"], PLAIN,
+               penv["reliable"], send_plain(1)),
+        Config("plain celery, reliability + task events", plain["events"], PLAIN, penv["events"],
                send_plain(1)),
         Config("host, one tweet per task", host_app, "host", env, send_host(1)),
+        Config("host, one tweet per task, task events on", host_app, "host", events_env,
+               send_host(1)),
         Config(f"plain celery, defaults, batch {batch}", plain["default"], PLAIN, penv["default"],
-               send_plain(batch)),
-        Config(f"host, batch {batch}", host_app, "host", env, send_host(batch)),
+               send_plain(batch), bulk=True),
+        Config(f"host, batch {batch}", host_app, "host", env, send_host(batch), bulk=True),
+        Config(f"host ingest --batch {batch} (cli.feed)", host_app, "host", env,
+               runner=run_ingest(batch), bulk=True),
+        Config(f"raw VADER, {os.cpu_count()} processes (no Celery)", host_app, "", env,
+               runner=run_raw_vader, bulk=True),
     ]
 
 
@@ -138,6 +206,9 @@ def start_worker(cfg: Config, index: int, logs: Path) -> WorkerProcess:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tweets", type=int, default=2000)
+    parser.add_argument("--bulk-tweets", type=int, default=20000,
+                        help="tweets per run of the batch rows and raw VADER")
+    parser.add_argument("--only", default="", help="run only configurations whose name has this")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--broker", choices=("redis", "amqp"), default="redis",
@@ -145,20 +216,24 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tweets = load_tweets(args.tweets)
+    bulk_tweets = load_tweets(args.bulk_tweets)
     server = RedisServer().start()
     rabbit = RabbitServer().start() if args.broker == "amqp" else None
     with tempfile.TemporaryDirectory(prefix="host-bench-") as logs:
-        all_cfgs = configs(rabbit.url if rabbit else server.url, args.batch, server.url)
+        all_cfgs = [c for c in configs(rabbit.url if rabbit else server.url, args.batch,
+                                       server.url) if args.only in c.name]
         workers: list[WorkerProcess] = []
         try:
             for run in range(args.runs):
                 for i, cfg in enumerate(all_cfgs):
                     # One worker at a time, so configurations never share the cores.
-                    worker = start_worker(cfg, i, Path(logs))
-                    workers.append(worker)
-                    run_once(cfg, tweets[:50])  # warm-up: lexicon, connections, pool
-                    cfg.rates.append(run_once(cfg, tweets))
-                    worker.stop()
+                    worker = start_worker(cfg, i, Path(logs)) if cfg.worker_app else None
+                    if worker is not None:
+                        workers.append(worker)
+                    cfg.run(tweets[:50])  # warm-up: lexicon, connections, pool
+                    cfg.rates.append(cfg.run(bulk_tweets if cfg.bulk else tweets))
+                    if worker is not None:
+                        worker.stop()
                 print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
         finally:
             for w in workers:
@@ -172,22 +247,27 @@ def main() -> int:
 
 def report(cfgs: list[Config], args: argparse.Namespace) -> None:
     med = {c.name: statistics.median(c.rates) for c in cfgs}
-    # The references: Celery's defaults, and Celery with exactly host's settings.
-    plain_default, plain_reliable = med[cfgs[0].name], med[cfgs[2].name]
+    # The references: Celery's defaults, Celery with host's reliability settings, raw VADER.
+    plain_default = med.get("plain celery, defaults", 0.0) or float("nan")
+    plain_reliable = med.get("plain celery, host's reliability settings", 0.0) or float("nan")
+    raw = next((med[c.name] for c in cfgs if c.name.startswith("raw VADER")), float("nan"))
     rows = [{"config": c.name, "median_tweets_per_s": round(med[c.name], 1),
              "runs": [round(r, 1) for r in c.rates],
              "vs_plain_defaults": round(med[c.name] / plain_default, 3),
-             "vs_plain_same_settings": round(med[c.name] / plain_reliable, 3)} for c in cfgs]
+             "vs_plain_same_settings": round(med[c.name] / plain_reliable, 3),
+             "vs_raw_vader": round(med[c.name] / raw, 3)} for c in cfgs]
     if args.json:
         print(json.dumps({"broker": args.broker, "tweets": args.tweets, "runs": args.runs,
                           "results": rows}, indent=2))
         return
-    print(f"\n{args.broker}: {args.tweets} tweets per run, {args.runs} runs, medians (tweets/s):")
-    print(f"{'configuration':48} {'median':>9} {'÷ plain':>8} {'÷ plain same settings':>22}")
-    print(f"{'':48} {'':>9} {'defaults':>8} {'(row 3)':>22}")
+    print(f"\n{args.broker}: {args.tweets} tweets per run ({args.bulk_tweets} for batches and raw"
+          f" VADER), {args.runs} runs, medians (tweets/s):")
+    print(f"{'configuration':48} {'median':>9} {'÷ plain':>8} {'÷ plain same settings':>22}"
+          f" {'÷ raw':>7}")
+    print(f"{'':48} {'':>9} {'defaults':>8} {'(row 2)':>22} {'VADER':>7}")
     for r in rows:
         print(f"{r['config']:48} {r['median_tweets_per_s']:9.1f} {r['vs_plain_defaults']:8.2f} "
-              f"{r['vs_plain_same_settings']:22.2f}")
+              f"{r['vs_plain_same_settings']:22.2f} {r['vs_raw_vader']:7.2f}")
 
 
 if __name__ == "__main__":

@@ -74,8 +74,8 @@ def main() -> int:
     server = RedisServer().start()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HOST_", "PLAIN_"))}
     env.update(PYTHONPATH=str(REPO), HOST_BROKER_URL=server.url, PLAIN_BROKER_URL=server.url,
-               PLAIN_PROFILE="same")
-    host_app, plain_app = create_app(Settings(broker_url=server.url)), make_app("same", server.url)
+               PLAIN_PROFILE="reliable")
+    host_app, plain_app = create_app(Settings(broker_url=server.url)), make_app("reliable", server.url)
     host_share: list[float] = []
     plain_share: list[float] = []
     costs: list[float] = []
