@@ -7,6 +7,7 @@ has a result, a dead-letter record, or is reported missing.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -278,9 +279,11 @@ class _InFlight:
 
         def on_interval() -> None:
             now = time.monotonic()
-            if now - self.polled >= POLL_S:
+            if now - max(self.last, self.polled) >= POLL_S:
                 # Results arrive by pub/sub; a broker restart drops the notifications sent
-                # while it was away, so every few seconds the stored results are read too.
+                # while it was away, so after a few quiet seconds the stored results are read.
+                # Only then: a result read this way still has its notification on the way,
+                # which Celery's consumer keeps in a buffer (a whole batch's result each).
                 self.polled = now
                 self._poll()
             if not self.pending or enough() or (until is not None and now >= until):
@@ -323,6 +326,14 @@ class _InFlight:
             meta = getattr(res, "_cache", None)
             if meta is not None:
                 self.deliver(task_id, meta)
+        # Celery's result consumer keeps notifications that arrive for results nobody waits
+        # for any more (up to 8,192 of them, each a whole batch's result: 900 MB at 2,000,000
+        # inputs). Every result we wait for is in ``pending``: the others can go.
+        buffered: Any = getattr(self.app.backend, "_pending_messages", None)
+        if buffered:
+            for task_id in [k for k in list(buffered) if k not in self.pending]:
+                with contextlib.suppress(Exception):
+                    buffered.take(task_id)
         return True
 
     def _poll(self) -> None:
