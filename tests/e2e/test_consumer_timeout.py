@@ -29,12 +29,6 @@ from tests.support.polling import consumed, wait_until
 from workers.analysis import envelope
 from workers.app import create_app
 
-
-@pytest.fixture
-def host_env(host_env: dict[str, str]) -> dict[str, str]:
-    """Workers here send Celery's task events (HOST_TASK_EVENTS): the tests watch them."""
-    return {**host_env, "HOST_TASK_EVENTS": "true"}
-
 TIMEOUT_S = 10
 DUE_IN_S = 80
 
@@ -55,7 +49,8 @@ def test_a_late_task_and_a_long_quarantine_keep_every_channel(
     env.update(HOST_BROKER_URL=strict_rabbit.url, HOST_STORE_URL=redis_server.url,
                HOST_RESULT_BACKEND=redis_server.url, HOST_LOG_FORMAT="json",
                HOST_BROKER_CONSUMER_TIMEOUT=str(TIMEOUT_S), HOST_TASK_TIME_LIMIT="5",
-               HOST_TASK_SOFT_TIME_LIMIT="4", HOST_WEAR_INTERVAL="0.5")
+               HOST_TASK_SOFT_TIME_LIMIT="4", HOST_WEAR_INTERVAL="0.5",
+               HOST_TASK_EVENTS="true")  # the test watches task events
     app = create_app(Settings.from_env(env))
     serving = WorkerProcess(node_name("ct1"), env, log_path=tmp_path / "ct1.log")
     held = WorkerProcess(node_name("ct2"), env, log_path=tmp_path / "ct2.log")

@@ -27,6 +27,7 @@ def host_env(host_env: dict[str, str]) -> dict[str, str]:
     """Workers here send Celery's task events (HOST_TASK_EVENTS): the tests watch them."""
     return {**host_env, "HOST_TASK_EVENTS": "true"}
 
+
 FAST_WEAR = {"HOST_WEAR_INTERVAL": "0.25"}
 HARD_CPU = 97.0
 
