@@ -21,8 +21,8 @@ LABELS = ("positive", "neutral", "negative")
 #: Counts since the worker started, each ``{label: count}``, by the event's key.
 COUNTS = ("requeued", "inbound", "tweets", "control_refused", "dead_letters",
           "subscriptions_undone", "task_outcomes", "task_runtimes")
-#: Task outcomes a worker counts (``task_outcomes``: ``"<queue>|<task>|<outcome>"``).
-TASK_OUTCOMES = ("succeeded", "failed", "retried", "rejected")
+#: ``task_outcomes`` counts settled tasks by ``"<queue>|<task>|<outcome>"`` (succeeded, failed,
+#: retried, rejected: ``workers.wear.TaskTotals``).
 #: Upper bounds of the runtime buckets a worker counts its succeeded tasks in
 #: (``task_runtimes``: ``"<queue>|<task>|<bound>"`` per bucket, not cumulative, ``inf`` last,
 #: and ``"<queue>|<task>|sum_us"``, the runtimes' sum in microseconds).
