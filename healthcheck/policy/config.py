@@ -87,9 +87,14 @@ class Sustained:
     """A step over a hard limit, told from a spike by the raw samples: when the last raw
     sample of some metric is at or over its hard limit in ``samples`` consecutive reports, the
     worker is ejected as for a hard breach, whatever its smoothed value says. A spike of fewer
-    samples never ejects (the smoothed value and the peaks still judge it as before)."""
+    samples never ejects (the smoothed value and the peaks still judge it as before).
+
+    The run must also span ``min_s`` seconds from its first report to its last, so that a
+    faster report interval does not make a shorter burst a step: at the default 1 s interval
+    3 reports span about 2 s and the count decides; at 0.25 s it takes 7 reports (1.5 s)."""
 
     samples: int = 3
+    min_s: float = 1.5
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,14 +47,17 @@ def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = N
     return Verdict("ok", over_hard=tuple(over)) if over else OK
 
 
-def sustained(verdict: Verdict, report: WearReport, hot: int, config: PolicyConfig) -> Verdict:
-    """``verdict`` made hard when ``hot`` consecutive reports (this one included) had a raw
-    sample over a hard limit, and ``config.sustained.samples`` is reached."""
-    if hot < config.sustained.samples or verdict.level == "hard":
+def sustained(verdict: Verdict, report: WearReport, hot: int, hot_s: float,
+              config: PolicyConfig) -> Verdict:
+    """``verdict`` made hard when ``hot`` consecutive reports (this one included), spanning
+    ``hot_s`` seconds, had a raw sample over a hard limit, and both ``config.sustained.samples``
+    and ``config.sustained.min_s`` are reached."""
+    rule = config.sustained
+    if hot < rule.samples or hot_s < rule.min_s or verdict.level == "hard":
         return verdict
     reasons = tuple(f"{m} {report.wear[m].last:g} >= hard {config.thresholds[m].hard:g} "
-                    f"for {hot} samples in a row" for m in verdict.over_hard)
-    evidence = {**verdict.evidence, "hot_samples": hot,
+                    f"for {hot} samples ({hot_s:.1f} s) in a row" for m in verdict.over_hard)
+    evidence = {**verdict.evidence, "hot_samples": hot, "hot_s": round(hot_s, 3),
                 **{m: report.wear[m].value for m in verdict.over_hard},
                 **{f"{m}_last": report.wear[m].last or 0.0 for m in verdict.over_hard}}
     return Verdict("hard", (*reasons, *verdict.reasons), evidence, verdict.over_hard)

@@ -95,8 +95,8 @@ class HealthPolicy:
                          in_rotation=w.state in CONSUMING)
         hot = w.hot + 1 if verdict.over_hard else 0
         if hot != w.hot:
-            w = dataclasses.replace(w, hot=hot)
-        verdict = sustained(verdict, r, hot, self.config)
+            w = dataclasses.replace(w, hot=hot, hot_since=r.at if hot == 1 else w.hot_since)
+        verdict = sustained(verdict, r, hot, r.at - w.hot_since, self.config)
         if w.state is State.DRAINING:
             if r.inflight == 0:
                 w, t = self._quarantine(w, f"drained ({w.reason})", r.at, jitter_s)

@@ -152,6 +152,7 @@ class WorkerHealth:
             ("" when it does not).
         hot: consecutive reports whose last raw sample crossed a hard limit (a sustained
             step, told from a spike: see ``Sustained``).
+        hot_since: when the first of those reports arrived (0.0 when ``hot`` is 0).
     """
 
     name: str
@@ -170,6 +171,7 @@ class WorkerHealth:
     consuming: tuple[str, ...] | None = None
     held: str = ""
     hot: int = 0
+    hot_since: float = 0.0
 
     def consumes(self, queue: str) -> bool:
         """True when it is in a consuming state and really consumes ``queue``."""

@@ -111,8 +111,9 @@ class TestBrokerRestart:
             assert len({r["ref"] for r in results}) == 1000
             assert all(r["status"] == "analysed" for r in results)
             # States and the audit log survived, and nobody was taken out by the outage
+            moves = [r for r in store.history(limit=100_000) if r["kind"] == "transition"]
             assert {store.get(w.name).state.value for w in workers} <= {  # type: ignore[union-attr]
-                "HEALTHY", "SUSPECT", "OFFLINE"}
+                "HEALTHY", "SUSPECT", "OFFLINE"}, moves
             assert len(store.history(limit=100_000)) >= audit_before
             for w in workers:
                 assert w.alive()
