@@ -1,4 +1,5 @@
-"""Wear Reporter Bootstep: a ``worker-wear`` event every ``HOST_WEAR_INTERVAL`` seconds.
+"""Wear Reporter Bootstep: a ``worker-wear`` event every ``HOST_WEAR_INTERVAL`` seconds (sooner
+while a raw sample is over a hard limit).
 
 A thin step: it starts and stops a timer on the consumer; ``workers.reporting`` makes the
 report, and the step sends it with the consumer's event dispatcher.
@@ -13,7 +14,12 @@ from celery import bootsteps
 from broker_config.app import settings_of
 from broker_config.logs import get_logger
 from broker_config.wear_event import WEAR_EVENT
-from workers.reporting import WearReporting, self_protection_limits
+from workers.reporting import (
+    WearReporting,
+    hard_limits,
+    samples_per_report,
+    self_protection_limits,
+)
 from workers.wear import WearSampler
 
 log = get_logger(__name__)
@@ -32,11 +38,13 @@ class WearReporter(bootsteps.StartStopStep):
     def start(self, c: Any) -> None:
         """Start reporting (again, after a reconnection: the sequence goes on)."""
         settings = settings_of(c.app)
+        per_report = samples_per_report(settings.wear_interval)
         if self.reporting is None:
             self.reporting = WearReporting(WearSampler().sample, settings.wear_interval,
-                                           self_protection_limits(settings.policy_file))
-        self.tref = c.timer.call_repeatedly(settings.wear_interval, self.report, (c,),
-                                            priority=10)
+                                           self_protection_limits(settings.policy_file),
+                                           hard_limits(settings.policy_file), per_report)
+        self.tref = c.timer.call_repeatedly(settings.wear_interval / per_report, self.tick,
+                                            (c,), priority=10)
 
     def stop(self, c: Any) -> None:
         """Stop reporting (the consumer restarts us after a reconnection)."""
@@ -46,10 +54,12 @@ class WearReporter(bootsteps.StartStopStep):
 
     shutdown = stop
 
-    def report(self, c: Any) -> None:
-        """Make one report and send it."""
+    def tick(self, c: Any) -> None:
+        """Take a raw sample; send the report when one is due."""
         try:
             assert self.reporting is not None
-            c.event_dispatcher.send(WEAR_EVENT, **self.reporting.report(c).to_fields())
+            event = self.reporting.tick(c)
+            if event is not None:
+                c.event_dispatcher.send(WEAR_EVENT, **event.to_fields())
         except Exception:  # a failed report must never take the worker down
             log.exception("wear_report_failed")

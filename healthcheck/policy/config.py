@@ -89,12 +89,15 @@ class Sustained:
     worker is ejected as for a hard breach, whatever its smoothed value says. A spike of fewer
     samples never ejects (the smoothed value and the peaks still judge it as before).
 
-    The run must also span ``min_s`` seconds from its first report to its last, so that a
-    faster report interval does not make a shorter burst a step: at the default 1 s interval
-    3 reports span about 2 s and the count decides; at 0.25 s it takes 7 reports (1.5 s)."""
+    The run must also span ``min_s`` seconds from its first report to its last, so that
+    faster samples do not make a shorter burst a step. Workers sample four times per report
+    interval and report at once while a raw sample is over a hard limit: at the default 1 s
+    interval a step is then out 1.75-2 s after its onset (the 8th hot sample), and a burst
+    shorter than 1.75 s never is. From a worker that sends one sample a second, 3 reports
+    span 2 s and the count decides, as before."""
 
     samples: int = 3
-    min_s: float = 1.5
+    min_s: float = 1.75
 
 
 @dataclass(frozen=True, slots=True)

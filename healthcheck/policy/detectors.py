@@ -56,7 +56,7 @@ def sustained(verdict: Verdict, report: WearReport, hot: int, hot_s: float,
     if hot < rule.samples or hot_s < rule.min_s or verdict.level == "hard":
         return verdict
     reasons = tuple(f"{m} {report.wear[m].last:g} >= hard {config.thresholds[m].hard:g} "
-                    f"for {hot} samples ({hot_s:.1f} s) in a row" for m in verdict.over_hard)
+                    f"for {hot_s:.2f} s ({hot} samples in a row)" for m in verdict.over_hard)
     evidence = {**verdict.evidence, "hot_samples": hot, "hot_s": round(hot_s, 3),
                 **{m: report.wear[m].value for m in verdict.over_hard},
                 **{f"{m}_last": report.wear[m].last or 0.0 for m in verdict.over_hard}}

@@ -1,5 +1,6 @@
 """Detection at the defaults (1 s reports, the default policy): a sustained step over a hard
-limit is out within 3 s of its onset, a spike of one or two samples never is."""
+limit is out within 3 s of its onset (about 2 s: the worker samples four times per report and
+reports hot samples at once), a spike of one or two samples never is."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ class TestDetectionAtTheDefaults:
         print(f"detection at the defaults: {', '.join(f'{d:.2f}' for d in delays)} s "
               f"(median {statistics.median(delays):.2f}, max {max(delays):.2f})")
         assert max(delays) <= 3.0, delays
-        # A spike: injected for 1.5 s, so one or two reports carry it; never ejected
+        # A spike: injected for 1.5 s (one or two samples at the 1 s interval; six or seven of
+        # the worker's sub-samples, each reported at once while hot); never ejected
         name = workers[0].name
         time.sleep(2)
         with EventTap(app) as tap:
@@ -74,7 +76,8 @@ class TestDetectionAtTheDefaults:
             control.send(app, "host_inject", name, {"spec": ""})
             time.sleep(4)
             hot = [e for e in tap.of("worker-wear", name) if e["last"]["cpu_percent"] >= 97]
-        assert 1 <= len(hot) <= 2, hot
+        assert len(hot) >= 2, hot  # the spike was seen, sample by sample
+        assert hot[-1]["timestamp"] - hot[0]["timestamp"] < 1.75, hot  # sustained.min_s
         assert state(store, name) in ("HEALTHY", "SUSPECT")
         assert not [r for r in store.history(name) if r["kind"] == "transition"
                     and r["to"] == "DRAINING" and r["at"] > time.time() - 10]

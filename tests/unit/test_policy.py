@@ -641,7 +641,7 @@ class TestSustainedStep:
         steps = self.feed([40, 100, 100, 100])
         assert [s.eject is not None for s in steps] == [False, False, False, True]
         proposal = steps[-1].eject
-        assert proposal is not None and "3 samples (2.0 s) in a row" in proposal.reason
+        assert proposal is not None and "3 samples in a row" in proposal.reason
         assert proposal.evidence["hot_samples"] == 3 and proposal.evidence["cpu_percent_last"] == 100
 
     def test_spikes_of_one_or_two_samples_never_eject(self) -> None:
@@ -660,8 +660,9 @@ class TestSustainedStep:
         assert [s for s in self.feed(samples) if s.eject is not None] == []
 
     def test_a_fast_reporter_needs_the_same_time_not_the_same_count(self) -> None:
-        """At 0.25 s reports a burst of 1 s (5 samples) is no step; 1.5 s of them is: the run
-        must span sustained.min_s, so a faster interval does not make a shorter burst eject."""
+        """Raw samples every 0.25 s (a worker's sub-samples while it runs hot): a burst of
+        1.5 s (7 samples) is no step; 1.75 s of them is (sustained.min_s), so a faster
+        sampling never makes a shorter burst eject."""
         def run(n: int) -> list[bool]:
             w, ejected = healthy(), []
             for i in range(n):
@@ -670,11 +671,10 @@ class TestSustainedStep:
                 w = step.health
             return ejected
 
-        assert run(5) == [False] * 5
-        assert run(8) == [False] * 6 + [True, True]
-        proposal = self.policy.observe_wear(
-            healthy(), raw(1.0, 100)).health  # the first hot report starts the run
-        assert (proposal.hot, proposal.hot_since) == (1, 1.0)
+        assert run(7) == [False] * 7
+        assert run(9) == [False] * 7 + [True, True]
+        first = self.policy.observe_wear(healthy(), raw(1.0, 100)).health
+        assert (first.hot, first.hot_since) == (1, 1.0)  # the first hot report starts the run
 
     def test_a_worker_that_sends_no_raw_samples_is_judged_as_before(self) -> None:
         """Reports without the raw sample (an older worker) never count as hot."""

@@ -14,7 +14,7 @@ from broker_config.signing import sign
 from broker_config.wear_event import WearEvent
 from workers import control, gate, inject, tally
 from workers.gate_keys import InMemoryGateKeys
-from workers.reporting import WearReporting
+from workers.reporting import WearReporting, samples_per_report
 from workers.runtime import RUNTIME, WorkerRuntime
 
 WORKER = "w1@test"
@@ -186,6 +186,31 @@ class TestWearReporting:
         assert event.gate == "closed" and event.consuming == ()
         assert event.self_protected and "memory_percent" in event.self_protected
         assert consumer.subscribed() == [VERIFY]
+
+    def test_sub_samples_fold_into_one_report_and_a_hot_one_is_sent_at_once(self) -> None:
+        """Four raw samples a report: their mean is smoothed, their largest is the peak; a raw
+        sample over a hard limit is reported at once, and so is the first one back under it."""
+        consumer, _ = started()
+        inject.install_board("")
+        readings = iter([40.0, 60.0, 20.0, 40.0, 50.0, 99.0, 98.0, 30.0, 30.0, 30.0])
+        reporting = WearReporting(lambda: {"cpu_percent": next(readings)}, 1.0, {},
+                                  {"cpu_percent": 97.0}, per_report=4)
+        sent = [reporting.tick(consumer) for _ in range(10)]
+        assert [e is not None for e in sent] == [False, False, False, True,  # a whole window
+                                                 False, True, True, True,    # hot, hot, cooled
+                                                 False, False]
+        first, hot, hotter, cooled = (e for e in sent if e is not None)
+        assert first.wear["cpu_percent"] == (40.0, 60.0)  # mean 40 of 40/60/20/40, peak 60
+        assert hot.last["cpu_percent"] == 99.0 and hot.wear["cpu_percent"] == (40.0, 99.0)
+        assert hotter.last["cpu_percent"] == 98.0
+        # the cooled sample completes the second window: mean 69.25 smoothed (0.3) from 40
+        assert cooled.last["cpu_percent"] == 30.0
+        assert cooled.wear["cpu_percent"] == (round(40 + 0.3 * (69.25 - 40), 3), 99.0)
+        assert [e.seq for e in (first, hot, hotter, cooled)] == [1, 2, 3, 4]
+
+    def test_samples_per_report_are_four_never_closer_than_a_tenth(self) -> None:
+        assert [samples_per_report(i) for i in (1.0, 2.0, 0.3, 0.25, 0.1, 0.05)] == [
+            4, 4, 3, 2, 1, 1]
 
     def test_an_injection_replaces_the_sampled_reading(self) -> None:
         consumer, _ = started()
