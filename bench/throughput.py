@@ -7,7 +7,7 @@ result. Runs are interleaved across configurations so that machine noise spreads
 the table reports medians and the ratio to each plain baseline.
 
     python bench/throughput.py [--broker redis|amqp] [--tweets 2000] [--runs 5] [--batch 100]
-                               [--json]
+                               [--only NAME ...] [--json]
 """
 
 from __future__ import annotations
@@ -208,7 +208,8 @@ def main() -> int:
     parser.add_argument("--tweets", type=int, default=2000)
     parser.add_argument("--bulk-tweets", type=int, default=20000,
                         help="tweets per run of the batch rows and raw VADER")
-    parser.add_argument("--only", default="", help="run only configurations whose name has this")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only configurations whose name has this (repeatable: any)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--broker", choices=("redis", "amqp"), default="redis",
@@ -221,7 +222,8 @@ def main() -> int:
     rabbit = RabbitServer().start() if args.broker == "amqp" else None
     with tempfile.TemporaryDirectory(prefix="host-bench-") as logs:
         all_cfgs = [c for c in configs(rabbit.url if rabbit else server.url, args.batch,
-                                       server.url) if args.only in c.name]
+                                       server.url)
+                   if not args.only or any(o in c.name for o in args.only)]
         workers: list[WorkerProcess] = []
         try:
             for run in range(args.runs):

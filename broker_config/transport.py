@@ -33,7 +33,7 @@ from importlib import resources
 from queue import Empty
 from typing import Any
 
-from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
@@ -102,8 +102,29 @@ def envelope_problem(payload: Any) -> str | None:
     return None
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's, without its second write of a record the take already made.
+
+    kombu records every delivered message as unacknowledged (a pipeline of HSET and ZADD) when
+    it hands it to the consumer. A message that came through the take was recorded in the same
+    atomic step that popped it: writing it again cost the worker's event loop a round trip per
+    message (12% of its CPU in the per-task benchmark). Messages from anywhere else (kombu's
+    ``basic_get``) are recorded as kombu does.
+    """
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        recorded: set[str] = self.channel.recorded_by_take  # type: ignore[attr-defined]
+        if str(delivery_tag) in recorded:
+            recorded.discard(str(delivery_tag))
+            virtual.QoS.append(self, message, delivery_tag)  # the in-memory bookkeeping only
+            return
+        super().append(message, delivery_tag)
+
+
 class Channel(kombu_redis.Channel):
     """Takes messages atomically (pop + unacknowledged record), in place of BRPOP."""
+
+    QoS = QoS
 
     #: Seconds of server-side wait after an empty take, doubling from the first to the last.
     IDLE_WAIT_S = (0.005, 0.1)
@@ -112,6 +133,11 @@ class Channel(kombu_redis.Channel):
     _load = True
     #: Queues consumed with no_ack (reply queues): popped, never recorded.
     _no_ack: frozenset[str] = frozenset()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: Delivery tags the take recorded, until kombu's QoS takes them (see ``QoS``).
+        self.recorded_by_take: set[str] = set()
+        super().__init__(*args, **kwargs)
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         queues = self._queue_cycle.consume(len(self.active_queues))  # type: ignore[attr-defined]
@@ -196,6 +222,9 @@ class Channel(kombu_redis.Channel):
             self._forget(payload)
             undeliverable(item, queue, "not_a_message", problem)
             return
+        tag = str(payload["properties"]["delivery_tag"])
+        if queue not in self._no_ack:
+            self.recorded_by_take.add(tag)
         try:
             self.connection._deliver(payload, queue)
         except self.connection_errors:  # type: ignore[attr-defined]
@@ -204,6 +233,7 @@ class Channel(kombu_redis.Channel):
             # Anything else a message makes the consumer raise would end the worker (Celery's
             # "Unrecoverable error"): it is the message's fault, so it is the dead letter.
             log.exception("message_not_deliverable", queue=queue)
+            self.recorded_by_take.discard(tag)
             self._forget(payload)
             undeliverable(item, queue, "not_a_message", f"{type(exc).__name__}: {exc}"[:300])
 

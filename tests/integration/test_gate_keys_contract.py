@@ -61,3 +61,21 @@ class TestGateKeys:
         subject.close("w1", "x")
         away = subject.away()
         assert not away.closed("w1") and away.reason("w1") is None and away.epoch() is None
+
+
+class TestRedisGateKeys:
+    def test_a_dropped_connection_is_made_again_not_read_as_open(
+            self, redis_client: redis.Redis) -> None:
+        """The reader keeps its own connection; the server dropping it (a restart, a kill) costs
+        one reconnection, never a closed gate read as open."""
+        reader = RedisGateKeys.from_url(_url(redis_client))
+        RedisHealthStore(redis_client).close_gate("w1", "x")
+        assert reader.closed("w1")
+        killed = redis_client.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        assert reader.closed("w1") and not reader.closed("w2")
+
+
+def _url(client: redis.Redis) -> str:
+    kw = client.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/{kw.get('db', 0)}"
