@@ -10,7 +10,14 @@ from typing import Any
 from broker_config.contract import envelope as envelope  # re-exported: the producers' envelope
 from workers.deadletter import DeadLetterStore
 from workers.inbound import Limits, Message, Rejection, parse_line, truncate
-from workers.sentiment import Scores, TooExpensive, analyse_text, cpu_budget, emoji_count
+from workers.sentiment import (
+    Scores,
+    TooExpensive,
+    analyse_text,
+    budget_run,
+    cpu_budget,
+    emoji_count,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +73,8 @@ def analyse_many(envs: object, ctx: RunContext, max_batch: int) -> list[dict[str
         rej = Rejection("batch", "batch_too_large", f"{len(envs)} envelopes > {max_batch}",
                         truncate(envs[:3]))
         return [rej.record(at=ctx.clock(), stage="worker", worker=ctx.worker)]
-    return [analyse_envelope(env, ctx) for env in envs]
+    with budget_run(ctx.limits.cpu_budget_s):
+        return [analyse_envelope(env, ctx) for env in envs]
 
 
 def dead_letters(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

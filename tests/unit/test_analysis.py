@@ -89,3 +89,21 @@ class TestCostBound:
         # and the next input is analysed normally, the timer disarmed
         ok = analyse_envelope(envelope("e:3", "a fine day 😀", "text"), ctx)
         assert ok["status"] == "analysed"
+
+    def test_in_a_batch_the_expensive_input_alone_is_stopped(self) -> None:
+        """One timer for the whole batch: the costly input in the middle is stopped near its
+        budget; those before and after it are analysed, and the timer is disarmed after."""
+        import signal
+        import time
+
+        ctx = RunContext(worker="w1@n", queue="tweets", task_id="t", clock=lambda: 1.0,
+                         limits=Limits(max_text_chars=20_000, max_emoji=5000,
+                                       cpu_budget_s=0.05))
+        batch = [envelope(f"b:{i}", "a fine day", "text") for i in range(3)]
+        batch.insert(1, envelope("b:x", "😀" * 2_000, "text"))  # ~0.7 s of VADER
+        started = time.process_time()
+        results = analyse_many(batch, ctx, max_batch=10)
+        spent = time.process_time() - started
+        assert [r["status"] for r in results] == ["analysed", "rejected", "analysed", "analysed"]
+        assert results[1]["reason"] == "too_expensive" and spent < 0.4, spent
+        assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
