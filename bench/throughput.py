@@ -121,8 +121,9 @@ def run_ingest(batch: int) -> Callable[[Config, list[tuple[str, str]]], float]:
         data = "".join(f"{i}\t0\t{text}\n" for i, (_, text) in enumerate(tweets)).encode()
         limits = Limits(1 << 20, 10_000)
         start = time.perf_counter()
-        report = feed(cfg.app, read_lines(io.BytesIO(data), "bench", "auto", limits),
-                      io.StringIO(), InMemoryDeadLetterStore(), batch=batch, idle_timeout=120)
+        with open(os.devnull, "w", encoding="utf-8") as out:  # as `--out FILE` opens it
+            report = feed(cfg.app, read_lines(io.BytesIO(data), "bench", "auto", limits),
+                          out, InMemoryDeadLetterStore(), batch=batch, idle_timeout=120)
         elapsed = time.perf_counter() - start
         if not report.complete:
             raise RuntimeError(f"{cfg.name}: {report.as_dict()}")

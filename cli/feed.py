@@ -151,8 +151,10 @@ def feed(
     report = FeedReport()
     wire_fmt = "jsonl" if fmt == "json" else fmt
 
+    strict = getattr(out, "errors", None) == "strict"  # a file opened for UTF-8, say
+
     def emit(record: dict[str, Any]) -> None:
-        out.write(json_line(record) + "\n")
+        write_line(out, record, strict)
         report.add(record)
         if on_record:
             on_record(record)
@@ -205,15 +207,27 @@ def _send_chunk(app: Celery, producer: Any, chunk: list[Line], batch: int, wire_
         flight.pending[res.id] = (res, [e["ref"] for e in envs])
 
 
-def json_line(record: dict[str, Any]) -> str:
+def write_line(out: IO[str], record: dict[str, Any], strict: bool = False) -> None:
     """One output line that is always valid JSON, in UTF-8: a value that is not finite becomes
-    null, and text that cannot be UTF-8 (a lone surrogate) is written escaped."""
+    null, and text that cannot be UTF-8 (a lone surrogate) is written escaped.
+
+    ``strict``: ``out`` encodes to UTF-8 and refuses what it cannot encode (a file opened for
+    UTF-8), so the line is encoded once, by the stream, which refuses the whole line before
+    writing any of it; checking every line beforehand doubled its cost. Other streams
+    (standard output with ``surrogateescape``, a StringIO) are checked first."""
     try:
         line = json.dumps(record, ensure_ascii=False, allow_nan=False)
-        line.encode("utf-8")
-        return line
+        if not strict:
+            line.encode("utf-8")
+            out.write(line + "\n")
+            return
     except ValueError:  # NaN/Infinity, or UnicodeEncodeError (a ValueError too)
-        return json.dumps(_finite(record), ensure_ascii=True, allow_nan=False)
+        out.write(json.dumps(_finite(record), ensure_ascii=True, allow_nan=False) + "\n")
+        return
+    try:
+        out.write(line + "\n")
+    except UnicodeEncodeError:
+        out.write(json.dumps(_finite(record), ensure_ascii=True, allow_nan=False) + "\n")
 
 
 def _finite(value: Any) -> Any:
