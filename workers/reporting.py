@@ -71,7 +71,10 @@ class WearReporting:
         started = time.thread_time()
         self._take()
         hot = any(self._last.get(m, -math.inf) >= limit for m, limit in self.hard.items())
-        due = len(self._window) >= self.per_report
+        # The first report goes at the first sample: a worker is counted as a healthy consumer
+        # only once the checker has its report, and a platform may stop the next worker as
+        # soon as this one says it is ready.
+        due = len(self._window) >= self.per_report or self.seq == 0
         if not (due or hot or self._was_hot):
             self.cost_s += time.thread_time() - started
             return None

@@ -192,9 +192,12 @@ class TestWearReporting:
         sample over a hard limit is reported at once, and so is the first one back under it."""
         consumer, _ = started()
         inject.install_board("")
-        readings = iter([40.0, 60.0, 20.0, 40.0, 50.0, 99.0, 98.0, 30.0, 30.0, 30.0])
+        readings = iter([10.0, 40.0, 60.0, 20.0, 40.0, 50.0, 99.0, 98.0, 30.0, 30.0, 30.0])
         reporting = WearReporting(lambda: {"cpu_percent": next(readings)}, 1.0, {},
                                   {"cpu_percent": 97.0}, per_report=4)
+        start = reporting.tick(consumer)  # the very first sample is reported at once
+        assert start is not None and start.wear["cpu_percent"] == (10.0, 10.0)
+        reporting.smoothed.clear()  # the rest starts from a clean slate
         sent = [reporting.tick(consumer) for _ in range(10)]
         assert [e is not None for e in sent] == [False, False, False, True,  # a whole window
                                                  False, True, True, True,    # hot, hot, cooled
@@ -206,7 +209,7 @@ class TestWearReporting:
         # the cooled sample completes the second window: mean 69.25 smoothed (0.3) from 40
         assert cooled.last["cpu_percent"] == 30.0
         assert cooled.wear["cpu_percent"] == (round(40 + 0.3 * (69.25 - 40), 3), 99.0)
-        assert [e.seq for e in (first, hot, hotter, cooled)] == [1, 2, 3, 4]
+        assert [e.seq for e in (first, hot, hotter, cooled)] == [2, 3, 4, 5]
 
     def test_samples_per_report_are_four_never_closer_than_a_tenth(self) -> None:
         assert [samples_per_report(i) for i in (1.0, 2.0, 0.3, 0.25, 0.1, 0.05)] == [
