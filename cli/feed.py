@@ -19,9 +19,11 @@ from typing import IO, Any
 
 import redis
 from celery import Celery
-from celery.result import AsyncResult, ResultSet
+from celery.result import denied_join_result
+from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
+from cli.results import ResultReader
 from workers.analysis import envelope
 from workers.deadletter import DeadLetterStore
 from workers.framing import frame_lines
@@ -176,8 +178,11 @@ def feed(
                         break  # collect while the next input is not due yet
                 if progress:
                     progress(report.accounted, report.inputs, not sending)
-                due = (time.monotonic() + _due(started, report.inputs, rate)) if rate else None
-                refill_at = limit // 2 if sending else -1  # once half the window is back
+                # a steady stream collects until its next input is due (unless the window is
+                # full); otherwise collect until half the window is back (or all of it, at the end)
+                paced = rate and sending and len(flight.pending) < limit
+                due = (time.monotonic() + _due(started, report.inputs, rate)) if paced else None
+                refill_at = limit // 2 if sending else -1
                 if not flight.collect(refill_at, due):
                     report.stopped = sending
                     break
@@ -185,7 +190,9 @@ def feed(
         report.unreachable = f"the broker or the store stopped answering: {exc}"
         report.stopped = sending
         flight.collect(-1, None)
-    report.missing = [ref for _, refs in flight.pending.values() for ref in refs]
+    finally:
+        flight.close()
+    report.missing = [ref for refs in flight.pending.values() for ref in refs]
     report.elapsed_s = time.monotonic() - started
     return report
 
@@ -203,8 +210,11 @@ def _send_chunk(app: Celery, producer: Any, chunk: list[Line], batch: int, wire_
     envs = [envelope(ln.ref, ln.text, wire_fmt, time.time())
             for ln in chunk if ln.text is not None]
     if envs:
-        res = _send(app, producer, envs, batch)
-        flight.pending[res.id] = (res, [e["ref"] for e in envs])
+        refs = [e["ref"] for e in envs]
+        if batch == 1:
+            flight.send(producer, "host.analyse", [envs[0]], refs)
+        else:
+            flight.send(producer, "host.analyse_batch", [envs], refs)
 
 
 def write_line(out: IO[str], record: dict[str, Any], strict: bool = False) -> None:
@@ -240,13 +250,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _send(app: Celery, producer: Any, envs: list[dict[str, Any]], batch: int) -> AsyncResult[Any]:
-    headers = {SENT_AT_HEADER: time.time()}  # lets workers measure queue wait
-    if batch == 1:
-        return app.send_task("host.analyse", args=[envs[0]], producer=producer, headers=headers)
-    return app.send_task("host.analyse_batch", args=[envs], producer=producer, headers=headers)
-
-
 def _due(started: float, sent: int, rate: float | None) -> float:
     """Seconds until the next input is due (input n goes out at started + n / rate)."""
     return 0.0 if not rate else max(0.0, started + sent / rate - time.monotonic())
@@ -265,68 +268,61 @@ class _InFlight:
                  idle_timeout: float, progress: ProgressFn | None) -> None:
         self.app, self.report, self.emit = app, report, emit
         self.idle_timeout, self.progress = idle_timeout, progress
-        #: task id -> (its result, the refs of its inputs).
-        self.pending: dict[str, tuple[AsyncResult[Any], list[str]]] = {}
+        self.results = ResultReader(app.backend)
+        #: task id -> the refs of its inputs.
+        self.pending: dict[str, list[str]] = {}
         self.last = self.polled = time.monotonic()
         #: Every input has been sent (the progress total is final).
         self.all_sent = False
 
-    def deliver(self, task_id: str, meta: dict[str, Any]) -> None:
-        entry = self.pending.pop(task_id, None)
-        if entry is None:
-            return
-        for record in _records(meta, entry[1]):
+    def send(self, producer: Any, name: str, args: list[Any], refs: list[str]) -> None:
+        """Send one task, listening for its result first."""
+        task_id = uuid()
+        self.results.watch(task_id)
+        self.pending[task_id] = refs
+        headers = {SENT_AT_HEADER: time.time()}  # lets workers measure queue wait
+        with denied_join_result():  # results are read here, not by Celery's result consumer
+            self.app.send_task(name, args=args, task_id=task_id, producer=producer,
+                               headers=headers)
+
+    def deliver(self, task_id: str, meta: dict[str, Any]) -> bool:
+        refs = self.pending.pop(task_id, None)
+        if refs is None:
+            return False
+        for record in _records(meta, refs):
             self.emit(record)
         self.last = time.monotonic()
         if self.progress:
             self.progress(self.report.accounted, self.report.inputs, self.all_sent)
+        return True
 
     def collect(self, refill_at: int, until: float | None) -> bool:
-        """Deliver results as they arrive, until no more than ``refill_at`` tasks are pending
-        (-1: none), ``until`` (a monotonic time) passes, or nothing is pending. False when the
+        """Deliver results as they arrive: until ``until`` (a monotonic time) when it is given,
+        else until no more than ``refill_at`` tasks are pending (-1: none). False when the
         feed must stop: no result for the idle timeout, or the result store is gone."""
-        if not self.pending:
-            return True
-
-        def enough() -> bool:
-            return len(self.pending) <= refill_at
-
-        def on_interval() -> None:
+        while True:
             now = time.monotonic()
-            if now - max(self.last, self.polled) >= POLL_S:
-                # Results arrive by pub/sub; a broker restart drops the notifications sent
-                # while it was away, so after a few quiet seconds the stored results are read.
-                # Only then: a result read this way still has its notification on the way,
-                # which Celery's consumer keeps in a buffer (a whole batch's result each).
-                self.polled = now
-                self._poll()
-            if not self.pending or enough() or (until is not None and now >= until):
-                raise _Done
+            if until is not None and now >= until:
+                return True
+            if until is None and len(self.pending) <= max(refill_at, 0):
+                return True
+            if not self.pending:  # nothing to collect before the next input is due
+                time.sleep(max(0.0, until - now) if until is not None else 0.0)
+                return True
             if now - self.last > self.idle_timeout:
-                raise Stalled
-
-        while self.pending:
-            waiting = [res for res, _ in self.pending.values()]
+                return False
+            wait = WAIT_S if until is None else max(0.0, min(WAIT_S, until - now))
             try:
-                for task_id, meta in ResultSet(waiting, app=self.app).iter_native(
-                        on_interval=on_interval):
-                    self.deliver(task_id, meta)
-                    if enough():
-                        break
-                return self._settled()
-            except _Done:
-                return self._settled()
-            except Stalled:
-                self._settled()
-                return False
-            except RuntimeError as exc:
-                # Celery's result consumer gives up after its retries ("Retry limit exceeded
-                # while trying to reconnect to the Celery result store"): gone for good.
-                if not isinstance(exc.__cause__, BROKEN):
-                    raise
-                self.report.unreachable = f"the result store is gone: {exc.__cause__}"
-                return False
-            except BROKEN as exc:  # the backend went away mid-wait: wait on what is pending
+                got = self.results.arrived(wait)
+                if not got and now - max(self.last, self.polled) >= POLL_S:
+                    # A broker restart drops the notifications sent while it was away:
+                    # after a few quiet seconds the stored results are read.
+                    self.polled = now
+                    got = self.results.stored(list(self.pending))
+                done = [task_id for task_id, meta in got if self.deliver(task_id, meta)]
+                if done:
+                    self.results.forget(done)
+            except BROKEN as exc:  # the store went away mid-wait: wait on what is pending
                 time.sleep(POLL_S / 4)
                 if time.monotonic() - self.last > self.idle_timeout:
                     self.report.unreachable = (self.report.unreachable
@@ -334,42 +330,19 @@ class _InFlight:
                     return False
         return True
 
-    def _settled(self) -> bool:
-        # Results the consumer took but the iteration had not handed out when it stopped.
-        for task_id, (res, _) in list(self.pending.items()):
-            meta = getattr(res, "_cache", None)
-            if meta is not None:
-                self.deliver(task_id, meta)
-        # Celery's result consumer keeps notifications that arrive for results nobody waits
-        # for any more (up to 8,192 of them, each a whole batch's result: 900 MB at 2,000,000
-        # inputs). Every result we wait for is in ``pending``: the others can go.
-        buffered: Any = getattr(self.app.backend, "_pending_messages", None)
-        if buffered:
-            for task_id in [k for k in list(buffered) if k not in self.pending]:
-                with contextlib.suppress(Exception):
-                    buffered.take(task_id)
-        return True
-
-    def _poll(self) -> None:
-        backend: Any = self.app.backend  # the Redis result backend (its stubs lack get_many)
-        try:
-            for task_id, meta in backend.get_many(list(self.pending), interval=0,
-                                                  max_iterations=1):
-                self.deliver(task_id, meta)
-        except BROKEN:
-            return  # the backend is restarting: poll again later
+    def close(self) -> None:
+        with contextlib.suppress(*BROKEN):
+            self.results.close()
 
 
 #: What a Redis result backend raises while it restarts.
 BROKEN = (redis.ConnectionError, redis.TimeoutError, OperationalError, OSError)
 
 
-class _Done(Exception):
-    """Enough was collected for now (or everything)."""
-
-
-#: Seconds between direct reads of the pending results (see ``_collect``).
+#: Seconds without a result after which the stored results are read directly.
 POLL_S = 2.0
+#: The longest wait for a notification before the loop looks at its clocks again.
+WAIT_S = 0.25
 
 
 def _records(meta: dict[str, Any], refs: list[str]) -> list[dict[str, Any]]:

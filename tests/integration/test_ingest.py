@@ -173,10 +173,14 @@ class TestIngestAccounting:
                 sent["at_first_result"] = sent["now"]
 
         out = io.StringIO()
+        stored_before = set(redis_client.scan_iter(b"celery-task-meta-*"))
         report = feed(app, read_lines(src, "mem", "auto", Limits(1 << 20, 10_000)), out,
                       RedisDeadLetterStore(redis_client), batch=5, window=50,
                       progress=progress, on_record=on_record, idle_timeout=30)
         assert report.complete and report.inputs == 600 and not report.stopped
+        # each result was read once and then deleted, and nothing stays subscribed
+        assert set(redis_client.scan_iter(b"celery-task-meta-*")) == stored_before
+        assert redis_client.pubsub_channels(b"celery-task-meta-*") == []
         assert sorted(json.loads(ln)["ref"] for ln in out.getvalue().splitlines()) == sorted(
             f"mem:{i}" for i in range(1, 601))
         assert 0 < max(in_flight) <= 50, max(in_flight)
@@ -306,3 +310,41 @@ class TestGoneForGood:
             server.stop()
         assert proc.returncode == 3, err[-2000:]
         assert "Traceback" not in err and "result store is gone" in err
+
+
+class TestResultReader:
+    """How ``ingest`` reads results: notified once, read from the store when the notification
+    was missed, forgotten (unsubscribed, deleted) once delivered."""
+
+    def test_notified_missed_and_forgotten(self, app: HostCelery,
+                                           redis_client: redis.Redis) -> None:
+        import uuid
+
+        from cli.results import ResultReader
+
+        reader = ResultReader(app.backend)
+        try:
+            early, watched, running = (str(uuid.uuid4()) for _ in range(3))
+            app.backend.store_result(early, {"n": 1}, "SUCCESS")  # before anyone listened
+            reader.watch(watched)
+            reader.watch(running)
+            app.backend.store_result(running, None, "STARTED")
+            app.backend.store_result(watched, {"n": 2}, "SUCCESS")
+            got: list[tuple[str, dict[str, object]]] = []
+            deadline = 50
+            while not got and deadline:
+                got = reader.arrived(0.1)
+                deadline -= 1
+            assert [(t, m["result"]) for t, m in got] == [(watched, {"n": 2})]
+            assert reader.arrived(0.2) == []  # a task still running is not a result
+            stored = reader.stored([early, running, watched])
+            assert sorted(t for t, _ in stored) == sorted([early, watched])
+            reader.forget([early, watched, running])
+            assert redis_client.exists(*(reader.key(t) for t in (early, watched, running))) == 0
+            deadline = 50
+            while redis_client.pubsub_numsub(reader.key(running))[0][1] and deadline:
+                reader.arrived(0.05)  # reads the unsubscribe confirmations
+                deadline -= 1
+            assert redis_client.pubsub_numsub(reader.key(running))[0][1] == 0
+        finally:
+            reader.close()
