@@ -44,3 +44,32 @@ def nonce(value: str) -> str:
     """Set once, with a TTL, when a signed command bearing ``value`` is first accepted: every
     receiver checks it, so a command is obeyed at most once fleet-wide, across restarts."""
     return f"{PREFIX}nonce:{value}"
+
+
+def job(job_id: str) -> str:
+    """Hash: a job's definition and progress (input, output, chunks written, state)."""
+    return f"{PREFIX}job:{job_id}"
+
+
+def job_plan(job_id: str) -> str:
+    """Hash: chunk id -> the chunk's place in the input and its task (JSON), for resuming."""
+    return f"{PREFIX}job:{job_id}:plan"
+
+
+def job_costs(job_id: str) -> str:
+    """List: every chunk's measured cost (JSON), in the order the job collected them."""
+    return f"{PREFIX}job:{job_id}:costs"
+
+
+def job_chunk(job_id: str, chunk_id: int) -> str:
+    """A chunk's records and cost (JSON), stored by the worker that ran it (idempotent SET)."""
+    return f"{PREFIX}job:{job_id}:chunk:{chunk_id}"
+
+
+def job_cancelled(job_id: str) -> str:
+    """Set when a job is cancelled: workers skip its chunks."""
+    return f"{PREFIX}job:{job_id}:cancelled"
+
+
+#: Sorted set of job ids by creation time, for ``job status`` without an id.
+JOBS = PREFIX + "jobs"

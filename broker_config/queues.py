@@ -19,7 +19,7 @@ VERIFY_PREFIX = "host.verify."
 DEAD = "host.dead"
 
 #: Where host's own tasks go (the producer contract, broker_config.contract).
-TASK_ROUTES: dict[str, dict[str, str]] = contract.ROUTES
+TASK_ROUTES: dict[str, dict[str, str]] = {**contract.ROUTES, "host.job_chunk": {"queue": BULK}}
 #: Queues no host worker consumes where host's tasks may still land: watched and alerted on.
 WATCHED_QUEUES: tuple[str, ...] = (contract.CELERY_DEFAULT_QUEUE,)
 

@@ -80,10 +80,12 @@ class Progress:
         self._last_line = 0.0
         self._bar: Any = None
         self._task: Any = None
+        self._started: float | None = None
 
     @contextmanager
     def running(self) -> Iterator[Progress]:
         """Show progress while the block runs."""
+        self._started = time.monotonic()
         if self._stream.isatty():
             from rich.console import Console
             from rich.progress import Progress as RichProgress
@@ -94,13 +96,21 @@ class Progress:
             return
         yield self
 
-    def update(self, done: int, total: int, final_total: bool) -> None:
-        """Report ``done`` of ``total`` (the total may still grow until ``final_total``)."""
+    def update(self, done: int, total: int, final_total: bool, detail: str = "") -> None:
+        """Report ``done`` of ``total`` (the total may still grow until ``final_total``), with
+        a rate and, once the total is final, an ETA; ``detail`` is shown after them."""
+        if self._started is None:
+            self._started = time.monotonic()
         if self._bar is not None:
-            self._bar.update(self._task, completed=done, total=total if final_total else None)
+            self._bar.update(self._task, completed=done, total=total if final_total else None,
+                             description=f"{self._label} {detail}".strip())
             return
         now = time.monotonic()
         if now - self._last_line >= self._interval or (final_total and done == total):
             self._last_line = now
             pct = f" ({100 * done // total}%)" if final_total and total else ""
-            print(f"{self._label}: {done}/{total} accounted{pct}", file=self._stream, flush=True)
+            rate = done / max(now - self._started, 1e-9)
+            eta = f", ETA {(total - done) / rate:.0f}s" if final_total and rate and done else ""
+            extra = f" {detail}" if detail else ""
+            print(f"{self._label}: {done}/{total} accounted{pct}, {rate:.0f}/s{eta}{extra}",
+                  file=self._stream, flush=True)

@@ -240,6 +240,16 @@ def write_line(out: IO[str], record: dict[str, Any], strict: bool = False) -> No
         out.write(json.dumps(_finite(record), ensure_ascii=True, allow_nan=False) + "\n")
 
 
+def line_of(record: dict[str, Any]) -> str:
+    """``record`` as one output line (newline included): valid JSON that encodes to UTF-8."""
+    try:
+        line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+        line.encode("utf-8")
+    except ValueError:  # NaN/Infinity, or UnicodeEncodeError (a ValueError too)
+        line = json.dumps(_finite(record), ensure_ascii=True, allow_nan=False)
+    return line + "\n"
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from broker_config import transport
 from broker_config.app import HostCelery
 from broker_config.settings import Settings
-from workers import control, signals, tasks  # noqa: F401 - importing registers them
+from workers import control, jobs, signals, tasks  # noqa: F401 - importing registers them
 from workers.consumer import dead_letter_raw
 from workers.reporter import WearReporter
 from workers.visibility import VisibilityKeeper
