@@ -120,6 +120,35 @@ class QoS(kombu_redis.QoS):
             return
         super().append(message, delivery_tag)
 
+    # A broker restart closes the channel's connection while tasks still run. Acknowledging,
+    # rejecting or restoring through that channel afterwards made kombu build a Redis client
+    # from a connection that is no longer there: AttributeError, and the worker stopped
+    # ("Unrecoverable error"; seen twice while a job ran across a Redis restart). On such a
+    # channel these only forget the message in memory: it stays recorded as unacknowledged,
+    # and the visibility sweep hands it out again once the broker is back (a job's chunk, or
+    # a result ingest already has, is taken once however often it runs).
+
+    def _gone(self) -> bool:
+        return getattr(self.channel.connection, "client", None) is None
+
+    def ack(self, delivery_tag: Any) -> None:
+        if self._gone():
+            virtual.QoS.ack(self, delivery_tag)
+            return
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if self._gone():
+            virtual.QoS.ack(self, delivery_tag)
+            return
+        super().reject(delivery_tag, requeue)
+
+    def restore_unacked_once(self, stderr: Any = None) -> Any:
+        if self._gone():
+            self._on_collect.cancel()  # type: ignore[attr-defined]
+            return None
+        return super().restore_unacked_once(stderr)
+
 
 class Channel(kombu_redis.Channel):
     """Takes messages atomically (pop + unacknowledged record), in place of BRPOP."""

@@ -3,6 +3,7 @@ budget, resumable, written in input order exactly once (see cli/jobs.py and docs
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -17,8 +18,15 @@ from broker_config.app import HostCelery
 from broker_config.logs import ensure_logging
 from broker_config.policy_file import load_policy
 from broker_config.queues import BULK
-from cli.common import EXIT_INCOMPLETE, Progress, check_broker, check_store, host_app
-from cli.feed import read_lines
+from cli.common import (
+    EXIT_INCOMPLETE,
+    BrokerUnreachable,
+    Progress,
+    check_broker,
+    check_store,
+    host_app,
+)
+from cli.feed import BROKEN, read_lines
 from cli.jobs import Budget, JobReport, JobRunner, JobStore, fleet_pressure, new_job_id
 from healthcheck.store import RedisHealthStore
 from workers.inbound import FORMATS, Limits
@@ -184,6 +192,10 @@ def _go(app: HostCelery, store: JobStore, job_id: str, as_json: bool) -> None:
     if report.state == "done":
         store.finish(job_id, "done")
     _summary(report, as_json)
+    if report.state == "interrupted":
+        with contextlib.suppress(*BROKEN):
+            store.update(job_id, state="interrupted")
+        raise BrokerUnreachable(f"{report.error}; once it is back: celery -A host job resume {job_id}")
     if report.state != "done" or report.failed:  # as ingest: 0 only when every item has a result
         raise click.exceptions.Exit(EXIT_INCOMPLETE)
 

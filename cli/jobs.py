@@ -4,8 +4,8 @@ written out in input order, exactly once, across worker deaths, drains and produ
 The chunk size follows what chunks cost: the first chunks are small, each measured chunk
 updates the cost per item, and the next chunk is sized to land at ``TARGET_SHARE`` of the CPU
 budget. A chunk that ran over its budget makes the rest of the job use its (higher) cost; a
-chunk stopped by its time limit (``hard_multiple`` budgets) is split in two and sent again;
-an item alone that is still stopped is written as failed, never retried for ever.
+chunk that stops itself after ``hard_multiple`` budgets of CPU, or fails, is split in two and
+sent again; an item alone that still fails is written as failed, never retried for ever.
 
 Progress lives in the store (``keys.job*``): the plan of chunks not yet written, how many items
 and bytes of output are written, and every chunk's cost. Workers store each chunk's records
@@ -30,7 +30,7 @@ from celery.result import denied_join_result
 from celery.utils import uuid as task_uuid
 
 from broker_config import keys
-from cli.feed import line_of
+from cli.feed import BROKEN, line_of
 from cli.results import ResultReader
 from workers.analysis import envelope
 from workers.inbound import Line
@@ -53,7 +53,7 @@ class Budget:
     cpu_s: float = 2.0
     #: Resident memory of the pool process holding a chunk's records, in MB.
     mem_mb: float = 512.0
-    #: A chunk still running after this many budgets (wall clock) is stopped and split.
+    #: A chunk that has used this many budgets of CPU stops between two items and is split.
     hard_multiple: float = 4.0
     #: Items in the first chunk: small, so the first measurement comes fast.
     first_items: int = 50
@@ -143,6 +143,8 @@ class JobReport:
     resent: int = 0
     failed: int = 0
     elapsed_s: float = 0.0
+    #: Why the run stopped early (state "interrupted"): the broker or the store went away.
+    error: str = ""
     costs: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -291,7 +293,7 @@ class JobRunner:
                             report.items = max(report.items, first)
                             self._resume_chunk(producer, chunk, report)
                             continue
-                        taken = _take(lines, self.sizer.size)
+                        taken = _take(lines, self._next_size(first))
                         if not taken:
                             reading = False
                             break
@@ -302,6 +304,8 @@ class JobRunner:
                         self.store.planned(self.job_id, [chunk])
                     self._collect(producer, report)
                     report.written = self._write(report.written, report)
+        except BROKEN as exc:  # publishing gave up after its retries, or the store is gone
+            report.state, report.error = "interrupted", str(exc)
         finally:
             with contextlib.suppress(redis.RedisError, OSError):
                 self.results.close()
@@ -309,6 +313,15 @@ class JobRunner:
             report.state = "done"
         report.elapsed_s = time.monotonic() - started
         return report
+
+    def _next_size(self, first: int) -> int:
+        """The sizer's size, but never so large that the last chunks leave workers idle: at
+        most an equal share of what is left for each chunk allowed in flight."""
+        left = self.total - first
+        if left <= 0:
+            return self.sizer.size
+        share = math.ceil(left / max(1, self.parallel))
+        return max(1, min(self.sizer.size, max(share, self.budget.first_items)))
 
     def _new_id(self) -> int:
         self.next_id += 1
@@ -333,18 +346,10 @@ class JobRunner:
                 for ln in chunk.lines if ln.text is not None]
         self.inflight[chunk.task_id] = chunk
         self.results.watch(chunk.task_id)
-        # stopped after hard_multiple budgets, and never later than host's own task limits
-        # (which keep every task inside RabbitMQ's consumer timeout)
-        settings = getattr(self.app, "host_settings", None)
-        soft = math.ceil(self.budget.cpu_s * self.budget.hard_multiple)
-        hard = soft + 5
-        if settings is not None:
-            soft = min(soft, int(settings.task_soft_time_limit))
-            hard = min(hard, int(settings.task_time_limit))
         with denied_join_result():  # results are read by self.results
-            self.app.send_task("host.job_chunk", args=[self.job_id, chunk.id, envs],
-                               task_id=chunk.task_id, producer=producer,
-                               soft_time_limit=soft, time_limit=hard)
+            self.app.send_task("host.job_chunk", task_id=chunk.task_id, producer=producer,
+                               args=[self.job_id, chunk.id, envs,
+                                     self.budget.cpu_s * self.budget.hard_multiple])
 
     def _resume_chunk(self, producer: Any, chunk: Chunk, report: JobReport) -> None:
         """A chunk of a resumed job: done while nobody listened, or sent again."""
@@ -388,10 +393,10 @@ class JobRunner:
                 chunk.records = records
                 self.ready[chunk.first] = chunk
                 return
-        # stopped by its time limit, failed, or its records are missing: split, send again
+        # stopped itself over budget, failed, or its records are missing: split, send again
         report.resent += 1
-        if isinstance(cost, dict):
-            self.sizer.measured(chunk.n, self.budget.cpu_s * self.budget.hard_multiple)
+        if isinstance(cost, dict):  # it stopped itself: what it did tells the cost per item
+            self.sizer.measured(int(cost.get("done") or 1), float(cost.get("cpu_s", 0.0)))
         if chunk.n == 1:
             reason = f"chunk task {meta.get('status')}: {meta.get('result')!r}"[:300]
             chunk.records = [{"status": "failed", "ref": chunk.lines[0].ref, "reason": reason}]

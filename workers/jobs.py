@@ -35,9 +35,15 @@ CHUNK_KEEP_S = 7 * 24 * 3600
 
 
 @shared_task(name="host.job_chunk", bind=True, base=HostTask)
-def job_chunk(self: Task[Any, Any], job_id: str, chunk_id: int,
-              envelopes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Analyse one chunk of job ``job_id``; returns what it cost (records go to the store)."""
+def job_chunk(self: Task[Any, Any], job_id: str, chunk_id: int, envelopes: list[dict[str, Any]],
+              stop_cpu_s: float | None = None) -> dict[str, Any]:
+    """Analyse one chunk of job ``job_id``; returns what it cost (records go to the store).
+
+    A chunk that has used ``stop_cpu_s`` CPU seconds stops between two items and says so
+    (``over``): the job splits it. The check is the chunk's own, not a time-limit signal, so it
+    never lands outside the task (a signal that did, in the pool's pipe, killed a worker in
+    testing); each item is bounded by the per-input CPU budget, and host's task time limits
+    remain the last resort."""
     store = store_of(self.app)
     client = _client(settings_of(self.app).effective_store_url)
     if client.exists(keys.job_cancelled(job_id)):
@@ -51,9 +57,12 @@ def job_chunk(self: Task[Any, Any], job_id: str, chunk_id: int,
         with budget_run(context.limits.cpu_budget_s):
             for env in envelopes:
                 records.append(analyse_envelope(env, context))
+                if stop_cpu_s is not None and time.process_time() - cpu0 > stop_cpu_s:
+                    over = len(records) < len(envelopes)
+                    break
     except SoftTimeLimitExceeded:
         over = True  # the job splits this chunk and sends its halves again
-    cost = {"chunk": chunk_id, "n": len(envelopes), "over": over,
+    cost = {"chunk": chunk_id, "n": len(envelopes), "done": len(records), "over": over,
             "cpu_s": round(time.process_time() - cpu0, 4),
             "wall_s": round(time.monotonic() - wall0, 4),
             # resident memory with the chunk's records held, and the pool process's peak so far

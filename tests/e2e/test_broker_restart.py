@@ -113,7 +113,8 @@ class TestBrokerRestart:
             # States and the audit log survived, and nobody was taken out by the outage
             moves = [r for r in store.history(limit=100_000) if r["kind"] == "transition"]
             assert {store.get(w.name).state.value for w in workers} <= {  # type: ignore[union-attr]
-                "HEALTHY", "SUSPECT", "OFFLINE"}, moves
+                "HEALTHY", "SUSPECT", "OFFLINE"}, [(m["worker"], m["from"], m["to"], m.get("reason"))
+                                                   for m in moves]
             assert len(store.history(limit=100_000)) >= audit_before
             for w in workers:
                 assert w.alive()
@@ -124,6 +125,47 @@ class TestBrokerRestart:
             checker.wait(15)
             for w in workers:
                 w.stop()
+
+
+@pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
+@on_both_brokers
+class TestJobAcrossARestart:
+    @pytest.mark.timeout(300)
+    def test_a_job_loses_nothing_across_a_broker_restart(self, restartable: Restartable,
+                                                         tmp_path: Path) -> None:
+        """A job mid-way, the broker SIGKILLed and started again: the job goes on by itself,
+        or stops with exit 3 and the command that resumes it; resumed, every item is in the
+        output exactly once and in order."""
+        app = create_app(Settings.from_env(restartable.env))
+        worker = WorkerProcess(node_name("jr1"), {**restartable.env, "HOST_WEAR_INJECT": "slow=0.3"},
+                               concurrency=2, log_path=tmp_path / "jr1.log")
+        rows = GROUND_TRUTH.read_text(encoding="utf-8").splitlines()
+        src, out = tmp_path / "8k.tsv", tmp_path / "out.jsonl"
+        src.write_text("".join(f"{i}\t0\t{rows[i % len(rows)].split(chr(9), 2)[2]}\n"
+                               for i in range(8000)))
+        try:
+            worker.start().wait_ready(app, timeout=60)
+            job = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "job", "run",
+                                    str(src), "--out", str(out), "--chunk-cpu", "0.05"],
+                                   env=restartable.env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+            wait_until(lambda: out.exists() and out.stat().st_size > 0, 60, "the first chunks")
+            restartable.restart()
+            _, err = job.communicate(timeout=240)
+            if job.returncode == 3:  # the store went down with the broker: resumed by hand
+                assert "job resume" in err and "Traceback" not in err, err[-2000:]
+                job_id = err.split("job ", 1)[1].split()[0]
+                resumed = subprocess.run([sys.executable, "-m", "celery", "-A", "host", "job",
+                                          "resume", job_id], env=restartable.env, cwd=REPO,
+                                         capture_output=True, text=True, timeout=240, check=False)
+                assert resumed.returncode == 0, resumed.stderr[-2000:]
+            else:
+                assert job.returncode == 0, err[-2000:]
+            records = read_jsonl(out)
+            assert [r["ref"] for r in records] == [f"{src}:{i}" for i in range(1, 8001)]
+            assert all(r["status"] == "analysed" for r in records)
+        finally:
+            worker.stop()
 
 
 @on_both_brokers
