@@ -35,17 +35,17 @@ def make_app(profile: str, broker_url: str, backend_url: str = "") -> Celery:
     if profile == "events":
         app.conf.worker_send_task_events = True
 
-    @app.task(name="plain.analyse")
+    @app.task(name="plain.analyse", shared=False)
     def analyse(text: str) -> dict[str, Any]:
         return dict(_analyzer.polarity_scores(text))
 
-    @app.task(name="plain.analyse_stamped", bind=True)
+    @app.task(name="plain.analyse_stamped", bind=True, shared=False)
     def analyse_stamped(self: Any, text: str) -> dict[str, Any]:
         started = time.time()
         return {**_analyzer.polarity_scores(text), "worker": self.request.hostname,
                 "started_at": started}
 
-    @app.task(name="plain.analyse_batch")
+    @app.task(name="plain.analyse_batch", shared=False)
     def analyse_batch(texts: list[str]) -> list[dict[str, Any]]:
         return [dict(_analyzer.polarity_scores(t)) for t in texts]
 

@@ -115,14 +115,21 @@ def status(ctx: click.Context, job_id: str | None, as_json: bool) -> None:
 
 @job.command()
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the job's new state as JSON.")
 @click.pass_context
-def cancel(ctx: click.Context, job_id: str) -> None:
+def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """Stop a job: workers skip its chunks, its producer stops; the output keeps what is written."""
     app = host_app(ctx)
     store = _store(app)
-    _meta(store, job_id)
+    meta = _meta(store, job_id)
+    if meta["state"] == "done":
+        raise click.ClickException(f"job {job_id} is done: nothing to cancel")
     store.cancel(job_id)
-    click.echo(f"job {job_id} cancelled", err=True)
+    if as_json:
+        click.echo(json.dumps({"job": job_id, "state": "cancelled",
+                               "items_written": meta["items_written"]}))
+    else:
+        click.echo(f"job {job_id} cancelled after {meta['items_written']} items", err=True)
 
 
 def _ready(ctx: click.Context) -> HostCelery:

@@ -3,6 +3,7 @@ SIGKILLed and one drained mid-job, and a producer killed and resumed."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -166,3 +167,57 @@ class TestJob:
         # 200 single items, reached by halving: every split chunk was sent again, none whole
         assert summary["failed"] == 200 and 200 <= summary["resent"] < 400, summary
         assert job.returncode == 1  # as ingest: 0 only when every item has a result
+
+    def test_a_job_with_nobody_to_run_it_waits_and_says_so(
+            self, host_env: dict[str, str], tmp_path: Path,
+            redis_client: redis.Redis) -> None:  # (an empty store: no older job)
+        """No worker in rotation: the job does not fail, it waits, and `job status` says why."""
+        store = JobStore(redis.Redis.from_url(host_env["HOST_BROKER_URL"], decode_responses=True))
+        src, out = tmp_path / "300.tsv", tmp_path / "out.jsonl"
+        repeated_truth(src, 300)
+        job = start_job(src, out, host_env)
+        try:
+            job_id = job_id_of(store)
+
+            def waiting() -> str:
+                proc = celery("job", "status", job_id, "--json", env=host_env)
+                return str(json.loads(proc.stdout)["waiting"]) if proc.returncode == 0 else ""
+
+            assert "no worker in rotation" in wait_until(waiting, 30, "the job to say it waits")
+            assert job.poll() is None and written(store, job_id) == 0
+            proc = celery("job", "cancel", job_id, "--json", env=host_env)
+            assert proc.returncode == 0 and json.loads(proc.stdout)["state"] == "cancelled"
+            assert job.wait(30) == 1
+        finally:
+            if job.poll() is None:
+                job.kill()
+
+    def test_a_worn_fleet_slows_the_job_down(
+            self, start_worker: WorkerFactory, start_checker: CheckerFactory,
+            host_env: dict[str, str], tmp_path: Path, redis_client: redis.Redis) -> None:
+        """A worker at 90 % of its CPU soft limit (injected): one chunk in flight, and the job
+        says it paces itself; it still finishes, every item once."""
+        health = RedisHealthStore(redis_client)
+        store = JobStore(redis.Redis.from_url(host_env["HOST_BROKER_URL"], decode_responses=True))
+        worker = start_worker("jw1", concurrency=2, env={"HOST_WEAR_INJECT": "cpu=76.5,slow=0.2"})
+        start_checker("--tick", "0.1")
+        wait_until(lambda: health.reports().get(worker.name), 30, "the worker's first report")
+        src, out = tmp_path / "3k.tsv", tmp_path / "out.jsonl"
+        texts = repeated_truth(src, 3_000)
+        job = start_job(src, out, host_env, "--parallel", "4")
+        job_id = job_id_of(store)
+        said = wait_until(lambda: (store.get(job_id) or {}).get("waiting"), 30, "pacing")
+        assert "pacing to 1" in said, said
+        _, stderr = job.communicate(timeout=180)
+        assert job.returncode == 0, stderr[-2000:]
+        records = assert_exactly_once_and_vader(out, src, texts)
+        # one chunk at a time although two pool processes and --parallel 4 would allow more
+        spans: dict[str, list[float]] = {}
+        for r in records:
+            span = spans.setdefault(str(r["task_id"]), [float("inf"), 0.0])
+            span[0] = min(span[0], float(str(r["started_at"])))
+            span[1] = max(span[1], float(str(r["finished_at"])))
+        ordered = sorted(spans.values())
+        assert len(ordered) >= 3
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered)), ordered
+        assert health.get(worker.name).state.value == "HEALTHY"  # type: ignore[union-attr]
