@@ -105,6 +105,9 @@ class TestJob:
         late = {r["worker"] for r in records if float(str(r["started_at"])) > drained_at + 1}
         assert late == {survivor.name}, late  # the job finished on the remaining worker
         costs = store.costs(job_id)
+        print(f"drain --wait {drain_s:.2f} s; {len(costs)} chunks, CPU max "
+              f"{max(c['cpu_s'] for c in costs):.3f} s (budget {BUDGET_S}); job "
+              f"{summary['elapsed_s']} s, resent {summary['resent']}")
         assert len(costs) >= 20
         over = [c for c in costs[5:] if c["cpu_s"] > 1.5 * BUDGET_S]
         assert over == [], over
