@@ -163,3 +163,32 @@ class TestAtomicTake:
         assert receive(conn) == ["after"]
         assert seen and seen[0][0] == "take-test"
         assert redis_client.hlen("unacked") == 0
+
+
+class TestChannelGone:
+    def test_settling_a_message_on_a_channel_whose_connection_is_gone(
+            self, conn: Connection, redis_server: RedisServer,
+            redis_client: redis.Redis) -> None:
+        """A broker restart closes the channel (its connection and pool gone) while a task
+        still runs. Stock kombu then raised AttributeError on the ack and on restoring at
+        exit, which stopped a worker; host's transport forgets the message in memory only,
+        and the visibility sweep hands it out again: nothing lost, nothing raised."""
+        publish(conn, "tweet-gone")
+        held: list[Any] = []
+        with conn.Consumer([QUEUE], callbacks=[lambda body, message: held.append(message)]):
+            deadline = time.monotonic() + 5
+            while not held and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.5)
+            assert len(held) == 1
+            channel: Any = held[0].channel
+            channel._pool = None  # what a lost connection leaves: no pool, no connection
+            conn.transport.close_channel(channel)
+            held[0].ack()
+            channel.qos.restore_unacked_once()
+        conn._default_channel = None  # type: ignore[attr-defined]  # closed above: not again
+        assert redis_client.hlen("unacked") == 1  # still recorded: the sweep will restore it
+        with Connection(redis_server.url, transport="broker_config.transport:Transport",
+                        transport_options={"visibility_timeout": 1,
+                                           "unacked_restore_interval": 0.2}) as again:
+            assert receive(again, timeout=10) == ["tweet-gone"]
