@@ -225,18 +225,12 @@ def write_line(out: IO[str], record: dict[str, Any], strict: bool = False) -> No
     UTF-8), so the line is encoded once, by the stream, which refuses the whole line before
     writing any of it; checking every line beforehand doubled its cost. Other streams
     (standard output with ``surrogateescape``, a StringIO) are checked first."""
-    try:
-        line = json.dumps(record, ensure_ascii=False, allow_nan=False)
-        if not strict:
-            line.encode("utf-8")
-            out.write(line + "\n")
-            return
-    except ValueError:  # NaN/Infinity, or UnicodeEncodeError (a ValueError too)
-        out.write(json.dumps(_finite(record), ensure_ascii=True, allow_nan=False) + "\n")
+    if not strict:
+        out.write(line_of(record))
         return
     try:
-        out.write(line + "\n")
-    except UnicodeEncodeError:
+        out.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+    except ValueError:  # NaN/Infinity, or UnicodeEncodeError (a ValueError too)
         out.write(json.dumps(_finite(record), ensure_ascii=True, allow_nan=False) + "\n")
 
 

@@ -30,7 +30,7 @@ from celery.result import denied_join_result
 from celery.utils import uuid as task_uuid
 
 from broker_config import keys
-from cli.feed import BROKEN, line_of
+from cli.feed import BROKEN, POLL_S, line_of
 from cli.results import ResultReader
 from workers.analysis import envelope
 from workers.inbound import Line
@@ -260,6 +260,8 @@ class JobRunner:
         self.next_id = 0
         self.allowed = parallel
         self.waiting = ""
+        #: When a result was last heard of (or the stored ones last read).
+        self.heard = time.monotonic()
 
     def run(self, lines: Iterator[Line], written: int, plan: list[dict[str, Any]]) -> JobReport:
         """Go on from ``written`` items: first the chunks of ``plan`` (a resumed job's), then
@@ -368,9 +370,13 @@ class JobRunner:
         if not self.inflight:
             return
         got = self.results.arrived(0.2)
-        if not got:
-            stale = [t for t, c in self.inflight.items() if time.monotonic() - c.sent_at > 2.0]
-            got = self.results.stored(stale[:500]) if stale else []
+        now = time.monotonic()
+        if got:
+            self.heard = now
+        elif now - self.heard >= POLL_S:
+            # no news for a while: read what is stored (notifications lost in a restart)
+            self.heard = now
+            got = self.results.stored(list(self.inflight))
         for task_id, meta in got:
             self._settle(producer, task_id, meta, report)
         if got:
@@ -421,11 +427,8 @@ class JobRunner:
             report.chunks += 1
             self.store.written(self.job_id, chunk, written, self.out.tell())
             if self.progress:
-                self.progress(written, max(self.total, report.items), report.chunks, self._detail())
+                self.progress(written, max(self.total, report.items), report.chunks, self.waiting)
         return written
-
-    def _detail(self) -> str:
-        return self.waiting
 
 
 def _merge(chunk: Chunk) -> list[dict[str, Any]]:

@@ -49,6 +49,14 @@ def receive(conn: Connection, timeout: float = 5.0, queues: tuple[Queue, ...] = 
     return got
 
 
+def hold(conn: Connection, held: list[Any], timeout: float = 5.0) -> None:
+    """Drain events until a consumer callback has put a message (unacknowledged) in ``held``."""
+    deadline = time.monotonic() + timeout
+    while not held and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=0.5)
+
+
 def take(redis_client: redis.Redis, *queues: str) -> Any:
     """The script exactly as the channel sends it: what Redis does whether or not the reply
     ever reaches the worker."""
@@ -95,10 +103,7 @@ class TestAtomicTake:
         publish(conn, "tweet-3")
         held: list[Any] = []
         with conn.Consumer([QUEUE], callbacks=[lambda body, message: held.append(message)]):
-            deadline = time.monotonic() + 5
-            while not held and time.monotonic() < deadline:
-                with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=0.5)
+            hold(conn, held)
             assert len(held) == 1 and writes == []
             assert redis_client.hlen("unacked") == 1  # recorded by the take alone
             held[0].ack()
@@ -176,10 +181,7 @@ class TestChannelGone:
         publish(conn, "tweet-gone")
         held: list[Any] = []
         with conn.Consumer([QUEUE], callbacks=[lambda body, message: held.append(message)]):
-            deadline = time.monotonic() + 5
-            while not held and time.monotonic() < deadline:
-                with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=0.5)
+            hold(conn, held)
             assert len(held) == 1
             channel: Any = held[0].channel
             channel._pool = None  # what a lost connection leaves: no pool, no connection
