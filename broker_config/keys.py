@@ -18,6 +18,12 @@ REPORTS = PREFIX + "reports"
 OPERATOR_REQUESTS = PREFIX + "operator:requests"
 
 
+def operator_requests(shard: int = 0) -> str:
+    """The list of operators' requests for the workers of one shard (shard 0: the only list of
+    an unsharded fleet)."""
+    return OPERATOR_REQUESTS if shard == 0 else f"{OPERATOR_REQUESTS}:{shard}"
+
+
 def operator_reply(request_id: str) -> str:
     """The list the checker pushes its answer to one operator request onto."""
     return f"{PREFIX}operator:reply:{request_id}"
@@ -38,6 +44,27 @@ LEADER = PREFIX + "checker:leader"
 #: The fencing counter: incremented each time a checker takes the lease. Workers refuse
 #: drain/admit commands signed with an epoch older than this.
 EPOCH = PREFIX + "checker:epoch"
+
+
+def leader(shard: int = 0) -> str:
+    """The lease of one shard's leading checker (shard 0: ``LEADER``, as unsharded)."""
+    return LEADER if shard == 0 else f"{LEADER}:{shard}"
+
+
+def epoch(shard: int = 0) -> str:
+    """The fencing counter of one shard's lease (shard 0: ``EPOCH``, as unsharded)."""
+    return EPOCH if shard == 0 else f"{EPOCH}:{shard}"
+
+
+def guard(shard: int) -> str:
+    """Hash: one shard's guard figures (its size and what it has out, fleet-wide and per
+    queue), written by that shard's leader; every shard's admission reads them all."""
+    return f"{PREFIX}guard:{shard}"
+
+
+def guard_ejections(shard: int) -> str:
+    """Sorted set: one shard's ejections for wear (scored by time), for the fleet-wide rate."""
+    return f"{PREFIX}guard:{shard}:ejections"
 
 
 def nonce(value: str) -> str:

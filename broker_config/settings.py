@@ -58,6 +58,11 @@ class Settings:
     #: Seconds the checker lease lives without renewal: how long a dead leading checker
     #: leaves the fleet unwatched before a standby takes over.
     checker_lease: float = 5.0
+    #: How many shards the fleet is split into, each led by its own checker (and standbys):
+    #: every checker, and the `fleet` commands, must be given the same number.
+    checker_shards: int = 1
+    #: Which shard this checker leads or stands by for (0 .. HOST_CHECKER_SHARDS - 1).
+    checker_shard: int = 0
     wear_interval: float = 1.0
     wear_inject: str = ""
     #: Seconds a message may stay unacknowledged before Redis hands it to another worker. Live
@@ -121,6 +126,10 @@ class Settings:
                 self.task_soft_time_limit,
                 f"must be below HOST_TASK_TIME_LIMIT ({self.task_time_limit})",
             )
+        if not 0 <= self.checker_shard < self.checker_shards:
+            raise ConfigError(env_key("checker_shard"), self.checker_shard,
+                              f"must be between 0 and HOST_CHECKER_SHARDS - 1 "
+                              f"({self.checker_shards - 1})")
         if self.queue_type != "classic" and not self.broker_is_amqp:
             raise ConfigError(env_key("queue_type"), self.queue_type,
                               "quorum queues need a RabbitMQ broker (amqp://)")
@@ -291,6 +300,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "metrics_port": _port,
     "worker_status_port": _port_or_off,
     "checker_lease": _positive,
+    "checker_shards": lambda v: None if 1 <= v <= 1024 else "must be between 1 and 1024",
     "metrics_worker_ttl": _positive,
     "wear_interval": _positive,
     "visibility_timeout": _positive,

@@ -29,6 +29,7 @@ from cli.common import (
 )
 from healthcheck.audit import Kind, parse_all
 from healthcheck.errors import StoreUnavailable
+from healthcheck.policy import shard_of
 from healthcheck.policy.model import CONSUMING
 from healthcheck.store import RedisHealthStore, to_dict
 from workers.inject import Injection
@@ -59,7 +60,10 @@ def fleet() -> None:
 
 def _store(app: HostCelery) -> RedisHealthStore:
     check_broker(app)
-    return RedisHealthStore.from_url(app.host_settings.effective_store_url)
+    settings = app.host_settings
+    # Every shard count is the checkers': a request goes to its worker's shard's checker.
+    return RedisHealthStore.from_url(settings.effective_store_url,
+                                     shards=settings.checker_shards)
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -72,13 +76,16 @@ def status(ctx: click.Context, as_json: bool) -> None:
     app = host_app(ctx)
     store = _store(app)
     try:
-        workers, reports = store.load(), store.reports()
+        workers, reports, leaders = store.load(), store.reports(), store.leaders()
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     rows = [_row(to_dict(w), reports.get(name, {})) for name, w in sorted(workers.items())]
     queues = {q: sum(1 for w in workers.values() if w.consumes(q)) for q in WORK_QUEUES}
+    shards = [{"shard": k, "leader": token,
+               "workers": sum(1 for name in workers if shard_of(name, store.shards) == k)}
+              for k, token in leaders.items()]
     if as_json:
-        click.echo(json.dumps({"workers": rows, "healthy_consumers": queues}))
+        click.echo(json.dumps({"workers": rows, "healthy_consumers": queues, "shards": shards}))
         return
     table = Table(title="host fleet")
     for col in ("worker", "state", "reason", "since", "cpu %", "mem %", "in flight", "consuming"):
@@ -92,6 +99,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     console = Console()
     console.print(table)
     console.print("healthy consumers: " + ", ".join(f"{q} {n}" for q, n in queues.items()))
+    for s in shards:
+        console.print(f"shard {s['shard']}: {s['workers']} workers, "
+                      f"leader {s['leader'] or '[red]none[/red]'}")
 
 
 def checker_now(reports: dict[str, dict[str, Any]]) -> float:

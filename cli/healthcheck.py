@@ -31,6 +31,7 @@ from healthcheck.page import fleet_view
 from healthcheck.probes import CeleryProbeTransport, Prober, known_answers
 from healthcheck.receiver import Ear, RedisEar
 from healthcheck.service import Checker
+from healthcheck.sharding import Shard
 from healthcheck.store import RedisHealthStore
 from healthcheck.webconfig import require_auth
 
@@ -45,9 +46,13 @@ log = get_logger(__name__)
 @click.option("--dry-run", is_flag=True, help="Decide and report, but act on no worker.")
 @click.option("--tick", type=click.FloatRange(min=0.05), default=0.25, show_default=True,
               help="Seconds between the policy's time-based decisions.")
+@click.option("--shards", type=click.IntRange(1, 1024), default=None,
+              help="How many shards the fleet is split into (default HOST_CHECKER_SHARDS).")
+@click.option("--shard", type=click.IntRange(min=0), default=None,
+              help="The shard this checker leads or stands by for (default HOST_CHECKER_SHARD).")
 @click.pass_context
 def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str | None,
-                dry_run: bool, tick: float) -> None:
+                dry_run: bool, tick: float, shards: int | None, shard: int | None) -> None:
     """Run the health checker: drain and quarantine degraded workers, re-admit recovered ones."""
     app = host_app(ctx)
     settings = app.host_settings
@@ -64,8 +69,13 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
         import dataclasses
 
         config = dataclasses.replace(config, enforce=False)
+    shards = settings.checker_shards if shards is None else shards
+    shard = settings.checker_shard if shard is None else shard
+    if shard >= shards:
+        raise click.BadParameter(f"shard {shard} is not one of 0..{shards - 1}",
+                                 param_hint="--shard")
     check_broker(app)
-    store = RedisHealthStore.from_url(settings.effective_store_url)
+    store = RedisHealthStore.from_url(settings.effective_store_url, shard, shards)
     actuator = CeleryActuator(app, secret=settings.control_secret)
     actuator.warm()
     watch = IntakeWatch()
@@ -79,7 +89,8 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
                                      prober=prober, leadership=leadership,
                                      forget_after_s=settings.metrics_worker_ttl,
                                      depths=depths, nonces=store.nonces(), watch=watch,
-                                     act_pool=ThreadPoolExecutor(4, "host-act"))
+                                     act_pool=ThreadPoolExecutor(4, "host-act"),
+                                     shard=Shard(shard, shards, store.budget()))
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     stop = threading.Event()
@@ -92,13 +103,14 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
     handler = http_app(checker.metrics.registry, lambda: _alive(checker),
                        lambda: checker.ready and watch.subscribed and checker.intake_trusted,
                        lambda: fleet_view(checker.fleet, checker.history, store,
-                                          checker.leading(), depths))
+                                          checker.leading(), depths, sharded=shards > 1))
     server, port = serve(require_auth(handler, web.users),
                          settings.metrics_port if metrics_port is None else metrics_port,
                          settings.metrics_address, tls=web.tls)
     log.info("checker_started", metrics_port=port, address=settings.metrics_address,
              tls=web.tls is not None, basic_auth=bool(web.users), dry_run=dry_run, tick_s=tick,
-             policy=policy_path or settings.policy_file or "defaults")
+             policy=policy_path or settings.policy_file or "defaults", shard=shard,
+             shards=shards)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()

@@ -57,6 +57,8 @@ class Actuator(Protocol):
     """Takes workers in and out of rotation, signing each command with the leader's ``epoch``."""
 
     epoch: int
+    #: The shard the leader leads (None: unsharded): named in each command.
+    shard: int | None
 
     def drain(self, worker: str, reason: str) -> Reply:
         """Out of rotation: gate closed, work queues no longer consumed."""
@@ -78,6 +80,9 @@ class CeleryActuator:
         self.timeout = timeout
         self.secret = secret
         self.epoch = 0
+        #: The shard this checker leads (named in every command of a sharded fleet's checker,
+        #: so that the worker checks the epoch of that shard's lease); None: unsharded.
+        self.shard: int | None = None
         # A long-lived connection per thread (commands run on the checker's pool, and a
         # connection is not to be shared): a fresh one costs tens of milliseconds.
         self._local = threading.local()
@@ -105,6 +110,8 @@ class CeleryActuator:
         arguments: dict[str, Any] = {"reason": reason}
         if self.epoch:
             arguments["epoch"] = self.epoch
+        if self.shard is not None:
+            arguments["shard"] = self.shard
         body = control_reply(self.app, command, worker, arguments, self.timeout,
                              connection=self._conn, secret=self.secret)
         return Reply(worker, command, sent, body is not None, body or {})
@@ -116,6 +123,7 @@ class InMemoryActuator:
     def __init__(self, answering: bool = True) -> None:
         self.answering = answering
         self.epoch = 0
+        self.shard: int | None = None
         self.sent: list[tuple[str, str, str]] = []
 
     def drain(self, worker: str, reason: str) -> Reply:

@@ -14,7 +14,6 @@ from healthcheck.lease import Leadership
 from healthcheck.ledger import Ledger
 from healthcheck.metrics import CheckerMetrics
 from healthcheck.policy import Fleet
-from healthcheck.resume import resumed_fleet
 from healthcheck.store import HealthStore
 
 log = get_logger(__name__)
@@ -60,9 +59,13 @@ class Succession:
     prober: Any  # healthcheck.probes.Prober | None
     actuator: Actuator
     metrics: CheckerMetrics
+    sharding: Any  # healthcheck.sharding.Sharding | None (which imports this module)
     clock: Callable[[], float]
 
     def flush(self) -> None:  # the checker's
+        raise NotImplementedError
+
+    def resumed(self, now: float, seed: int | None, recall: bool = True) -> Fleet:  # the checker's
         raise NotImplementedError
 
     def leading(self) -> bool:
@@ -82,7 +85,7 @@ class Succession:
     def take_over(self) -> None:
         """Lead from what the store holds: states as stored, nobody re-drained."""
         assert self.leadership is not None
-        self.fleet = resumed_fleet(self.store, self.fleet.config, self.clock(), None)
+        self.fleet = self.resumed(self.clock(), None)
         self.ledger.clear()
         self.ledger.record(AuditRecord.leader(self.clock(), self.leadership.candidate,
                                               self.leadership.epoch))
@@ -91,6 +94,8 @@ class Succession:
             self.prober.reset()
         self.actuator.epoch = self.leadership.epoch
         self.metrics.leading(True)
+        if self.sharding is not None:
+            self.sharding.after_tick(self.fleet)  # the other shards count this one at once
         log.info("checker_leading", epoch=self.leadership.epoch, workers=len(self.fleet.workers),
                  states={s.value: n for s, n in self.fleet.by_state().items()})
         self.flush()

@@ -47,15 +47,19 @@ class OperatorDesk:
         lead: this checker's fence.
         metrics: counts requests by outcome.
         clock: the checker's wall clock.
+        sharding: this checker's shard (``healthcheck.sharding.Sharding``; None: unsharded):
+            a request about another shard's worker is handed to that shard's checker.
     """
 
     def __init__(self, requests: OperatorRequests, verifier: Verifier, lead: Lead,
-                 metrics: CheckerMetrics, clock: Callable[[], float]) -> None:
+                 metrics: CheckerMetrics, clock: Callable[[], float],
+                 sharding: Any = None) -> None:
         self.requests = requests
         self.verifier = verifier
         self.lead = lead
         self.metrics = metrics
         self.clock = clock
+        self.sharding = sharding
 
     def serve(self, fleet: Fleet, apply: Callable[[Decision], None]) -> None:
         """Apply the waiting requests to ``fleet`` (``apply`` stores and enforces a decision).
@@ -71,12 +75,28 @@ class OperatorDesk:
             log.error("operator_requests_unavailable", error=str(exc))
             return
         for request in waiting:
+            if self._forwarded(request):
+                continue
             answer = self.answer(request, fleet, apply)
             request_id = str(request.get("id", ""))
             try:
                 self.requests.reply(request_id, answer)
             except HealthcheckError as exc:
                 log.error("operator_reply_failed", request=request_id, error=str(exc))
+
+    def _forwarded(self, request: Mapping[str, Any]) -> bool:
+        """Hand a request about another shard's worker to that shard (a `fleet` command run
+        with another shard count than the checkers'); True when it was."""
+        if self.sharding is None or self.sharding.mine(str(request.get("worker"))):
+            return False
+        shard = self.sharding.shard_of(str(request.get("worker")))
+        try:
+            self.requests.forward(request, shard)
+        except HealthcheckError as exc:
+            log.error("operator_forward_failed", request=request.get("id"), error=str(exc))
+            return False
+        log.info("operator_request_forwarded", worker=request.get("worker"), shard=shard)
+        return True
 
     def answer(self, request: Mapping[str, Any], fleet: Fleet,
                apply: Callable[[Decision], None]) -> dict[str, Any]:

@@ -7,8 +7,9 @@ is set as text, never as markup, since worker names and reasons come off the net
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
@@ -53,9 +54,15 @@ class WearHistory:
 
 def fleet_view(fleet: Fleet, history: WearHistory, store: StateStore, leading: bool,
                depths: Callable[[], Mapping[str, int]] | None = None,
-               clock: Callable[[], float] = time.time, transitions: int = 20) -> dict[str, Any]:
-    """What the page shows, as JSON-ready data."""
-    workers = sorted(fleet.workers.values(), key=lambda w: w.name)
+               clock: Callable[[], float] = time.time, transitions: int = 20,
+               sharded: bool = False) -> dict[str, Any]:
+    """What the page shows, as JSON-ready data. ``sharded``: this checker watches one shard;
+    the other shards' workers are shown as their leaders last stored them."""
+    known = dict(fleet.workers)
+    if sharded:
+        with contextlib.suppress(HealthcheckError):  # the store's absence shows as store_ok
+            known = {**store.load(), **known}
+    workers = sorted(known.values(), key=lambda w: w.name)
     try:
         recent = [r for r in parse_all(store.history(limit=200)) if r.kind is Kind.TRANSITION]
         recent = recent[-transitions:][::-1]
@@ -68,8 +75,8 @@ def fleet_view(fleet: Fleet, history: WearHistory, store: StateStore, leading: b
         "leading": leading,
         "store_ok": store_ok,
         "guard_engaged": fleet.guard_engaged,
-        "states": {s.value: n for s, n in fleet.by_state().items()},
-        "queues": [{"queue": q, "healthy_consumers": fleet.healthy_consumers(q),
+        "states": dict(Counter(w.state.value for w in workers)),
+        "queues": [{"queue": q, "healthy_consumers": sum(w.consumes(q) for w in workers),
                     "messages": queue_depths.get(q)} for q in WORK_QUEUES],
         "workers": [{"name": w.name, "state": w.state.value, "reason": w.reason,
                      "cause": w.cause.value, "held": w.held or None, "since": w.since,

@@ -33,9 +33,18 @@ from healthcheck.ledger import Ledger
 from healthcheck.metrics import CheckerMetrics
 from healthcheck.operators import OperatorDesk
 from healthcheck.page import WearHistory
-from healthcheck.policy import Decision, Fleet, Heartbeat, PolicyConfig, Reading, WearReport
+from healthcheck.policy import (
+    Decision,
+    Fleet,
+    Heartbeat,
+    PolicyConfig,
+    Reading,
+    WearReport,
+    shard_of,
+)
 from healthcheck.probes import Prober
 from healthcheck.resume import resumed_fleet
+from healthcheck.sharding import Shard, Sharding
 from healthcheck.store import HealthStore
 
 log = get_logger(__name__)
@@ -69,7 +78,7 @@ class Checker(Succession):
                  leadership: Leadership | None = None, forget_after_s: float = 3600.0,
                  depths: Callable[[], Mapping[str, int]] | None = None,
                  nonces: NonceMemory | None = None, watch: IntakeWatch | None = None,
-                 act_pool: Executor | None = None) -> None:
+                 act_pool: Executor | None = None, shard: Shard | None = None) -> None:
         self.fleet = fleet
         self.store = store
         self.actuator = actuator
@@ -82,12 +91,18 @@ class Checker(Succession):
                                                  inflight=lambda: self.intake.inflight)
         self.leadership = leadership
         self.standing = Lead(leadership)
+        self.sharding: Sharding | None = None
+        if shard is not None and shard.count > 1:
+            self.sharding = Sharding(shard.index, shard.count, shard.budget, self.standing,
+                                     settle_s=2 * tick_s)
+            self.sharding.attach(fleet)
+            actuator.shard = shard.index
         self.ledger = Ledger(store)
         self.enforcer = Enforcer(store, actuator, self.standing, self.ledger, self.flush,
                                  self.metrics, clock, reconcile_s, act_pool)
         self.operators = OperatorDesk(store, Verifier(secret, clock, previous=previous_secret,
                                                       nonces=nonces),
-                                      self.standing, self.metrics, clock)
+                                      self.standing, self.metrics, clock, self.sharding)
         self.prober = prober
         self.watch = watch
         self.hearing = Hearing(watch)
@@ -107,8 +122,13 @@ class Checker(Succession):
     def from_store(cls, store: HealthStore, actuator: Actuator, config: PolicyConfig,
                    clock: Callable[[], float] = time.time, seed: int | None = None,
                    **kwargs: Any) -> Checker:
-        """A checker that resumes from the stored states (nobody is re-drained)."""
-        fleet = resumed_fleet(store, config, clock(), seed)
+        """A checker that resumes from the stored states (nobody is re-drained); with a
+        ``shard``, that shard's workers only."""
+        shard: Shard | None = kwargs.get("shard")
+        keep = None
+        if shard is not None and shard.count > 1:
+            keep = lambda name: shard_of(name, shard.count) == shard.index  # noqa: E731
+        fleet = resumed_fleet(store, config, clock(), seed, keep=keep)
         checker = cls(fleet, store, actuator, clock=clock, **kwargs)
         log.info("checker_resumed", workers=len(fleet.workers),
                  states={s.value: n for s, n in fleet.by_state().items()})
@@ -194,6 +214,8 @@ class Checker(Succession):
             self._handle(event, at)
 
     def _handle(self, event: Mapping[str, Any], at: float) -> None:
+        if self.sharding is not None and not self.sharding.mine(str(event.get("hostname"))):
+            return  # another shard's worker
         report = WearEvent.parse(event) if event.get("type") == WEAR_EVENT else None
         obs: WearReport | Heartbeat | None
         if report is not None:
@@ -235,6 +257,8 @@ class Checker(Succession):
             sweep = now - self._swept >= SWEEP_EVERY_S
             if sweep:
                 self._swept = now
+            if self.sharding is not None:
+                self.sharding.before_tick(self.fleet, now)
             self.apply(self.fleet.tick(now, sweep=sweep))
         if self.prober is not None:
             send = now - self._probes_sent >= 1.0  # sending looks at the whole fleet
@@ -245,6 +269,8 @@ class Checker(Succession):
                 self.apply(self.fleet.observe(result))
         self.operators.serve(self.fleet, self.apply)
         self.flush()
+        if self.sharding is not None:
+            self.sharding.after_tick(self.fleet)
 
     def prune(self, now: float, every_s: float = 10.0) -> None:
         """Stop exporting workers that left long ago (bounded label cardinality)."""
@@ -263,11 +289,17 @@ class Checker(Succession):
             return
         self._refreshed = now
         try:
-            self.fleet = resumed_fleet(self.store, self.fleet.config, now, self.fleet.seed,
-                                       recall=False)
+            self.fleet = self.resumed(now, self.fleet.seed, recall=False)
         except HealthcheckError as exc:
             log.warning("store_read_failed", error=str(exc))
         self.ledger.reports.clear()
+
+    def resumed(self, now: float, seed: int | None, recall: bool = True) -> Fleet:
+        """This checker's fleet (its shard's) rebuilt from the store."""
+        sharding = self.sharding
+        fleet = resumed_fleet(self.store, self.fleet.config, now, seed, recall,
+                              sharding.mine if sharding else None)
+        return sharding.attach(fleet) if sharding else fleet
 
     # --- deciding ------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ the policy (``Fleet.observe`` and ``Fleet.tick``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -24,12 +25,24 @@ from dataclasses import asdict, dataclass, field
 
 from broker_config.policy_file import load_policy
 from broker_config.settings import ConfigError
-from healthcheck.policy import Fleet, HealthPolicy, PolicyConfig, ProbeResult, Reading, State
+from healthcheck.policy import (
+    Fleet,
+    HealthPolicy,
+    PolicyConfig,
+    ProbeResult,
+    Reading,
+    State,
+    shard_of,
+)
+from healthcheck.policy.config import Guard
 from healthcheck.policy.model import OUT_OF_ROTATION, WearReport
+from healthcheck.store.memory import InMemoryGuardBudgets, ShardBudget
 
 PROBE_EVERY = 10
 SMOOTHING = 0.3  # EWMA weight of the newest sample, as the wear reporter uses
 PEAK_WINDOW = 10
+#: How long a shard's proposed ejection waits for the other shards' figures (two ticks).
+SETTLE_S = 0.5
 
 #: (t, rng) -> (cpu %, memory %, failure probability, wrong answers?)
 Model = Callable[[float, random.Random], tuple[float, float, float, bool]]
@@ -201,33 +214,72 @@ class Result:
     observations: int
     policy_seconds: float
     observations_per_s: float
+    shards: int = 1
+    #: Seconds at whose end more workers were out of rotation than the guard's bound.
+    over_bound_s: int = 0
+
+
+class _Admission:
+    """One shard's ``policy.shards.Budget`` over the shared in-memory budget."""
+
+    def __init__(self, budget: ShardBudget, guard: Guard) -> None:
+        self.budget, self.guard = budget, guard
+
+    def admit(self, worker: str, queues: tuple[str, ...], now: float,
+              relapse: bool) -> str | None:
+        return self.budget.admit(worker, queues, now, relapse, self.guard)
 
 
 def run(scenario: Scenario, n: int, seconds: int, seed: int = 0,
-        config: PolicyConfig | None = None) -> Result:
-    """Drive the real policy through one scenario; return its figures."""
+        config: PolicyConfig | None = None, shards: int = 1) -> Result:
+    """Drive the real policy through one scenario; return its figures. With ``shards``, the
+    fleet is split as checkers split it (``shard_of``), each shard a ``Fleet`` of its own that
+    sees the others' figures before its tick and has every ejection admitted by one shared
+    budget, as the store's; the figures are the whole fleet's."""
     rng = random.Random(seed)
     workers = scenario.build(n, rng)
-    fleet = Fleet(HealthPolicy(config or PolicyConfig()), seed=seed)
+    config = config or PolicyConfig()
+    budgets = InMemoryGuardBudgets(shards)
+    fleets = [Fleet(HealthPolicy(config), seed=seed + k,
+                    budget=_Admission(budgets.for_shard(k), config.guard) if shards > 1 else None,
+                    settle_s=SETTLE_S if shards > 1 else 0.0)
+              for k in range(shards)]
+    views = [budgets.for_shard(k) for k in range(shards)]
+    owner = {v.name: fleets[shard_of(v.name, shards)] for v in workers}
+    bound = fleets[0].bound(n)
     first_ejection: dict[str, float] = {}
-    false_ejections = transitions = observations = engaged_s = 0
+    false_ejections = transitions = observations = engaged_s = over_bound_s = 0
     max_out = 0.0
     spent = 0.0
     truth = {w.name: w for w in workers}
     for t in range(seconds):
-        batch: list[WearReport | ProbeResult] = []
+        batches: dict[int, list[WearReport | ProbeResult]] = {id(f): [] for f in fleets}
         for i, v in enumerate(workers):
+            fleet = owner[v.name]
             state = fleet.workers[v.name].state if v.name in fleet.workers else State.HEALTHY
             # A drained worker finishes its in-flight task within the next report.
             report, wrong = v.report(float(t), rng, 1 if state is State.HEALTHY else 0)
+            batch = batches[id(fleet)]
             batch.append(report)
             if (t + i) % PROBE_EVERY == 0:
                 batch.append(ProbeResult(v.name, t + 0.5, "wrong" if wrong else "ok"))
+        decisions = []
         start = time.perf_counter()
-        decisions = [fleet.observe(obs) for obs in batch]
-        decisions.append(fleet.tick(t + 0.9))
+        # Each shard takes its reports and publishes what it sees (checkers tick four times
+        # a second, reports come once); then each reads the others and decides.
+        for fleet, view in zip(fleets, views, strict=True):
+            batch = batches[id(fleet)]
+            decisions += [fleet.observe(obs) for obs in batch]
+            observations += len(batch)
+            if shards > 1:
+                view.publish(fleet.own_figures())
+        for fleet, view in zip(fleets, views, strict=True):
+            if shards > 1:
+                fleet.peers = view.peers(t + 0.9, config.guard.window_s)
+            decisions.append(fleet.tick(t + 0.9))
+            if shards > 1:
+                view.publish(fleet.own_figures())
         spent += time.perf_counter() - start
-        observations += len(batch)
         for d in decisions:
             for tr in d.transitions:
                 transitions += 1
@@ -237,11 +289,13 @@ def run(scenario: Scenario, n: int, seconds: int, seed: int = 0,
                     if v.onset is None or tr.at < v.onset:
                         false_ejections += 1
                     first_ejection.setdefault(tr.worker, tr.at)
-        out = sum(c for s, c in fleet.by_state().items() if s in OUT_OF_ROTATION)
+        out = sum(c for f in fleets for s, c in f.by_state().items() if s in OUT_OF_ROTATION)
         max_out = max(max_out, out / n)
-        engaged_s += fleet.guard_engaged
-    return _result(scenario, n, seconds, workers, first_ejection, false_ejections, max_out,
-                   engaged_s, transitions, observations, spent)
+        over_bound_s += out > bound
+        engaged_s += any(f.guard_engaged for f in fleets)
+    result = _result(scenario, n, seconds, workers, first_ejection, false_ejections, max_out,
+                     engaged_s, transitions, observations, spent)
+    return dataclasses.replace(result, shards=shards, over_bound_s=over_bound_s)
 
 
 def _result(scenario: Scenario, n: int, seconds: int, workers: list[Virtual],
@@ -277,17 +331,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default="all", choices=["all", *SCENARIOS])
     parser.add_argument("--seconds", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shards", type=int, default=1,
+                        help="split the fleet as that many checkers would (one shared budget)")
     parser.add_argument("--policy", help="a policy file (TOML); default: the built-in defaults")
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
     args = parser.parse_args(argv)
-    if args.workers < 1 or args.seconds < 1:
-        parser.error("--workers and --seconds must be positive")
+    if args.workers < 1 or args.seconds < 1 or args.shards < 1:
+        parser.error("--workers, --seconds and --shards must be positive")
     try:
         config = load_policy(args.policy)
     except ConfigError as exc:
         parser.error(str(exc))
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
-    results = [run(SCENARIOS[name], args.workers, args.seconds, args.seed, config)
+    results = [run(SCENARIOS[name], args.workers, args.seconds, args.seed, config, args.shards)
                for name in names]
     if args.json:
         for r in results:
@@ -302,14 +358,16 @@ def print_table(results: list[Result]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"fleet simulator: {results[0].workers} workers, {results[0].seconds} s")
+    shards = f" over {results[0].shards} shards" if results[0].shards > 1 else ""
+    table = Table(title=f"fleet simulator: {results[0].workers} workers{shards}, "
+                        f"{results[0].seconds} s")
     for col in ("scenario", "degraded", "detected", "delay p50 s", "delay p99 s", "false ej.",
-                "missed", "max out", "guard s", "obs/s"):
+                "missed", "max out", "over bound s", "guard s", "obs/s"):
         table.add_column(col, justify="left" if col == "scenario" else "right")
     for r in results:
         table.add_row(r.scenario, str(r.degraded), str(r.detected), _fmt(r.detection_p50_s),
                       _fmt(r.detection_p99_s), str(r.false_ejections), str(r.missed_degradations),
-                      f"{r.max_out_fraction:.1%}", str(r.guard_engaged_s),
+                      f"{r.max_out_fraction:.1%}", str(r.over_bound_s), str(r.guard_engaged_s),
                       f"{r.observations_per_s:,}")
     Console(width=150).print(table)
 

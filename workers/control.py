@@ -121,13 +121,19 @@ def host_inject(state: Any, spec: str = "", **signed: Any) -> dict[str, Any]:
     return {"ok": injection.spec()}
 
 
-def _fenced(state: Any, command: str, epoch: int | None) -> dict[str, Any] | None:
-    """None if ``epoch`` is the checker lease's current one (or newer); else the error reply.
+def _fenced(state: Any, command: str, epoch: int | None,
+            signed: dict[str, Any]) -> dict[str, Any] | None:
+    """None if ``epoch`` is the current one of the lease of the shard the command names (or
+    newer); else the error reply.
 
     A checker that lost its lease (paused past its TTL, say) may still send what it decided
-    before; the store's epoch has moved on by then, so the command is refused here.
+    before; the store's epoch has moved on by then, so the command is refused here. The shard
+    is part of what was signed.
     """
-    current = RUNTIME.gate_keys.epoch() if RUNTIME.gate_keys is not None else None
+    shard = signed.get("shard", 0)
+    if not isinstance(shard, int) or isinstance(shard, bool) or shard < 0:
+        return {"error": f"refused: bad shard {shard!r}"}
+    current = RUNTIME.gate_keys.epoch(shard) if RUNTIME.gate_keys is not None else None
     if epoch is None or current is None or epoch >= current:
         return None
     RUNTIME.refused[(command, "stale_leader")] += 1
@@ -149,7 +155,7 @@ def host_drain(state: Any, reason: str = "drain", epoch: int | None = None,
     """
     received = time.time()
     refused = (_authentic(state, "host_drain", _arguments(reason, epoch, signed))
-               or _fenced(state, "host_drain", epoch))
+               or _fenced(state, "host_drain", epoch, signed))
     if refused:
         return refused
     status = gate.take_out(state.consumer, reason)
@@ -164,7 +170,7 @@ def host_admit(state: Any, reason: str = "admit", epoch: int | None = None,
                **signed: Any) -> dict[str, Any]:
     """Put this worker back in rotation: consume its work queues again, then open the gate."""
     refused = (_authentic(state, "host_admit", _arguments(reason, epoch, signed))
-               or _fenced(state, "host_admit", epoch))
+               or _fenced(state, "host_admit", epoch, signed))
     if refused:
         return refused
     status = gate.put_back(state.consumer, reason)

@@ -26,8 +26,9 @@ class GateKeyReader(Protocol):
     def reason(self, worker: str) -> str | None:
         """Why the checker holds ``worker`` out (None: it does not, or the store is away)."""
 
-    def epoch(self) -> int | None:
-        """The checker lease's current fencing epoch (None when the store cannot tell)."""
+    def epoch(self, shard: int = 0) -> int | None:
+        """The current fencing epoch of a shard's checker lease (None when the store cannot
+        tell)."""
 
     def nonces(self) -> NonceMemory | None:
         """The fleet-wide memory of used control nonces (None: this process's own)."""
@@ -73,9 +74,9 @@ class RedisGateKeys:
         value = self._get(self._client.get, keys.gate(worker))
         return value.decode() if value else None
 
-    def epoch(self) -> int | None:
+    def epoch(self, shard: int = 0) -> int | None:
         try:
-            value = self._client.get(keys.EPOCH)
+            value = self._client.get(keys.epoch(shard))
         except (redis.ConnectionError, redis.TimeoutError):
             return None
         return int(value) if value else 0
@@ -96,6 +97,7 @@ class InMemoryGateKeys:
     def __init__(self, gates: dict[str, str] | None = None, epoch: int = 0) -> None:
         self.gates = gates if gates is not None else {}
         self.current_epoch = epoch
+        self.shard_epochs: dict[int, int] = {}
         self.down = False
 
     def closed(self, worker: str) -> bool:
@@ -104,8 +106,10 @@ class InMemoryGateKeys:
     def reason(self, worker: str) -> str | None:
         return None if self.down else self.gates.get(worker)
 
-    def epoch(self) -> int | None:
-        return None if self.down else self.current_epoch
+    def epoch(self, shard: int = 0) -> int | None:
+        if self.down:
+            return None
+        return self.shard_epochs.get(shard, 0) if shard else self.current_epoch
 
     def nonces(self) -> NonceMemory | None:
         return None

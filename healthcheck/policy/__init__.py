@@ -16,9 +16,11 @@ from healthcheck.policy.model import (
     WearReport,
     WorkerHealth,
 )
+from healthcheck.policy.shards import Budget, Peers, shard_of
 
 __all__ = [
-    "Cause", "Code", "Decision", "Fleet", "GuardFigures", "HealthPolicy", "Heartbeat", "PolicyConfig",
+    "Budget", "Cause", "Code", "Decision", "Fleet", "GuardFigures", "HealthPolicy", "Heartbeat",
+    "Peers", "PolicyConfig",
     "ProbeResult", "Reading", "State", "Step", "Threshold", "Transition", "WearReport",
-    "WorkerHealth",
+    "WorkerHealth", "shard_of",
 ]

@@ -25,7 +25,6 @@ Guard rules (PRODUCT.md §7):
 
 from __future__ import annotations
 
-import math
 import random
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
@@ -42,6 +41,7 @@ from healthcheck.policy.model import (
     WearReport,
     WorkerHealth,
 )
+from healthcheck.policy.shards import Budget, Peers, ShardFigures, bound, rate_limit, refusal
 
 #: Causes whose ejections count against the guard's budget (operators' do not).
 AUTOMATIC = frozenset({Cause.WEAR, Cause.PROBE, Cause.SELF})
@@ -96,11 +96,22 @@ class Fleet:
     Args:
         policy: the per-worker policy.
         seed: seeds the jitter, so a run is reproducible.
+        workers: the workers it starts with.
+        budget: one shard of a sharded fleet: the fleet-wide budget every ejection must also
+            be admitted by (None: this fleet is the whole fleet).
     """
 
     policy: HealthPolicy = field(default_factory=HealthPolicy)
     seed: int = 0
     workers: dict[str, WorkerHealth] = field(default_factory=dict)
+    budget: Budget | None = None
+    #: Seconds a proposed ejection waits before it is decided (one shard of several: long
+    #: enough for every shard to have published what it sees of the same moment, so that the
+    #: guard judges a fleet-wide wave as one).
+    settle_s: float = 0.0
+    #: The other shards' figures (set before each tick by whoever runs a shard): the guard's
+    #: bounds count the whole fleet.
+    peers: Peers = field(default_factory=Peers)
     _rng: random.Random = field(init=False, repr=False)
     _auto_out: int = field(init=False, default=0)
     _operator_out: int = field(init=False, default=0)
@@ -113,6 +124,7 @@ class Fleet:
     #: (proposed since the last tick, or held back by the guard).
     _waiting: set[str] = field(init=False, default_factory=set)
     _proposed: dict[str, Proposal] = field(init=False, default_factory=dict)
+    _proposed_at: dict[str, float] = field(init=False, default_factory=dict)
     _recent: deque[float] = field(init=False, default_factory=deque)
     _p95: dict[str, float] = field(init=False, default_factory=dict)
     _fleet_p95: float | None = field(init=False, default=None)
@@ -145,11 +157,13 @@ class Fleet:
             step = self.policy.eject(step.health, step.eject, obs.at)
         elif step.eject is not None:
             self._proposed[obs.worker] = step.eject
+            self._proposed_at.setdefault(obs.worker, obs.at)
             self._waiting.add(obs.worker)
         elif not step.degraded and isinstance(obs, WearReport):
             # Only a clean wear report says the wear is gone: a heartbeat or a passed probe
             # between two hot reports does not.
             self._proposed.pop(obs.worker, None)
+            self._proposed_at.pop(obs.worker, None)
             self._waiting.discard(obs.worker)
         changed: tuple[str, ...] = ()
         if step.health.held and not step.degraded and isinstance(obs, WearReport):
@@ -181,6 +195,7 @@ class Fleet:
                 if step.health.state is State.OFFLINE:
                     self._waiting.discard(w.name)
                     self._proposed.pop(w.name, None)
+                    self._proposed_at.pop(w.name, None)
                 self._put(step.health)
                 done.extend(step.transitions)
 
@@ -203,6 +218,7 @@ class Fleet:
                                     stopping)
         self._waiting.discard(worker)
         self._proposed.pop(worker, None)
+        self._proposed_at.pop(worker, None)
         self._put(step.health)
         return Decision(step.transitions, self.guard_engaged)
 
@@ -215,20 +231,23 @@ class Fleet:
 
     def bound(self, n: int | None = None) -> int:
         """How many workers (of n, default the fleet) automatic action may take out at once."""
-        g = self.config.guard
-        n = len(self.workers) if n is None else n
-        return max(g.min_ejections, math.floor(g.max_ejected_fraction * n))
+        return bound(self.config.guard, len(self.workers) + self.peers.size if n is None else n)
 
     @property
     def guard_engaged(self) -> bool:
         """True while more workers look degraded (out, proposed, held) than the guard lets out."""
-        return self._looking_bad() > self.bound()
+        return self._looking_bad() > self.bound() or self._shard_looks_bad()
 
     def figures(self) -> GuardFigures:
         """The guard's numbers, for metrics and ``fleet status``."""
-        return GuardFigures(len(self.workers), self.bound(), self._auto_out, self._operator_out,
-                            len(self._waiting), len(self._recent),
+        return GuardFigures(len(self.workers) + self.peers.size, self.bound(), self._auto_out,
+                            self._operator_out, len(self._waiting), self._recent_ejections(),
                             self.guard_engaged, sum(1 for w in self.workers.values() if w.held))
+
+    def own_figures(self) -> ShardFigures:
+        """This fleet's own figures, as the other shards' guards count them."""
+        return ShardFigures(len(self.workers), self._budget_out, len(self._waiting),
+                            len(self._recent), +self._queue_size, +self._queue_out)
 
     def healthy_consumers(self, queue: str) -> int:
         """Workers in rotation (HEALTHY, SUSPECT or PROBATION) that really consume ``queue``,
@@ -246,25 +265,41 @@ class Fleet:
 
     def rate_limit(self) -> int:
         """New ejections allowed per window: max(3, floor(5% of the fleet)) by default."""
-        g = self.config.guard
-        return max(g.max_ejections_per_window,
-                   math.floor(g.max_ejection_rate_fraction * len(self.workers)))
+        return rate_limit(self.config.guard, len(self.workers) + self.peers.size)
+
+    def _shard_looks_bad(self) -> bool:
+        """One shard of several: more of its own workers look degraded than its own share of
+        the bound. The other shards' figures arrive a tick late, and a broken metrics pipeline
+        makes every shard's workers look hot at once: each shard must suspect it on its own."""
+        own = self._budget_out + len(self._waiting)
+        return self.peers.size > 0 and own > self.bound(len(self.workers))
 
     def _looking_bad(self) -> int:
-        return self._budget_out + len(self._waiting)
+        return self._budget_out + len(self._waiting) + self.peers.out + self.peers.waiting
+
+    def _recent_ejections(self) -> int:
+        return len(self._recent) + self.peers.recent
 
     def _decide(self, now: float) -> tuple[list[Transition], tuple[str, ...], tuple[str, ...]]:
         g = self.config.guard
         while self._recent and now - self._recent[0] > g.window_s:
             self._recent.popleft()
         proposed, self._proposed = self._proposed, {}
-        suspicious = self._looking_bad() > self.bound()
+        if self.settle_s > 0:
+            self._proposed = {k: p for k, p in proposed.items()
+                              if now - self._proposed_at[k] < self.settle_s}
+            proposed = {k: p for k, p in proposed.items() if k not in self._proposed}
+        for name in proposed:
+            self._proposed_at.pop(name, None)
+        suspicious = self.guard_engaged
         done: list[Transition] = []
         changed: list[str] = []
         held: list[str] = []
         for name, proposal in proposed.items():
             w = self.workers[name]
             why = self._suspecting_inputs() if suspicious else self._refusal(w)
+            if why is None and self.budget is not None:
+                why = self.budget.admit(name, w.queues, now, w.state is State.PROBATION)
             if why is None:
                 self._waiting.discard(name)
                 self._recent.append(now)
@@ -283,16 +318,8 @@ class Fleet:
                 f"bound {self.bound()}")
 
     def _refusal(self, w: WorkerHealth) -> str | None:
-        if self._budget_out + 1 > self.bound():
-            return f"{self._budget_out} out / bound {self.bound()} of {len(self.workers)}"
-        for q in w.queues:
-            q_bound = self.bound(self._queue_size[q])
-            if self._queue_out[q] + 1 > q_bound:
-                return f"queue {q}: {self._queue_out[q]} out / bound {q_bound}"
-        # A relapse in probation is the same worker again, not a new ejection in a storm.
-        if w.state is not State.PROBATION and len(self._recent) >= self.rate_limit():
-            return f"{len(self._recent)} ejections in the last {self.config.guard.window_s:g}s"
-        return None
+        whole = Peers.total([self.own_figures(), self.peers])
+        return refusal(self.config.guard, whole, w.queues, w.state is State.PROBATION)
 
     # --- bookkeeping --------------------------------------------------------------------
 

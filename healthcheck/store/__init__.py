@@ -4,9 +4,17 @@
 """
 
 from healthcheck.store.codec import from_dict, to_dict
-from healthcheck.store.memory import InMemoryHealthStore
-from healthcheck.store.ports import GateKeys, HealthStore, LeaseStore, OperatorRequests, StateStore
-from healthcheck.store.redis_store import AUDIT_KEEP, RedisHealthStore
+from healthcheck.store.memory import InMemoryGuardBudgets, InMemoryHealthStore
+from healthcheck.store.ports import (
+    GateKeys,
+    GuardBudget,
+    HealthStore,
+    LeaseStore,
+    OperatorRequests,
+    StateStore,
+)
+from healthcheck.store.redis_store import AUDIT_KEEP, RedisGuardBudget, RedisHealthStore
 
-__all__ = ["AUDIT_KEEP", "GateKeys", "HealthStore", "InMemoryHealthStore", "LeaseStore",
-           "OperatorRequests", "RedisHealthStore", "StateStore", "from_dict", "to_dict"]
+__all__ = ["AUDIT_KEEP", "GateKeys", "GuardBudget", "HealthStore", "InMemoryGuardBudgets",
+           "InMemoryHealthStore", "LeaseStore", "OperatorRequests", "RedisGuardBudget",
+           "RedisHealthStore", "StateStore", "from_dict", "to_dict"]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from healthcheck.errors import LeaseLost
-from healthcheck.policy import WorkerHealth
+from healthcheck.policy import Peers, WorkerHealth
+from healthcheck.policy.config import Guard
+from healthcheck.policy.shards import refusal
 from healthcheck.store.codec import UnfencedWrites, from_dict, recorded_at, to_dict
 
 
@@ -30,6 +34,7 @@ class InMemoryHealthStore(UnfencedWrites):
         self.leader: str | None = None
         self.leader_until = 0.0
         self.epochs = 0
+        self.forwarded: list[tuple[int, dict[str, Any]]] = []
         self._answered = threading.Condition()
 
     def load(self) -> dict[str, WorkerHealth]:
@@ -69,6 +74,10 @@ class InMemoryHealthStore(UnfencedWrites):
         with self._answered:
             taken, self.requests = self.requests[:limit], self.requests[limit:]
         return taken
+
+    def forward(self, request: Mapping[str, Any], shard: int) -> None:
+        with self._answered:
+            self.forwarded.append((shard, dict(request)))
 
     def reply(self, request_id: str, answer: Mapping[str, Any]) -> None:
         with self._answered:
@@ -110,3 +119,60 @@ class InMemoryHealthStore(UnfencedWrites):
     def _check(self, fence: str) -> None:
         if fence and self._current() != fence:
             raise LeaseLost(f"lease lost: {fence} no longer leads")
+
+
+class InMemoryGuardBudgets:
+    """Every shard's guard figures and ejections in one process (the simulator, unit tests):
+    ``for_shard(k)`` is shard k's side of it, the same contract as ``RedisGuardBudget``.
+
+    Args:
+        shards: how many shards the fleet has.
+    """
+
+    def __init__(self, shards: int) -> None:
+        self.figures = [Peers() for _ in range(shards)]
+        self.ejections: list[list[float]] = [[] for _ in range(shards)]
+
+    def for_shard(self, shard: int, lease: InMemoryHealthStore | None = None) -> ShardBudget:
+        """Shard ``shard``'s side, fenced by ``lease`` (None: unfenced)."""
+        return ShardBudget(self, shard, lease)
+
+
+class ShardBudget:
+    """One shard's side of ``InMemoryGuardBudgets``."""
+
+    def __init__(self, budgets: InMemoryGuardBudgets, shard: int,
+                 lease: InMemoryHealthStore | None) -> None:
+        self.budgets, self.shard, self.lease = budgets, shard, lease
+
+    def admit(self, worker: str, queues: tuple[str, ...], now: float, relapse: bool,
+              guard: Guard, fence: str = "") -> str | None:
+        self._check(fence)
+        for times in self.budgets.ejections:
+            times[:] = [t for t in times if t >= now - guard.window_s]
+        whole = Peers.total(self.budgets.figures)
+        whole = Peers(whole.size, whole.out, whole.waiting,
+                      sum(map(len, self.budgets.ejections)), whole.queue_size, whole.queue_out)
+        why = refusal(guard, whole, queues, relapse)
+        if why is None:
+            mine = self.budgets.figures[self.shard]
+            self.budgets.figures[self.shard] = Peers(
+                mine.size, mine.out + 1, mine.waiting, mine.recent, mine.queue_size,
+                mine.queue_out + Counter(queues))
+            self.budgets.ejections[self.shard].append(now)
+        return why
+
+    def publish(self, figures: Peers, fence: str = "") -> None:
+        self._check(fence)
+        self.budgets.figures[self.shard] = figures
+
+    def peers(self, now: float, window_s: float) -> Peers:
+        others = [k for k in range(len(self.budgets.figures)) if k != self.shard]
+        return Peers.total(
+            dataclasses.replace(self.budgets.figures[k],
+                                recent=sum(t >= now - window_s for t in self.budgets.ejections[k]))
+            for k in others)
+
+    def _check(self, fence: str) -> None:
+        if self.lease is not None:
+            self.lease._check(fence)

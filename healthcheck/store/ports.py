@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from healthcheck.policy import WorkerHealth
+from healthcheck.policy import Peers, WorkerHealth
+from healthcheck.policy.config import Guard
 
 
 class StateStore(Protocol):
@@ -61,6 +62,9 @@ class OperatorRequests(Protocol):
     def reply(self, request_id: str, answer: Mapping[str, Any]) -> None:
         """Answer one request."""
 
+    def forward(self, request: Mapping[str, Any], shard: int) -> None:
+        """Hand a request taken here to the checker of the worker's shard."""
+
     def ask(self, request: Mapping[str, Any], timeout: float) -> dict[str, Any] | None:
         """Queue a request and wait for its answer (None: none came, and it was taken back)."""
 
@@ -80,6 +84,21 @@ class LeaseStore(Protocol):
 
     def epoch(self) -> int:
         """The fencing epoch: how many times the lease has been taken."""
+
+
+class GuardBudget(Protocol):
+    """The fleet-wide guard budget of a sharded fleet, as one shard uses it."""
+
+    def admit(self, worker: str, queues: tuple[str, ...], now: float, relapse: bool,
+              guard: Guard, fence: str = "") -> str | None:
+        """Count ``worker`` out against every shard's figures at once, if the guard's bounds
+        allow it (``healthcheck.policy.shards.refusal``); None when admitted, else why not."""
+
+    def publish(self, figures: Peers, fence: str = "") -> None:
+        """Replace this shard's figures with its leader's own count."""
+
+    def peers(self, now: float, window_s: float) -> Peers:
+        """The other shards' figures, their ejections counted over the window up to ``now``."""
 
 
 class HealthStore(StateStore, GateKeys, OperatorRequests, LeaseStore, Protocol):

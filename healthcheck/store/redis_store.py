@@ -6,6 +6,7 @@ The scripts live beside this file (``lua/``); each fenced one begins with ``lua/
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import Any
@@ -15,7 +16,8 @@ import redis
 from broker_config import keys
 from broker_config.signing import RedisNonces
 from healthcheck.errors import LeaseLost, StoreUnavailable
-from healthcheck.policy import WorkerHealth
+from healthcheck.policy import Peers, WorkerHealth, shard_of
+from healthcheck.policy.config import Guard
 from healthcheck.store.codec import UnfencedWrites, from_dict, recorded_at, to_dict
 
 #: Audit records kept (Redis trims the stream to about this many).
@@ -39,10 +41,14 @@ class RedisHealthStore(UnfencedWrites):
 
     Args:
         client: a Redis client.
+        shard: the shard whose lease fences this store's writes and whose requests it takes.
+        shards: how many shards the fleet has (an operator's request goes to its worker's).
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, shard: int = 0, shards: int = 1) -> None:
         self._client = client
+        self.shard, self.shards = shard, shards
+        self._leader = keys.leader(shard)
         self._commit = client.register_script(script("commit", fenced=True))
         self._gate = client.register_script(script("gate", fenced=True))
         self._take = client.register_script(script("take_requests", fenced=True))
@@ -50,11 +56,15 @@ class RedisHealthStore(UnfencedWrites):
         self._release = client.register_script(script("release"))
 
     @classmethod
-    def from_url(cls, url: str) -> RedisHealthStore:
+    def from_url(cls, url: str, shard: int = 0, shards: int = 1) -> RedisHealthStore:
         """A store on the Redis at ``url``."""
         # The socket timeout outlasts the longest BLPOP this store makes (operator requests: 5 s).
         return cls(redis.Redis.from_url(url, socket_timeout=15, socket_connect_timeout=5,
-                                        health_check_interval=10))
+                                        health_check_interval=10), shard, shards)
+
+    def budget(self) -> RedisGuardBudget:
+        """The fleet-wide guard budget, as this store's shard uses it."""
+        return RedisGuardBudget(self._client, self.shard, self.shards)
 
     def nonces(self) -> RedisNonces:
         """The fleet-wide memory of used control nonces, on this store's connection."""
@@ -79,7 +89,7 @@ class RedisHealthStore(UnfencedWrites):
             return
         args = [fence, AUDIT_KEEP, len(states) // 2, *states, len(audit), *audit,
                 len(summaries) // 2, *summaries]
-        self._fenced(self._commit, [keys.LEADER, keys.WORKERS, keys.AUDIT, keys.REPORTS], args)
+        self._fenced(self._commit, [self._leader, keys.WORKERS, keys.AUDIT, keys.REPORTS], args)
 
     def history(self, worker: str | None = None, since: float | None = None,
                 limit: int = 1000) -> list[dict[str, Any]]:
@@ -100,15 +110,16 @@ class RedisHealthStore(UnfencedWrites):
     # --- gate keys -------------------------------------------------------------------------
 
     def close_gate(self, worker: str, reason: str, fence: str = "") -> None:
-        self._fenced(self._gate, [keys.LEADER, keys.gate(worker)], [fence, "close", reason])
+        self._fenced(self._gate, [self._leader, keys.gate(worker)], [fence, "close", reason])
 
     def open_gate(self, worker: str, fence: str = "") -> None:
-        self._fenced(self._gate, [keys.LEADER, keys.gate(worker)], [fence, "open", ""])
+        self._fenced(self._gate, [self._leader, keys.gate(worker)], [fence, "open", ""])
 
     # --- operators' requests ---------------------------------------------------------------
 
     def take_requests(self, limit: int = 100, fence: str = "") -> list[dict[str, Any]]:
-        raw = self._fenced(self._take, [keys.LEADER, keys.OPERATOR_REQUESTS], [fence, limit]) or []
+        raw = self._fenced(self._take, [self._leader, keys.operator_requests(self.shard)],
+                           [fence, limit]) or []
         requests = []
         for item in raw:
             try:
@@ -123,14 +134,19 @@ class RedisHealthStore(UnfencedWrites):
         # An unanswered request is taken back, so that a checker starting later does not act
         # on it unasked.
         payload = json.dumps(request, default=str)
-        self._call(self._client.lpush, keys.OPERATOR_REQUESTS, payload)
+        waiting = keys.operator_requests(shard_of(str(request.get("worker", "")), self.shards))
+        self._call(self._client.lpush, waiting, payload)
         got = self._call(self._client.blpop, [keys.operator_reply(str(request["id"]))],
                          timeout=timeout)
         if got is None:
-            self._call(self._client.lrem, keys.OPERATOR_REQUESTS, 1, payload)
+            self._call(self._client.lrem, waiting, 1, payload)
             return None
         answer: dict[str, Any] = json.loads(got[1])
         return answer
+
+    def forward(self, request: Mapping[str, Any], shard: int) -> None:
+        self._call(self._client.lpush, keys.operator_requests(shard),
+                   json.dumps(request, default=str))
 
     def reply(self, request_id: str, answer: Mapping[str, Any]) -> None:
         key = keys.operator_reply(request_id)
@@ -142,15 +158,20 @@ class RedisHealthStore(UnfencedWrites):
     # --- the lease -------------------------------------------------------------------------
 
     def lease(self, candidate: str, ttl_s: float, token: str = "") -> str | None:
-        got = self._call(self._lease, keys=[keys.LEADER, keys.EPOCH],
+        got = self._call(self._lease, keys=[self._leader, keys.epoch(self.shard)],
                          args=[token, candidate, max(1, int(ttl_s * 1000))])
         return got.decode() if got else None
 
     def release(self, token: str) -> None:
-        self._call(self._release, keys=[keys.LEADER], args=[token])
+        self._call(self._release, keys=[self._leader], args=[token])
 
     def epoch(self) -> int:
-        return int(self._call(self._client.get, keys.EPOCH) or 0)
+        return int(self._call(self._client.get, keys.epoch(self.shard)) or 0)
+
+    def leaders(self) -> dict[int, str | None]:
+        """Every shard's leading token (None: nobody leads it now)."""
+        raw = self._call(self._client.mget, [keys.leader(k) for k in range(self.shards)])
+        return {k: v.decode() if v else None for k, v in enumerate(raw)}
 
     def _fenced(self, script_: Any, keys_: list[str], args: list[Any]) -> Any:
         result = self._call(script_, keys=keys_, args=args)
@@ -163,3 +184,80 @@ class RedisHealthStore(UnfencedWrites):
             return fn(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise StoreUnavailable(f"store unavailable: {exc}") from exc
+
+
+class RedisGuardBudget:
+    """The fleet-wide guard budget (``GuardBudget``) on Redis: each shard's figures in a hash
+    its leader writes, its ejections in a sorted set, and one script that admits an ejection
+    against all of them at once (``lua/admit.lua``), fenced by the shard's lease.
+
+    Args:
+        client: a Redis client.
+        shard: this checker's shard.
+        shards: how many shards the fleet has.
+    """
+
+    def __init__(self, client: redis.Redis, shard: int, shards: int) -> None:
+        self._client, self.shard, self.shards = client, shard, shards
+        self._admit = client.register_script(script("admit", fenced=True))
+        self._publish = client.register_script(script("publish", fenced=True))
+        self._figures = [keys.guard(k) for k in range(shards)]
+        self._ejections = [keys.guard_ejections(k) for k in range(shards)]
+
+    def admit(self, worker: str, queues: tuple[str, ...], now: float, relapse: bool,
+              guard: Guard, fence: str = "") -> str | None:
+        args = [fence, self.shards, self.shard, repr(now), f"{guard.window_s:g}",
+                repr(guard.max_ejected_fraction), guard.min_ejections,
+                repr(guard.max_ejection_rate_fraction), guard.max_ejections_per_window,
+                "1" if relapse else "0", f"{worker}:{now!r}", *queues]
+        got = _call(self._admit, keys=[keys.leader(self.shard), *self._figures,
+                                       *self._ejections], args=args)
+        if got == FENCED:
+            raise LeaseLost(f"lease lost: {fence} no longer leads")
+        return None if got == b"ok" else got.decode()
+
+    def publish(self, figures: Peers, fence: str = "") -> None:
+        fields: list[Any] = ["size", figures.size, "out", figures.out, "waiting", figures.waiting]
+        for q, n in figures.queue_size.items():
+            fields += [f"q:{q}", n]
+        for q, n in figures.queue_out.items():
+            fields += [f"o:{q}", n]
+        got = _call(self._publish, keys=[keys.leader(self.shard), self._figures[self.shard]],
+                    args=[fence, *fields])
+        if got == FENCED:
+            raise LeaseLost(f"lease lost: {fence} no longer leads")
+
+    def peers(self, now: float, window_s: float) -> Peers:
+        others = [k for k in range(self.shards) if k != self.shard]
+        pipe = self._client.pipeline(transaction=False)
+        for k in others:
+            pipe.hgetall(self._figures[k])
+            pipe.zcount(self._ejections[k], now - window_s, "+inf")
+        raw = _call(pipe.execute)
+        return Peers.total(_figures(raw[i], raw[i + 1]) for i in range(0, len(raw), 2))
+
+
+def _figures(fields: Mapping[bytes, bytes], recent: int) -> Peers:
+    size = out = waiting = 0
+    queue_size: Counter[str] = Counter()
+    queue_out: Counter[str] = Counter()
+    for name, value in fields.items():
+        key, n = name.decode(), int(value)
+        if key.startswith("q:"):
+            queue_size[key[2:]] = n
+        elif key.startswith("o:"):
+            queue_out[key[2:]] = n
+        elif key == "size":
+            size = n
+        elif key == "out":
+            out = n
+        elif key == "waiting":
+            waiting = n
+    return Peers(size, out, waiting, int(recent), queue_size, queue_out)
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailable(f"store unavailable: {exc}") from exc

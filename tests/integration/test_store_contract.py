@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis
 
 from broker_config import keys
 from healthcheck.errors import LeaseLost, StoreUnavailable
-from healthcheck.policy import State, WorkerHealth
-from healthcheck.store import HealthStore, InMemoryHealthStore, RedisHealthStore
+from healthcheck.policy import Peers, State, WorkerHealth, shard_of
+from healthcheck.policy.config import Guard
+from healthcheck.policy.shards import refusal
+from healthcheck.store import (
+    HealthStore,
+    InMemoryGuardBudgets,
+    InMemoryHealthStore,
+    RedisHealthStore,
+)
 from healthcheck.store.redis_store import script
 from tests.support.polling import wait_until
 
@@ -174,3 +183,131 @@ def test_a_store_that_is_down_says_so() -> None:
                  lambda: store.lease("a", 1), lambda: store.close_gate("w1", "x")):
         with pytest.raises(StoreUnavailable):
             call()
+
+
+# --- shards: per-shard leases and the fleet-wide guard budget ----------------------------------
+
+@dataclass
+class Budgets:
+    of: Callable[[int], Any]  # shard -> its GuardBudget
+    lease: Callable[[int], HealthStore]  # shard -> a store fenced by that shard's lease
+
+
+@pytest.fixture(params=["memory", "redis"])
+def budgets(request: pytest.FixtureRequest) -> Budgets:
+    if request.param == "memory":
+        shared = InMemoryGuardBudgets(3)
+        leases = [InMemoryHealthStore() for _ in range(3)]
+        return Budgets(lambda k: shared.for_shard(k, leases[k]), lambda k: leases[k])
+    client: redis.Redis = request.getfixturevalue("redis_client")
+    return Budgets(lambda k: RedisHealthStore(client, k, 3).budget(),
+                   lambda k: RedisHealthStore(client, k, 3))
+
+
+GUARD = Guard(max_ejections_per_window=10)
+
+
+def figures(size: int, out: int = 0, waiting: int = 0, **queues: tuple[int, int]) -> Peers:
+    return Peers(size, out, waiting, 0, Counter({q: n for q, (n, _) in queues.items()}),
+                 Counter({q: o for q, (_, o) in queues.items()}))
+
+
+class TestGuardBudget:
+    def test_peers_are_the_other_shards_added_up(self, budgets: Budgets) -> None:
+        tokens = [budgets.lease(k).lease("c", 30) or "" for k in range(3)]
+        budgets.of(0).publish(figures(4, 1, 1, tweets=(4, 1)), tokens[0])
+        budgets.of(1).publish(figures(6, 2, 0, tweets=(5, 2), bulk=(1, 0)), tokens[1])
+        budgets.of(2).publish(figures(2), tokens[2])
+        seen = budgets.of(0).peers(100.0, 60.0)
+        assert (seen.size, seen.out, seen.waiting, seen.recent) == (8, 2, 0, 0)
+        assert (seen.queue_size["tweets"], seen.queue_out["tweets"], seen.queue_size["bulk"]) \
+            == (5, 2, 1)
+
+    def test_admission_answers_as_the_policy_and_counts_out_at_once(self, budgets: Budgets) -> None:
+        tokens = [budgets.lease(k).lease("c", 30) or "" for k in range(3)]
+        for k, n in enumerate((4, 4, 4)):
+            budgets.of(k).publish(figures(n, tweets=(n, 0)), tokens[k])
+        answers = [budgets.of(k % 3).admit(f"w{k}", ("tweets",), 10.0 + k, False, GUARD,
+                                           tokens[k % 3]) for k in range(4)]
+        assert answers[:3] == [None, None, None]
+        assert answers[3] == refusal(GUARD, Peers.total([figures(12, 3, tweets=(12, 3))]),
+                                     ("tweets",), False) == "3 out / bound 3 of 12"
+        assert budgets.of(1).peers(20.0, 60.0).out == 2  # shards 0 and 2 admitted one each
+        assert budgets.of(1).peers(20.0, 60.0).recent == 2
+
+    def test_the_per_queue_bound_and_the_rate_window_hold_across_shards(
+            self, budgets: Budgets) -> None:
+        tokens = [budgets.lease(k).lease("c", 30) or "" for k in range(3)]
+        budgets.of(0).publish(figures(20, tweets=(20, 0), bulk=(2, 0)), tokens[0])
+        budgets.of(1).publish(figures(20, tweets=(20, 0), bulk=(2, 0)), tokens[1])
+        assert budgets.of(0).admit("a", ("bulk",), 1.0, False, GUARD, tokens[0]) is None
+        assert budgets.of(1).admit("b", ("bulk",), 1.0, False, GUARD, tokens[1]) \
+            == "queue bulk: 1 out / bound 1"
+        slow = Guard(max_ejections_per_window=2, window_s=60.0)
+        assert budgets.of(1).admit("c", ("tweets",), 2.0, False, slow, tokens[1]) is None
+        assert budgets.of(0).admit("d", ("tweets",), 3.0, False, slow, tokens[0]) \
+            == "2 ejections in the last 60s"
+        assert budgets.of(0).admit("d", ("tweets",), 3.0, True, slow, tokens[0]) is None
+        assert budgets.of(0).admit("e", ("tweets",), 200.0, False, slow, tokens[0]) is None
+
+    def test_writes_are_fenced_by_the_shards_own_lease(self, budgets: Budgets) -> None:
+        mine = budgets.lease(1).lease("c1", 30) or ""
+        other = budgets.lease(0).lease("c0", 30) or ""
+        with pytest.raises(LeaseLost):
+            budgets.of(1).publish(figures(3), other)
+        with pytest.raises(LeaseLost):
+            budgets.of(1).admit("w", (), 1.0, False, GUARD, "99:stale")
+        budgets.of(1).publish(figures(3), mine)
+        assert budgets.of(0).peers(1.0, 60.0).size == 3
+
+
+class TestShardedRedisStore:
+    def test_each_shard_has_its_own_lease_epoch_and_fence(self, redis_client: redis.Redis) -> None:
+        a, b = RedisHealthStore(redis_client, 0, 2), RedisHealthStore(redis_client, 1, 2)
+        ta, tb = a.lease("ca", 30) or "", b.lease("cb", 30) or ""
+        assert ta.endswith(":ca") and tb.endswith(":cb")  # both lead: different shards
+        b.lease("cb", 30, tb)
+        b.release(tb)
+        tb2 = b.lease("cb2", 30) or ""
+        assert (a.epoch(), b.epoch()) == (1, 2) and tb2 == "2:cb2"
+        with pytest.raises(LeaseLost):
+            b.commit([worker("w1")], fence=ta)  # shard 0's token does not lead shard 1
+        b.commit([worker("w1")], fence=tb2)
+        assert a.leaders() == {0: ta, 1: tb2}
+
+    def test_a_request_goes_to_its_workers_shard(self, redis_client: redis.Redis) -> None:
+        fleet = RedisHealthStore(redis_client, 0, 2)  # what `fleet` commands use
+        name = next(f"w{i}" for i in range(100) if shard_of(f"w{i}", 2) == 1)
+        threading.Thread(target=fleet.ask, args=({"id": "r1", "worker": name}, 0.5)).start()
+        shard1 = RedisHealthStore(redis_client, 1, 2)
+        token = shard1.lease("c", 30) or ""
+        got = wait_until(lambda: shard1.take_requests(fence=token), 5,
+                         "the request in shard 1's list")
+        assert got[0]["worker"] == name
+        assert RedisHealthStore(redis_client, 0, 2).take_requests() == []
+
+
+def test_racing_shards_never_admit_past_the_bound(redis_client: redis.Redis) -> None:
+    """3 shards x 8 threads ask at once for 24 workers; the fleet of 30 has a bound of 7."""
+    stores = [RedisHealthStore(redis.Redis(connection_pool=redis_client.connection_pool), k, 3)
+              for k in range(3)]
+    tokens = [s.lease("c", 30) or "" for s in stores]
+    for k, s in enumerate(stores):
+        s.budget().publish(figures(10, tweets=(10, 0)), tokens[k])
+    guard = Guard(max_ejections_per_window=100)
+    admitted: list[str] = []
+    start = threading.Barrier(24)
+
+    def ask(k: int, i: int) -> None:
+        budget = stores[k].budget()
+        start.wait()
+        if budget.admit(f"s{k}-w{i}", ("tweets",), 1.0, False, guard, tokens[k]) is None:
+            admitted.append(f"s{k}-w{i}")
+
+    threads = [threading.Thread(target=ask, args=(k, i)) for k in range(3) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 7
+    assert sum(int(redis_client.hget(keys.guard(k), "out") or 0) for k in range(3)) == 7
