@@ -236,7 +236,7 @@ class Fleet:
     @property
     def guard_engaged(self) -> bool:
         """True while more workers look degraded (out, proposed, held) than the guard lets out."""
-        return self._looking_bad() > self.bound() or self._shard_looks_bad()
+        return self._looking_bad() > self.bound()
 
     def figures(self) -> GuardFigures:
         """The guard's numbers, for metrics and ``fleet status``."""
@@ -266,13 +266,6 @@ class Fleet:
     def rate_limit(self) -> int:
         """New ejections allowed per window: max(3, floor(5% of the fleet)) by default."""
         return rate_limit(self.config.guard, len(self.workers) + self.peers.size)
-
-    def _shard_looks_bad(self) -> bool:
-        """One shard of several: more of its own workers look degraded than its own share of
-        the bound. The other shards' figures arrive a tick late, and a broken metrics pipeline
-        makes every shard's workers look hot at once: each shard must suspect it on its own."""
-        own = self._budget_out + len(self._waiting)
-        return self.peers.size > 0 and own > self.bound(len(self.workers))
 
     def _looking_bad(self) -> int:
         return self._budget_out + len(self._waiting) + self.peers.out + self.peers.waiting

@@ -93,13 +93,14 @@ class TestShardGuard:
         fleet.tick(1.5)
         assert budget.asked == [] and fleet.by_state()[State.DRAINING] == 0
 
-    def test_a_shard_suspects_a_wave_in_its_own_workers_before_the_others_report(self) -> None:
-        """Half of this shard's workers hot at once, the others not heard from yet: held."""
-        fleet = shard(8, Peers(size=1000, queue_size=Counter(tweets=1000)), Admit(None))
-        for i in range(4):
-            fleet.observe(wear(f"w{i}", at=1, cpu=99))
+    def test_a_wave_across_shards_engages_every_shards_guard(self) -> None:
+        """One hot worker here, 3 waiting elsewhere (their shards published them): 4 of 12
+        look degraded at once, more than the bound of 3, so this shard holds its one too."""
+        fleet = shard(4, Peers(size=8, waiting=3, queue_size=Counter(tweets=8)), Admit(None))
+        fleet.observe(wear("w0", at=1, cpu=99))
         decision = fleet.tick(1.5)
         assert decision.guard_engaged and fleet.by_state()[State.DRAINING] == 0
+        assert fleet.workers["w0"].held.startswith("suspecting the inputs: 4 look degraded")
 
     def test_a_proposal_waits_settle_s_for_the_other_shards(self) -> None:
         fleet = shard(4, Peers(size=8, queue_size=Counter(tweets=8)), Admit(None), settle_s=0.5)

@@ -97,3 +97,40 @@ class TestSimulator:
         with pytest.raises(SystemExit) as info:
             sim.main(["--workers", "10", "--seconds", "5", "--policy", str(f)])
         assert info.value.code == 2
+
+
+class TestShardedSimulator:
+    """The same fleet split across 8 shards, as 8 checkers would split it: the guard's bounds
+    hold fleet-wide and every outcome is the unsharded fleet's."""
+
+    SHARDED_N = 800
+
+    @pytest.fixture(scope="class")
+    def pairs(self) -> dict[str, tuple[sim.Result, sim.Result]]:
+        names = ("sustained_step", "broken_metrics", "correlated_half", "gradual_wear")
+        return {name: (sim.run(sim.SCENARIOS[name], self.SHARDED_N, SECONDS, seed=3),
+                       sim.run(sim.SCENARIOS[name], self.SHARDED_N, SECONDS, seed=3, shards=8))
+                for name in names}
+
+    def test_no_bound_is_ever_exceeded(self, pairs: dict[str, tuple[sim.Result, sim.Result]]
+                                       ) -> None:
+        bound = Fleet().bound(self.SHARDED_N) / self.SHARDED_N
+        for name, (_, sharded) in pairs.items():
+            assert sharded.shards == 8, name
+            assert sharded.over_bound_s == 0 and sharded.max_out_fraction <= bound, name
+
+    def test_a_wave_across_shards_is_judged_as_one(
+            self, pairs: dict[str, tuple[sim.Result, sim.Result]]) -> None:
+        """Every worker hot at once (a broken metrics pipeline) is spread over 8 shards: each
+        holds its share, nobody is ejected, as in one fleet."""
+        whole, sharded = pairs["broken_metrics"]
+        assert sharded.false_ejections == whole.false_ejections == 0
+        assert sharded.guard_engaged_s > 0
+
+    def test_detection_is_as_quick_as_in_one_fleet(
+            self, pairs: dict[str, tuple[sim.Result, sim.Result]]) -> None:
+        for name in ("sustained_step", "gradual_wear"):
+            whole, sharded = pairs[name]
+            assert sharded.detected == whole.detected == whole.degraded > 0, name
+            assert sharded.detection_p99_s == whole.detection_p99_s, name
+            assert sharded.false_ejections == 0, name
