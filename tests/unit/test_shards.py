@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from healthcheck.policy import Fleet, HealthPolicy, Peers, PolicyConfig, Reading, State, WearReport
 from healthcheck.policy.config import Guard
 from healthcheck.policy.shards import refusal, shard_of
-from healthcheck.store.memory import InMemoryGuardBudgets
+from healthcheck.store.memory import InMemoryGuardBudgets, ShardBudget
 
 
 def wear(worker: str, at: float, cpu: float = 20.0) -> WearReport:
@@ -31,6 +31,16 @@ class Admit:
 
 
 NOBODY = Peers()
+
+
+class Admission:
+    """One shard's policy budget over the shared in-memory one (as the simulator has it)."""
+
+    def __init__(self, view: ShardBudget, guard: Guard) -> None:
+        self.view, self.guard = view, guard
+
+    def admit(self, worker: str, queues: tuple[str, ...], now: float, relapse: bool) -> str | None:
+        return self.view.admit(worker, queues, now, relapse, self.guard)
 
 
 def shard(n: int, peers: Peers = NOBODY, budget: object = None, settle_s: float = 0.0,
@@ -131,16 +141,7 @@ class TestSharedBudget:
         fleets = []
         for k in range(4):
             view = budgets.for_shard(k)
-
-            class Adm:
-                def __init__(self, view=view) -> None:  # type: ignore[no-untyped-def]
-                    self.view = view
-
-                def admit(self, worker: str, queues: tuple[str, ...], now: float,
-                          relapse: bool) -> str | None:
-                    return self.view.admit(worker, queues, now, relapse, config.guard)
-
-            fleet = shard(3, budget=Adm(), prefix=f"s{k}-", config=config)
+            fleet = shard(3, budget=Admission(view, config.guard), prefix=f"s{k}-", config=config)
             view.publish(fleet.own_figures())
             fleets.append(fleet)
         for k, fleet in enumerate(fleets):
