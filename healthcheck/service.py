@@ -97,6 +97,7 @@ class Checker(Succession):
                                      settle_s=2 * tick_s)
             self.sharding.attach(fleet)
             actuator.shard = shard.index
+            self.metrics.sharded(shard.count)
         self.ledger = Ledger(store)
         self.enforcer = Enforcer(store, actuator, self.standing, self.ledger, self.flush,
                                  self.metrics, clock, reconcile_s, act_pool)

@@ -88,6 +88,10 @@ class CheckerMetrics:
         self._leader = Gauge("host_checker_leader",
                              "1 while this checker holds the lease and acts; 0 on a standby",
                              registry=self.registry)
+        self._shards = Gauge("host_checker_shards",
+                             "How many shards the fleet is split into, as this checker was told",
+                             registry=self.registry)
+        self._shards.set(1)
 
     def event_received(self, kind: object) -> None:
         """The receiver took one event (receiver thread: the one writer of these counts)."""
@@ -96,6 +100,10 @@ class CheckerMetrics:
     def loop_pass(self, seconds: float) -> None:
         """One pass of the checker's loop took ``seconds``."""
         self.intake.loop_pass(seconds)
+
+    def sharded(self, shards: int) -> None:
+        """The fleet is split into ``shards`` shards."""
+        self._shards.set(shards)
 
     def leading(self, yes: bool) -> None:
         """Whether this checker leads now."""

@@ -88,3 +88,21 @@ class TestWorkerFence:
         current = control_reply(app, "host_drain", w.name, {"reason": "now", "epoch": 2}, 2.0)
         assert current is not None and current["ok"] is True
         wait_until(lambda: "tweets" not in consumed(app, w.name), 5, "drained")
+
+    def test_a_command_is_fenced_by_the_epoch_of_the_shard_it_names(
+            self, app: HostCelery, start_worker: WorkerFactory, redis_client: redis.Redis) -> None:
+        """Shard 1 is at epoch 3, shard 0 at 1: epoch 2 naming shard 1 is stale, though it
+        would be current for shard 0; epoch 3 naming shard 1 runs."""
+        w = start_worker("fe2")
+        redis_client.set(keys.epoch(0), 1)
+        redis_client.set(keys.epoch(1), 3)
+        stale = control_reply(app, "host_drain", w.name,
+                              {"reason": "stale", "epoch": 2, "shard": 1}, 2.0)
+        assert stale is not None and "stale_leader (epoch 2 < 3)" in stale["error"]
+        bad = control_reply(app, "host_drain", w.name, {"reason": "x", "epoch": 9, "shard": -1},
+                            2.0)
+        assert bad is not None and "bad shard" in bad["error"]
+        assert "tweets" in consumed(app, w.name)
+        current = control_reply(app, "host_drain", w.name,
+                                {"reason": "now", "epoch": 3, "shard": 1}, 2.0)
+        assert current is not None and current["ok"] is True
