@@ -12,7 +12,11 @@ published, and the lag is the time until the checker has stored it (its state ap
 store); a marker never stored is lost. The knee is the first offered rate at which lag p99
 passes 1 s.
 
-    python bench/intake.py [--workers 2000,4000,10000] [--seconds 20] [--json]
+With ``--shards N`` the checker is one shard's leader (shard 0 of N): the whole fleet's events
+are offered as before, wear reports on their buckets' channels as workers publish them, and
+the markers are shard 0's workers. What one shard's checker then spends is what sharding buys.
+
+    python bench/intake.py [--workers 2000,4000,10000] [--seconds 20] [--shards N] [--json]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from broker_config import keys  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
 from cli.processes import wait_until  # noqa: E402
 from cli.redis_server import RedisServer, free_port  # noqa: E402
+from healthcheck.policy.shards import shard_of, wear_routing_key  # noqa: E402
 from workers.app import create_app  # noqa: E402
 
 #: A wear report as a healthy worker sends it (the checker reads every field it needs).
@@ -89,6 +94,8 @@ def encode(template: tuple[bytes, dict[str, Any]], hostname: str,
     body re-encoded."""
     channel, envelope = template
     body = json.loads(base64.b64decode(envelope["body"]))
+    if body["type"] == "worker-wear":  # a worker publishes its report on its bucket's key
+        channel = channel.rsplit(b"/", 1)[0] + b"/" + wear_routing_key(hostname).encode()
     body.update(hostname=hostname, timestamp=time.time(), **fields)
     copy = {**envelope, "body": base64.b64encode(json.dumps(body).encode()).decode()}
     return channel, json.dumps(copy).encode()
@@ -98,7 +105,7 @@ class Fleet:
     """Publishes the synthetic fleet's events in 10 ms slots, and markers twice a second."""
 
     def __init__(self, url: str, templates: dict[str, tuple[bytes, dict[str, Any]]],
-                 workers: int) -> None:
+                 workers: int, shards: int = 1) -> None:
         self.client = redis.Redis.from_url(url)
         self.templates = templates
         names = [f"synthetic-{i}@bench" for i in range(workers)]
@@ -106,6 +113,9 @@ class Fleet:
         self.beats = [encode(templates["worker-heartbeat"], n) for n in names]
         self.names = names
         self.markers: dict[str, float] = {}
+        # Markers are workers of the measured checker's shard (0).
+        self._marker_names = (n for n in (f"marker-{i}@bench" for i in range(10**9))
+                              if shard_of(n, shards) == 0)
         self.sent = 0
         self.stop = threading.Event()
 
@@ -120,7 +130,6 @@ class Fleet:
         slots = 100  # 10 ms each
         start = time.monotonic()
         tick = 0
-        marker = 0
         while not self.stop.is_set() and time.monotonic() - start < seconds:
             second, slot = divmod(tick, slots)
             pipe = self.client.pipeline(transaction=False)
@@ -130,8 +139,7 @@ class Fleet:
                 for channel, data in self.beats[slot::slots]:
                     pipe.publish(channel, data)
             if slot % 50 == 0:
-                name = f"marker-{marker}@bench"
-                marker += 1
+                name = next(self._marker_names)
                 channel, data = encode(self.templates["worker-wear"], name)
                 pipe.publish(channel, data)
                 self.markers[name] = time.monotonic()
@@ -160,23 +168,26 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
 
 
-def measure(workers: int, seconds: float, profile: str = "", wave: int = 0) -> dict[str, Any]:
-    """One level: a fresh Redis, a fresh checker, ``workers`` synthetic workers."""
+def measure(workers: int, seconds: float, profile: str = "", wave: int = 0,
+            shards: int = 1) -> dict[str, Any]:
+    """One level: a fresh Redis, a fresh checker (shard 0 of ``shards``), ``workers``
+    synthetic workers."""
     server = RedisServer().start()
     assert server.proc is not None
     os.sched_setaffinity(server.proc.pid, {1})  # the broker with the generator: core 0 is the checker's
     port = free_port()
     env = {**os.environ, "HOST_BROKER_URL": server.url, "HOST_LOG_LEVEL": "WARNING",
-           "HOST_LOG_FORMAT": "json"}
+           "HOST_LOG_FORMAT": "json", "HOST_CHECKER_SHARDS": str(shards)}
     log = Path(tempfile.mkdtemp(prefix="intake-")) / "checker.log"
     checker = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "celery", "-A",
-                                "host", "healthcheck", "--metrics-port", str(port)],
+                                "host", "healthcheck", "--metrics-port", str(port),
+                                "--shard", "0"],
                                cwd=REPO, env=env, stdout=log.open("wb"),
                                stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: _ready(port), 30, "the checker to be ready")
         os.sched_setaffinity(0, {1})
-        fleet = Fleet(server.url, capture(server.url), workers)
+        fleet = Fleet(server.url, capture(server.url), workers, shards)
         seen: dict[str, float] = {}
         stop = threading.Event()
         watcher = threading.Thread(target=watch_markers, args=(server.url, fleet, seen, stop),
@@ -209,7 +220,7 @@ def measure(workers: int, seconds: float, profile: str = "", wave: int = 0) -> d
         drains = sum(1 for w in fleet.names[:wave] if (s := redis.Redis.from_url(server.url)
                                                           .hget(keys.WORKERS, w)) and
                      json.loads(s)["state"] in ("DRAINING", "QUARANTINED"))
-        return {"workers": workers, "wave": wave, "drained": drains,
+        return {"workers": workers, "shards": shards, "wave": wave, "drained": drains,
                 "offered_per_s": round(offered), "markers": len(markers),
                 "lost": lost, "lag_p50_s": round(percentile(lags, 50), 3),
                 "lag_p99_s": round(percentile(lags, 99), 3), "checker_cpu": round(cpu, 2),
@@ -282,15 +293,20 @@ def main() -> None:
     parser.add_argument("--wave", type=int, default=0,
                         help="that many workers report a hard CPU breach after the warm-up and "
                              "never answer the drains (acting must not stall watching)")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="the checker leads shard 0 of this many (the fleet's whole stream "
+                             "is offered; markers are shard 0's)")
     parser.add_argument("--join-storm", type=int, default=0, metavar="N",
                         help="also: start a checker in front of N live workers; time it")
     args = parser.parse_args()
-    rows = [measure(int(n), args.seconds, args.profile, args.wave)
+    rows = [measure(int(n), args.seconds, args.profile, args.wave, args.shards)
             for n in args.workers.split(",")]
     storm = join_storm(args.join_storm) if args.join_storm else None
     if args.json:
         print(json.dumps({"levels": rows, "join_storm": storm}))
         return
+    if args.shards > 1:
+        print(f"one checker: shard 0 of {args.shards} (the whole fleet's events offered)")
     print(f"{'workers':>8} {'events/s':>9} {'lag p50':>8} {'lag p99':>8} {'lost':>9} "
           f"{'checker CPU':>12}")
     for r in rows:

@@ -31,7 +31,7 @@ from healthcheck.page import fleet_view
 from healthcheck.probes import CeleryProbeTransport, Prober, known_answers
 from healthcheck.receiver import Ear, RedisEar
 from healthcheck.service import Checker
-from healthcheck.sharding import Shard
+from healthcheck.sharding import Shard, routing_keys
 from healthcheck.store import RedisHealthStore
 from healthcheck.webconfig import require_auth
 
@@ -97,7 +97,9 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
     def subscribed() -> None:
         watch.subscribe(time.time())
 
-    ear = (RedisEar(settings.broker_url, checker.on_events, stop, subscribed, watch.lose)
+    keys_ = routing_keys(shard, shards) if shards > 1 else None  # one shard: its own workers'
+    ear = (RedisEar(settings.broker_url, checker.on_events, stop, subscribed, watch.lose,
+                    routing_keys=keys_)
            if settings.broker_is_redis else Ear(app, checker.on_event, stop, subscribed, watch.lose))
     checker.resubscribe = ear.resubscribe
     handler = http_app(checker.metrics.registry, lambda: _alive(checker),

@@ -94,12 +94,15 @@ class RedisEar(Ear):
 
     Args:
         url: the Redis broker's URL.
+        routing_keys: listen to these events' routing keys only (one shard's checker: its
+            buckets' wear reports, and workers coming and going); None: to every event.
         (the rest as ``Ear``)
     """
 
     def __init__(self, url: str, on_events: Callable[[list[dict[str, Any]]], None],
                  stop: threading.Event, on_subscribed: Callable[[], None] | None = None,
-                 on_lost: Callable[[], None] | None = None, batch: int = 500) -> None:
+                 on_lost: Callable[[], None] | None = None, batch: int = 500,
+                 routing_keys: list[str] | None = None) -> None:
         super().__init__(None, lambda e: on_events([e]), stop, on_subscribed,  # type: ignore[arg-type]
                          on_lost)
         self.on_events = on_events
@@ -108,6 +111,7 @@ class RedisEar(Ear):
         self._renew = threading.Event()
         db = redis.Redis.from_url(url).connection_pool.connection_kwargs.get("db", 0)
         self.pattern = f"/{db}.celeryev/*"
+        self.channels = [f"/{db}.celeryev/{key}" for key in routing_keys or ()]
 
     def resubscribe(self, why: str) -> None:
         if not self._renew.is_set():
@@ -121,7 +125,10 @@ class RedisEar(Ear):
                                           socket_keepalive=True)
             pubsub = client.pubsub()  # type: ignore[no-untyped-call]
             try:
-                pubsub.psubscribe(self.pattern)
+                if self.channels:
+                    pubsub.subscribe(*self.channels)
+                else:
+                    pubsub.psubscribe(self.pattern)
                 self._renew.clear()
                 self._listen(pubsub)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -143,9 +150,10 @@ class RedisEar(Ear):
             events = []
             while message is not None:
                 kind = message["type"]
-                if kind == "pmessage":
+                if kind in ("pmessage", "message"):
                     events.extend(decode(message["data"]))
-                elif kind == "psubscribe":
+                elif kind == "psubscribe" or (kind == "subscribe"
+                                              and message["data"] == len(self.channels)):
                     self.delay = 0.5
                     self._subscribed()
                 if len(events) >= self.batch:

@@ -18,9 +18,18 @@ from broker_config.logs import get_logger
 from healthcheck.errors import HealthcheckError, LeaseLost
 from healthcheck.leading import Lead
 from healthcheck.policy import Fleet, Peers, shard_of
+from healthcheck.policy.shards import buckets_of
 from healthcheck.store import GuardBudget
 
 log = get_logger(__name__)
+
+
+def routing_keys(shard: int, shards: int) -> list[str]:
+    """The events one shard's checker listens to: its buckets' wear reports, the unbucketed
+    ones of workers that predate buckets, and workers coming and going. Celery's heartbeats
+    are left out (a wear report every second says more), and so are other shards' workers."""
+    return ([f"worker.wear.{b}" for b in buckets_of(shard, shards)]
+            + ["worker.wear", "worker.online", "worker.offline"])
 
 
 @dataclass(frozen=True)

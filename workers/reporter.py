@@ -2,7 +2,10 @@
 while a raw sample is over a hard limit).
 
 A thin step: it starts and stops a timer on the consumer; ``workers.reporting`` makes the
-report, and the step sends it with the consumer's event dispatcher.
+report, and the step sends it on the consumer's event dispatcher's connection, with the routing
+key of the worker's bucket (``worker.wear.<bucket>``): a sharded fleet's checker subscribes
+to its own buckets only, and receivers bound to all events (Flower, ``celery events``) see
+the same event as ever.
 """
 
 from __future__ import annotations
@@ -10,10 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from celery import bootsteps
+from celery.events import Event
+from celery.utils.time import utcoffset
+from kombu.exceptions import OperationalError
 
 from broker_config.app import settings_of
 from broker_config.logs import get_logger
 from broker_config.wear_event import WEAR_EVENT
+from healthcheck.policy.shards import wear_routing_key
 from workers.reporting import (
     WearReporting,
     hard_limits,
@@ -60,6 +67,30 @@ class WearReporter(bootsteps.StartStopStep):
             assert self.reporting is not None
             event = self.reporting.tick(c)
             if event is not None:
-                c.event_dispatcher.send(WEAR_EVENT, **event.to_fields())
+                send_wear(c.event_dispatcher, event.to_fields())
         except Exception:  # a failed report must never take the worker down
             log.exception("wear_report_failed")
+
+
+def send_wear(dispatcher: Any, fields: dict[str, Any]) -> bool:
+    """Publish one wear report as Celery's dispatcher would (the same event, exchange,
+    serializer and headers, its logical clock moved on), under the worker's bucket's routing
+    key; False when it could not be sent (disabled, closed, or the broker away: a report is
+    worth nothing later, so none is kept for then)."""
+    if not dispatcher.enabled:
+        return False
+    event = Event(WEAR_EVENT, hostname=dispatcher.hostname, utcoffset=utcoffset(),
+                  pid=dispatcher.pid, clock=dispatcher.clock.forward(), **fields)
+    with dispatcher.mutex:
+        producer = dispatcher.producer
+        if producer is None:
+            return False
+        try:
+            producer.publish(event, routing_key=wear_routing_key(dispatcher.hostname),
+                             exchange=dispatcher.exchange.name, declare=[dispatcher.exchange],
+                             serializer=dispatcher.serializer, headers=dispatcher.headers,
+                             delivery_mode=dispatcher.delivery_mode)
+        except (OperationalError, OSError) as exc:
+            log.warning("wear_report_not_sent", error=str(exc))
+            return False
+    return True

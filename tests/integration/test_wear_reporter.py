@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,10 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from broker_config.app import HostCelery
 from broker_config.queues import verify_queue
+from cli.processes import node_name, wait_until
+from healthcheck.policy import shard_of
+from healthcheck.receiver import RedisEar
+from healthcheck.sharding import routing_keys
 from tests.conftest import WorkerFactory
 from tests.support.cli import celery
 from tests.support.events import EventTap
@@ -117,3 +122,29 @@ class TestFaultInjection:
         proc = celery("fleet", "inject", "nobody@nowhere", "gpu=3", env=host_env)
         assert proc.returncode == 2 and "gpu" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+class TestWearChannels:
+    def test_a_shards_ear_hears_its_own_workers_reports_only(
+            self, app: HostCelery, start_worker: WorkerFactory) -> None:
+        """Wear reports go out per bucket: an ear on shard 0's routing keys hears a shard-0
+        worker and never a shard-1 one, while Celery's own receiver hears both as ever."""
+        shorts = [f"wc{i}" for i in range(1, 100)]
+        mine = next(s for s in shorts if shard_of(node_name(s), 2) == 0)
+        other = next(s for s in shorts if shard_of(node_name(s), 2) == 1)
+        heard: list[dict[str, Any]] = []
+        stop = threading.Event()
+        ear = RedisEar(app.host_settings.broker_url, heard.extend, stop,
+                       routing_keys=routing_keys(0, 2))
+        threading.Thread(target=ear.run, daemon=True).start()
+        try:
+            with EventTap(app) as tap:
+                a, b = start_worker(mine, env=FAST), start_worker(other, env=FAST)
+                tap.wait_for("worker-wear", lambda e: e["seq"] >= 3, hostname=b.name)
+                tap.wait_for("worker-wear", lambda e: e["seq"] >= 3, hostname=a.name)
+            wait_until(lambda: any(e.get("hostname") == a.name for e in heard), 5, "shard 0")
+        finally:
+            stop.set()
+        wear = {e["hostname"] for e in heard if e.get("type") == "worker-wear"}
+        assert wear == {a.name}
+        assert not any(e.get("type") == "worker-heartbeat" for e in heard)

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from healthcheck.policy import Fleet, HealthPolicy, Peers, PolicyConfig, Reading, State, WearReport
 from healthcheck.policy.config import Guard
-from healthcheck.policy.shards import refusal, shard_of
+from healthcheck.policy.shards import (
+    BUCKETS,
+    bucket_of,
+    buckets_of,
+    refusal,
+    shard_of,
+    wear_routing_key,
+)
 from healthcheck.store.memory import InMemoryGuardBudgets, ShardBudget
 
 
@@ -58,9 +65,20 @@ class TestAssignment:
         assert 0 <= shard_of(name, n) < n and shard_of(name, n) == shard_of(name, n)
 
     def test_shards_share_the_fleet_evenly(self) -> None:
+        """Within 10% (4,096 buckets: each of 8 shards has 512 +- a few dozen)."""
         counts = Counter(shard_of(f"celery@host-{i}", 8) for i in range(80_000))
         assert set(counts) == set(range(8))
-        assert max(counts.values()) < 1.05 * 10_000 and min(counts.values()) > 0.95 * 10_000
+        assert max(counts.values()) < 1.1 * 10_000 and min(counts.values()) > 0.9 * 10_000
+
+    def test_a_workers_shard_is_its_buckets(self) -> None:
+        """What a checker subscribes to (its buckets) is what it keeps (its workers)."""
+        for n in (1, 2, 8):
+            owned = [set(buckets_of(k, n)) for k in range(n)]
+            assert sum(map(len, owned)) == BUCKETS and set().union(*owned) == set(range(BUCKETS))
+            for i in range(500):
+                name = f"w{i}@h"
+                assert bucket_of(name) in owned[shard_of(name, n)]
+                assert wear_routing_key(name) == f"worker.wear.{bucket_of(name)}"
 
     def test_adding_a_shard_moves_only_its_share(self) -> None:
         """From 8 shards to 9, about 1/9 of the workers move, and only to the new shard."""
