@@ -104,7 +104,9 @@ def test_sigkill_one_shards_leader_mid_stream(
     # Shard 0's leader quarantines one of its workers...
     first = names[zero[0]]
     assert celery("fleet", "inject", first, "cpu=100", env=env).returncode == 0
-    wait_until(lambda: state(store, first) == "QUARANTINED", 30, f"{first} quarantined")
+    wait_until(lambda: state(store, first) == "QUARANTINED" and any(
+        r["kind"] == "drain_confirmed" for r in store.history(first, limit=100)), 30,
+        f"{first} quarantined, its drain confirmed")  # a record the leader's death would lose
     assert ingest.poll() is None, "the stream ended before the leader was killed"
 
     # ...and is killed mid-stream: its standby takes shard 0; shard 1 keeps its leader.
@@ -159,7 +161,7 @@ def test_sigkill_one_shards_leader_mid_stream(
     for name in (first, second, third):
         confirmed = [r for r in records if r.get("worker") == name
                      and r["kind"] == "drain_confirmed"]
-        assert len(confirmed) == 1, (name, confirmed)
+        assert len(confirmed) == 1, (name, [r for r in records if r.get("worker") == name])
     for s in (zero[0], zero[1], one[0]):
         assert drains_of(workers[s].log_path) == 1  # type: ignore[arg-type]
     assert drains_of(workers[one[1]].log_path) == 0  # type: ignore[arg-type]
