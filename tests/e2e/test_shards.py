@@ -111,9 +111,12 @@ def test_sigkill_one_shards_leader_mid_stream(
 
     # ...and is killed mid-stream: its standby takes shard 0; shard 1 keeps its leader.
     by_token[0].proc.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
     by_token[0].proc.wait(10)
     wait_until(lambda: store.leaders()[0] not in (None, leaders[0]), LEASE_S + 5,
                "shard 0's standby to lead")
+    print(f"shard 0 taken over {time.monotonic() - killed_at:.2f} s after SIGKILL "
+          f"(lease {LEASE_S} s); stream still running: {ingest.poll() is None}")
     after = store.leaders()
     assert epoch_of(after[0] or "") == epoch_of(leaders[0] or "") + 1
     assert after[1] == leaders[1]
