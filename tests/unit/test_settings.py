@@ -115,3 +115,14 @@ class TestSettingsFile:
         """A config file that cannot be read is an error, not silently ignored."""
         with pytest.raises(ConfigError, match="HOST_CONFIG_FILE"):
             Settings.from_env({"HOST_CONFIG_FILE": str(tmp_path / "absent.toml")})
+
+
+class TestShardSettings:
+    def test_a_shard_must_be_one_of_the_shards(self) -> None:
+        assert Settings.from_env({"HOST_CHECKER_SHARDS": "4", "HOST_CHECKER_SHARD": "3"}) \
+            .checker_shard == 3
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({"HOST_CHECKER_SHARDS": "2", "HOST_CHECKER_SHARD": "2"})
+        assert "HOST_CHECKER_SHARD" in str(info.value) and "between 0 and" in str(info.value)
+        with pytest.raises(ConfigError, match="HOST_CHECKER_SHARDS"):
+            Settings.from_env({"HOST_CHECKER_SHARDS": "0"})
