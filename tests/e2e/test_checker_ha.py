@@ -79,7 +79,9 @@ class TestTakeover:
         wait_until(lambda: all(state(store, w.name) == "HEALTHY" for w in workers), 20, "all known")
         # the first leader quarantines ha1
         assert celery("fleet", "inject", workers[0].name, "cpu=100", env=host_env).returncode == 0
-        wait_until(lambda: state(store, workers[0].name) == "QUARANTINED", 30, "ha1 quarantined")
+        wait_until(lambda: state(store, workers[0].name) == "QUARANTINED" and any(
+            r["kind"] == "drain_confirmed" for r in store.history(workers[0].name, limit=100)),
+            30, "ha1 quarantined, its drain confirmed")  # a record the leader's death would lose
         first_epoch = int(redis_client.get(keys.EPOCH) or 0)
 
         first.proc.send_signal(signal.SIGKILL)

@@ -20,22 +20,12 @@ from healthcheck.lease import epoch_of
 from healthcheck.policy import shard_of
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, CheckerProcess, WorkerFactory
+from tests.e2e.test_checker_ha import LEASE_S, POLICY  # two of four out at once; long quarantines
 from tests.support.cli import REPO, celery, read_jsonl
 from tests.support.polling import wait_until
 
-LEASE_S = 2.0
 SHARDS = {"HOST_CHECKER_SHARDS": "2", "HOST_CHECKER_LEASE": str(LEASE_S)}
 FAST = {"HOST_WEAR_INTERVAL": "0.25"}
-#: Two of four workers may be out at once; a quarantine lasts beyond the test.
-POLICY = """
-[guard]
-max_ejected_fraction = 0.5
-[backoff]
-base_s = 300.0
-jitter_s = 0.0
-[probes]
-every_s = 1.0
-"""
 
 
 def shorts_of(shard: int, n: int) -> list[str]:
