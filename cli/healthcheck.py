@@ -27,7 +27,7 @@ from healthcheck.http import app as http_app
 from healthcheck.http import serve
 from healthcheck.lease import Leadership, candidate_id
 from healthcheck.metrics import QueueDepths, broker_depths
-from healthcheck.page import fleet_view
+from healthcheck.page import StoredStates, fleet_view
 from healthcheck.probes import CeleryProbeTransport, Prober, known_answers
 from healthcheck.receiver import Ear, RedisEar
 from healthcheck.service import Checker
@@ -102,10 +102,11 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
                     routing_keys=keys_)
            if settings.broker_is_redis else Ear(app, checker.on_event, stop, subscribed, watch.lose))
     checker.resubscribe = ear.resubscribe
+    others = StoredStates(store) if shards > 1 else None  # the page shows every shard's workers
     handler = http_app(checker.metrics.registry, lambda: _alive(checker),
                        lambda: checker.ready and watch.subscribed and checker.intake_trusted,
                        lambda: fleet_view(checker.fleet, checker.history, store,
-                                          checker.leading(), depths, sharded=shards > 1))
+                                          checker.leading(), depths, others=others))
     server, port = serve(require_auth(handler, web.users),
                          settings.metrics_port if metrics_port is None else metrics_port,
                          settings.metrics_address, tls=web.tls)

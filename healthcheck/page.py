@@ -8,6 +8,7 @@ is set as text, never as markup, since worker names and reasons come off the net
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -17,7 +18,7 @@ from typing import Any
 from broker_config.queues import WORK_QUEUES
 from healthcheck.audit import Kind, parse_all
 from healthcheck.errors import HealthcheckError
-from healthcheck.policy import Fleet, Reading
+from healthcheck.policy import Fleet, Reading, WorkerHealth
 from healthcheck.store import StateStore
 
 #: Wear samples kept per worker for the sparklines.
@@ -52,16 +53,38 @@ class WearHistory:
         self._series.pop(worker, None)
 
 
+class StoredStates:
+    """Every stored worker's state, for the page of one shard's checker: read again at most
+    every 2 s, or every ten readings' time when reading takes longer (a large fleet)."""
+
+    def __init__(self, store: StateStore, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store, self.clock = store, clock
+        self._states: dict[str, WorkerHealth] = {}
+        self._read_at = float("-inf")
+        self._took = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dict[str, WorkerHealth]:
+        """The states (the last ones read, when the store does not answer)."""
+        with self._lock:
+            if self.clock() - self._read_at >= max(2.0, 10 * self._took):
+                started = self.clock()
+                with contextlib.suppress(HealthcheckError):  # shows as store_ok on the page
+                    self._states = self.store.load()
+                self._read_at, self._took = self.clock(), self.clock() - started
+            return self._states
+
+
 def fleet_view(fleet: Fleet, history: WearHistory, store: StateStore, leading: bool,
                depths: Callable[[], Mapping[str, int]] | None = None,
                clock: Callable[[], float] = time.time, transitions: int = 20,
-               sharded: bool = False) -> dict[str, Any]:
-    """What the page shows, as JSON-ready data. ``sharded``: this checker watches one shard;
+               others: Callable[[], Mapping[str, WorkerHealth]] | None = None
+               ) -> dict[str, Any]:
+    """What the page shows, as JSON-ready data. ``others``: this checker watches one shard;
     the other shards' workers are shown as their leaders last stored them."""
     known = dict(fleet.workers)
-    if sharded:
-        with contextlib.suppress(HealthcheckError):  # the store's absence shows as store_ok
-            known = {**store.load(), **known}
+    if others is not None:
+        known = {**others(), **known}
     workers = sorted(known.values(), key=lambda w: w.name)
     try:
         recent = [r for r in parse_all(store.history(limit=200)) if r.kind is Kind.TRANSITION]

@@ -19,7 +19,7 @@ def resumed_fleet(store: StateStore, config: PolicyConfig, now: float,
     log; a standby, which never ejects, skips reading it). ``keep``: only the workers it keeps
     (one shard's)."""
     workers = {name: dataclasses.replace(w, last_seen=max(w.last_seen, now))
-               for name, w in store.load().items() if keep is None or keep(name)}
+               for name, w in store.load(keep).items()}
     fleet = Fleet(HealthPolicy(config), seed=seed if seed is not None else random.getrandbits(32),
                   workers=workers)
     if not recall:

@@ -37,8 +37,8 @@ class InMemoryHealthStore(UnfencedWrites):
         self.forwarded: list[tuple[int, dict[str, Any]]] = []
         self._answered = threading.Condition()
 
-    def load(self) -> dict[str, WorkerHealth]:
-        return {k: from_dict(v) for k, v in self.workers.items()}
+    def load(self, keep: Callable[[str], bool] | None = None) -> dict[str, WorkerHealth]:
+        return {k: from_dict(v) for k, v in self.workers.items() if keep is None or keep(k)}
 
     def get(self, worker: str) -> WorkerHealth | None:
         data = self.workers.get(worker)

@@ -8,7 +8,7 @@ Every method raises StoreUnavailable when the store does not answer, and a fence
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from healthcheck.policy import Peers, WorkerHealth
@@ -18,8 +18,9 @@ from healthcheck.policy.config import Guard
 class StateStore(Protocol):
     """Worker states, the audit log and the last report summaries, written together."""
 
-    def load(self) -> dict[str, WorkerHealth]:
-        """Every stored worker's health."""
+    def load(self, keep: Callable[[str], bool] | None = None) -> dict[str, WorkerHealth]:
+        """Every stored worker's health (``keep``: only the workers it keeps, the others not
+        even decoded: one shard's, out of a large fleet)."""
 
     def get(self, worker: str) -> WorkerHealth | None:
         """One worker's stored health."""

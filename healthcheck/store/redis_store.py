@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -72,9 +72,10 @@ class RedisHealthStore(UnfencedWrites):
 
     # --- states, audit log, reports ------------------------------------------------------
 
-    def load(self) -> dict[str, WorkerHealth]:
+    def load(self, keep: Callable[[str], bool] | None = None) -> dict[str, WorkerHealth]:
         raw = self._call(self._client.hgetall, keys.WORKERS)
-        return {k.decode(): from_dict(json.loads(v)) for k, v in raw.items()}
+        names = ((k.decode(), v) for k, v in raw.items())
+        return {name: from_dict(json.loads(v)) for name, v in names if keep is None or keep(name)}
 
     def get(self, worker: str) -> WorkerHealth | None:
         raw = self._call(self._client.hget, keys.WORKERS, worker)

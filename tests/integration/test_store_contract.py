@@ -63,6 +63,11 @@ class TestStates:
         assert [r["n"] for r in store.history("w1")] == [0, 1, 2]
         assert store.reports() == {"w2": {"at": 5, "gate": "open"}}
 
+    def test_load_keeps_only_the_workers_asked_for(self, subject: Subject) -> None:
+        subject.store.save([worker("w1"), worker("w2"), worker("x3")])
+        assert set(subject.store.load(lambda name: name.startswith("w"))) == {"w1", "w2"}
+        assert set(subject.store.load()) == {"w1", "w2", "x3"}
+
     def test_history_filters_by_worker_time_and_keeps_the_newest(self, subject: Subject) -> None:
         store = subject.store
         now = time.time()

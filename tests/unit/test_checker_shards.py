@@ -4,7 +4,9 @@ on requests about the others', and the guard's bound holds across both. No I/O, 
 from __future__ import annotations
 
 from healthcheck.actuator import InMemoryActuator
-from healthcheck.policy import PolicyConfig, State, shard_of
+from healthcheck.lease import Leadership
+from healthcheck.page import StoredStates
+from healthcheck.policy import PolicyConfig, State, WorkerHealth, shard_of
 from healthcheck.policy.config import Guard
 from healthcheck.service import Checker
 from healthcheck.sharding import Shard
@@ -74,3 +76,48 @@ class TestShardedCheckers:
         zero.tick(clock())
         assert store.forwarded == [(1, {"id": "r1", "action": "drain", "worker": ONE[0]})]
         assert store.replies == {}
+
+
+class SlowStore(InMemoryHealthStore):
+    """Reading every state takes ``took`` seconds of the test's clock (a large fleet)."""
+
+    def __init__(self, clock: Clock, took: float) -> None:
+        super().__init__()
+        self.test_clock, self.took, self.loads = clock, took, 0
+
+    def load(self, keep=None):  # type: ignore[no-untyped-def]
+        self.loads += 1
+        self.test_clock.now += self.took
+        return super().load(keep)
+
+
+class TestLargeFleetReads:
+    def test_a_standby_reads_the_store_at_most_a_tenth_of_its_time(self) -> None:
+        clock = Clock()
+        store = SlowStore(clock, took=0.5)
+        checker = Checker.from_store(store, InMemoryActuator(), PolicyConfig(), clock=clock,
+                                     seed=1, leadership=Leadership(store, "standby"))
+        store.leader, store.leader_until = "9:other", float("inf")  # somebody else leads
+        first = store.loads
+        for _ in range(40):  # 40 passes, 0.25 s apart (plus the reads' own time)
+            checker.tick(clock())
+            clock.now += 0.25
+        reads = store.loads - first
+        assert 1 <= reads <= 4, reads  # every 10 x 0.5 s, not every second
+
+    def test_the_page_reads_every_stored_state_at_most_every_ten_readings(self) -> None:
+        clock = Clock()
+        store = SlowStore(clock, took=0.5)
+        store.save([WorkerHealth(name=n, since=1.0, last_seen=1.0) for n in ZERO + ONE])
+        states = StoredStates(store, clock)
+        assert set(states()) == set(ZERO + ONE) and store.loads == 1
+        clock.now += 4.0
+        assert set(states()) == set(ZERO + ONE) and store.loads == 1  # 4.5 s < 10 x 0.5 s
+        clock.now += 1.0
+        states()
+        assert store.loads == 2
+
+    def test_a_shard_decodes_only_its_own_workers(self) -> None:
+        store = InMemoryHealthStore()
+        store.save([WorkerHealth(name=n, since=1.0, last_seen=1.0) for n in ZERO + ONE])
+        assert set(store.load(lambda name: shard_of(name, 2) == 1)) == set(ONE)
