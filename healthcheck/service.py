@@ -36,11 +36,11 @@ from healthcheck.page import WearHistory
 from healthcheck.policy import (
     Decision,
     Fleet,
+    HealthPolicy,
     Heartbeat,
     PolicyConfig,
     Reading,
     WearReport,
-    shard_of,
 )
 from healthcheck.probes import Prober
 from healthcheck.resume import resumed_fleet
@@ -126,12 +126,8 @@ class Checker(Succession):
                    **kwargs: Any) -> Checker:
         """A checker that resumes from the stored states (nobody is re-drained); with a
         ``shard``, that shard's workers only."""
-        shard: Shard | None = kwargs.get("shard")
-        keep = None
-        if shard is not None and shard.count > 1:
-            keep = lambda name: shard_of(name, shard.count) == shard.index  # noqa: E731
-        fleet = resumed_fleet(store, config, clock(), seed, keep=keep)
-        checker = cls(fleet, store, actuator, clock=clock, **kwargs)
+        checker = cls(Fleet(HealthPolicy(config)), store, actuator, clock=clock, **kwargs)
+        checker.fleet = fleet = checker.resumed(clock(), seed)
         log.info("checker_resumed", workers=len(fleet.workers),
                  states={s.value: n for s, n in fleet.by_state().items()})
         return checker

@@ -150,15 +150,13 @@ class ShardBudget:
         self._check(fence)
         for times in self.budgets.ejections:
             times[:] = [t for t in times if t >= now - guard.window_s]
-        whole = Peers.total(self.budgets.figures)
-        whole = Peers(whole.size, whole.out, whole.waiting,
-                      sum(map(len, self.budgets.ejections)), whole.queue_size, whole.queue_out)
+        whole = dataclasses.replace(Peers.total(self.budgets.figures),
+                                    recent=sum(map(len, self.budgets.ejections)))
         why = refusal(guard, whole, queues, relapse)
         if why is None:
             mine = self.budgets.figures[self.shard]
-            self.budgets.figures[self.shard] = Peers(
-                mine.size, mine.out + 1, mine.waiting, mine.recent, mine.queue_size,
-                mine.queue_out + Counter(queues))
+            self.budgets.figures[self.shard] = dataclasses.replace(
+                mine, out=mine.out + 1, queue_out=mine.queue_out + Counter(queues))
             self.budgets.ejections[self.shard].append(now)
         return why
 

@@ -73,12 +73,12 @@ class RedisHealthStore(UnfencedWrites):
     # --- states, audit log, reports ------------------------------------------------------
 
     def load(self, keep: Callable[[str], bool] | None = None) -> dict[str, WorkerHealth]:
-        raw = self._call(self._client.hgetall, keys.WORKERS)
+        raw = _call(self._client.hgetall, keys.WORKERS)
         names = ((k.decode(), v) for k, v in raw.items())
         return {name: from_dict(json.loads(v)) for name, v in names if keep is None or keep(name)}
 
     def get(self, worker: str) -> WorkerHealth | None:
-        raw = self._call(self._client.hget, keys.WORKERS, worker)
+        raw = _call(self._client.hget, keys.WORKERS, worker)
         return from_dict(json.loads(raw)) if raw else None
 
     def commit(self, workers: Iterable[WorkerHealth], records: Iterable[Mapping[str, Any]] = (),
@@ -90,13 +90,13 @@ class RedisHealthStore(UnfencedWrites):
             return
         args = [fence, AUDIT_KEEP, len(states) // 2, *states, len(audit), *audit,
                 len(summaries) // 2, *summaries]
-        self._fenced(self._commit, [self._leader, keys.WORKERS, keys.AUDIT, keys.REPORTS], args)
+        _fenced(self._commit, [self._leader, keys.WORKERS, keys.AUDIT, keys.REPORTS], args)
 
     def history(self, worker: str | None = None, since: float | None = None,
                 limit: int = 1000) -> list[dict[str, Any]]:
         low = f"{max(0, int((since - CLOCK_SKEW_S) * 1000))}-0" if since is not None else "-"
         whole = worker is None and since is None
-        entries = self._call(self._client.xrevrange, keys.AUDIT, "+", low,
+        entries = _call(self._client.xrevrange, keys.AUDIT, "+", low,
                              limit if whole else None)
         records = [json.loads(fields[b"json"]) for _, fields in entries]
         if not whole:
@@ -105,21 +105,21 @@ class RedisHealthStore(UnfencedWrites):
         return list(reversed(records))
 
     def reports(self) -> dict[str, dict[str, Any]]:
-        raw = self._call(self._client.hgetall, keys.REPORTS)
+        raw = _call(self._client.hgetall, keys.REPORTS)
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
     # --- gate keys -------------------------------------------------------------------------
 
     def close_gate(self, worker: str, reason: str, fence: str = "") -> None:
-        self._fenced(self._gate, [self._leader, keys.gate(worker)], [fence, "close", reason])
+        _fenced(self._gate, [self._leader, keys.gate(worker)], [fence, "close", reason])
 
     def open_gate(self, worker: str, fence: str = "") -> None:
-        self._fenced(self._gate, [self._leader, keys.gate(worker)], [fence, "open", ""])
+        _fenced(self._gate, [self._leader, keys.gate(worker)], [fence, "open", ""])
 
     # --- operators' requests ---------------------------------------------------------------
 
     def take_requests(self, limit: int = 100, fence: str = "") -> list[dict[str, Any]]:
-        raw = self._fenced(self._take, [self._leader, keys.operator_requests(self.shard)],
+        raw = _fenced(self._take, [self._leader, keys.operator_requests(self.shard)],
                            [fence, limit]) or []
         requests = []
         for item in raw:
@@ -136,17 +136,17 @@ class RedisHealthStore(UnfencedWrites):
         # on it unasked.
         payload = json.dumps(request, default=str)
         waiting = keys.operator_requests(shard_of(str(request.get("worker", "")), self.shards))
-        self._call(self._client.lpush, waiting, payload)
-        got = self._call(self._client.blpop, [keys.operator_reply(str(request["id"]))],
+        _call(self._client.lpush, waiting, payload)
+        got = _call(self._client.blpop, [keys.operator_reply(str(request["id"]))],
                          timeout=timeout)
         if got is None:
-            self._call(self._client.lrem, waiting, 1, payload)
+            _call(self._client.lrem, waiting, 1, payload)
             return None
         answer: dict[str, Any] = json.loads(got[1])
         return answer
 
     def forward(self, request: Mapping[str, Any], shard: int) -> None:
-        self._call(self._client.lpush, keys.operator_requests(shard),
+        _call(self._client.lpush, keys.operator_requests(shard),
                    json.dumps(request, default=str))
 
     def reply(self, request_id: str, answer: Mapping[str, Any]) -> None:
@@ -154,37 +154,25 @@ class RedisHealthStore(UnfencedWrites):
         pipe = self._client.pipeline()
         pipe.rpush(key, json.dumps(answer, default=str))
         pipe.expire(key, 60)
-        self._call(pipe.execute)
+        _call(pipe.execute)
 
     # --- the lease -------------------------------------------------------------------------
 
     def lease(self, candidate: str, ttl_s: float, token: str = "") -> str | None:
-        got = self._call(self._lease, keys=[self._leader, keys.epoch(self.shard)],
+        got = _call(self._lease, keys=[self._leader, keys.epoch(self.shard)],
                          args=[token, candidate, max(1, int(ttl_s * 1000))])
         return got.decode() if got else None
 
     def release(self, token: str) -> None:
-        self._call(self._release, keys=[self._leader], args=[token])
+        _call(self._release, keys=[self._leader], args=[token])
 
     def epoch(self) -> int:
-        return int(self._call(self._client.get, keys.epoch(self.shard)) or 0)
+        return int(_call(self._client.get, keys.epoch(self.shard)) or 0)
 
     def leaders(self) -> dict[int, str | None]:
         """Every shard's leading token (None: nobody leads it now)."""
-        raw = self._call(self._client.mget, [keys.leader(k) for k in range(self.shards)])
+        raw = _call(self._client.mget, [keys.leader(k) for k in range(self.shards)])
         return {k: v.decode() if v else None for k, v in enumerate(raw)}
-
-    def _fenced(self, script_: Any, keys_: list[str], args: list[Any]) -> Any:
-        result = self._call(script_, keys=keys_, args=args)
-        if result == FENCED:
-            raise LeaseLost(f"lease lost: {args[0]} no longer leads")
-        return result
-
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StoreUnavailable(f"store unavailable: {exc}") from exc
 
 
 class RedisGuardBudget:
@@ -211,10 +199,8 @@ class RedisGuardBudget:
                 repr(guard.max_ejected_fraction), guard.min_ejections,
                 repr(guard.max_ejection_rate_fraction), guard.max_ejections_per_window,
                 "1" if relapse else "0", f"{worker}:{now!r}", *queues]
-        got = _call(self._admit, keys=[keys.leader(self.shard), *self._figures,
-                                       *self._ejections], args=args)
-        if got == FENCED:
-            raise LeaseLost(f"lease lost: {fence} no longer leads")
+        got = _fenced(self._admit, [keys.leader(self.shard), *self._figures, *self._ejections],
+                      args)
         return None if got == b"ok" else got.decode()
 
     def publish(self, figures: Peers, fence: str = "") -> None:
@@ -223,10 +209,8 @@ class RedisGuardBudget:
             fields += [f"q:{q}", n]
         for q, n in figures.queue_out.items():
             fields += [f"o:{q}", n]
-        got = _call(self._publish, keys=[keys.leader(self.shard), self._figures[self.shard]],
-                    args=[fence, *fields])
-        if got == FENCED:
-            raise LeaseLost(f"lease lost: {fence} no longer leads")
+        _fenced(self._publish, [keys.leader(self.shard), self._figures[self.shard]],
+                [fence, *fields])
 
     def peers(self, now: float, window_s: float) -> Peers:
         others = [k for k in range(self.shards) if k != self.shard]
@@ -255,6 +239,14 @@ def _figures(fields: Mapping[bytes, bytes], recent: int) -> Peers:
         elif key == "waiting":
             waiting = n
     return Peers(size, out, waiting, int(recent), queue_size, queue_out)
+
+
+def _fenced(script_: Any, keys_: list[str], args: list[Any]) -> Any:
+    """Run a fenced script (``args[0]``: the caller's lease token)."""
+    result = _call(script_, keys=keys_, args=args)
+    if result == FENCED:
+        raise LeaseLost(f"lease lost: {args[0]} no longer leads")
+    return result
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
