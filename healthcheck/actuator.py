@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -118,10 +119,12 @@ class CeleryActuator:
 
 
 class InMemoryActuator:
-    """Records commands and answers them, for unit tests."""
+    """Records commands and answers them, for unit tests (``clock``: the workers' clock)."""
 
-    def __init__(self, answering: bool = True) -> None:
+    def __init__(self, answering: bool = True,
+                 clock: Callable[[], float] = time.time) -> None:
         self.answering = answering
+        self.worker_clock = clock
         self.epoch = 0
         self.shard: int | None = None
         self.sent: list[tuple[str, str, str]] = []
@@ -134,6 +137,6 @@ class InMemoryActuator:
 
     def _send(self, command: str, worker: str, reason: str) -> Reply:
         self.sent.append((command, worker, reason))
-        now = time.time()
+        now = self.worker_clock()
         body = {"ok": True, "at": now} if self.answering else {}
         return Reply(worker, command, now, self.answering, body)

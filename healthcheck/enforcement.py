@@ -65,6 +65,9 @@ class Enforcer:
         self.reconcile_s = reconcile_s
         self._last_correction: dict[str, float] = {}
         self._unanswered: dict[str, int] = {}  # commands in a row a worker did not answer
+        # When (by the worker's own clock) each worker last answered a command of ours: a report
+        # it sampled before then may not show what the command did.
+        self._answered_at: dict[str, float] = {}
         self.pool = pool
         self._settled: queue.SimpleQueue[Sent] = queue.SimpleQueue()
         self._waiting: dict[str, deque[Sent]] = {}  # per worker: in flight first, then queued
@@ -93,9 +96,13 @@ class Enforcer:
 
     def correct(self, w: WorkerHealth | None, report: WearEvent, at: float) -> None:
         """Make a worker's gate agree with its state, by what its report says: at most once per
-        ``reconcile_s``, never while a command to it is still out, and less often each time it
-        does not answer (doubling, up to a minute)."""
+        ``reconcile_s``, never while a command to it is still out, never by a report the worker
+        sampled before it answered our last command (it may have been sent before the command
+        arrived and be heard after its answer), and less often each time it does not answer
+        (doubling, up to a minute)."""
         if w is None or w.name in self._waiting:
+            return
+        if report.at is not None and report.at < self._answered_at.get(w.name, float("-inf")):
             return
         every = min(60.0, self.reconcile_s * 2 ** self._unanswered.get(w.name, 0))
         if at - self._last_correction.get(w.name, 0.0) < every:
@@ -210,6 +217,9 @@ class Enforcer:
         self.metrics.command(sent.command, "confirmed" if reply.answered else "no_reply")
         if reply.answered:
             self._unanswered.pop(sent.worker, None)
+            answered_at = reply.body.get("at")
+            if isinstance(answered_at, (int, float)) and not isinstance(answered_at, bool):
+                self._answered_at[sent.worker] = float(answered_at)
         else:
             self._unanswered[sent.worker] = self._unanswered.get(sent.worker, 0) + 1
         if sent.command == "admit":

@@ -107,6 +107,29 @@ class TestChecker:
         checker.handle(wear_event("w1", gate="open"), clock() + 2.5)
         assert [c[0] for c in actuator.sent] == ["host_drain", "host_drain"]
 
+    def test_a_report_sampled_before_the_drain_was_answered_corrects_nothing(self) -> None:
+        """A report the worker sampled before it answered the drain, heard after the answer,
+        still shows the gate open: it is not a reason to drain again; a later one is. Both
+        times are the worker's own clock (here an hour off the checker's)."""
+        store, clock = InMemoryHealthStore(), Clock()
+        actuator = InMemoryActuator(clock=lambda: clock.now + 3600)
+        checker = Checker.from_store(store, actuator, PolicyConfig(), clock=clock, seed=1)
+        for w in ("w1", "w2", "w3", "w4"):
+            checker.handle(wear_event(w), clock())
+        clock.now += 1
+        checker.handle(wear_event("w1", cpu=99, inflight=1), clock())
+        clock.now += 0.25
+        checker.tick(clock())  # the drain, answered at clock.now + 3600 by the worker's clock
+        answered = clock.now + 3600
+        assert [c[0] for c in actuator.sent] == ["host_drain"]
+        clock.now += 5  # past reconcile_s: only the report's age can hold a correction back
+        checker.handle(wear_event("w1", cpu=99, gate="open", at=answered - 0.1), clock())
+        assert [c[0] for c in actuator.sent] == ["host_drain"]
+        checker.handle(wear_event("w1", cpu=99, gate="open", at=answered + 0.1), clock())
+        assert [c[0] for c in actuator.sent] == ["host_drain", "host_drain"]
+        assert [r["verdict_at"] for r in store.history("w1")
+                if r["kind"] == "drain_confirmed"][1] is None  # the second is a correction
+
     def test_correction_admits_a_healthy_worker_with_a_closed_gate(self) -> None:
         """HEALTHY but gated (not self-protected): admitted; a self-protected one is left alone."""
         checker, actuator, clock, store = make()
