@@ -107,3 +107,20 @@ class TestCostBound:
         assert [r["status"] for r in results] == ["analysed", "rejected", "analysed", "analysed"]
         assert results[1]["reason"] == "too_expensive" and spent < 0.4, spent
         assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+
+    def test_cheap_inputs_are_never_stopped_however_long_the_batch(self) -> None:
+        """The budget is per input: a batch of cheap tweets that uses many budgets in all is
+        analysed whole (the timer's firings are counted per input, never across them)."""
+        import time
+
+        ctx = RunContext(worker="w1@n", queue="tweets", task_id="t", clock=lambda: 1.0,
+                         limits=Limits(max_text_chars=20_000, max_emoji=5000,
+                                       cpu_budget_s=0.004))
+        batch = [envelope(f"c:{i}", f"what a lovely day number {i}, not bad at all", "text")
+                 for i in range(1000)]
+        started = time.process_time()
+        results = analyse_many(batch, ctx, max_batch=1000)
+        spent = time.process_time() - started
+        assert spent > 5 * 0.004, spent  # the timer fired many times during the batch
+        assert [r["status"] for r in results] == ["analysed"] * 1000
+
