@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker_config import queues, transport
+from broker_config import fastjson, queues, transport
 from broker_config.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for a host fleet; docs/configuration.md explains each choice."""
+    fastjson.register()
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "result_backend": settings.effective_result_backend,
         "broker_connection_retry_on_startup": True,
         # Only JSON crosses the wire: nothing a producer sends can become code in a worker.
         "task_serializer": "json",
-        "result_serializer": "json",
+        # JSON all the same, written with orjson (broker_config.fastjson): a batch's results
+        # are most of what a worker writes besides VADER's own work.
+        "result_serializer": fastjson.NAME,
         "event_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
