@@ -16,9 +16,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend": settings.effective_result_backend,
         "broker_connection_retry_on_startup": True,
         # Only JSON crosses the wire: nothing a producer sends can become code in a worker.
-        "task_serializer": "json",
-        # JSON all the same, written with orjson (broker_config.fastjson): a batch's results
-        # are most of what a worker writes besides VADER's own work.
+        # host writes its tasks and results with orjson (broker_config.fastjson: JSON all the
+        # same, under JSON's content type); a batch's envelopes and results are most of what
+        # ingest and a worker do besides VADER's own work.
+        "task_serializer": fastjson.NAME,
         "result_serializer": fastjson.NAME,
         "event_serializer": "json",
         "accept_content": ["json"],

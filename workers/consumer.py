@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+import orjson
 from celery.worker.consumer import Consumer
 
 from broker_config.app import settings_of
@@ -115,7 +116,7 @@ class HostConsumer(Consumer):
             return ("oversize", f"{len(body)} bytes > HOST_MAX_MESSAGE_BYTES "
                                 f"({settings.max_message_bytes})")
         try:
-            decoded = json.loads(body)
+            decoded = _decode(body)
         except (ValueError, RecursionError) as exc:
             return ("undecodable", f"body is not JSON: {exc}")
         if not (isinstance(decoded, list) and len(decoded) == 3 and isinstance(decoded[0], list)
@@ -256,6 +257,15 @@ def dead_letter_raw(app: Any, raw: bytes, queue: str, code: str, detail: str) ->
         store_of(app).record([record])
     except Exception as exc:
         log.error("dead_letter_write_failed", error=str(exc), reason=code)
+
+
+def _decode(body: bytes | str) -> Any:
+    """The body as JSON, to check it: orjson (a fifth of the time), or the standard library
+    where orjson refuses what Celery's reader accepts (NaN, a lone surrogate, deep nesting)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 def _settle(message: Any, errors: Any) -> None:

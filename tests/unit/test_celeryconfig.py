@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from broker_config import fastjson
 from broker_config.celeryconfig import celery_config
 from broker_config.queues import WORK_QUEUES, verify_queue_name
 from broker_config.settings import Settings
@@ -16,7 +17,7 @@ class TestCeleryConfig:
         assert c["worker_prefetch_multiplier"] == 1
         assert c["worker_disable_prefetch"] is True
         assert c["accept_content"] == ["json"]
-        assert c["task_serializer"] == "json"
+        assert c["task_serializer"] == c["result_serializer"] == fastjson.NAME  # JSON, by orjson
 
     def test_task_events_are_off_unless_asked_for(self) -> None:
         """host needs no task events (workers report their own counts); Flower may want them."""
