@@ -46,7 +46,7 @@ def frame_lines(stream: IO[bytes], source: str, limits: Limits,
             continue
         for piece in split_unicode_breaks(text):
             lineno += 1
-            if piece.strip():
+            if piece and not piece.isspace():  # as ``piece.strip()``, without the copy
                 yield Line(f"{source}:{lineno}", piece)
 
 
@@ -87,7 +87,7 @@ def _physical_lines(stream: IO[bytes], limit: int,
 
 def split_unicode_breaks(text: str) -> list[str]:
     """``text`` cut at U+2028 and U+2029, but never inside a JSON string of a JSON line."""
-    if not any(b in text for b in _UNICODE_BREAKS):
+    if text.isascii() or not any(b in text for b in _UNICODE_BREAKS):
         return [text]
     if not text.lstrip().startswith(("{", "[")):
         return re.split("[\u2028\u2029]", text)

