@@ -155,7 +155,7 @@ def feed(
     wire_fmt = "jsonl" if fmt == "json" else fmt
 
     def emit(record: dict[str, Any]) -> None:
-        write_line(out, record)
+        out.write(line_of(record))
         report.add(record)
         if on_record:
             on_record(record)
@@ -214,11 +214,6 @@ def _send_chunk(app: Celery, producer: Any, chunk: list[Line], batch: int, wire_
             flight.send(producer, "host.analyse", [envs[0]], refs)
         else:
             flight.send(producer, "host.analyse_batch", [envs], refs)
-
-
-def write_line(out: IO[str], record: dict[str, Any]) -> None:
-    """One output line (see ``line_of``)."""
-    out.write(line_of(record))
 
 
 def line_of(record: dict[str, Any]) -> str:

@@ -58,18 +58,14 @@ class _Budget:
     """The CPU budget in force in this process (its SIGPROF handler is installed once).
 
     The timer fires every quarter budget of this process's CPU; the handler counts how many
-    times in a row it fired in the same input and stops the input at the fifth, after between
-    1 and 1.25 budgets of it. Beginning an input is one increment: no clock is read per input
+    times it fired during the input now analysed and stops it at the fifth, after between 1 and
+    1.25 budgets of it. Beginning an input resets the count: no clock is read per input
     (reading this process's CPU clock is a system call, and cost a twentieth of a worker's
     time in a batch of tweets)."""
 
     seconds = 0.0
-    #: Inputs begun so far in this process; the one now analysed is the last.
-    inputs = 0
-    #: An input is being analysed.
+    #: An input is being analysed, and how many times the timer fired during it.
     active = False
-    #: The input the timer last fired in, and how many times in a row it fired there.
-    seen = 0
     ticks = 0
     #: A profiling timer is armed for a run of inputs (``budget_run``).
     armed = False
@@ -83,8 +79,6 @@ _STOP_AT_TICK = 5
 
 def _over(signum: int, frame: Any) -> None:
     if _Budget.active:
-        if _Budget.seen != _Budget.inputs:
-            _Budget.seen, _Budget.ticks = _Budget.inputs, 0
         _Budget.ticks += 1
         if _Budget.ticks >= _STOP_AT_TICK:
             _Budget.active = False
@@ -144,7 +138,7 @@ class cpu_budget:  # a context manager, named as contextlib names its own
             self.alone = _arm(self.seconds)
             if not self.alone:
                 return
-        _Budget.inputs += 1
+        _Budget.ticks = 0
         _Budget.active = True
 
     def __exit__(self, *exc: object) -> None:
