@@ -205,6 +205,11 @@ class Enforcer:
         except HealthcheckError as exc:
             sent.error = str(exc)
         sent.answered_at = self.clock()
+        # Here, before the command leaves its worker's line (on a pool thread, before the loop
+        # settles it): from then on ``correct`` reads reports again, and must know the answer.
+        worker_at = sent.reply.body.get("at") if sent.reply and sent.reply.answered else None
+        if isinstance(worker_at, (int, float)) and not isinstance(worker_at, bool):
+            self._answered_at[sent.worker] = float(worker_at)
 
     def _record(self, sent: Sent) -> None:
         if sent.reply is None:
@@ -217,9 +222,6 @@ class Enforcer:
         self.metrics.command(sent.command, "confirmed" if reply.answered else "no_reply")
         if reply.answered:
             self._unanswered.pop(sent.worker, None)
-            answered_at = reply.body.get("at")
-            if isinstance(answered_at, (int, float)) and not isinstance(answered_at, bool):
-                self._answered_at[sent.worker] = float(answered_at)
         else:
             self._unanswered[sent.worker] = self._unanswered.get(sent.worker, 0) + 1
         if sent.command == "admit":

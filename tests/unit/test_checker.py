@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -129,6 +130,31 @@ class TestChecker:
         assert [c[0] for c in actuator.sent] == ["host_drain", "host_drain"]
         assert [r["verdict_at"] for r in store.history("w1")
                 if r["kind"] == "drain_confirmed"][1] is None  # the second is a correction
+
+    def test_a_stale_report_heard_before_the_answer_is_settled_corrects_nothing(self) -> None:
+        """On the pool, a drain's answer leaves the worker's line before the loop settles it;
+        a report sampled before that answer, heard in between, still corrects nothing."""
+
+        class Inline(ThreadPoolExecutor):  # runs what is submitted at once, in the caller
+            def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+                fn(*args, **kwargs)
+
+        store, clock = InMemoryHealthStore(), Clock()
+        actuator = InMemoryActuator(clock=lambda: clock.now + 3600)
+        with Inline() as pool:
+            checker = Checker.from_store(store, actuator, PolicyConfig(), clock=clock, seed=1,
+                                         act_pool=pool)
+            for w in ("w1", "w2", "w3", "w4"):
+                checker.handle(wear_event(w), clock())
+            clock.now += 1
+            checker.handle(wear_event("w1", cpu=99, inflight=1), clock())
+            clock.now += 0.25
+            checker.tick(clock())  # drained on the "pool"; not settled yet
+            answered = clock.now + 3600
+            assert checker.enforcer.in_flight == 0
+            clock.now += 5
+            checker.handle(wear_event("w1", cpu=99, gate="open", at=answered - 0.1), clock())
+            assert [c[0] for c in actuator.sent] == ["host_drain"]
 
     def test_correction_admits_a_healthy_worker_with_a_closed_gate(self) -> None:
         """HEALTHY but gated (not self-protected): admitted; a self-protected one is left alone."""
