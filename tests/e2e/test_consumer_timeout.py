@@ -42,6 +42,7 @@ def strict_rabbit() -> Iterator[RabbitServer]:
 
 
 @pytest.mark.slow
+@pytest.mark.background
 @pytest.mark.timeout(240)
 def test_a_late_task_and_a_long_quarantine_keep_every_channel(
         strict_rabbit: RabbitServer, redis_server: RedisServer, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ TWEETS = 2000
 RATE = 80.0
 SETTINGS = {"HOST_WEAR_INTERVAL": "0.5"}
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.background,
               pytest.mark.skipif(Link.unavailable() is not None,
                                  reason=str(Link.unavailable())),
               pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from broker_config.app import HostCelery
@@ -93,6 +94,7 @@ class TestReadmission:
         assert "tweets" in {q["name"] for q in replies.get(worker.name, [])}
 
 
+@pytest.mark.background
 class TestFlapping:
     def test_a_flapping_worker_ends_up_out_with_a_growing_backoff(
             self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,

@@ -14,11 +14,14 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 class Link:
-    """Namespace ``host-p<pid>``: this side ``198.18.<k>.1``, the other ``198.18.<k>.2``."""
+    """Namespace ``host-p<pid>``: this side ``198.18.<k>.1``, the other ``198.18.<k>.2``, with
+    ``k`` from the process id, moved on past any ``k`` this machine already uses (two test
+    sessions run at once: ``make test``)."""
 
     def __init__(self) -> None:
         pid = os.getpid()
-        k = pid % 250 + 1
+        used = _ip("-o", "-4", "addr", "show", check=False).stdout if shutil.which("ip") else ""
+        k = next(k for i in range(250) if f" 198.18.{(k := (pid + i) % 250 + 1)}." not in used)
         self.ns = f"host-p{pid}"
         self.here, self.there = f"hp{pid}a"[:15], f"hp{pid}b"[:15]
         self.host_ip, self.ns_ip = f"198.18.{k}.1", f"198.18.{k}.2"
