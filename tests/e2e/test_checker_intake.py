@@ -82,6 +82,7 @@ class TestSubscriptionKilled:
 
 
 @pytest.mark.slow
+@pytest.mark.background
 @pytest.mark.skipif(Link.unavailable() is not None, reason=str(Link.unavailable()))
 class TestPacketDroppingCut:
     @pytest.fixture

@@ -182,6 +182,7 @@ def alert_expr(name: str) -> str:
     return str(next(r["expr"] for r in rules if r.get("alert") == name))
 
 
+@pytest.mark.background
 @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
 class TestRollingRestart:
     def test_three_workers_replaced_one_by_one_under_a_stream(
