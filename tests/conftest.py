@@ -173,9 +173,13 @@ CheckerFactory = Callable[..., CheckerProcess]
 
 
 @pytest.fixture
-def start_checker(host_env: dict[str, str], tmp_path: Path,
-                  request: pytest.FixtureRequest) -> Iterator[CheckerFactory]:
-    """Start real `celery -A host healthcheck` processes; each is stopped after the test."""
+def start_checker(host_env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest,
+                  redis_client: redis.Redis) -> Iterator[CheckerFactory]:
+    """Start real `celery -A host healthcheck` processes; each is stopped after the test.
+
+    The store is emptied first (``redis_client``): a checker resumes the fleet it finds there,
+    and one an earlier test left (workers it expects to hear and never will) makes it not
+    ready, whatever test runs first."""
     started: list[CheckerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None, name: str = "checker",
