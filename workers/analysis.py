@@ -10,7 +10,14 @@ from typing import Any
 from broker_config.contract import envelope as envelope  # re-exported: the producers' envelope
 from workers.deadletter import DeadLetterStore
 from workers.inbound import Limits, Message, Rejection, parse_line, truncate
-from workers.sentiment import TooExpensive, analyzer, budget_run, cpu_budget, emoji_count, label
+from workers.sentiment import (
+    TooExpensive,
+    analyzer,
+    budget_run,
+    cpu_budget,
+    emoji_count,
+    labelled,
+)
 
 #: A parsed message with VADER's own scores for its text, or why the input was refused.
 _Outcome = tuple[Message, dict[str, float]] | Rejection
@@ -63,8 +70,6 @@ def _analyse(envs: list[Any], ctx: RunContext) -> list[dict[str, Any]]:
             for env, (outcome, finished) in zip(envs, scored, strict=True)]
 
 
-
-
 def _score(parsed: list[Message | Rejection], limits: Limits,
            clock: Callable[[], float]) -> list[tuple[_Outcome, float]]:
     """VADER's scores for every parsed message, each with the time it was done; a rejection
@@ -102,7 +107,6 @@ def _record(env: object, outcome: _Outcome, finished: float, started: float,
     message, scores = outcome
     queued_at = env.get("queued_at") if isinstance(env, dict) else None
     wait = started - queued_at if isinstance(queued_at, (int, float)) else None
-    compound = scores["compound"]
     return {
         "status": "analysed",
         "ref": message.ref,
@@ -110,11 +114,7 @@ def _record(env: object, outcome: _Outcome, finished: float, started: float,
         "text": message.text,
         "rating": message.rating,
         "author": message.author,
-        "neg": scores["neg"],
-        "neu": scores["neu"],
-        "pos": scores["pos"],
-        "compound": compound,
-        "label": label(compound),
+        **labelled(scores),
         "worker": ctx.worker,
         "queue": ctx.queue,
         "task_id": ctx.task_id,

@@ -149,6 +149,10 @@ class cpu_budget:  # a context manager, named as contextlib names its own
 
 def analyse_text(text: str) -> Scores:
     """VADER's scores for one text, exactly as the library gives them, plus the label."""
-    s = analyzer().polarity_scores(text)
+    return labelled(analyzer().polarity_scores(text))
+
+
+def labelled(s: dict[str, float]) -> Scores:
+    """VADER's four scores (``polarity_scores``' answer) and the label of its compound."""
     return Scores(neg=s["neg"], neu=s["neu"], pos=s["pos"], compound=s["compound"],
                   label=label(s["compound"]))

@@ -21,7 +21,11 @@ class Link:
     def __init__(self) -> None:
         pid = os.getpid()
         used = _ip("-o", "-4", "addr", "show", check=False).stdout if shutil.which("ip") else ""
-        k = next(k for i in range(250) if f" 198.18.{(k := (pid + i) % 250 + 1)}." not in used)
+        k = pid % 250 + 1
+        for _ in range(250):
+            if f" 198.18.{k}." not in used:
+                break
+            k = k % 250 + 1
         self.ns = f"host-p{pid}"
         self.here, self.there = f"hp{pid}a"[:15], f"hp{pid}b"[:15]
         self.host_ip, self.ns_ip = f"198.18.{k}.1", f"198.18.{k}.2"
