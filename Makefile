@@ -1,17 +1,36 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
+# Everything installs from the lock: uv.lock for host and its tools (made by `make lock`),
+# requirements/uv.txt for uv itself. A fresh machine gets exactly what CI got.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+TOOLS   = .tools
+UV      = $(TOOLS)/bin/uv
+# uv uses the Python it is given, never one it downloads; the environment it fills is $(VENV).
+export UV_PYTHON_DOWNLOADS = never
+export UV_PROJECT_ENVIRONMENT = $(VENV)
 
-.PHONY: install system-deps demo test lint bench
+.PHONY: install system-deps demo test lint lock lock-check bench
 
-$(BIN)/celery: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(UV): requirements/uv.txt
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --require-hashes -r requirements/uv.txt
+	touch $@
+
+$(BIN)/celery: $(UV) pyproject.toml uv.lock
+	$(UV) sync --locked --extra dev --python $(PYTHON) --quiet
 	touch $@
 
 install: $(BIN)/celery
+
+# Updates uv.lock to the newest releases that pyproject.toml's ranges allow, then installs it.
+lock: $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
+	$(UV) sync --locked --extra dev --python $(PYTHON)
+
+# Fails when pyproject.toml and uv.lock disagree (a range changed, the lock not remade).
+lock-check: $(UV)
+	$(UV) lock --check --python $(PYTHON)
 
 system-deps:
 	.ci/system-deps
@@ -19,7 +38,7 @@ system-deps:
 demo: install
 	$(BIN)/celery -A host demo
 
-lint: install
+lint: install lock-check
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 

@@ -67,7 +67,7 @@ WEAR_FIELDS: dict[str, Any] = {
 def capture(url: str) -> dict[str, tuple[bytes, dict[str, Any]]]:
     """One real message of each kind, as Celery's dispatcher publishes it: (channel, envelope)."""
     app = create_app(Settings(broker_url=url))
-    sub = redis.Redis.from_url(url).pubsub()  # type: ignore[no-untyped-call]
+    sub = redis.Redis.from_url(url).pubsub()
     sub.psubscribe("*")
     wait_until(lambda: sub.get_message(timeout=0.1), 5, "the subscription")
     captured: dict[str, tuple[bytes, dict[str, Any]]] = {}

@@ -123,7 +123,7 @@ class RedisEar(Ear):
         while not self.stop.is_set():
             client = redis.Redis.from_url(self.url, socket_connect_timeout=5,
                                           socket_keepalive=True)
-            pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub = client.pubsub()
             try:
                 if self.channels:
                     pubsub.subscribe(*self.channels)

@@ -61,8 +61,13 @@ class TestImage:
         assert user and user.group(1).split(":")[0] not in ("root", "0")
         assert "COPY deploy/entrypoint.sh /usr/local/bin/host-entrypoint" in final
         assert 'ENTRYPOINT ["host-entrypoint"]' in final
-        # pip and its tools leave the environment before it is copied
-        assert "pip uninstall --yes pip setuptools wheel" in stages[0]
+        # the environment is filled from the lock, hashes checked, by a uv that lives outside it
+        # (so no installer is copied into the final stage)
+        build = stages[0]
+        assert "--require-hashes -r requirements/uv.txt" in build
+        assert re.search(r"(?m)uv sync --locked --no-editable", build)
+        assert "UV_PROJECT_ENVIRONMENT=/opt/host" in build
+        assert "/opt/host/bin/pip" not in build
 
     def test_the_project_installs_whole_from_what_the_image_copies(self, tmp_path: Path) -> None:
         """The files the build stage COPYs, and nothing else, make a wheel that holds every
