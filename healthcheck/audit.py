@@ -23,6 +23,10 @@ class Kind(StrEnum):
     TRANSITION = "transition"  # a change of state
     HELD = "held"  # the guard kept a worker in rotation the policy would eject
     LEADER = "leader"  # a checker took the lease
+    # Written with the gate key, in one store step: whatever happens to the checker next, a
+    # drain or admit that took effect has its record. The worker's answer follows, or not.
+    DRAIN_ORDERED = "drain_ordered"  # the gate key closed: no work-queue task starts from now
+    ADMIT_ORDERED = "admit_ordered"  # the gate key opened
     DRAIN_CONFIRMED = "drain_confirmed"  # a worker confirmed it left rotation
     DRAIN_UNCONFIRMED = "drain_unconfirmed"  # ... or did not answer
     ADMIT_CONFIRMED = "admit_confirmed"  # a worker confirmed it is back in rotation
@@ -39,7 +43,7 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "cause": (str,), "automatic": (bool,), "enforced": (bool,), "evidence": (dict,),
     "checker": (str,), "epoch": (int,), "verdict_at": (int, float), "consuming": (list,),
     "sent_at": (int, float), "received_at": (int, float), "inflight": (int,),
-    "confirm_s": (int, float),
+    "confirm_s": (int, float), "correction": (bool,),
 }
 
 
@@ -108,6 +112,11 @@ class AuditRecord:
     @classmethod
     def held(cls, worker: str, at: float, state: str, held: str, reason: str) -> AuditRecord:
         return cls(Kind.HELD, worker, at, {"state": state, "held": held, "reason": reason})
+
+    @classmethod
+    def ordered(cls, kind: Kind, worker: str, at: float, reason: str,
+                correction: bool) -> AuditRecord:
+        return cls(kind, worker, at, {"reason": reason, "correction": correction})
 
     @classmethod
     def leader(cls, at: float, checker: str, epoch: int) -> AuditRecord:

@@ -130,12 +130,14 @@ class Enforcer:
         """
         if not self.lead.leading():
             return
+        record = self._ordered(Kind.DRAIN_ORDERED, worker, reason, correction)
         try:
-            self.gates.close_gate(worker, reason, fence=self.lead.fence)
+            self.gates.close_gate(worker, reason, fence=self.lead.fence, record=record.to_dict())
         except LeaseLost:
             raise
         except HealthcheckError as exc:
             log.error("gate_key_write_failed", worker=worker, error=str(exc))
+            self.ledger.record(record)  # the command still goes: its record waits for the store
         # The gate key is written: this is the enforced verdict (a correction has none).
         self._send(Sent("drain", worker, reason, None if correction else self.clock()))
 
@@ -147,14 +149,20 @@ class Enforcer:
         """
         if not self.lead.leading():
             return
+        record = self._ordered(Kind.ADMIT_ORDERED, worker, reason, correction=False)
         try:
-            self.gates.open_gate(worker, fence=self.lead.fence)
+            self.gates.open_gate(worker, fence=self.lead.fence, record=record.to_dict())
         except LeaseLost:
             raise
         except HealthcheckError as exc:
             log.error("gate_key_write_failed", worker=worker, error=str(exc))
             return  # the worker would refuse work anyway: try again at the next correction
         self._send(Sent("admit", worker, reason, None))
+
+    def _ordered(self, kind: Kind, worker: str, reason: str, correction: bool) -> AuditRecord:
+        """The record written with a gate key (stamped with the leader's epoch)."""
+        return AuditRecord.ordered(kind, worker, self.clock(), reason,
+                                   correction).with_epoch(self.lead.epoch)
 
     @property
     def in_flight(self) -> int:

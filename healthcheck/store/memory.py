@@ -61,13 +61,19 @@ class InMemoryHealthStore(UnfencedWrites):
     def reports(self) -> dict[str, dict[str, Any]]:
         return dict(self.last_reports)
 
-    def close_gate(self, worker: str, reason: str, fence: str = "") -> None:
+    def close_gate(self, worker: str, reason: str, fence: str = "",
+                   record: Mapping[str, Any] | None = None) -> None:
         self._check(fence)
         self.gates[worker] = reason
+        if record is not None:
+            self.audit.append(dict(record))
 
-    def open_gate(self, worker: str, fence: str = "") -> None:
+    def open_gate(self, worker: str, fence: str = "",
+                  record: Mapping[str, Any] | None = None) -> None:
         self._check(fence)
         self.gates.pop(worker, None)
+        if record is not None:
+            self.audit.append(dict(record))
 
     def take_requests(self, limit: int = 100, fence: str = "") -> list[dict[str, Any]]:
         self._check(fence)

@@ -47,11 +47,15 @@ class StateStore(Protocol):
 class GateKeys(Protocol):
     """The checker's side of the gate keys: workers refuse work-queue tasks while theirs is set."""
 
-    def close_gate(self, worker: str, reason: str, fence: str = "") -> None:
-        """Hold ``worker`` out: its pool processes refuse work-queue tasks from now on."""
+    def close_gate(self, worker: str, reason: str, fence: str = "",
+                   record: Mapping[str, Any] | None = None) -> None:
+        """Hold ``worker`` out: its pool processes refuse work-queue tasks from now on.
+        ``record``, an audit record, is written with the key: both or neither."""
 
-    def open_gate(self, worker: str, fence: str = "") -> None:
-        """Let ``worker``'s pool processes start work-queue tasks again."""
+    def open_gate(self, worker: str, fence: str = "",
+                  record: Mapping[str, Any] | None = None) -> None:
+        """Let ``worker``'s pool processes start work-queue tasks again (``record``: as for
+        ``close_gate``)."""
 
 
 class OperatorRequests(Protocol):

@@ -110,11 +110,19 @@ class RedisHealthStore(UnfencedWrites):
 
     # --- gate keys -------------------------------------------------------------------------
 
-    def close_gate(self, worker: str, reason: str, fence: str = "") -> None:
-        _fenced(self._gate, [self._leader, keys.gate(worker)], [fence, "close", reason])
+    def close_gate(self, worker: str, reason: str, fence: str = "",
+                   record: Mapping[str, Any] | None = None) -> None:
+        self._set_gate(worker, "close", reason, fence, record)
 
-    def open_gate(self, worker: str, fence: str = "") -> None:
-        _fenced(self._gate, [self._leader, keys.gate(worker)], [fence, "open", ""])
+    def open_gate(self, worker: str, fence: str = "",
+                  record: Mapping[str, Any] | None = None) -> None:
+        self._set_gate(worker, "open", "", fence, record)
+
+    def _set_gate(self, worker: str, how: str, reason: str, fence: str,
+                  record: Mapping[str, Any] | None) -> None:
+        audit = "" if record is None else json.dumps(record, default=str)
+        _fenced(self._gate, [self._leader, keys.gate(worker), keys.AUDIT],
+                [fence, how, reason, AUDIT_KEEP, audit])
 
     # --- operators' requests ---------------------------------------------------------------
 

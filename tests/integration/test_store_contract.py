@@ -100,15 +100,30 @@ class TestFencing:
                          [{"kind": "transition", "worker": "w1", "at": 2.0}], {"w1": {"at": 2}},
                          fence=old)
         with pytest.raises(LeaseLost):
-            store.close_gate("w1", "stale", fence=old)
+            store.close_gate("w1", "stale", fence=old,
+                             record={"kind": "drain_ordered", "worker": "w1", "at": 2.0})
         with pytest.raises(LeaseLost):
-            store.open_gate("w1", fence=old)
+            store.open_gate("w1", fence=old,
+                            record={"kind": "admit_ordered", "worker": "w1", "at": 2.0})
         with pytest.raises(LeaseLost):
             store.take_requests(fence=old)
         assert store.get("w1").state is State.HEALTHY  # type: ignore[union-attr]
         assert [r["kind"] for r in store.history()] == ["joined"]
         assert store.reports() == {}
         store.close_gate("w1", "fresh", fence=new)  # the leader's write goes through
+
+    def test_a_gate_key_and_its_record_are_written_together(self, subject: Subject) -> None:
+        """The order's record is written in the same step as the gate key, in the log's order;
+        without a record, only the key changes."""
+        store = subject.store
+        token = store.lease("a", 30) or ""
+        store.close_gate("w1", "cpu", fence=token,
+                         record={"kind": "drain_ordered", "worker": "w1", "at": 3.0})
+        store.open_gate("w1", fence=token,
+                        record={"kind": "admit_ordered", "worker": "w1", "at": 4.0})
+        store.close_gate("w2", "plain", fence=token)
+        assert [(r["kind"], r["at"]) for r in store.history()] == [("drain_ordered", 3.0),
+                                                                   ("admit_ordered", 4.0)]
 
     def test_unfenced_writes_always_go_through(self, subject: Subject) -> None:
         store = subject.store

@@ -65,7 +65,7 @@ class TestChecker:
         assert store.load()["w1"].state is State.DRAINING
         assert "cpu_percent" in store.gates["w1"]  # the verdict took effect in the store first
         kinds = [r["kind"] for r in store.history("w1")]
-        assert kinds == ["joined", "transition", "drain_confirmed"]
+        assert kinds == ["joined", "transition", "drain_ordered", "drain_confirmed"]
         assert sample(checker, "host_worker_state", worker="w1", state="DRAINING") == 1
         assert sample(checker, "host_queue_healthy_consumers", queue="tweets") == 3
         assert sample(checker, "host_detection_seconds_count") == 1
@@ -188,6 +188,11 @@ class TestChecker:
                     raise StoreUnavailable("down")
                 super().commit(*args, **kwargs)
 
+            def close_gate(self, *args: Any, **kwargs: Any) -> None:
+                if self.down:
+                    raise StoreUnavailable("down")
+                super().close_gate(*args, **kwargs)
+
         store = Flaky()
         checker, _, clock, _ = make(store=store)
         for w in ("w1", "w2", "w3", "w4"):
@@ -199,8 +204,9 @@ class TestChecker:
         assert [r["kind"] for r in store.history("w1")] == ["joined"]
         store.down = False
         checker.tick(clock() + 0.3)
+        # the order's record, kept while the gate key could not be written, comes too
         assert [r["kind"] for r in store.history("w1")] == ["joined", "transition",
-                                                            "drain_confirmed"]
+                                                            "drain_ordered", "drain_confirmed"]
 
     @pytest.mark.parametrize("event", [
         {"type": "worker-wear"},
@@ -498,7 +504,9 @@ class TestActingNeverBlocksWatching:
                 checker.tick(clock())
             assert checker.fleet.workers["w5"].state is State.OFFLINE  # silence still judged
             assert checker.enforcer.in_flight == 1
-            assert not [r for r in store.history("w1") if r["kind"].startswith("drain")]
+            # the order is recorded with its gate key; the answer is not in yet
+            assert [r["kind"] for r in store.history("w1")
+                    if r["kind"].startswith("drain")] == ["drain_ordered"]
             actuator.release.set()
             wait_until(lambda: checker.enforcer.in_flight == 0, 5, "the answer")
             checker.enforcer.settle()
