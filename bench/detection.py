@@ -96,7 +96,8 @@ def run_host(url: str, env: dict[str, str], texts: list[str], logs: Path) -> dic
             wait_until(lambda: len(results) > len(texts) // 3, 60, 'a third of the stream')
             from healthcheck.actuator import control_reply
 
-            control_reply(app, "host_inject", bad, {"spec": "cpu=100"}, 3)
+            # Worn, not busy (a busy worker stays in): CPU at 100 %, the pool spinning
+            control_reply(app, "host_inject", bad, {"spec": "cpu=100,spin=3"}, 3)
             wait_until(lambda: (w := store.get(bad)) and w.state.value == "QUARANTINED", 60,
                        'the quarantine')
             feeder.join()

@@ -70,6 +70,10 @@ class WearEvent:
         counts: totals since the worker started (``COUNTS``), each ``{label: count}`` as sent
             (only its non-negative integer counts mean anything).
         inject: the fault injection in force ("": none).
+        running: tasks executing when it sampled (None: it did not say).
+        stalled_s: seconds with no input or task done, since the later of the last one and
+            the start of the current busy spell (None: it did not say): busy is told from
+            stuck, and from idle, by this.
         seq, boot, interval, gate_reason, gate_changed_at, at, cost_s: the report's own
             bookkeeping (sequence, boot id, interval, the gate's last change, when it was
             sampled by the worker's clock, what sampling cost).
@@ -93,6 +97,8 @@ class WearEvent:
     gate_changed_at: float | None = None
     at: float | None = None
     cost_s: float = 0.0
+    running: int | None = None
+    stalled_s: float | None = None
     #: The task figures as the worker sent them (keys the checker does not read included).
     raw_tasks: Mapping[str, Any] = field(default_factory=dict)
 
@@ -125,6 +131,7 @@ class WearEvent:
             "gate_changed_at": self.gate_changed_at, "self_protected": self.self_protected,
             "consuming": None if self.subscribed is None else list(self.subscribed),
             "at": self.at, "inject": self.inject or None, "cost_s": self.cost_s,
+            "running": self.running, "stalled_s": self.stalled_s,
         }
 
     @classmethod
@@ -175,6 +182,7 @@ class WearEvent:
             interval=_lenient(get("interval")), gate_reason=str(get("gate_reason") or ""),
             gate_changed_at=_lenient(get("gate_changed_at")), at=_lenient(get("at")),
             cost_s=_lenient(get("cost_s")) or 0.0,
+            running=_count(get("running")), stalled_s=_lenient(get("stalled_s")),
         )
 
 
@@ -198,6 +206,12 @@ def _lenient(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative integer, or None when absent or anything else (never raises)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if ok else None
 
 
 def _int(value: Any) -> int:

@@ -43,7 +43,9 @@ from workers.inbound import Limits
 
 #: Wear reports four times a second, so the demo's drain happens within seconds.
 DEMO_WEAR_INTERVAL = "0.25"
-WEAR = "cpu=100"
+#: Worn, not busy: its pool burns the CPU (reported at 100 %) with nothing done for 3 s
+#: before each task. A worker at 100 % CPU that gets its work done is busy, and stays in.
+WEAR = "cpu=100,spin=3"
 
 
 @click.command(cls=CeleryCommand)

@@ -92,7 +92,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         table.add_column(col)
     now = checker_now(reports)
     for r in rows:
-        table.add_row(r["worker"], _color(r["state"]), r["reason"][:110],
+        state = _color(r["state"]) + (" [magenta]busy[/]" if r["busy"] else "")
+        table.add_row(r["worker"], state, r["reason"][:110],
                       _ago(now - r["since"]), _num(r["wear"].get("cpu_percent")),
                       _num(r["wear"].get("memory_percent")), str(r["inflight"] or 0),
                       ",".join(r["consuming"] or []) or "-")
@@ -117,7 +118,12 @@ def _row(w: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
             "cause": w["cause"], "queues": w["queues"], "held": w.get("held") or None,
             "wear": report.get("wear") or {},
             "consuming": report.get("consuming"), "inflight": report.get("inflight"),
-            "gate": report.get("gate"), "reported_at": report.get("at")}
+            "gate": report.get("gate"), "reported_at": report.get("at"),
+            # busy, not worn: over a soft CPU or load limit with its work getting done
+            "busy": report.get("busy") if w["state"] in CONSUMING_STATES else None}
+
+
+CONSUMING_STATES = {s.value for s in CONSUMING}
 
 
 def _color(state: str) -> str:

@@ -37,16 +37,19 @@ def wear_report(report: WearEvent, at: float) -> WearReport:
         consecutive_failures=report.tasks.consecutive_failures,
         runtime_p95=report.tasks.runtime_p95, inflight=report.inflight, queues=report.queues,
         self_protected=report.self_protected, consuming=report.consuming,
-        gate_closed=report.gate == "closed",
+        gate_closed=report.gate == "closed", running=report.running,
+        stalled_s=report.stalled_s,
     )
 
 
-def report_summary(report: WearEvent, at: float) -> dict[str, Any]:
-    """What ``fleet status`` shows of a worker's last report."""
+def report_summary(report: WearEvent, at: float, busy: str = "") -> dict[str, Any]:
+    """What ``fleet status`` shows of a worker's last report (``busy``: the policy's word on
+    its load, "" when it is not busy)."""
     return {"at": at, "wear": {m: value for m, (value, _) in report.wear.items()},
             "consuming": None if report.subscribed is None else list(report.subscribed),
             "queues": list(report.queues), "inflight": report.inflight, "gate": report.gate,
-            "self_protected": report.self_protected, "inject": report.inject or None}
+            "self_protected": report.self_protected, "inject": report.inject or None,
+            "busy": busy or None}
 
 
 #: How often a worker's report summary (what ``fleet status`` shows) is stored: every report
@@ -65,15 +68,15 @@ class Intake:
         #: When each worker's summary was last stored, and what its gate and queues were.
         self._summarised: dict[str, tuple[float, Any]] = {}
 
-    def summary(self, report: WearEvent, at: float) -> dict[str, Any] | None:
+    def summary(self, report: WearEvent, at: float, busy: str = "") -> dict[str, Any] | None:
         """The summary to store for this report: every ``SUMMARY_EVERY_S``, and at once when
-        the worker's gate or queues changed (None: not now)."""
-        seen = (report.gate, report.subscribed, report.self_protected)
+        the worker's gate, queues or being busy changed (None: not now)."""
+        seen = (report.gate, report.subscribed, report.self_protected, bool(busy))
         stored_at, stored = self._summarised.get(report.hostname, (0.0, None))
         if seen == stored and at - stored_at < SUMMARY_EVERY_S:
             return None
         self._summarised[report.hostname] = (at, seen)
-        return report_summary(report, at)
+        return report_summary(report, at, busy)
 
     def take(self, report: WearReport) -> None:
         """Remember a report's readings."""

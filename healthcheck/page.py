@@ -19,6 +19,7 @@ from broker_config.queues import WORK_QUEUES
 from healthcheck.audit import Kind, parse_all
 from healthcheck.errors import HealthcheckError
 from healthcheck.policy import Fleet, Reading, WorkerHealth
+from healthcheck.policy.model import CONSUMING
 from healthcheck.store import StateStore
 
 #: Wear samples kept per worker for the sparklines.
@@ -103,6 +104,7 @@ def fleet_view(fleet: Fleet, history: WearHistory, store: StateStore, leading: b
                     "messages": queue_depths.get(q)} for q in WORK_QUEUES],
         "workers": [{"name": w.name, "state": w.state.value, "reason": w.reason,
                      "cause": w.cause.value, "held": w.held or None, "since": w.since,
+                     "busy": (w.busy or None) if w.state in CONSUMING else None,
                      "last_seen": w.last_seen,
                      "queues": list(w.queues), "wear": history.of(w.name)} for w in workers],
         "transitions": [{"at": r.at, "worker": r.worker, "from": r.get("from"),

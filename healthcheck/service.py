@@ -219,8 +219,6 @@ class Checker(Succession):
         if report is not None:
             obs = wear_report(report, at)
             self.intake.take(obs)
-            if (summary := self.intake.summary(report, at)) is not None:
-                self.ledger.report(report.hostname, summary)
             self.metrics.on_report(report.hostname, report.counts, count=self.leading())
         else:
             obs = observation(event, at)
@@ -231,6 +229,9 @@ class Checker(Succession):
         before = self.fleet.workers.get(obs.worker)
         decision = self.fleet.observe(obs)
         after = self.fleet.workers[obs.worker]
+        if report is not None and (summary := self.intake.summary(report, at,
+                                                                  after.busy)) is not None:
+            self.ledger.report(report.hostname, summary)
         if before is None:
             log.info("worker_joined", worker=obs.worker)
             self.ledger.changed(obs.worker)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker_config.contract import envelope as envelope  # re-exported: the producers' envelope
+from workers import tally
 from workers.deadletter import DeadLetterStore
 from workers.inbound import Limits, Message, Rejection, parse_line, truncate
 from workers.sentiment import (
@@ -65,16 +66,17 @@ def _analyse(envs: list[Any], ctx: RunContext) -> list[dict[str, Any]]:
     bench/ingest_cpu.py). ``finished_at`` stays each input's own."""
     started = ctx.started_at if ctx.started_at is not None else ctx.clock()
     parsed = [_parse_envelope(env, ctx.limits) for env in envs]
-    scored = _score(parsed, ctx.limits, ctx.clock)
+    scored = _score(parsed, ctx.limits, ctx.clock, tally.counts_as_work(ctx.queue))
     return [_record(env, outcome, finished, started, ctx)
             for env, (outcome, finished) in zip(envs, scored, strict=True)]
 
 
-def _score(parsed: list[Message | Rejection], limits: Limits,
-           clock: Callable[[], float]) -> list[tuple[_Outcome, float]]:
+def _score(parsed: list[Message | Rejection], limits: Limits, clock: Callable[[], float],
+           work: bool = True) -> list[tuple[_Outcome, float]]:
     """VADER's scores for every parsed message, each with the time it was done; a rejection
     passes through, and an input that would cost more than its budget becomes one: too many
-    emoji (counted first, in linear time) or more CPU than ``cpu_budget_s``."""
+    emoji (counted first, in linear time) or more CPU than ``cpu_budget_s``. Each text scored
+    is progress (``tally.progressed``) when it is ``work``."""
     polarity = analyzer().polarity_scores
     budget = cpu_budget(limits.cpu_budget_s)
     scored: list[tuple[_Outcome, float]] = []
@@ -96,6 +98,8 @@ def _score(parsed: list[Message | Rejection], limits: Limits,
             scored.append((Rejection(message.ref, "too_expensive", str(exc), truncate(text)), 0.0))
             continue
         scored.append(((message, scores), clock()))
+        if work:
+            tally.progressed()
     return scored
 
 

@@ -9,7 +9,9 @@ A spec is comma-separated ``key=value`` pairs, e.g. ``cpu=97,fail_rate=0.5,slow=
 ``temperature``    reported temperature, Celsius
 ``open_files``     reported open files, percent of the limit
 ``fail_rate``      probability (0-1) that a task fails with ``InjectedFailure``
-``slow``           seconds added to every task
+``slow``           seconds added to every task (asleep: the worker is idle meanwhile)
+``spin``           seconds of CPU burnt before every task does anything (a spinning pool: CPU
+                   without progress, which is wear, where a busy worker's CPU is not)
 ``wrong_answers``  probability (0-1) that a result's scores are subtly wrong
 =================  ==========================================================================
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import time
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -47,6 +50,7 @@ class Injection:
     open_files: float | None = None
     fail_rate: float | None = None
     slow: float | None = None
+    spin: float | None = None
     wrong_answers: float | None = None
 
     @classmethod
@@ -138,21 +142,32 @@ def current() -> Injection:
     return RUNTIME.board.get() if RUNTIME.board is not None else Injection()
 
 
-def before_task(injection: Injection, draw: float, sleep: Any) -> None:
-    """What an injection does before a task runs: wait ``slow`` seconds, fail at ``fail_rate``.
+def before_task(injection: Injection, draw: float, sleep: Any, burn: Any = None) -> None:
+    """What an injection does before a task runs: wait ``slow`` seconds, burn the CPU for
+    ``spin`` seconds, fail at ``fail_rate``.
 
     Args:
         injection: the injection in force.
         draw: a uniform random number in [0, 1) for this task.
         sleep: the sleep function (``time.sleep``).
+        burn: spins the CPU for so many seconds (``spin_for``).
 
     Raises:
         InjectedFailure: with probability ``fail_rate``.
     """
     if injection.slow:
         sleep(injection.slow)
+    if injection.spin:
+        (burn or spin_for)(injection.spin)
     if injection.fail_rate and draw < injection.fail_rate:
         raise InjectedFailure(f"injected failure (fail_rate={injection.fail_rate:g})")
+
+
+def spin_for(seconds: float) -> None:
+    """Burn this process's CPU for ``seconds`` of wall time, doing nothing."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
 
 
 def distort(result: dict[str, Any], injection: Injection, draw: float) -> dict[str, Any]:

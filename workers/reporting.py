@@ -13,13 +13,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from celery.worker import state as worker_state
+
 from broker_config.logs import get_logger
 from broker_config.policy_file import load_policy
 from broker_config.settings import ConfigError
 from broker_config.wear_event import TaskFigures, WearEvent
 from workers import control, gate, inject, tally
 from workers.runtime import RUNTIME
-from workers.wear import Smoothed
+from workers.wear import Progress, Smoothed
 
 log = get_logger(__name__)
 
@@ -64,6 +66,9 @@ class WearReporting:
         self._last: dict[str, float] = {}
         self._was_hot = False
         self._injection = inject.Injection()
+        self._progress = Progress()
+        self._running = 0
+        self._stalled_s = 0.0
 
     def tick(self, consumer: Any) -> WearEvent | None:
         """Take one raw sample; the report, when one is due (every ``per_report`` samples, and
@@ -96,6 +101,9 @@ class WearReporting:
                 samples[INJECTED[key]] = value
         self._window.append(samples)
         self._last = samples
+        self._running = len(worker_state.active_requests)
+        self._stalled_s = self._progress.sample(time.monotonic(), self._running,
+                                                tally.progress())
 
     def _fold(self) -> None:
         """The window's samples into the smoothed values: their mean, and their peak."""
@@ -137,7 +145,8 @@ class WearReporting:
             gate=status["gate"], gate_reason=status["gate_reason"],
             gate_changed_at=status["gate_changed_at"], self_protected=status["self_protected"],
             subscribed=tuple(status["consuming"]), at=status["at"],
-            inject=self._injection.spec(), cost_s=round(self.cost_s, 6))
+            inject=self._injection.spec(), cost_s=round(self.cost_s, 6),
+            running=self._running, stalled_s=round(self._stalled_s, 3))
         self.cost_s = time.thread_time() - started
         return event
 

@@ -14,7 +14,7 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 
 from broker_config.logs import get_logger
-from workers import gate, handback
+from workers import gate, handback, tally
 from workers.runtime import RUNTIME
 
 log = get_logger(__name__)
@@ -92,6 +92,8 @@ class HostRequest(Request):
                 if self.time_start and isinstance(sent_at, (int, float)) else None)
         RUNTIME.tasks.record(time.monotonic(), ok, runtime, wait)
         RUNTIME.totals.record(self._queue(), self.name, "succeeded" if ok else "failed", runtime)
+        if tally.counts_as_work(self._queue()):
+            tally.progressed()
 
 
 class HostTask(Task[Any, Any]):

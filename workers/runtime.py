@@ -50,6 +50,8 @@ class WorkerRuntime:
     board: InjectionBoard | None = None
     #: shared: inbound outcomes and sentiment labels, counted by the pool (``workers.tally``).
     counts: Any = None
+    #: shared: inputs done by the pool, a count that moves while work progresses.
+    progress: Any = None
     #: main: Celery's consumer of this worker.
     consumer: Any = None
     #: main: task outcomes and runtimes (``HostRequest`` runs in the main process).

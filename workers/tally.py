@@ -21,6 +21,28 @@ _SLOTS = OUTCOMES + LABELS
 def install() -> None:
     """Create the shared counters (in the main process, before the pool forks)."""
     RUNTIME.counts = multiprocessing.Array("Q", len(_SLOTS))
+    RUNTIME.progress = multiprocessing.RawValue("Q", 0)
+
+
+def progressed() -> None:
+    """One input or work-queue task done (a pool process, or the main process as a task
+    ends): the wear reporter tells progress from a stall by this count moving. No lock: two
+    processes adding at once may lose one of the two, and the count still moves, which is all
+    it is read for."""
+    progress = RUNTIME.progress
+    if progress is not None:
+        progress.value += 1
+
+
+def counts_as_work(queue: str | None) -> bool:
+    """Whether what comes off ``queue`` is the worker's work (everything but its own verify
+    queue: a probe every ten seconds explains no load)."""
+    return not RUNTIME.verify_queue or queue != RUNTIME.verify_queue
+
+
+def progress() -> int:
+    """Inputs done since the worker started (as counted by ``progressed``)."""
+    return int(RUNTIME.progress.value) if RUNTIME.progress is not None else 0
 
 
 def count(results: Iterable[Mapping[str, Any]], queue: str | None) -> None:

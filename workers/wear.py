@@ -93,6 +93,31 @@ class TaskWindow:
         }
 
 
+@dataclass
+class Progress:
+    """How long a worker has gone without getting anything done (no input analysed, no task
+    finished): since the later of its last progress and the start of its current busy spell.
+    Idle, it grows from the last thing done; a new task starts the clock again.
+
+    ``sample`` is called with each wear sample: ``running`` tasks executing now, ``done`` a
+    count that moves with every input or task done, ``now`` monotonic seconds.
+    """
+
+    _done: int | None = None
+    _moved_at: float = 0.0
+    _busy_since: float = 0.0
+    _running: int = 0
+
+    def sample(self, now: float, running: int, done: int) -> float:
+        """Seconds of running without progress, as of ``now``."""
+        if done != self._done:
+            self._done, self._moved_at = done, now
+        if running and not self._running:
+            self._busy_since = now
+        self._running = running
+        return max(0.0, now - max(self._moved_at, self._busy_since))
+
+
 class TaskTotals:
     """Task outcomes and runtimes since the worker started, as the wear report sends them
     (``task_outcomes`` and ``task_runtimes``: ``broker_config.wear_event``). The checker's

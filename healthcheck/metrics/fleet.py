@@ -20,12 +20,15 @@ def health_score(w: WorkerHealth, readings: Mapping[str, Any],
     """0 to 1: the headroom left below the nearest hard limit; 0 when out of rotation.
 
     ``1 - max(value / hard)`` over the worker's wear metrics, so 0.1 means some metric is at
-    90% of its hard limit.
+    90% of its hard limit. Load a busy worker's progress excuses is capacity in use, not lost
+    health, and does not count (``host_worker_busy`` shows it).
     """
     if w.state not in CONSUMING:
         return 0.0
+    excused = {part.split(" ")[0] for part in w.busy.split(", ")} if w.busy else set()
     used = [reading.value / limits.hard for metric, reading in readings.items()
-            if (limits := thresholds.get(metric)) is not None and limits.hard]
+            if (limits := thresholds.get(metric)) is not None and limits.hard
+            and metric not in excused]
     return round(min(1.0, max(0.0, 1.0 - max(used, default=0.0))), 4)
 
 
@@ -66,13 +69,19 @@ class FleetCollector(Collector):
         score = GaugeMetricFamily("host_worker_health_score",
                                   "Headroom below the nearest hard wear limit (0-1); 0 when out "
                                   "of rotation", labels=["worker"])
+        busy = GaugeMetricFamily("host_worker_busy",
+                                 "1 while a worker's CPU or load is over its soft limit because "
+                                 "of the work it gets done (busy, not worn: never ejected for it)",
+                                 labels=["worker"])
         for w in workers:
             for s in State:
                 state.add_metric([w.name, s.value], 1.0 if w.state is s else 0.0)
             score.add_metric([w.name], health_score(w, readings.get(w.name, {}),
                                                     fleet.config.thresholds))
+            busy.add_metric([w.name], 1.0 if w.busy and w.state in CONSUMING else 0.0)
         yield state
         yield score
+        yield busy
         counts = fleet.by_state()
         by_state = GaugeMetricFamily("host_fleet_workers", "Workers in each state",
                                      labels=["state"])

@@ -100,6 +100,31 @@ class Sustained:
     min_s: float = 1.75
 
 
+#: Metrics that measure how much work a worker does, not how worn it is: their breaches count as
+#: wear only while the worker makes no progress (``Load``). A worker busy with its backlog sits
+#: at 90-100% CPU; that is capacity in use, not a fault.
+LOAD_METRICS = ("cpu_percent", "load_per_core")
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Busy is not worn: a ``LOAD_METRICS`` breach counts as wear only without progress.
+
+    Progress is lost when the worker runs no task at all (CPU burnt with nothing to show: a
+    runaway thread or child, judged by the raw sample as well as the smoothed one, so that a
+    worker that has just gone idle is not judged by a smoothed value still falling), or when
+    tasks are running but none has finished for ``stall_floor_s`` or ``stall_factor`` times
+    the worker's own p95 runtime, whichever is longer (a stuck or spinning pool). A worker
+    that says neither (an older worker) is judged as before: its CPU is wear.
+    ``enabled = false`` makes every CPU and load breach wear again.
+    """
+
+    enabled: bool = True
+    #: Above the longest one input may run (the CPU budget: 0.5 s, stopped at 0.625 s).
+    stall_floor_s: float = 1.0
+    stall_factor: float = 3.0
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Quarantine length: min(base x 2^(ejections-1), max) + jitter."""
@@ -152,6 +177,7 @@ class PolicyConfig:
     latency: Latency = field(default_factory=Latency)
     recovery: Recovery = field(default_factory=Recovery)
     sustained: Sustained = field(default_factory=Sustained)
+    load: Load = field(default_factory=Load)
     backoff: Backoff = field(default_factory=Backoff)
     guard: Guard = field(default_factory=Guard)
     probes: Probes = field(default_factory=Probes)
@@ -164,7 +190,7 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         _check_positive(self)
         for section in (self.failures, self.latency, self.recovery, self.sustained,
-                        self.backoff, self.guard, self.probes):
+                        self.load, self.backoff, self.guard, self.probes):
             _check_positive(section)
         if not 0 < self.guard.max_ejected_fraction <= 1:
             raise ValueError("guard.max_ejected_fraction: must be in (0, 1]")
@@ -199,7 +225,8 @@ class PolicyConfig:
 
 
 _SECTIONS: dict[str, type] = {"failures": Failures, "latency": Latency, "recovery": Recovery,
-                              "sustained": Sustained, "backoff": Backoff, "guard": Guard,
+                              "sustained": Sustained, "load": Load, "backoff": Backoff,
+                              "guard": Guard,
                               "probes": Probes}
 _FIELDS = {f.name for f in fields(PolicyConfig)}
 

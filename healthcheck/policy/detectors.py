@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
-from healthcheck.policy.config import PolicyConfig, Threshold
+from healthcheck.policy.config import LOAD_METRICS, Load, PolicyConfig, Threshold
 from healthcheck.policy.model import OK, Verdict, WearReport
+
+
+def lost_progress(report: WearReport, load: Load) -> str | None:
+    """Why the worker's load is not its work ("" when it makes progress; None when it does not
+    say, or the rule is off: then its load is judged as wear, as before the rule).
+
+    Nothing done for ``stall_floor_s`` (or ``stall_factor`` times the worker's own p95
+    runtime, if longer): with no task running, CPU burnt with nothing to show; with tasks
+    running, a stuck or spinning pool. Anything else is a worker busy with its work, or one
+    that has only just run out of it.
+    """
+    if not load.enabled or report.running is None or report.stalled_s is None:
+        return None
+    limit = max(load.stall_floor_s, load.stall_factor * (report.runtime_p95 or 0.0))
+    if report.stalled_s < limit:
+        return ""
+    if report.running == 0:
+        return f"with no task running for {report.stalled_s:.1f} s"
+    return f"with {report.running} running and none done for {report.stalled_s:.1f} s"
 
 
 def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = None,
@@ -24,14 +43,28 @@ def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = N
     evidence: dict[str, float | str] = {}
     factor = config.recovery.probation_tighten if tight else 1.0
     over: list[str] = []
+    busy: list[str] = []
+    lost = lost_progress(report, config.load)
     for metric, limits in config.thresholds.items():
         reading = report.wear.get(metric)
-        if reading is not None:
+        if reading is None:
+            continue
+        hot = (reading.last is not None and limits.hard is not None
+               and reading.last >= limits.hard)
+        if hot:
+            over.append(metric)  # counted for the sustained rule, busy or not
+        if metric not in LOAD_METRICS or lost is None:
             _check_reading(metric, reading.value, reading.peak, limits, factor, soft, hard,
                            evidence)
-            if (reading.last is not None and limits.hard is not None
-                    and reading.last >= limits.hard):
-                over.append(metric)
+        elif lost:
+            # Idle: judged by the raw sample too, so that a worker whose backlog has just run
+            # out is not judged by a smoothed value still on its way down.
+            idle = report.running == 0 and reading.last is not None
+            value = min(reading.value, reading.last or 0.0) if idle else reading.value
+            _check_reading(metric, value, reading.peak, limits, factor, soft, hard, evidence,
+                           f" {lost}")
+        elif (limits.soft is not None and reading.value >= limits.soft * factor) or hot:
+            busy.append(metric)
     _check_failures(report, config, soft, hard, evidence)
     _check_latency(report, config, fleet_p95, soft, evidence)
     missing = report.not_consuming() if in_rotation else ()
@@ -41,10 +74,10 @@ def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = N
     if report.self_protected:
         hard.append(f"worker closed its own gate: {report.self_protected}")
     if hard:
-        return Verdict("hard", tuple(hard), evidence, tuple(over))
+        return Verdict("hard", tuple(hard), evidence, tuple(over), tuple(busy))
     if soft:
-        return Verdict("soft", tuple(soft), evidence, tuple(over))
-    return Verdict("ok", over_hard=tuple(over)) if over else OK
+        return Verdict("soft", tuple(soft), evidence, tuple(over), tuple(busy))
+    return Verdict("ok", over_hard=tuple(over), busy=tuple(busy)) if over or busy else OK
 
 
 def sustained(verdict: Verdict, report: WearReport, hot: int, hot_s: float,
@@ -55,24 +88,33 @@ def sustained(verdict: Verdict, report: WearReport, hot: int, hot_s: float,
     rule = config.sustained
     if hot < rule.samples or hot_s < rule.min_s or verdict.level == "hard":
         return verdict
+    worn = [m for m in verdict.over_hard if m not in verdict.busy]  # busy is excused
+    if not worn:
+        return verdict
+    lost = lost_progress(report, config.load) if any(m in LOAD_METRICS for m in worn) else ""
     reasons = tuple(f"{m} {report.wear[m].last:g} >= hard {config.thresholds[m].hard:g} "
-                    f"for {hot_s:.2f} s ({hot} samples in a row)" for m in verdict.over_hard)
+                    f"for {hot_s:.2f} s ({hot} samples in a row)"
+                    f"{' ' + lost if lost and m in LOAD_METRICS else ''}" for m in worn)
     evidence = {**verdict.evidence, "hot_samples": hot, "hot_s": round(hot_s, 3),
-                **{m: report.wear[m].value for m in verdict.over_hard},
-                **{f"{m}_last": report.wear[m].last or 0.0 for m in verdict.over_hard}}
-    return Verdict("hard", (*reasons, *verdict.reasons), evidence, verdict.over_hard)
+                **{m: report.wear[m].value for m in worn},
+                **{f"{m}_last": report.wear[m].last or 0.0 for m in worn}}
+    if report.stalled_s is not None and lost:
+        evidence["stalled_s"] = report.stalled_s
+    return Verdict("hard", (*reasons, *verdict.reasons), evidence, verdict.over_hard,
+                   verdict.busy)
 
 
 def _check_reading(metric: str, value: float, peak: float, limits: Threshold, factor: float,
-                   soft: list[str], hard: list[str], evidence: dict[str, float | str]) -> None:
+                   soft: list[str], hard: list[str], evidence: dict[str, float | str],
+                   why: str = "") -> None:
     if limits.hard is not None and value >= limits.hard:
-        hard.append(f"{metric} {value:g} >= hard {limits.hard:g}")
+        hard.append(f"{metric} {value:g} >= hard {limits.hard:g}{why}")
     elif limits.peak_hard is not None and peak >= limits.peak_hard:
-        hard.append(f"{metric} peak {peak:g} >= hard {limits.peak_hard:g}")
+        hard.append(f"{metric} peak {peak:g} >= hard {limits.peak_hard:g}{why}")
     elif limits.soft is not None and value >= limits.soft * factor:
-        soft.append(f"{metric} {value:g} >= soft {limits.soft * factor:g}")
+        soft.append(f"{metric} {value:g} >= soft {limits.soft * factor:g}{why}")
     elif limits.peak_soft is not None and peak >= limits.peak_soft * factor:
-        soft.append(f"{metric} peak {peak:g} >= soft {limits.peak_soft * factor:g}")
+        soft.append(f"{metric} peak {peak:g} >= soft {limits.peak_soft * factor:g}{why}")
     else:
         return
     evidence[metric] = value

@@ -97,6 +97,9 @@ class HealthPolicy:
         if hot != w.hot:
             w = dataclasses.replace(w, hot=hot, hot_since=r.at if hot == 1 else w.hot_since)
         verdict = sustained(verdict, r, hot, r.at - w.hot_since, self.config)
+        busy = ", ".join(f"{m} {r.wear[m].value:g}" for m in verdict.busy)
+        if busy != w.busy:
+            w = dataclasses.replace(w, busy=busy)
         if w.state is State.DRAINING:
             if r.inflight == 0:
                 w, t = self._quarantine(w, f"drained ({w.reason})", r.at, jitter_s)

@@ -80,6 +80,10 @@ class WearReport:
             rotation with a closed gate is a contradiction the checker corrects (an admit),
             or a report sampled before the admit that arrived after it: never a sign that
             consumption failed.
+        running: tasks executing when it sampled this report (None: the worker did not say).
+        stalled_s: seconds with nothing done (no input, no task), since the later of the
+            last thing done and the start of the current busy spell (None: the worker did
+            not say).
     """
 
     worker: str
@@ -94,6 +98,8 @@ class WearReport:
     self_protected: str | None = None
     consuming: tuple[str, ...] | None = None
     gate_closed: bool = False
+    running: int | None = None
+    stalled_s: float | None = None
 
     def not_consuming(self) -> tuple[str, ...]:
         """Configured work queues the worker says it does not consume with its gate open (none
@@ -153,6 +159,8 @@ class WorkerHealth:
         hot: consecutive reports whose last raw sample crossed a hard limit (a sustained
             step, told from a spike: see ``Sustained``).
         hot_since: when the first of those reports arrived (0.0 when ``hot`` is 0).
+        busy: the load readings over their soft limits in its last report while it made
+            progress ("" when none): capacity in use, shown, never a reason to eject.
     """
 
     name: str
@@ -172,6 +180,7 @@ class WorkerHealth:
     held: str = ""
     hot: int = 0
     hot_since: float = 0.0
+    busy: str = ""
 
     def consumes(self, queue: str) -> bool:
         """True when it is in a consuming state and really consumes ``queue``."""
@@ -268,6 +277,8 @@ class Verdict:
     evidence: Mapping[str, float | str] = field(default_factory=dict)
     #: Metrics whose last raw sample is at or over their hard limit (whatever the level).
     over_hard: tuple[str, ...] = ()
+    #: Load readings over a limit that the worker's progress excuses: it is busy, not worn.
+    busy: tuple[str, ...] = ()
 
     @property
     def reason(self) -> str:

@@ -70,8 +70,9 @@ class TestDrainOnWear:
             ingest = start_ingest(host_env, out, tmp_path / "ingest.err")
             tap.wait_for("worker-wear", lambda e: e["tasks"]["completed"] >= 100, hostname=bad,
                          timeout=60)
-            # When wear is injected into one worker through the control command
-            proc = celery("fleet", "inject", bad, "cpu=100", env=host_env)
+            # When one worker wears out mid-stream (injected through the control command): its
+            # CPU at 100 % and its pool spinning, nothing done (busy alone is never ejected)
+            proc = celery("fleet", "inject", bad, "cpu=100,spin=3", env=host_env)
             assert proc.returncode == 0, proc.stderr
             # Then it is drained and quarantined while the stream goes on
             wait_until(lambda: state_of(store, bad) == "QUARANTINED", 30, f"{bad} quarantined")

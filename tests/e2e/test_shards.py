@@ -27,6 +27,9 @@ from tests.support.polling import wait_until
 SHARDS = {"HOST_CHECKER_SHARDS": "2", "HOST_CHECKER_LEASE": str(LEASE_S)}
 FAST = {"HOST_WEAR_INTERVAL": "0.25"}
 
+#: Worn mid-stream: the CPU at 100 % and the pool spinning, 3 s with nothing done per task.
+WORN = "cpu=100,spin=3"
+
 
 def shorts_of(shard: int, n: int) -> list[str]:
     """Short worker names (``sd3``) whose full names fall in ``shard`` of 2."""
@@ -93,7 +96,8 @@ def test_sigkill_one_shards_leader_mid_stream(
                               stderr=(tmp_path / "ingest.err").open("w"))
     # Shard 0's leader quarantines one of its workers...
     first = names[zero[0]]
-    assert celery("fleet", "inject", first, "cpu=100", env=env).returncode == 0
+    # (worn, not busy: the stream keeps every worker busy, and busy is never ejected)
+    assert celery("fleet", "inject", first, WORN, env=env).returncode == 0
     wait_until(lambda: state(store, first) == "QUARANTINED" and any(
         r["kind"] == "drain_confirmed" for r in store.history(first, limit=100)), 30,
         f"{first} quarantined, its drain confirmed")  # a record the leader's death would lose
@@ -121,7 +125,7 @@ def test_sigkill_one_shards_leader_mid_stream(
         restored.stdout + restored.stderr
     restored_at = time.time()
     for name in (third, second):
-        assert celery("fleet", "inject", name, "cpu=100", env=env).returncode == 0
+        assert celery("fleet", "inject", name, WORN, env=env).returncode == 0
         wait_until(lambda name=name: state(store, name) == "QUARANTINED", 30,  # type: ignore[misc]
                    f"{name} quarantined")
 

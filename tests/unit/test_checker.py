@@ -537,3 +537,31 @@ class TestOperatorTargets:
         assert operator_target("stop", WorkerHealth(name="w1"), False) is State.MAINTENANCE
         assert operator_target("restore", w, False) is State.PROBATION
         assert "unknown" in str(operator_target("halt", w, False))
+
+
+class TestBusyWorkers:
+    def test_a_busy_worker_stays_in_shows_busy_and_is_counted_as_capacity(self) -> None:
+        """99 % CPU with its tasks getting done, for a minute of reports every 0.25 s: HEALTHY,
+        busy in metrics and in the stored summary, its health score not lowered by its CPU;
+        then the same CPU with nothing done for over a second: out."""
+        checker, actuator, clock, store = make()
+        for w in ("w1", "w2", "w3", "w4"):
+            checker.handle(wear_event(w, running=1, stalled_s=0.0), clock())
+        for _ in range(240):
+            clock.now += 0.25
+            checker.handle(wear_event("w1", cpu=99, last={"cpu_percent": 99.5}, inflight=2,
+                                      running=2, stalled_s=0.1), clock())
+            checker.tick(clock())
+        assert checker.fleet.workers["w1"].state is State.HEALTHY and actuator.sent == []
+        assert sample(checker, "host_worker_busy", worker="w1") == 1
+        assert sample(checker, "host_worker_busy", worker="w2") == 0
+        assert sample(checker, "host_worker_health_score", worker="w1") == pytest.approx(
+            1 - 40 / 95, abs=1e-4)  # memory at 40 of 95; its CPU does not count
+        assert store.reports()["w1"]["busy"] == "cpu_percent 99"
+        clock.now += 0.25
+        checker.handle(wear_event("w1", cpu=99, last={"cpu_percent": 99.5}, inflight=2,
+                                  running=2, stalled_s=1.2), clock())
+        checker.tick(clock())
+        assert checker.fleet.workers["w1"].state.value == "DRAINING"
+        assert [c[:2] for c in actuator.sent] == [("host_drain", "w1")]
+        assert "none done for 1.2 s" in actuator.sent[0][2]

@@ -34,6 +34,9 @@ class TestPolicyFile:
         assert config.thresholds["cpu_percent"].soft == 70
         assert config.thresholds["cpu_percent"].hard == 97
         assert config.thresholds["gpu_temp"].hard == 90
+        f.write_text("[load]\nenabled = false\nstall_floor_s = 2\n")
+        load = load_policy(f).load
+        assert (load.enabled, load.stall_floor_s, load.stall_factor) == (False, 2.0, 3.0)
 
     @pytest.mark.parametrize(("content", "fragment"), [
         ("bogus = 1\n", "bogus: unknown"),
@@ -47,6 +50,9 @@ class TestPolicyFile:
         ("[backoff]\nbase_s = 600\n", "backoff.base_s"),
         ("[failures]\nsoft_rate = 0.9\n", "soft_rate <= hard_rate"),
         ("guard = 3\n", "guard: must be a table"),
+        ("[load]\nenabled = 1\n", "load.enabled: must be true or false"),
+        ("[load]\nstall_floor_s = 0\n", "stall_floor_s: must be > 0"),
+        ("[load]\nmetrics = []\n", "load.metrics: unknown"),
         ("not toml at all [", "not valid TOML"),
     ])
     def test_mistakes_are_refused_with_the_key(self, tmp_path: Path, content: str,

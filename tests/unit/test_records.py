@@ -25,7 +25,8 @@ class TestWearEvent:
         event = WearEvent("w1@x", wear={"cpu_percent": (50.0, 80.0)}, tasks=TaskFigures(3, 1),
                           raw_tasks={"completed": 3, "failed": 1}, inflight=2,
                           queues=("tweets",), subscribed=("tweets",), gate="open",
-                          counts={"requeued": {"tweets": 4}}, seq=7, interval=1.0)
+                          counts={"requeued": {"tweets": 4}}, seq=7, interval=1.0,
+                          running=2, stalled_s=0.25)
         parsed = WearEvent.parse({"type": WEAR_EVENT, "hostname": "w1@x", **event.to_fields()})
         assert parsed == event
 
@@ -47,6 +48,15 @@ class TestWearEvent:
     ])
     def test_malformed_reports_parse_as_none(self, bad: dict[str, Any]) -> None:
         assert WearEvent.parse(wire(**bad)) is None
+
+    def test_progress_is_read_when_sound_and_left_out_otherwise(self) -> None:
+        """A worker's running count and stalled time: kept when they are a count and a finite
+        number, None (judged as before the rule) when absent or anything else."""
+        ok = WearEvent.parse(wire(running=3, stalled_s=1.5))
+        assert ok is not None and (ok.running, ok.stalled_s) == (3, 1.5)
+        for running, stalled in ((-1, math.nan), (True, "long"), (2.5, math.inf), (None, None)):
+            odd = WearEvent.parse(wire(running=running, stalled_s=stalled))
+            assert odd is not None and (odd.running, odd.stalled_s) == (None, None)
 
     def test_what_the_checker_does_not_read_never_drops_a_report(self) -> None:
         event = WearEvent.parse(wire(cost_s="cheap", seq="first", at=math.nan, interval=[1],

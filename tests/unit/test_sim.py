@@ -7,7 +7,8 @@ import json
 import pytest
 
 from healthcheck import sim
-from healthcheck.policy import Fleet
+from healthcheck.policy import Fleet, PolicyConfig
+from healthcheck.policy.config import Load
 
 N, SECONDS = 200, 90
 
@@ -47,11 +48,39 @@ class TestSimulator:
         # 2 flappers over 90 s, flipping every 5 s, would make ~36 transitions if they bounced.
         assert r.transitions <= 6 * r.degraded
 
-    def test_broken_metrics_engage_the_guard(self, results: dict[str, sim.Result]) -> None:
-        """Everyone reported hot at once: the guard engages and ejects at most its bound."""
+    def test_broken_cpu_metrics_read_as_busy_and_eject_nobody(
+            self, results: dict[str, sim.Result]) -> None:
+        """Everyone reads 99% CPU with tasks done as usual: busy, not worn. Nobody out, and
+        the guard has nothing to hold back."""
         r = results["broken_metrics"]
+        assert (r.false_ejections, r.max_out_fraction, r.guard_engaged_s) == (0, 0.0, 0)
+
+    def test_broken_memory_metrics_engage_the_guard(self, results: dict[str, sim.Result]) -> None:
+        """Everyone reported worn at once: the guard engages and ejects at most its bound."""
+        r = results["broken_memory_metrics"]
         assert r.guard_engaged_s > 0
         assert r.max_out_fraction <= Fleet().bound(N) / N
+
+    @pytest.mark.parametrize("name", ["traffic_peak", "hot_tenth"])
+    def test_load_ejects_nobody(self, results: dict[str, sim.Result], name: str) -> None:
+        """A fleet (or a tenth of it) at 90-100% CPU doing its work: no worker out, ever."""
+        r = results[name]
+        assert (r.false_ejections, r.max_out_fraction, r.guard_engaged_s) == (0, 0.0, 0)
+
+    def test_load_ejected_workers_before_the_rule(self) -> None:
+        """The same peak with CPU judged as wear (the rule off) ejects workers and engages the
+        guard: what the two tests above would see without it."""
+        off = PolicyConfig(load=Load(enabled=False))
+        r = sim.run(sim.SCENARIOS["traffic_peak"], N, SECONDS, seed=2, config=off)
+        assert r.false_ejections > 0 and r.guard_engaged_s > 0
+
+    def test_stuck_workers_in_a_busy_fleet_are_out_as_fast_as_a_step(
+            self, results: dict[str, sim.Result]) -> None:
+        """2% stuck among busy workers: every one out, within the sustained step's 3 s,
+        none of the busy ones."""
+        r = results["busy_with_stuck"]
+        assert r.degraded >= 2 and r.missed_degradations == 0 and r.false_ejections == 0
+        assert r.detection_p99_s is not None and r.detection_p99_s < 3.0
 
     def test_correlated_half_is_held_at_the_bound(self, results: dict[str, sim.Result]) -> None:
         """Half the fleet degrading at once is more than the guard lets out: it holds the bound."""
@@ -107,7 +136,7 @@ class TestShardedSimulator:
 
     @pytest.fixture(scope="class")
     def pairs(self) -> dict[str, tuple[sim.Result, sim.Result]]:
-        names = ("sustained_step", "broken_metrics", "correlated_half", "gradual_wear")
+        names = ("sustained_step", "broken_memory_metrics", "correlated_half", "gradual_wear")
         return {name: (sim.run(sim.SCENARIOS[name], self.SHARDED_N, SECONDS, seed=3),
                        sim.run(sim.SCENARIOS[name], self.SHARDED_N, SECONDS, seed=3, shards=8))
                 for name in names}
@@ -121,9 +150,9 @@ class TestShardedSimulator:
 
     def test_a_wave_across_shards_is_judged_as_one(
             self, pairs: dict[str, tuple[sim.Result, sim.Result]]) -> None:
-        """Every worker hot at once (a broken metrics pipeline) is spread over 8 shards: each
+        """Every worker worn at once (a broken metrics pipeline) is spread over 8 shards: each
         holds its share, nobody is ejected, as in one fleet."""
-        whole, sharded = pairs["broken_metrics"]
+        whole, sharded = pairs["broken_memory_metrics"]
         assert sharded.false_ejections == whole.false_ejections == 0
         assert sharded.guard_engaged_s > 0
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from workers import inject
 from workers.inject import InjectedFailure, Injection, InjectionBoard
-from workers.wear import Smoothed, TaskWindow, WearSampler, percentile
+from workers.wear import Progress, Smoothed, TaskWindow, WearSampler, percentile
 
 
 class TestSmoothed:
@@ -54,6 +56,25 @@ class TestTaskWindow:
         assert percentile([], 50) is None
 
 
+class TestProgress:
+    def test_running_with_nothing_done_is_a_stall_and_anything_done_ends_it(self) -> None:
+        p = Progress()
+        assert p.sample(0.0, 0, 0) == 0.0  # idle, just started
+        assert p.sample(0.25, 2, 0) == 0.0  # a busy spell starts the clock
+        assert p.sample(1.25, 2, 0) == 1.0  # nothing done for a second
+        assert p.sample(1.5, 2, 1) == 0.0  # an input done
+        assert p.sample(2.0, 2, 5) == 0.0
+        assert p.sample(3.5, 2, 5) == 1.5
+
+    def test_idle_counts_from_the_last_thing_done(self) -> None:
+        p = Progress()
+        p.sample(0.0, 1, 0)
+        p.sample(1.0, 1, 10)
+        assert p.sample(1.5, 0, 10) == 0.5  # the backlog ran out half a second ago
+        assert p.sample(4.0, 0, 10) == 3.0
+        assert p.sample(4.25, 1, 10) == 0.0  # new work: its own clock
+
+
 class TestSampler:
     def test_sample_has_every_metric(self) -> None:
         """One sample of this process has CPU, memory, RSS, load, open files."""
@@ -97,6 +118,15 @@ class TestInjection:
             inject.before_task(inj, draw=0.2, sleep=slept.append)
         inject.before_task(inj, draw=0.7, sleep=slept.append)
         assert slept == [1.5, 1.5]
+
+    def test_spin_burns_the_cpu_before_the_task(self) -> None:
+        """spin burns (it does not sleep): the process's CPU time grows by about as much."""
+        burnt: list[float] = []
+        inject.before_task(Injection(spin=2.0), draw=0.9, sleep=None, burn=burnt.append)
+        assert burnt == [2.0]
+        cpu = time.process_time()
+        inject.spin_for(0.2)
+        assert time.process_time() - cpu >= 0.15
 
     def test_distort_moves_compound_and_keeps_it_plausible(self) -> None:
         """Wrong answers shift compound by 0.1 and relabel; rejections are untouched."""
