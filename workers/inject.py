@@ -8,6 +8,7 @@ A spec is comma-separated ``key=value`` pairs, e.g. ``cpu=97,fail_rate=0.5,slow=
 ``load``           reported load per core
 ``temperature``    reported temperature, Celsius
 ``open_files``     reported open files, percent of the limit
+``power``          reported power draw, percent of the packages' power limit
 ``fail_rate``      probability (0-1) that a task fails with ``InjectedFailure``
 ``slow``           seconds added to every task (asleep: the worker is idle meanwhile)
 ``spin``           seconds of CPU burnt before every task does anything (a spinning pool: CPU
@@ -30,7 +31,7 @@ from typing import Any
 from workers.runtime import RUNTIME
 from workers.sentiment import label
 
-WEAR_KEYS = ("cpu", "memory", "load", "temperature", "open_files")
+WEAR_KEYS = ("cpu", "memory", "load", "temperature", "open_files", "power")
 _PROBABILITIES = ("fail_rate", "wrong_answers")
 _SPEC_BYTES = 1024
 
@@ -48,6 +49,7 @@ class Injection:
     load: float | None = None
     temperature: float | None = None
     open_files: float | None = None
+    power: float | None = None
     fail_rate: float | None = None
     slow: float | None = None
     spin: float | None = None

@@ -27,7 +27,8 @@ log = get_logger(__name__)
 
 #: Which injected key replaces which reported metric.
 INJECTED = {"cpu": "cpu_percent", "memory": "memory_percent", "load": "load_per_core",
-            "temperature": "temperature_c", "open_files": "open_files_percent"}
+            "temperature": "temperature_c", "open_files": "open_files_percent",
+            "power": "power_percent"}
 #: Metrics whose hard limits a worker enforces on itself: running out of memory or overheating
 #: does damage before a round trip to the checker completes. CPU does not.
 SELF_PROTECTED = ("memory_percent", "temperature_c")

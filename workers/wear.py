@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 import os
 import resource
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -151,6 +153,51 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
     return sorted_values[rank - 1]
 
 
+class PowerMeter:
+    """The machine's power draw from its RAPL energy counters (``/sys/class/powercap``, Intel's
+    and recent AMD's): watts over the time since the last reading, summed over the packages
+    (the top-level ``intel-rapl:N`` zones; their ``:M`` subzones are parts of them), and as a
+    percent of the highest power limit the packages allow (their short-term limit, PL2, where
+    they have one): drawing more than that is outside the hardware's own bounds, however busy.
+
+    None where the machine has no such counters, or they cannot be read (they are root-only
+    on some kernels); then power is not reported.
+
+    Args:
+        root: the powercap folder (a fake tree in tests).
+    """
+
+    def __init__(self, root: Path = Path("/sys/class/powercap")) -> None:
+        self.zones = sorted(z for z in root.glob("intel-rapl:*") if z.name.count(":") == 1)
+        self._last: dict[Path, tuple[float, int]] = {}
+
+    def sample(self, now: float) -> tuple[float, float | None] | None:
+        """(watts, percent of the power limit or None) since the last call (None at the first
+        call, and when nothing can be read); ``now`` in monotonic seconds."""
+        if not self.zones:
+            return None
+        watts, limit, measured = 0.0, 0.0, False
+        for zone in self.zones:
+            try:
+                energy = int((zone / "energy_uj").read_text())
+                wrap = int((zone / "max_energy_range_uj").read_text())
+                limit += max((int(p.read_text()) for p in zone.glob("constraint_*_power_limit_uw")),
+                             default=0) / 1e6
+            except (OSError, ValueError):
+                self.zones = []  # unreadable here: stop asking
+                return None
+            before = self._last.get(zone)
+            self._last[zone] = (now, energy)
+            if before is None or now <= before[0]:
+                continue
+            used = energy - before[1] if energy >= before[1] else energy + wrap - before[1]
+            watts += used / 1e6 / (now - before[0])
+            measured = True
+        if not measured:
+            return None
+        return round(watts, 2), (round(100.0 * watts / limit, 2) if limit > 0 else None)
+
+
 class WearSampler:
     """Samples the machine and this worker's process tree (main process and pool children).
 
@@ -159,8 +206,9 @@ class WearSampler:
     ``machine_cpu_percent`` is the whole machine's.
     """
 
-    def __init__(self, pid: int | None = None) -> None:
+    def __init__(self, pid: int | None = None, power: PowerMeter | None = None) -> None:
         self._proc = psutil.Process(pid or os.getpid())
+        self._power = power or PowerMeter()
         self._cores = psutil.cpu_count() or 1
         self._sensors = True
         self._nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -192,6 +240,11 @@ class WearSampler:
         temperature = self._temperature()
         if temperature is not None:
             values["temperature_c"] = temperature
+        power = self._power.sample(time.monotonic())
+        if power is not None:
+            values["power_w"] = power[0]
+            if power[1] is not None:
+                values["power_percent"] = power[1]
         return values
 
     def _tree(self) -> list[psutil.Process]:

@@ -39,6 +39,9 @@ def _default_thresholds() -> dict[str, Threshold]:
         "load_per_core": Threshold(soft=4.0, hard=8.0),
         "open_files_percent": Threshold(soft=80, hard=95),
         "temperature_c": Threshold(soft=80, hard=90, peak_soft=85, peak_hard=95),
+        # Power draw as a percent of the packages' highest power limit (RAPL, where present):
+        # at or past the limit the hardware is outside its own bounds, whatever the load.
+        "power_percent": Threshold(soft=100, hard=110, peak_hard=125),
     }
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from workers import inject
 from workers.inject import InjectedFailure, Injection, InjectionBoard
-from workers.wear import Progress, Smoothed, TaskWindow, WearSampler, percentile
+from workers.wear import PowerMeter, Progress, Smoothed, TaskWindow, WearSampler, percentile
 
 
 class TestSmoothed:
@@ -73,6 +74,68 @@ class TestProgress:
         assert p.sample(1.5, 0, 10) == 0.5  # the backlog ran out half a second ago
         assert p.sample(4.0, 0, 10) == 3.0
         assert p.sample(4.25, 1, 10) == 0.0  # new work: its own clock
+
+
+def rapl(root: Path, zone: str, energy_uj: int, limits_uw: tuple[int, ...] = (),
+         wrap: int = 262_143_328_850) -> None:
+    """One zone of a fake /sys/class/powercap tree, as the kernel lays it out."""
+    d = root / zone
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "energy_uj").write_text(f"{energy_uj}\n")
+    (d / "max_energy_range_uj").write_text(f"{wrap}\n")
+    (d / "name").write_text("package-0\n")
+    for i, limit in enumerate(limits_uw):
+        (d / f"constraint_{i}_power_limit_uw").write_text(f"{limit}\n")
+
+
+class TestPowerMeter:
+    def test_watts_over_the_packages_and_percent_of_their_highest_limit(self, tmp_path: Path
+                                                                         ) -> None:
+        rapl(tmp_path, "intel-rapl:0", 1_000_000, (65_000_000, 95_000_000))
+        rapl(tmp_path, "intel-rapl:0:0", 500_000)  # a subzone: part of package 0, not added
+        rapl(tmp_path, "intel-rapl:1", 7_000_000, (65_000_000, 95_000_000))
+        meter = PowerMeter(tmp_path)
+        assert [z.name for z in meter.zones] == ["intel-rapl:0", "intel-rapl:1"]
+        assert meter.sample(100.0) is None  # the first reading only sets the baseline
+        rapl(tmp_path, "intel-rapl:0", 1_000_000 + 120_000_000, (65_000_000, 95_000_000))
+        rapl(tmp_path, "intel-rapl:0:0", 99_000_000)
+        rapl(tmp_path, "intel-rapl:1", 7_000_000 + 80_000_000, (65_000_000, 95_000_000))
+        # 200 J over 2 s, against 95 + 95 W
+        assert meter.sample(102.0) == (100.0, round(100 * 100 / 190, 2))
+
+    def test_a_counter_that_wraps_is_read_across_the_wrap(self, tmp_path: Path) -> None:
+        rapl(tmp_path, "intel-rapl:0", 999_000_000, (50_000_000,), wrap=1_000_000_000)
+        meter = PowerMeter(tmp_path)
+        meter.sample(0.0)
+        rapl(tmp_path, "intel-rapl:0", 9_000_000, (50_000_000,), wrap=1_000_000_000)
+        assert meter.sample(1.0) == (10.0, 20.0)  # 1 J to the wrap, 9 J after it
+
+    def test_no_counters_or_unreadable_ones_report_nothing(self, tmp_path: Path) -> None:
+        assert PowerMeter(tmp_path / "absent").sample(1.0) is None
+        rapl(tmp_path, "intel-rapl:0", 5)
+        (tmp_path / "intel-rapl:0" / "energy_uj").write_text("denied\n")
+        meter = PowerMeter(tmp_path)
+        assert meter.sample(1.0) is None and meter.zones == []  # stops asking
+
+    def test_the_sampler_reports_power_and_the_policy_judges_it_as_wear(self, tmp_path: Path
+                                                                       ) -> None:
+        from healthcheck.policy import PolicyConfig, Reading, WearReport
+        from healthcheck.policy.detectors import assess
+
+        rapl(tmp_path, "intel-rapl:0", 0, (100_000_000,))
+        meter = PowerMeter(tmp_path)
+        sampler = WearSampler(power=meter)
+        assert "power_w" not in sampler.sample()
+        rapl(tmp_path, "intel-rapl:0", 10**9, (100_000_000,))
+        values = sampler.sample()
+        assert values["power_w"] > 0 and values["power_percent"] > 0
+        # A busy worker (progress made) over its power limit is still worn
+        busy_over = WearReport("w", 0.0, {"power_percent": Reading(112.0, 112.0, 112.0),
+                                          "cpu_percent": Reading(99.0, 99.0, 99.0)},
+                               running=2, stalled_s=0.01)
+        verdict = assess(busy_over, PolicyConfig())
+        assert verdict.level == "hard" and "power_percent 112 >= hard 110" in verdict.reason
+        assert verdict.busy == ("cpu_percent",)
 
 
 class TestSampler:
