@@ -65,6 +65,9 @@ class Settings:
     checker_shard: int = 0
     wear_interval: float = 1.0
     wear_inject: str = ""
+    #: Workers: the resident memory (bytes) a worker and its pool may use, against which its
+    #: ``rss_percent`` is reported; 0: its cgroup's limit where it has one, else not reported.
+    worker_memory_limit: int = 0
     #: Seconds a message may stay unacknowledged before Redis hands it to another worker. Live
     #: workers refresh the messages they hold every third of it, so only a dead worker's wait.
     visibility_timeout: float = 10.0
@@ -303,6 +306,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "checker_shards": lambda v: None if 1 <= v <= 1024 else "must be between 1 and 1024",
     "metrics_worker_ttl": _positive,
     "wear_interval": _positive,
+    "worker_memory_limit": lambda v: None if v >= 0 else "must be >= 0 (bytes; 0: the cgroup's)",
     "visibility_timeout": _positive,
     "unacked_restore_interval": _positive,
     "queue_type": _one_of(QUEUE_TYPES),

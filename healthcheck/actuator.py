@@ -67,6 +67,9 @@ class Actuator(Protocol):
     def admit(self, worker: str, reason: str) -> Reply:
         """Back in rotation."""
 
+    def recycle(self, worker: str, reason: str) -> Reply:
+        """Restart the pool of a worker out of rotation."""
+
 
 class CeleryActuator:
     """The real one: ``host_drain`` / ``host_admit`` over Celery's remote control.
@@ -106,6 +109,9 @@ class CeleryActuator:
     def admit(self, worker: str, reason: str) -> Reply:
         return self._send("host_admit", worker, reason)
 
+    def recycle(self, worker: str, reason: str) -> Reply:
+        return self._send("host_recycle", worker, reason)
+
     def _send(self, command: str, worker: str, reason: str) -> Reply:
         sent = time.time()
         arguments: dict[str, Any] = {"reason": reason}
@@ -134,6 +140,9 @@ class InMemoryActuator:
 
     def admit(self, worker: str, reason: str) -> Reply:
         return self._send("host_admit", worker, reason)
+
+    def recycle(self, worker: str, reason: str) -> Reply:
+        return self._send("host_recycle", worker, reason)
 
     def _send(self, command: str, worker: str, reason: str) -> Reply:
         self.sent.append((command, worker, reason))

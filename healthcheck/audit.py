@@ -31,6 +31,8 @@ class Kind(StrEnum):
     DRAIN_UNCONFIRMED = "drain_unconfirmed"  # ... or did not answer
     ADMIT_CONFIRMED = "admit_confirmed"  # a worker confirmed it is back in rotation
     ADMIT_UNCONFIRMED = "admit_unconfirmed"  # ... or did not answer
+    RECYCLED = "recycled"  # a quarantined worker restarted its pool at the checker's word
+    RECYCLE_UNCONFIRMED = "recycle_unconfirmed"  # ... or did not answer, or refused
 
     @property
     def is_drain(self) -> bool:
@@ -43,7 +45,8 @@ _FIELDS: dict[str, tuple[type, ...]] = {
     "cause": (str,), "automatic": (bool,), "enforced": (bool,), "evidence": (dict,),
     "checker": (str,), "epoch": (int,), "verdict_at": (int, float), "consuming": (list,),
     "sent_at": (int, float), "received_at": (int, float), "inflight": (int,),
-    "confirm_s": (int, float), "correction": (bool,),
+    "confirm_s": (int, float), "correction": (bool,), "recycle": (bool,),
+    "restarted": (int,), "error": (str,),
 }
 
 
@@ -103,7 +106,7 @@ class AuditRecord:
         return cls(Kind.TRANSITION, t.worker, t.at, {
             "from": t.from_state.value, "to": t.to_state.value, "reason": t.reason,
             "cause": t.cause.value, "automatic": t.automatic, "enforced": t.enforced,
-            "evidence": dict(t.evidence)})
+            "evidence": dict(t.evidence), **({"recycle": True} if t.recycle else {})})
 
     @classmethod
     def joined(cls, worker: str, at: float, state: str) -> AuditRecord:

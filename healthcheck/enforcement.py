@@ -159,6 +159,12 @@ class Enforcer:
             return  # the worker would refuse work anyway: try again at the next correction
         self._send(Sent("admit", worker, reason, None))
 
+    def recycle(self, worker: str, reason: str) -> None:
+        """``host_recycle``: a worker out of rotation restarts its pool (it refuses while in
+        rotation); the answer is recorded when settled."""
+        if self.lead.leading():
+            self._send(Sent("recycle", worker, reason, None))
+
     def _ordered(self, kind: Kind, worker: str, reason: str, correction: bool) -> AuditRecord:
         """The record written with a gate key (stamped with the leader's epoch)."""
         return AuditRecord.ordered(kind, worker, self.clock(), reason,
@@ -207,7 +213,8 @@ class Enforcer:
                     return
 
     def _run(self, sent: Sent) -> None:
-        command = self.actuator.drain if sent.command == "drain" else self.actuator.admit
+        command = {"drain": self.actuator.drain, "admit": self.actuator.admit,
+                   "recycle": self.actuator.recycle}[sent.command]
         try:
             sent.reply = command(sent.worker, sent.reason)
         except HealthcheckError as exc:
@@ -227,6 +234,9 @@ class Enforcer:
             self._unanswered[sent.worker] = self._unanswered.get(sent.worker, 0) + 1
             return
         reply = sent.reply
+        if sent.command == "recycle":
+            self._recycled(sent, reply)
+            return
         self.metrics.command(sent.command, "confirmed" if reply.answered else "no_reply")
         if reply.answered:
             self._unanswered.pop(sent.worker, None)
@@ -256,11 +266,29 @@ class Enforcer:
         self.flush()
 
 
+    def _recycled(self, sent: Sent, reply: Reply) -> None:
+        error = reply.body.get("error") if reply.answered else "no reply"
+        outcome = "confirmed" if error is None else ("refused" if reply.answered else "no_reply")
+        self.metrics.command("recycle", outcome)
+        fields: dict[str, Any] = {"reason": sent.reason}
+        if error is None:
+            self.metrics.recycled(sent.worker)
+            restarted = reply.body.get("restarted")
+            if isinstance(restarted, int):
+                fields["restarted"] = restarted
+        else:
+            fields["error"] = str(error)
+        kind = Kind.RECYCLED if error is None else Kind.RECYCLE_UNCONFIRMED
+        log.warning(kind.value, worker=sent.worker, reason=sent.reason, error=error)
+        self.ledger.record(AuditRecord(kind, sent.worker, sent.answered_at, fields))
+        self.flush()
+
+
 @dataclass
 class Sent:
     """One control command: what was asked, and (once run) how it went."""
 
-    command: str  # "drain" or "admit"
+    command: str  # "drain", "admit" or "recycle"
     worker: str
     reason: str
     verdict_at: float | None  # when the drain's verdict took effect (None: a correction)

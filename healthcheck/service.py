@@ -330,6 +330,8 @@ class Checker(Succession):
         self.flush()
         for t in decision.transitions:
             self.enforcer.enforce(t)
+            if t.recycle and t.enforced:
+                self.enforcer.recycle(t.worker, t.reason)
 
     def flush(self) -> None:
         """Store the ledger.

@@ -15,6 +15,9 @@ of rotation to a work queue. Inspection (``celery inspect``, Flower's pages) is 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -176,6 +179,37 @@ def host_admit(state: Any, reason: str = "admit", epoch: int | None = None,
     status = gate.put_back(state.consumer, reason)
     log.info("worker_admitted", reason=reason, consuming=status["consuming"])
     return {"ok": True, **status}
+
+
+@control_command(args=[("reason", str), ("epoch", int)], signature="[REASON] [EPOCH]")
+def host_recycle(state: Any, reason: str = "recycle", epoch: int | None = None,
+                 **signed: Any) -> dict[str, Any]:
+    """Restart this worker's pool: each pool process is replaced by a fresh one (what a leak
+    grew, or a stuck process held, is gone). Only out of rotation: a worker whose gate is open
+    refuses, so that a recycle never costs the fleet a working worker's capacity."""
+    refused = (_authentic(state, "host_recycle", _arguments(reason, epoch, signed))
+               or _fenced(state, "host_recycle", epoch, signed))
+    if refused:
+        return refused
+    g = gate.gate()
+    if g is None or g.is_open():
+        RUNTIME.refused[("host_recycle", "in_rotation")] += 1
+        return {"error": "refused: in rotation (only a worker out of rotation is recycled)"}
+    # Each pool process is ended (SIGTERM) and billiard starts a fresh one in its place. Not
+    # billiard's graceful restart: its processes wait on their pipe with no timeout and look
+    # at the restart flag only when a job wakes them, and a stuck one never would.
+    processes = list(getattr(getattr(state.consumer.controller.pool, "_pool", None), "_pool",
+                             None) or ())
+    if not processes:
+        return {"error": "refused: this pool has no processes to restart"}
+    ended = 0
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.kill(process.pid, signal.SIGTERM)
+            ended += 1
+    log.warning("worker_recycled", reason=reason, restarted=ended,
+                worker=state.consumer.hostname)
+    return {"ok": True, "restarted": ended, "at": time.time()}
 
 
 @control_command()

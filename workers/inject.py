@@ -13,6 +13,9 @@ A spec is comma-separated ``key=value`` pairs, e.g. ``cpu=97,fail_rate=0.5,slow=
 ``slow``           seconds added to every task (asleep: the worker is idle meanwhile)
 ``spin``           seconds of CPU burnt before every task does anything (a spinning pool: CPU
                    without progress, which is wear, where a busy worker's CPU is not)
+``leak``           MiB every work-queue task allocates and never frees, in the pool process
+                   that ran it (a real leak, with the traffic: resident memory grows until the
+                   pool is restarted; probes do not leak)
 ``wrong_answers``  probability (0-1) that a result's scores are subtly wrong
 =================  ==========================================================================
 
@@ -53,6 +56,7 @@ class Injection:
     fail_rate: float | None = None
     slow: float | None = None
     spin: float | None = None
+    leak: float | None = None
     wrong_answers: float | None = None
 
     @classmethod
@@ -161,8 +165,18 @@ def before_task(injection: Injection, draw: float, sleep: Any, burn: Any = None)
         sleep(injection.slow)
     if injection.spin:
         (burn or spin_for)(injection.spin)
+
     if injection.fail_rate and draw < injection.fail_rate:
         raise InjectedFailure(f"injected failure (fail_rate={injection.fail_rate:g})")
+
+
+#: What ``leak`` allocated in this process, held until the process ends.
+_LEAKED: list[bytes] = []
+
+
+def leak(mib: float) -> None:
+    """Allocate ``mib`` MiB in this process and keep it (touched: resident at once)."""
+    _LEAKED.append(b"\x01" * int(mib * 2**20))
 
 
 def spin_for(seconds: float) -> None:

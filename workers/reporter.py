@@ -27,7 +27,7 @@ from workers.reporting import (
     samples_per_report,
     self_protection_limits,
 )
-from workers.wear import WearSampler
+from workers.wear import WearSampler, memory_limit
 
 log = get_logger(__name__)
 
@@ -47,7 +47,8 @@ class WearReporter(bootsteps.StartStopStep):
         settings = settings_of(c.app)
         per_report = samples_per_report(settings.wear_interval)
         if self.reporting is None:
-            self.reporting = WearReporting(WearSampler().sample, settings.wear_interval,
+            sampler = WearSampler(memory_limit=memory_limit(settings.worker_memory_limit))
+            self.reporting = WearReporting(sampler.sample, settings.wear_interval,
                                            self_protection_limits(settings.policy_file),
                                            hard_limits(settings.policy_file), per_report)
         self.tref = c.timer.call_repeatedly(settings.wear_interval / per_report, self.tick,

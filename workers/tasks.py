@@ -24,6 +24,7 @@ def analyse(self: Task[Any, Any], envelope: object) -> dict[str, Any]:
     results = [analyse_envelope(envelope, context)]
     keep_dead_letters(results, store_of(self.app))
     tally.count(results, context.queue)
+    _leaked(injection, context)
     return inject.distort(results[0], injection, random.random())
 
 
@@ -36,6 +37,7 @@ def analyse_batch(self: Task[Any, Any], envelopes: object) -> list[dict[str, Any
     results = analyse_many(envelopes, context, settings.max_batch)
     keep_dead_letters(results, store_of(self.app))
     tally.count(results, context.queue)
+    _leaked(injection, context)
     if not injection.wrong_answers:
         return results
     return [inject.distort(r, injection, random.random()) for r in results]
@@ -47,6 +49,12 @@ def _injected() -> inject.Injection:
     if injection.active:
         inject.before_task(injection, random.random(), time.sleep)
     return injection
+
+
+def _leaked(injection: inject.Injection, context: RunContext) -> None:
+    # An injected leak grows with the traffic (work-queue tasks), not with the probes.
+    if injection.leak and tally.counts_as_work(context.queue):
+        inject.leak(injection.leak)
 
 
 def _context(task: Task[Any, Any]) -> RunContext:

@@ -198,6 +198,21 @@ class PowerMeter:
         return round(watts, 2), (round(100.0 * watts / limit, 2) if limit > 0 else None)
 
 
+def memory_limit(configured: int, cgroup_root: Path = Path("/sys/fs/cgroup"),
+                 self_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """The resident memory a worker may use: ``configured`` (HOST_WORKER_MEMORY_LIMIT) when
+    set, else its cgroup v2 ``memory.max`` when that is a number (a container's limit), else
+    None (no limit known: ``rss_percent`` is not reported)."""
+    if configured > 0:
+        return configured
+    try:
+        line = next(x for x in self_cgroup.read_text().splitlines() if x.startswith("0::"))
+        raw = (cgroup_root / line[3:].lstrip("/") / "memory.max").read_text().strip()
+    except (OSError, StopIteration):
+        return None
+    return int(raw) if raw.isdigit() and int(raw) > 0 else None
+
+
 class WearSampler:
     """Samples the machine and this worker's process tree (main process and pool children).
 
@@ -206,9 +221,11 @@ class WearSampler:
     ``machine_cpu_percent`` is the whole machine's.
     """
 
-    def __init__(self, pid: int | None = None, power: PowerMeter | None = None) -> None:
+    def __init__(self, pid: int | None = None, power: PowerMeter | None = None,
+                 memory_limit: int | None = None) -> None:
         self._proc = psutil.Process(pid or os.getpid())
         self._power = power or PowerMeter()
+        self._memory_limit = memory_limit
         self._cores = psutil.cpu_count() or 1
         self._sensors = True
         self._nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -233,6 +250,7 @@ class WearSampler:
             "machine_cpu_percent": psutil.cpu_percent(interval=None),
             "memory_percent": psutil.virtual_memory().percent,
             "rss_bytes": float(rss),
+            **({"rss_percent": 100.0 * rss / self._memory_limit} if self._memory_limit else {}),
             "load_per_core": os.getloadavg()[0] / self._cores,
             "open_files": float(fds),
             "open_files_percent": 100.0 * fds / self._nofile if self._nofile > 0 else 0.0,

@@ -83,6 +83,10 @@ class CheckerMetrics:
                                 registry=self.registry)
         self._probes = Counter("host_probe_results_total", "Known-answer probe outcomes",
                                ["worker", "outcome"], registry=self.registry)
+        self._recycles = Counter("host_worker_recycles_total",
+                                 "Pool restarts of quarantined workers the checker ordered and "
+                                 "the worker confirmed (healing)", ["worker"],
+                                 registry=self.registry)
         self.intake = IntakeFigures()
         self.registry.register(self.intake)
         self._leader = Gauge("host_checker_leader",
@@ -140,6 +144,10 @@ class CheckerMetrics:
         """Count an operator's request to the checker, by outcome."""
         name = action if action in OPERATOR_ACTIONS else "other"
         self._control.count(f"operator_{name}", outcome)
+
+    def recycled(self, worker: str) -> None:
+        """A worker confirmed it restarted its pool."""
+        self._count(self._recycles, worker)
 
     def drain_confirmed(self, seconds: float) -> None:
         """A drain was confirmed ``seconds`` after its verdict."""

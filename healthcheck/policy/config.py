@@ -42,6 +42,9 @@ def _default_thresholds() -> dict[str, Threshold]:
         # Power draw as a percent of the packages' highest power limit (RAPL, where present):
         # at or past the limit the hardware is outside its own bounds, whatever the load.
         "power_percent": Threshold(soft=100, hard=110, peak_hard=125),
+        # The worker's own resident memory over its limit (HOST_WORKER_MEMORY_LIMIT, or its
+        # cgroup's): a leak a pool restart cures.
+        "rss_percent": Threshold(soft=85, hard=95, peak_soft=92, peak_hard=98),
     }
 
 
@@ -128,6 +131,22 @@ class Load:
     stall_factor: float = 3.0
 
 
+#: Evidence that a worker's wear is of a kind a restart of its pool cures: memory grown past
+#: its own limit (a leak), or progress lost (a stuck or spinning pool process).
+HEALABLE = ("rss_percent", "stalled_s")
+
+
+@dataclass(frozen=True, slots=True)
+class Healing:
+    """Recycling: a worker quarantined for a cause a restart cures (``HEALABLE``) has its pool
+    restarted by the checker (a signed ``host_recycle``), then earns its way back as any
+    quarantined worker does. At most ``max_per_hour`` recycles per worker in any hour; past
+    that it stays QUARANTINED for a person, with the count in its reason."""
+
+    enabled: bool = True
+    max_per_hour: int = 3
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Quarantine length: min(base x 2^(ejections-1), max) + jitter."""
@@ -181,6 +200,7 @@ class PolicyConfig:
     recovery: Recovery = field(default_factory=Recovery)
     sustained: Sustained = field(default_factory=Sustained)
     load: Load = field(default_factory=Load)
+    healing: Healing = field(default_factory=Healing)
     backoff: Backoff = field(default_factory=Backoff)
     guard: Guard = field(default_factory=Guard)
     probes: Probes = field(default_factory=Probes)
@@ -193,7 +213,7 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         _check_positive(self)
         for section in (self.failures, self.latency, self.recovery, self.sustained,
-                        self.load, self.backoff, self.guard, self.probes):
+                        self.load, self.healing, self.backoff, self.guard, self.probes):
             _check_positive(section)
         if not 0 < self.guard.max_ejected_fraction <= 1:
             raise ValueError("guard.max_ejected_fraction: must be in (0, 1]")
@@ -228,7 +248,8 @@ class PolicyConfig:
 
 
 _SECTIONS: dict[str, type] = {"failures": Failures, "latency": Latency, "recovery": Recovery,
-                              "sustained": Sustained, "load": Load, "backoff": Backoff,
+                              "sustained": Sustained, "load": Load, "healing": Healing,
+                              "backoff": Backoff,
                               "guard": Guard,
                               "probes": Probes}
 _FIELDS = {f.name for f in fields(PolicyConfig)}

@@ -63,6 +63,8 @@ def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = N
             value = min(reading.value, reading.last or 0.0) if idle else reading.value
             _check_reading(metric, value, reading.peak, limits, factor, soft, hard, evidence,
                            f" {lost}")
+            if metric in evidence and report.stalled_s is not None:
+                evidence["stalled_s"] = report.stalled_s  # progress lost: a cause that cures
         elif (limits.soft is not None and reading.value >= limits.soft * factor) or hot:
             busy.append(metric)
     _check_failures(report, config, soft, hard, evidence)

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from healthcheck.policy.config import PolicyConfig
+from healthcheck.policy.config import HEALABLE, PolicyConfig
 from healthcheck.policy.detectors import assess, sustained
 from healthcheck.policy.model import (
     CONSUMING,
@@ -175,7 +175,9 @@ class HealthPolicy:
 
     def eject(self, w: WorkerHealth, proposal: Proposal, now: float) -> Step:
         """Enforce an admitted ejection: the worker drains."""
-        w = dataclasses.replace(w, ejections=w.ejections + 1)
+        heal = (self.config.healing.enabled and proposal.cause is Cause.WEAR
+                and any(k in proposal.evidence for k in HEALABLE))
+        w = dataclasses.replace(w, ejections=w.ejections + 1, heal=heal)
         w, t = self._move(w, State.DRAINING, proposal.reason, now, proposal.cause,
                           evidence={**proposal.evidence, "reported_at": proposal.at})
         return Step(w, (t,), degraded=True)
@@ -216,6 +218,8 @@ class HealthPolicy:
             cause = Cause.STOPPING
         if w.state is to and w.cause is cause:
             return Step(w)
+        if to in (State.PROBATION, State.HEALTHY):
+            w = dataclasses.replace(w, for_person="", heal=False)
         # Same state, new owner (a person quarantines a worker the checker had quarantined):
         # recorded as a transition, so the audit log says who holds it now.
         w2, t = self._move(w, to, reason, now, cause, automatic=False)
@@ -274,8 +278,8 @@ class HealthPolicy:
     def _probe_passed(self, w: WorkerHealth, at: float, done: tuple[Transition, ...]) -> Step:
         if not w.probing(at):
             return Step(w, done)  # passes during the back-off do not count
-        if w.cause is Cause.OPERATOR:
-            return Step(w, done)  # a person quarantined it: only their restore ends it
+        if w.cause is Cause.OPERATOR or w.for_person:
+            return Step(w, done)  # a person's to end: only their restore does
         w = dataclasses.replace(w, passes=w.passes + 1)
         if w.passes >= self.config.recovery.probe_passes:
             w, t = self._move(w, State.PROBATION,
@@ -293,8 +297,23 @@ class HealthPolicy:
 
     def _quarantine(self, w: WorkerHealth, reason: str, now: float, jitter_s: float,
                     code: Code | None = None) -> tuple[WorkerHealth, Transition]:
+        """Drained: quarantined, its back-off started; recycled when it is out for a cause a
+        restart cures, unless it was recycled ``max_per_hour`` times in the last hour: then it
+        stays out for a person."""
+        recycle, recycles, for_person = False, w.recycles, w.for_person
+        if w.heal:
+            recycles = tuple(t for t in w.recycles if now - t < 3600.0)
+            limit = self.config.healing.max_per_hour
+            if len(recycles) < limit:
+                recycle, recycles = True, (*recycles, now)
+            else:
+                for_person = f"recycled {len(recycles)} times in the last hour, still worn"
+                reason = f"{for_person}: {reason}"
         w2, t = self._move(w, State.QUARANTINED, reason, now, w.cause, code=code)
-        return dataclasses.replace(w2, backoff_until=now + self.backoff_s(w.ejections, jitter_s)), t
+        if recycle:
+            t = dataclasses.replace(t, recycle=True)
+        return dataclasses.replace(w2, backoff_until=now + self.backoff_s(w.ejections, jitter_s),
+                                   heal=False, recycles=recycles, for_person=for_person), t
 
     def _move(self, w: WorkerHealth, to: State, reason: str, now: float,
               cause: Cause = Cause.NONE, automatic: bool = True,

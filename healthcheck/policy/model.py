@@ -161,6 +161,10 @@ class WorkerHealth:
         hot_since: when the first of those reports arrived (0.0 when ``hot`` is 0).
         busy: the load readings over their soft limits in its last report while it made
             progress ("" when none): capacity in use, shown, never a reason to eject.
+        heal: it was ejected for a cause a restart of its pool cures (``Healing``).
+        recycles: when its pool was restarted by the checker, within the last hour.
+        for_person: why it stays out until a person restores it, though the checker put it
+            there ("" when probes may re-admit it): recycled too often, still worn.
     """
 
     name: str
@@ -181,6 +185,9 @@ class WorkerHealth:
     hot: int = 0
     hot_since: float = 0.0
     busy: str = ""
+    heal: bool = False
+    recycles: tuple[float, ...] = ()
+    for_person: str = ""
 
     def consumes(self, queue: str) -> bool:
         """True when it is in a consuming state and really consumes ``queue``."""
@@ -249,6 +256,7 @@ class Transition:
         enforced: False in a dry run: detected, not acted upon.
         evidence: the figures behind the decision.
         code: what kind of change it is (None: derived from the states and the cause).
+        recycle: restart the worker's pool now (it is out for a cause that cures).
     """
 
     worker: str
@@ -261,6 +269,7 @@ class Transition:
     enforced: bool = True
     evidence: Mapping[str, float | str] = field(default_factory=dict)
     code: Code = None  # type: ignore[assignment]  # set in __post_init__ when not given
+    recycle: bool = False
 
     def __post_init__(self) -> None:
         if self.code is None:

@@ -31,6 +31,7 @@ def from_dict(data: Mapping[str, Any]) -> WorkerHealth:
     values["cause"] = Cause(values.get("cause", ""))
     values["resume"] = State(values["resume"]) if values.get("resume") else None
     values["queues"] = tuple(values.get("queues", ()))
+    values["recycles"] = tuple(float(t) for t in values.get("recycles", ()))
     consuming = values.get("consuming")
     values["consuming"] = None if consuming is None else tuple(consuming)
     return WorkerHealth(**values)

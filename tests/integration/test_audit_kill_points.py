@@ -44,7 +44,8 @@ class StandInWorker:
         self.applied: list[str] = []
 
     def apply(self, command: str) -> Reply:
-        self.gate = "closed" if command == "host_drain" else "open"
+        if command != "host_recycle":
+            self.gate = "closed" if command == "host_drain" else "open"
         self.applied.append(command)
         return Reply(self.name, command, 0.0, True, {"ok": True, "gate": self.gate})
 
@@ -70,6 +71,9 @@ class DyingActuator:
 
     def admit(self, worker: str, reason: str) -> Reply:
         return self._send("host_admit", worker)
+
+    def recycle(self, worker: str, reason: str) -> Reply:
+        return self._send("host_recycle", worker)
 
     def _send(self, command: str, worker: str) -> Reply:
         if self.die == "sent":  # on its way: the worker applies it after the checker is gone

@@ -565,3 +565,42 @@ class TestBusyWorkers:
         assert checker.fleet.workers["w1"].state.value == "DRAINING"
         assert [c[:2] for c in actuator.sent] == [("host_drain", "w1")]
         assert "none done for 1.2 s" in actuator.sent[0][2]
+
+
+class TestHealing:
+    def test_a_leaking_worker_is_drained_then_recycled_and_it_is_audited(self) -> None:
+        """rss_percent over its hard limit: drained; drained, quarantined and sent
+        host_recycle; its answer is a `recycled` record and counted."""
+        checker, actuator, clock, store = make()
+        for w in ("w1", "w2", "w3", "w4"):
+            checker.handle(wear_event(w), clock())
+        leaking = wear_event("w1", inflight=1)
+        leaking["wear"]["rss_percent"] = [96.0, 96.0]
+        checker.handle(leaking, clock())
+        checker.tick(clock())
+        assert [c[0] for c in actuator.sent] == ["host_drain"]
+        clock.now += 1
+        checker.handle(wear_event("w1", gate="closed", consuming=(), inflight=0), clock())
+        assert checker.fleet.workers["w1"].state is State.QUARANTINED
+        assert [c[0] for c in actuator.sent] == ["host_drain", "host_recycle"]
+        kinds = [r["kind"] for r in store.history("w1")]
+        assert kinds[-2:] == ["transition", "recycled"], kinds
+        assert store.history("w1")[-2]["recycle"] is True
+        assert sample(checker, "host_worker_recycles_total", worker="w1") == 1
+        assert sample(checker, "host_control_commands_total", command="recycle",
+                      outcome="confirmed") == 1
+
+    def test_a_refused_recycle_is_recorded_as_such(self) -> None:
+        class Refusing(InMemoryActuator):
+            def recycle(self, worker: str, reason: str) -> Any:
+                reply = super().recycle(worker, reason)
+                return type(reply)(reply.worker, reply.command, reply.sent_at, True,
+                                   {"error": "refused: in rotation"})
+
+        store, clock = InMemoryHealthStore(), Clock()
+        checker = Checker.from_store(store, Refusing(), PolicyConfig(), clock=clock, seed=1)
+        checker.enforcer.recycle("w1", "test")
+        [record] = store.history("w1")
+        assert (record["kind"], record["error"]) == ("recycle_unconfirmed", "refused: in rotation")
+        assert sample(checker, "host_control_commands_total", command="recycle",
+                      outcome="refused") == 1

@@ -34,6 +34,8 @@ class TestSettingsFromEnv:
         ("HOST_BROKER_URL", "redis://host:port/0", "port is not a number"),
         ("HOST_BROKER_URL", "redis:///0", "has no host"),
         ("HOST_ENV", "staging", "must be one of development, production"),
+        ("HOST_WORKER_MEMORY_LIMIT", "-5", "must be >= 0"),
+        ("HOST_WORKER_MEMORY_LIMIT", "1.5G", "must be an integer"),
         ("HOST_NO_SUCH_THING", "1", "unknown setting"),
     ])
     def test_bad_values_name_the_key_and_the_value(self, key: str, value: str, fragment: str) -> None:

@@ -9,7 +9,15 @@ import pytest
 
 from workers import inject
 from workers.inject import InjectedFailure, Injection, InjectionBoard
-from workers.wear import PowerMeter, Progress, Smoothed, TaskWindow, WearSampler, percentile
+from workers.wear import (
+    PowerMeter,
+    Progress,
+    Smoothed,
+    TaskWindow,
+    WearSampler,
+    memory_limit,
+    percentile,
+)
 
 
 class TestSmoothed:
@@ -136,6 +144,31 @@ class TestPowerMeter:
         verdict = assess(busy_over, PolicyConfig())
         assert verdict.level == "hard" and "power_percent 112 >= hard 110" in verdict.reason
         assert verdict.busy == ("cpu_percent",)
+
+
+class TestMemoryLimit:
+    def test_configured_then_the_cgroup_then_none(self, tmp_path: Path) -> None:
+        cgroup = tmp_path / "proc-self-cgroup"
+        cgroup.write_text("0::/system.slice/host-worker@1.service\n")
+        unit = tmp_path / "system.slice" / "host-worker@1.service"
+        unit.mkdir(parents=True)
+        (unit / "memory.max").write_text("536870912\n")
+        assert memory_limit(1024, tmp_path, cgroup) == 1024
+        assert memory_limit(0, tmp_path, cgroup) == 536870912
+        (unit / "memory.max").write_text("max\n")  # no limit set on the cgroup
+        assert memory_limit(0, tmp_path, cgroup) is None
+        assert memory_limit(0, tmp_path, tmp_path / "absent") is None
+
+    def test_rss_percent_is_reported_against_the_limit(self) -> None:
+        values = WearSampler(memory_limit=2**40).sample()
+        assert 0 < values["rss_percent"] < 1 and values["rss_bytes"] > 0
+        assert "rss_percent" not in WearSampler().sample()
+
+    def test_leak_holds_what_it_allocates(self) -> None:
+        before = len(inject._LEAKED)
+        inject.leak(1.0)
+        assert len(inject._LEAKED) == before + 1 and len(inject._LEAKED[-1]) == 2**20
+        inject._LEAKED.pop()
 
 
 class TestSampler:
