@@ -2,19 +2,35 @@
 
 The checker writes ``host:gate:<worker>`` when it records a verdict (``healthcheck.store``);
 every pool process reads it before it starts a work-queue task. Reads fail static: when the
-store does not answer, the key counts as absent (the worker's local gate has decided already).
+store does not answer, the worker goes by what it last read (and its local gate, which the
+checker's drain command closes over the broker, has decided already).
+
+The data plane never waits on the store: a read that takes longer than ``READ_TIMEOUT_S`` marks
+the store away, and for a while (a quarter second, doubling to ``AWAY_MAX_S`` while it stays
+away) tasks go by the last answer without asking; then one read tries again. A store that is
+slow, stalled, refusing connections or failing over costs each pool process one short wait per
+window, not one per task. While it answers, every task reads the key: nothing starts after a
+verdict the store holds.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any, Protocol
 
 import redis
 
 from broker_config import keys
 from broker_config.signing import NonceMemory, RedisNonces
+
+#: The longest a task waits for the gate key (a healthy store answers in well under 1 ms).
+READ_TIMEOUT_S = 0.05
+#: How long tasks go by the last answer after a read failed: doubling from the first, to the
+#: last, while the store stays away.
+AWAY_FIRST_S = 0.25
+AWAY_MAX_S = 2.0
 
 
 class GateKeyReader(Protocol):
@@ -41,33 +57,66 @@ class RedisGateKeys:
         client: a Redis client (its pool reconnects after a fork by itself).
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, per_task: redis.Redis | None = None,
+                 clock: Any = time.monotonic) -> None:
         self._client = client
+        self._per_task = per_task or client
         self._own = threading.local()
+        self._clock = clock
 
     @classmethod
     def from_url(cls, url: str) -> RedisGateKeys:
-        return cls(redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5))
+        """Reads on ``url``: the per-task one (``closed``) with ``READ_TIMEOUT_S``, the rare
+        ones (an epoch, a reason at start) with half a second."""
+        return cls(redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5),
+                   redis.Redis.from_url(url, socket_timeout=READ_TIMEOUT_S,
+                                        socket_connect_timeout=READ_TIMEOUT_S))
 
     def closed(self, worker: str) -> bool:
         """One EXISTS, on a connection this thread of this process keeps: every work-queue
         task pays for it, and the client's pool checkout and reply callbacks doubled its cost
-        (44 us of CPU this way, 94 us through ``Redis.exists``)."""
-        for _ in range(2):  # a connection the server dropped (a restart) is made again once
+        (44 us of CPU this way, 94 us through ``Redis.exists``). While the store is away, the
+        last answer, without asking (see the module's docstring)."""
+        own = self._state()
+        now = self._clock()
+        if now < own.away_until:
+            return bool(own.last.get(worker, False))
+        for attempt in range(2):  # a connection the server dropped (a restart) is made again
             try:
                 conn = self._connection()
                 conn.send_command("EXISTS", keys.gate(worker))
-                return bool(conn.read_response())
-            except (redis.ConnectionError, redis.TimeoutError):
-                self._own.conn.disconnect()
-                self._own.conn = None
-        return False  # fail static
+                answer = bool(conn.read_response())
+            except redis.ConnectionError:
+                self._drop()
+                if attempt == 0:
+                    continue  # once: a connection the server dropped, made again
+            except redis.TimeoutError:
+                self._drop()  # not answering in time: no second wait
+            else:
+                own.last[worker], own.away_s = answer, 0.0
+                return answer
+            break
+        own.away_s = min(AWAY_MAX_S, own.away_s * 2 if own.away_s else AWAY_FIRST_S)
+        own.away_until = self._clock() + own.away_s
+        return bool(own.last.get(worker, False))  # fail static: what it last read
+
+    def _state(self) -> Any:
+        own = self._own
+        if getattr(own, "pid", None) != os.getpid():
+            # What a parent knew before the fork, or its socket, is not this process's.
+            own.pid, own.conn, own.last, own.away_s, own.away_until = os.getpid(), None, {}, \
+                0.0, 0.0
+        return own
+
+    def _drop(self) -> None:
+        if self._own.conn is not None:
+            self._own.conn.disconnect()
+        self._own.conn = None
 
     def _connection(self) -> Any:
-        own = self._own
-        if getattr(own, "pid", None) != os.getpid() or own.conn is None:
-            # A connection made before a fork belongs to the parent: never share its socket.
-            own.conn, own.pid = self._client.connection_pool.make_connection(), os.getpid()
+        own = self._state()
+        if own.conn is None:
+            own.conn = self._per_task.connection_pool.make_connection()
         return own.conn
 
     def reason(self, worker: str) -> str | None:

@@ -3,6 +3,9 @@ writes, the worker reads; a store that is away fails static."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -10,7 +13,9 @@ import pytest
 import redis
 
 from broker_config import keys
+from cli.redis_server import RedisServer
 from healthcheck.store import RedisHealthStore
+from tests.support.polling import wait_until
 from workers.gate_keys import GateKeyReader, InMemoryGateKeys, RedisGateKeys
 
 
@@ -75,6 +80,42 @@ class TestRedisGateKeys:
         ids = [c["id"] for c in redis_client.client_list() if c["name"] == "gate-reader"]
         assert ids and all(redis_client.client_kill_filter(_id=i) == 1 for i in ids)
         assert reader.closed("w1") and not reader.closed("w2")
+
+
+class TestAStoreThatStalls:
+    """SIGSTOP of the store's redis-server (a hung or overloaded Redis, a path that drops
+    packets): a pool process waits once per away window, never once per task, and goes by what
+    it last read; once the store answers again, every task reads the key again."""
+
+    def test_tasks_go_by_the_last_answer_and_never_wait_per_task(self) -> None:
+        server = RedisServer().start()
+        try:
+            writer = RedisHealthStore(redis.Redis.from_url(server.url))
+            reader = RedisGateKeys.from_url(server.url)
+            writer.close_gate("held", "a verdict")
+            assert reader.closed("held") and not reader.closed("free")
+            assert server.proc is not None
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                took = []
+                for _ in range(200):  # 200 tasks' reads while the store is stalled
+                    began = time.perf_counter()
+                    answers = (reader.closed("held"), reader.closed("free"))
+                    took.append(time.perf_counter() - began)
+                    assert answers == (True, False)  # what it last read: a verdict holds
+                    time.sleep(0.005)
+                waited = [t for t in took if t > 0.01]
+                # about 1.5 s of reads: windows of 0.25, 0.5, 1 s, one short wait each
+                assert 1 <= len(waited) <= 4, waited
+                assert max(took) < 0.2 and sum(took) < 0.5, (max(took), sum(took))
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            writer.open_gate("held")
+            writer.close_gate("free", "a new verdict")
+            wait_until(lambda: reader.closed("free") and not reader.closed("held"), 5,
+                       "the store read again")
+        finally:
+            server.stop()
 
 
 def _url(client: redis.Redis) -> str:
