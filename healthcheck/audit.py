@@ -28,9 +28,9 @@ class Kind(StrEnum):
     DRAIN_ORDERED = "drain_ordered"  # the gate key closed: no work-queue task starts from now
     ADMIT_ORDERED = "admit_ordered"  # the gate key opened
     DRAIN_CONFIRMED = "drain_confirmed"  # a worker confirmed it left rotation
-    DRAIN_UNCONFIRMED = "drain_unconfirmed"  # ... or did not answer
+    DRAIN_UNCONFIRMED = "drain_unconfirmed"  # ... or did not answer, or refused
     ADMIT_CONFIRMED = "admit_confirmed"  # a worker confirmed it is back in rotation
-    ADMIT_UNCONFIRMED = "admit_unconfirmed"  # ... or did not answer
+    ADMIT_UNCONFIRMED = "admit_unconfirmed"  # ... or did not answer, or refused
     RECYCLED = "recycled"  # a quarantined worker restarted its pool at the checker's word
     RECYCLE_UNCONFIRMED = "recycle_unconfirmed"  # ... or did not answer, or refused
 

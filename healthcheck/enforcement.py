@@ -237,28 +237,34 @@ class Enforcer:
         if sent.command == "recycle":
             self._recycled(sent, reply)
             return
-        self.metrics.command(sent.command, "confirmed" if reply.answered else "no_reply")
+        # An answer that refuses (a stale epoch, a bad signature) is an answer, not a confirmation.
+        error = reply.body.get("error") if reply.answered else None
+        confirmed = reply.answered and error is None
+        self.metrics.command(sent.command, "confirmed" if confirmed
+                             else "refused" if reply.answered else "no_reply")
         if reply.answered:
             self._unanswered.pop(sent.worker, None)
         else:
             self._unanswered[sent.worker] = self._unanswered.get(sent.worker, 0) + 1
+        refused = {} if error is None else {"error": str(error)}
         if sent.command == "admit":
-            kind = Kind.ADMIT_CONFIRMED if reply.answered else Kind.ADMIT_UNCONFIRMED
+            kind = Kind.ADMIT_CONFIRMED if confirmed else Kind.ADMIT_UNCONFIRMED
             log.info(kind.value, worker=sent.worker, reason=sent.reason,
-                     consuming=reply.body.get("consuming"))
+                     consuming=reply.body.get("consuming"), error=error)
             self.ledger.record(AuditRecord(kind, sent.worker, sent.answered_at,
-                                           {"reason": sent.reason}))
+                                           {"reason": sent.reason, **refused}))
             self.flush()
             return
         fields: dict[str, Any] = {
             "verdict_at": sent.verdict_at, "reason": sent.reason,
             "consuming": reply.body.get("consuming"), "sent_at": reply.sent_at,
-            "received_at": reply.body.get("received_at"), "inflight": reply.body.get("inflight")}
-        if reply.answered and sent.verdict_at is not None:
+            "received_at": reply.body.get("received_at"), "inflight": reply.body.get("inflight"),
+            **refused}
+        if confirmed and sent.verdict_at is not None:
             # Both ends on the checker's clock: the worker's own clock never enters a duration.
             fields["confirm_s"] = sent.answered_at - sent.verdict_at
             self.metrics.drain_confirmed(fields["confirm_s"])
-        kind = Kind.DRAIN_CONFIRMED if reply.answered else Kind.DRAIN_UNCONFIRMED
+        kind = Kind.DRAIN_CONFIRMED if confirmed else Kind.DRAIN_UNCONFIRMED
         log.info(kind.value, worker=sent.worker, reason=sent.reason,
                  confirm_s=fields.get("confirm_s"), consuming=fields["consuming"],
                  correction=sent.verdict_at is None)

@@ -604,3 +604,25 @@ class TestHealing:
         assert (record["kind"], record["error"]) == ("recycle_unconfirmed", "refused: in rotation")
         assert sample(checker, "host_control_commands_total", command="recycle",
                       outcome="refused") == 1
+
+
+class TestRefusedAnswers:
+    def test_a_refused_drain_or_admit_is_not_recorded_as_confirmed(self) -> None:
+        """A worker that answers "refused: stale_leader" answered, and confirmed nothing."""
+        class Refusing(InMemoryActuator):
+            def _send(self, command: str, worker: str, reason: str) -> Any:
+                reply = super()._send(command, worker, reason)
+                return type(reply)(reply.worker, reply.command, reply.sent_at, True,
+                                   {"error": "refused: stale_leader (epoch 1 < 2)"})
+
+        store, clock = InMemoryHealthStore(), Clock()
+        checker = Checker.from_store(store, Refusing(), PolicyConfig(), clock=clock, seed=1)
+        checker.enforcer.drain("w1", "test")
+        checker.enforcer.admit("w1", "test")
+        got = [(r["kind"], r.get("error")) for r in store.history("w1")
+               if r["kind"].endswith("confirmed")]
+        assert got == [("drain_unconfirmed", "refused: stale_leader (epoch 1 < 2)"),
+                       ("admit_unconfirmed", "refused: stale_leader (epoch 1 < 2)")]
+        assert sample(checker, "host_control_commands_total", command="drain",
+                      outcome="refused") == 1
+        assert sample(checker, "host_drain_seconds_count") == 0
