@@ -45,6 +45,7 @@ def state_of(store: RedisHealthStore, worker: str) -> str | None:
     return w.state.value if w else None
 
 
+@pytest.mark.background  # a minute of watching a worker that mostly sleeps (``slow``)
 @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
 def test_busy_stays_in_and_a_spinning_pool_is_out_within_3_s(
         app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
