@@ -237,20 +237,18 @@ class Enforcer:
         if sent.command == "recycle":
             self._recycled(sent, reply)
             return
-        # An answer that refuses (a stale epoch, a bad signature) is an answer, not a confirmation.
-        error = reply.body.get("error") if reply.answered else None
-        confirmed = reply.answered and error is None
-        self.metrics.command(sent.command, "confirmed" if confirmed
-                             else "refused" if reply.answered else "no_reply")
+        error, outcome = _judged(reply)
+        confirmed = outcome == "confirmed"
+        self.metrics.command(sent.command, outcome)
         if reply.answered:
             self._unanswered.pop(sent.worker, None)
         else:
             self._unanswered[sent.worker] = self._unanswered.get(sent.worker, 0) + 1
-        refused = {} if error is None else {"error": str(error)}
+        refused = {"error": error} if outcome == "refused" else {}
         if sent.command == "admit":
             kind = Kind.ADMIT_CONFIRMED if confirmed else Kind.ADMIT_UNCONFIRMED
             log.info(kind.value, worker=sent.worker, reason=sent.reason,
-                     consuming=reply.body.get("consuming"), error=error)
+                     consuming=reply.body.get("consuming"), error=refused.get("error"))
             self.ledger.record(AuditRecord(kind, sent.worker, sent.answered_at,
                                            {"reason": sent.reason, **refused}))
             self.flush()
@@ -271,10 +269,8 @@ class Enforcer:
         self.ledger.record(AuditRecord(kind, sent.worker, sent.answered_at, fields))
         self.flush()
 
-
     def _recycled(self, sent: Sent, reply: Reply) -> None:
-        error = reply.body.get("error") if reply.answered else "no reply"
-        outcome = "confirmed" if error is None else ("refused" if reply.answered else "no_reply")
+        error, outcome = _judged(reply)
         self.metrics.command("recycle", outcome)
         fields: dict[str, Any] = {"reason": sent.reason}
         if error is None:
@@ -288,6 +284,15 @@ class Enforcer:
         log.warning(kind.value, worker=sent.worker, reason=sent.reason, error=error)
         self.ledger.record(AuditRecord(kind, sent.worker, sent.answered_at, fields))
         self.flush()
+
+
+def _judged(reply: Reply) -> tuple[str | None, str]:
+    """(error, outcome) of a worker's answer: an answer that refuses (a stale epoch, a bad
+    signature) is an answer, not a confirmation."""
+    if not reply.answered:
+        return "no reply", "no_reply"
+    error = reply.body.get("error")
+    return (None, "confirmed") if error is None else (str(error), "refused")
 
 
 @dataclass
