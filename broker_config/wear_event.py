@@ -74,6 +74,9 @@ class WearEvent:
         stalled_s: seconds with no input or task done, since the later of the last one and
             the start of the current busy spell (None: it did not say): busy is told from
             stuck, and from idle, by this.
+        gate_hold: what the checker held it out as when it closed the gate (``STATE/cause``,
+            opaque to the worker): a checker that has no record of the worker (its store
+            lost it) takes it back out of rotation as that, not as a new healthy worker.
         seq, boot, interval, gate_reason, gate_changed_at, at, cost_s: the report's own
             bookkeeping (sequence, boot id, interval, the gate's last change, when it was
             sampled by the worker's clock, what sampling cost).
@@ -94,6 +97,7 @@ class WearEvent:
     boot: str = ""
     interval: float | None = None
     gate_reason: str = ""
+    gate_hold: str = ""
     gate_changed_at: float | None = None
     at: float | None = None
     cost_s: float = 0.0
@@ -128,6 +132,7 @@ class WearEvent:
             "inflight": self.inflight, "queues": list(self.queues),
             **{k: dict(v) for k, v in self.counts.items()},
             "gate": self.gate, "gate_reason": self.gate_reason,
+            "gate_hold": self.gate_hold or None,
             "gate_changed_at": self.gate_changed_at, "self_protected": self.self_protected,
             "consuming": None if self.subscribed is None else list(self.subscribed),
             "at": self.at, "inject": self.inject or None, "cost_s": self.cost_s,
@@ -180,6 +185,7 @@ class WearEvent:
             counts={k: v for k in COUNTS if isinstance(v := get(k), Mapping)},
             inject=str(get("inject") or ""), seq=_int(get("seq")), boot=str(get("boot") or ""),
             interval=_lenient(get("interval")), gate_reason=str(get("gate_reason") or ""),
+            gate_hold=str(get("gate_hold") or "")[:100],
             gate_changed_at=_lenient(get("gate_changed_at")), at=_lenient(get("at")),
             cost_s=_lenient(get("cost_s")) or 0.0,
             running=_count(get("running")), stalled_s=_lenient(get("stalled_s")),

@@ -61,8 +61,9 @@ class Actuator(Protocol):
     #: The shard the leader leads (None: unsharded): named in each command.
     shard: int | None
 
-    def drain(self, worker: str, reason: str) -> Reply:
-        """Out of rotation: gate closed, work queues no longer consumed."""
+    def drain(self, worker: str, reason: str, hold: str = "") -> Reply:
+        """Out of rotation: gate closed, work queues no longer consumed; ``hold``: what it is
+        held out as (``STATE/cause``), which the worker reports back."""
 
     def admit(self, worker: str, reason: str) -> Reply:
         """Back in rotation."""
@@ -103,8 +104,8 @@ class CeleryActuator:
         self.app.control.ping(destination=["host-checker-warmup@nowhere"], timeout=0.05,
                               connection=self._conn)
 
-    def drain(self, worker: str, reason: str) -> Reply:
-        return self._send("host_drain", worker, reason)
+    def drain(self, worker: str, reason: str, hold: str = "") -> Reply:
+        return self._send("host_drain", worker, reason, hold)
 
     def admit(self, worker: str, reason: str) -> Reply:
         return self._send("host_admit", worker, reason)
@@ -112,9 +113,9 @@ class CeleryActuator:
     def recycle(self, worker: str, reason: str) -> Reply:
         return self._send("host_recycle", worker, reason)
 
-    def _send(self, command: str, worker: str, reason: str) -> Reply:
+    def _send(self, command: str, worker: str, reason: str, hold: str = "") -> Reply:
         sent = time.time()
-        arguments: dict[str, Any] = {"reason": reason}
+        arguments: dict[str, Any] = {"reason": reason, **({"hold": hold} if hold else {})}
         if self.epoch:
             arguments["epoch"] = self.epoch
         if self.shard is not None:
@@ -134,8 +135,11 @@ class InMemoryActuator:
         self.epoch = 0
         self.shard: int | None = None
         self.sent: list[tuple[str, str, str]] = []
+        #: The hold each worker was last drained with.
+        self.holds: dict[str, str] = {}
 
-    def drain(self, worker: str, reason: str) -> Reply:
+    def drain(self, worker: str, reason: str, hold: str = "") -> Reply:
+        self.holds[worker] = hold
         return self._send("host_drain", worker, reason)
 
     def admit(self, worker: str, reason: str) -> Reply:

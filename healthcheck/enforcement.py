@@ -31,6 +31,7 @@ from healthcheck.leading import Lead
 from healthcheck.ledger import Ledger
 from healthcheck.metrics import CheckerMetrics
 from healthcheck.policy import Transition, WorkerHealth
+from healthcheck.policy.holds import hold_of
 from healthcheck.policy.model import CONSUMING, OUT_OF_ROTATION
 from healthcheck.store import GateKeys
 
@@ -78,8 +79,9 @@ class Enforcer:
         self._last_correction.clear()
         self._unanswered.clear()
 
-    def enforce(self, t: Transition) -> None:
-        """Take the worker out of rotation or put it back, as the transition says."""
+    def enforce(self, t: Transition, hold: str = "") -> None:
+        """Take the worker out of rotation or put it back, as the transition says (``hold``:
+        what it is held out as, ``healthcheck.policy.holds``)."""
         out = t.to_state in OUT_OF_ROTATION and t.from_state not in OUT_OF_ROTATION
         back = t.to_state in CONSUMING and t.from_state in OUT_OF_ROTATION
         if not (out or back):
@@ -90,7 +92,7 @@ class Enforcer:
             self.metrics.command("drain" if out else "admit", "dry_run")
             return
         if out:
-            self.drain(t.worker, t.reason)
+            self.drain(t.worker, t.reason, hold=hold)
         else:
             self.admit(t.worker, t.reason)
 
@@ -110,7 +112,8 @@ class Enforcer:
         gate_open = report.gate == "open" or bool(report.subscribed)
         if w.state in OUT_OF_ROTATION and gate_open:
             self._last_correction[w.name] = at
-            self.drain(w.name, f"correction: {w.state.value}: {w.reason}", correction=True)
+            self.drain(w.name, f"correction: {w.state.value}: {w.reason}", correction=True,
+                       hold=hold_of(w))
         elif w.state in CONSUMING and report.gate == "closed" and not report.self_protected:
             self._last_correction[w.name] = at
             self.admit(w.name, f"correction: {w.state.value}")
@@ -122,7 +125,7 @@ class Enforcer:
             self.metrics.command("consumption_correction", "sent")
             self.admit(w.name, f"correction: not consuming {', '.join(missing)}")
 
-    def drain(self, worker: str, reason: str, correction: bool = False) -> None:
+    def drain(self, worker: str, reason: str, correction: bool = False, hold: str = "") -> None:
         """Gate key, then ``host_drain``; the confirmation is recorded when it is settled.
 
         Raises:
@@ -139,7 +142,7 @@ class Enforcer:
             log.error("gate_key_write_failed", worker=worker, error=str(exc))
             self.ledger.record(record)  # the command still goes: its record waits for the store
         # The gate key is written: this is the enforced verdict (a correction has none).
-        self._send(Sent("drain", worker, reason, None if correction else self.clock()))
+        self._send(Sent("drain", worker, reason, None if correction else self.clock(), hold))
 
     def admit(self, worker: str, reason: str) -> None:
         """Gate key opened, then ``host_admit``; the confirmation is recorded when settled.
@@ -213,10 +216,12 @@ class Enforcer:
                     return
 
     def _run(self, sent: Sent) -> None:
-        command = {"drain": self.actuator.drain, "admit": self.actuator.admit,
-                   "recycle": self.actuator.recycle}[sent.command]
         try:
-            sent.reply = command(sent.worker, sent.reason)
+            if sent.command == "drain":
+                sent.reply = self.actuator.drain(sent.worker, sent.reason, sent.hold)
+            else:
+                command = {"admit": self.actuator.admit, "recycle": self.actuator.recycle}
+                sent.reply = command[sent.command](sent.worker, sent.reason)
         except HealthcheckError as exc:
             sent.error = str(exc)
         sent.answered_at = self.clock()
@@ -303,6 +308,7 @@ class Sent:
     worker: str
     reason: str
     verdict_at: float | None  # when the drain's verdict took effect (None: a correction)
+    hold: str = ""  # a drain's: what the worker is held out as
     reply: Reply | None = None
     error: str = ""
     answered_at: float = 0.0

@@ -38,7 +38,7 @@ def wear_report(report: WearEvent, at: float) -> WearReport:
         runtime_p95=report.tasks.runtime_p95, inflight=report.inflight, queues=report.queues,
         self_protected=report.self_protected, consuming=report.consuming,
         gate_closed=report.gate == "closed", running=report.running,
-        stalled_s=report.stalled_s,
+        stalled_s=report.stalled_s, gate_reason=report.gate_reason, gate_hold=report.gate_hold,
     )
 
 

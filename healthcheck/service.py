@@ -42,6 +42,8 @@ from healthcheck.policy import (
     Reading,
     WearReport,
 )
+from healthcheck.policy.holds import hold_of
+from healthcheck.policy.model import OUT_OF_ROTATION
 from healthcheck.probes import Prober
 from healthcheck.resume import resumed_fleet
 from healthcheck.sharding import Shard, Sharding
@@ -233,9 +235,15 @@ class Checker(Succession):
                                                                   after.busy)) is not None:
             self.ledger.report(report.hostname, summary)
         if before is None:
-            log.info("worker_joined", worker=obs.worker)
+            log.info("worker_joined", worker=obs.worker, state=after.state.value,
+                     reason=after.reason)
             self.ledger.changed(obs.worker)
             self.ledger.record(AuditRecord.joined(obs.worker, at, after.state.value))
+            if after.state in OUT_OF_ROTATION and self.fleet.config.enforce:
+                # Held out by a checker whose record is gone (holds.adopted): its gate key
+                # written again, so that a restart of the worker keeps it out too.
+                self.enforcer.drain(after.name, after.reason, correction=True,
+                                    hold=hold_of(after))
         elif (before.queues, before.consuming) != (after.queues, after.consuming):
             self.ledger.changed(obs.worker)  # status, metrics and --yes read them
         self.apply(decision)
@@ -329,7 +337,8 @@ class Checker(Succession):
                      code=t.code.value, enforced=t.enforced)
         self.flush()
         for t in decision.transitions:
-            self.enforcer.enforce(t)
+            held = self.fleet.workers.get(t.worker)
+            self.enforcer.enforce(t, hold_of(held) if held is not None else "")
             if t.recycle and t.enforced:
                 self.enforcer.recycle(t.worker, t.reason)
 

@@ -154,14 +154,15 @@ def host_drain(state: Any, reason: str = "drain", epoch: int | None = None,
                **signed: Any) -> dict[str, Any]:
     """Take this worker out of rotation: close the gate, stop consuming work queues, then reply.
 
-    In-flight tasks finish; reserved ones are handed back unstarted by the gate.
+    In-flight tasks finish; reserved ones are handed back unstarted by the gate. ``hold``
+    (signed with the rest) is what the checker holds it out as; the worker reports it back.
     """
     received = time.time()
     refused = (_authentic(state, "host_drain", _arguments(reason, epoch, signed))
                or _fenced(state, "host_drain", epoch, signed))
     if refused:
         return refused
-    status = gate.take_out(state.consumer, reason)
+    status = gate.take_out(state.consumer, reason, str(signed.get("hold") or ""))
     status["received_at"] = received
     log.warning("worker_drained", reason=reason, consuming=status["consuming"],
                 inflight=status["inflight"])

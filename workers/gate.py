@@ -35,6 +35,8 @@ class Gate:
     def __init__(self, open_: bool = True, reason: str = "clean start") -> None:
         self._open: Any = multiprocessing.RawValue(ctypes.c_bool, open_)
         self.reason = reason
+        #: What the checker held it out as (``STATE/cause``; "" when open or not said).
+        self.hold = ""
         self.changed_at = time.time()
         self.self_protected: str | None = None
 
@@ -42,16 +44,18 @@ class Gate:
         """True while work-queue tasks may start."""
         return bool(self._open.value)
 
-    def close(self, reason: str) -> None:
-        """Refuse work-queue tasks from now on."""
+    def close(self, reason: str, hold: str = "") -> None:
+        """Refuse work-queue tasks from now on (``hold``: what the checker holds it out as)."""
         self._open.value = False
         self.reason, self.changed_at = reason, time.time()
+        self.hold = hold or self.hold
 
     def open(self, reason: str) -> None:
         """Accept work-queue tasks again."""
         self._open.value = True
         self.reason, self.changed_at = reason, time.time()
         self.self_protected = None
+        self.hold = ""
 
 
 def install(worker: str, configured: list[str], gate_keys: GateKeyReader | None) -> str | None:
@@ -132,9 +136,9 @@ def hold_out(reason: str) -> None:
         log.warning("held_out_by_store_gate", reason=reason, worker=consumer.hostname)
 
 
-def take_out(consumer: Any, reason: str) -> dict[str, Any]:
+def take_out(consumer: Any, reason: str, hold: str = "") -> dict[str, Any]:
     """Close the gate and stop consuming every work queue; what the worker now holds."""
-    _require().close(reason)
+    _require().close(reason, hold)
     if consumer.task_consumer is not None:
         handback.remember_tags(consumer.task_consumer)
     for name in consuming_work_queues(consumer):
@@ -159,6 +163,7 @@ def status(consumer: Any) -> dict[str, Any]:
     return {
         "gate": "open" if g.is_open() else "closed",
         "gate_reason": g.reason,
+        "gate_hold": g.hold,
         "gate_changed_at": g.changed_at,
         "self_protected": g.self_protected,
         "consuming": consuming_work_queues(consumer),

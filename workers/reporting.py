@@ -143,7 +143,7 @@ class WearReporting:
                     "subscriptions_undone": dict(RUNTIME.undone),
                     "task_outcomes": dict(RUNTIME.totals.outcomes),
                     "task_runtimes": dict(RUNTIME.totals.runtimes)},
-            gate=status["gate"], gate_reason=status["gate_reason"],
+            gate=status["gate"], gate_reason=status["gate_reason"], gate_hold=status["gate_hold"],
             gate_changed_at=status["gate_changed_at"], self_protected=status["self_protected"],
             subscribed=tuple(status["consuming"]), at=status["at"],
             inject=self._injection.spec(), cost_s=round(self.cost_s, 6),

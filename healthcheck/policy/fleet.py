@@ -30,6 +30,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
+from healthcheck.policy import holds
 from healthcheck.policy.config import PolicyConfig
 from healthcheck.policy.machine import HealthPolicy, Proposal
 from healthcheck.policy.model import (
@@ -143,11 +144,14 @@ class Fleet:
     # --- inputs --------------------------------------------------------------------------
 
     def observe(self, obs: Observation) -> Decision:
-        """Apply one observation (a new worker starts HEALTHY).
+        """Apply one observation (a new worker starts HEALTHY, unless its report says a
+        checker holds it out: then as that hold says, ``holds.adopted``).
 
         An ejection for wear is only proposed here; ``tick`` decides it.
         """
         w = self.workers.get(obs.worker)
+        if w is None and isinstance(obs, WearReport):
+            w = holds.adopted(obs)
         if w is None:
             w = WorkerHealth(name=obs.worker, since=obs.at, last_seen=obs.at, reason="first seen")
         if isinstance(obs, WearReport):

@@ -81,6 +81,8 @@ class WearReport:
             or a report sampled before the admit that arrived after it: never a sign that
             consumption failed.
         running: tasks executing when it sampled this report (None: the worker did not say).
+        gate_reason, gate_hold: why its gate is closed, and what the checker that closed it
+            held it out as (``healthcheck.policy.holds``).
         stalled_s: seconds with nothing done (no input, no task), since the later of the
             last thing done and the start of the current busy spell (None: the worker did
             not say).
@@ -100,6 +102,8 @@ class WearReport:
     gate_closed: bool = False
     running: int | None = None
     stalled_s: float | None = None
+    gate_reason: str = ""
+    gate_hold: str = ""
 
     def not_consuming(self) -> tuple[str, ...]:
         """Configured work queues the worker says it does not consume with its gate open (none

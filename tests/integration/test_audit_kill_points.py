@@ -66,7 +66,7 @@ class DyingActuator:
         self.shard: int | None = None
         self.undelivered: list[tuple[str, str]] = []
 
-    def drain(self, worker: str, reason: str) -> Reply:
+    def drain(self, worker: str, reason: str, hold: str = "") -> Reply:
         return self._send("host_drain", worker)
 
     def admit(self, worker: str, reason: str) -> Reply:

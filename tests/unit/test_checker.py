@@ -322,8 +322,8 @@ class SkewedActuator(InMemoryActuator):
         super().__init__()
         self.clock = clock
 
-    def drain(self, worker: str, reason: str) -> Any:
-        reply = super().drain(worker, reason)
+    def drain(self, worker: str, reason: str, hold: str = "") -> Any:
+        reply = super().drain(worker, reason, hold)
         self.clock.now += 0.25
         reply.body.update(at=self.clock.now + 3600, received_at=self.clock.now + 3600)
         return reply
@@ -476,10 +476,10 @@ class StuckActuator(InMemoryActuator):
         self.release = threading.Event()
         self.started = threading.Event()
 
-    def drain(self, worker: str, reason: str) -> Any:
+    def drain(self, worker: str, reason: str, hold: str = "") -> Any:
         self.started.set()
         self.release.wait(10)
-        return super().drain(worker, reason)
+        return super().drain(worker, reason, hold)
 
 
 class TestActingNeverBlocksWatching:
