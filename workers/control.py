@@ -127,17 +127,23 @@ def host_inject(state: Any, spec: str = "", **signed: Any) -> dict[str, Any]:
 def _fenced(state: Any, command: str, epoch: int | None,
             signed: dict[str, Any]) -> dict[str, Any] | None:
     """None if ``epoch`` is the current one of the lease of the shard the command names (or
-    newer); else the error reply.
+    newer), and no older than any this worker obeyed before; else the error reply.
 
     A checker that lost its lease (paused past its TTL, say) may still send what it decided
-    before; the store's epoch has moved on by then, so the command is refused here. The shard
-    is part of what was signed.
+    before; the store's epoch has moved on by then, so the command is refused here. A store
+    that failed over may have lost its newest epoch: the highest one this worker obeyed still
+    stands, so an older leader is refused by every worker that heard from a newer one. The
+    shard is part of what was signed.
     """
     shard = signed.get("shard", 0)
     if not isinstance(shard, int) or isinstance(shard, bool) or shard < 0:
         return {"error": f"refused: bad shard {shard!r}"}
-    current = RUNTIME.gate_keys.epoch(shard) if RUNTIME.gate_keys is not None else None
-    if epoch is None or current is None or epoch >= current:
+    if epoch is None:
+        return None
+    stored = RUNTIME.gate_keys.epoch(shard) if RUNTIME.gate_keys is not None else None
+    current = max(stored or 0, RUNTIME.epochs.get(shard, 0))
+    if epoch >= current:
+        RUNTIME.epochs[shard] = epoch
         return None
     RUNTIME.refused[(command, "stale_leader")] += 1
     log.warning("control_command_refused", command=command, reason="stale_leader",

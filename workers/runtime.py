@@ -62,6 +62,8 @@ class WorkerRuntime:
     requeued: Counter[str] = field(default_factory=Counter)
     #: main: messages the consumer dead-lettered before any task ran, by reason code.
     rejected: Counter[str] = field(default_factory=Counter)
+    #: main: the highest lease epoch of each shard this worker obeyed a command under.
+    epochs: dict[int, int] = field(default_factory=dict)
     #: main: control commands refused, by (command, reason).
     refused: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: main: work-queue subscriptions a worker out of rotation undid itself, by queue.

@@ -21,10 +21,13 @@ class InMemoryHealthStore(UnfencedWrites):
 
     Args:
         clock: seconds, for the lease's TTL.
+        wall: seconds since 1970: a new lease epoch is at least this in milliseconds.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        self.wall = wall
         self.workers: dict[str, dict[str, Any]] = {}
         self.audit: list[dict[str, Any]] = []
         self.gates: dict[str, str] = {}
@@ -105,7 +108,7 @@ class InMemoryHealthStore(UnfencedWrites):
         if current is not None and current != token:
             return current
         if current is None:
-            self.epochs += 1
+            self.epochs = max(self.epochs + 1, int(self.wall() * 1000))
             self.leader = f"{self.epochs}:{candidate}"
         self.leader_until = self.clock() + ttl_s
         return self.leader

@@ -81,14 +81,16 @@ class LeaseStore(Protocol):
         """Take or renew the lease; the leading token afterwards (None: nobody leads).
 
         ``token`` is the caller's current token, renewed if it still leads; otherwise a free
-        lease is taken under a new epoch (``"<epoch>:<candidate>"``).
+        lease is taken under a new epoch (``"<epoch>:<candidate>"``): above every epoch taken
+        before, and at least the store's clock in milliseconds, so that an epoch a failover
+        lost is never handed out again.
         """
 
     def release(self, token: str) -> None:
         """Give the lease up, if ``token`` still holds it."""
 
     def epoch(self) -> int:
-        """The fencing epoch: how many times the lease has been taken."""
+        """The fencing epoch: that of the last lease taken (0: none yet)."""
 
 
 class GuardBudget(Protocol):
