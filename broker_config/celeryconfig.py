@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker_config import fastjson, queues, transport
+from broker_config import fastjson, queues, redis_url, transport
 from broker_config.settings import Settings
 
 
@@ -66,7 +66,32 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         config["broker_transport_options"] = amqp_transport_options(settings)
     # Results are in Redis whatever the broker: a write that hangs gives up after 5 s.
     config["result_backend_transport_options"] = {"retry_policy": {"timeout": 5.0}}
+    sentinel = settings.sentinel
+    if redis_url.is_sentinel(settings.broker_url):
+        config["broker_transport_options"].update(sentinel_transport_options(sentinel))
+        if sentinel.tls:
+            config["broker_use_ssl"] = _ssl(sentinel)
+    if redis_url.is_sentinel(settings.effective_result_backend):
+        config["result_backend_transport_options"].update(sentinel_transport_options(sentinel))
+        if sentinel.tls:
+            config["redis_backend_use_ssl"] = _ssl(sentinel)
     return config
+
+
+def sentinel_transport_options(sentinel: redis_url.SentinelOptions) -> dict[str, Any]:
+    """kombu's and Celery's options for a sentinel:// URL: the master's name, and how to talk
+    to the sentinels themselves (their password, TLS; a sentinel that does not answer within
+    a second is skipped for the next)."""
+    return {"master_name": sentinel.master,
+            "sentinel_kwargs": sentinel.sentinel_kwargs(socket_timeout=1.0,
+                                                        socket_connect_timeout=1.0)}
+
+
+def _ssl(sentinel: redis_url.SentinelOptions) -> dict[str, Any]:
+    import ssl
+
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED,
+            **({"ssl_ca_certs": sentinel.tls_ca_file} if sentinel.tls_ca_file else {})}
 
 
 def amqp_transport_options(settings: Settings) -> dict[str, Any]:

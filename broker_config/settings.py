@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from broker_config import redis_url
+
 PREFIX = "HOST_"
 #: Names the optional TOML file; its keys are the field names below, without the prefix.
 CONFIG_FILE_VAR = "HOST_CONFIG_FILE"
@@ -17,8 +19,8 @@ CONFIG_FILE_VAR = "HOST_CONFIG_FILE"
 ENVIRONMENTS = ("development", "production")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-BROKER_SCHEMES = ("redis", "rediss", "unix", "amqp", "amqps", "pyamqp", "memory")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel", "amqp", "amqps", "pyamqp", "memory")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 QUEUE_TYPES = ("classic", "quorum")
 
@@ -46,6 +48,14 @@ class Settings:
     result_backend: str = ""
     #: Where host keeps its own records (dead letters, worker states); empty means the broker URL.
     store_url: str = ""
+    #: For sentinel:// URLs: the name the sentinels know the master by (``sentinel monitor``).
+    sentinel_master: str = ""
+    #: For sentinel:// URLs: the sentinels' own password (the master's is in the URL).
+    sentinel_password: str = ""
+    #: For sentinel:// URLs: TLS to the sentinels and the master, checked against
+    #: HOST_SENTINEL_TLS_CA_FILE (the system's CAs when empty).
+    sentinel_tls: bool = False
+    sentinel_tls_ca_file: str = ""
     control_secret: str = ""
     #: Also accepted when verifying (never used to sign): set it to the old secret while
     #: rotating, so that nodes still on the old secret keep being obeyed.
@@ -147,6 +157,13 @@ class Settings:
             )
         if not self.store_url and not _is_redis(self.broker_url):
             raise ConfigError(env_key("store_url"), "", "must be set when the broker is not Redis")
+        for name in ("broker_url", "result_backend", "store_url"):
+            if redis_url.is_sentinel(getattr(self, name)) and not self.sentinel_master:
+                raise ConfigError(env_key("sentinel_master"), "",
+                                  f"must be set: {env_key(name)} is a sentinel:// URL")
+        if self.sentinel_tls_ca_file and not Path(self.sentinel_tls_ca_file).is_file():
+            raise ConfigError(env_key("sentinel_tls_ca_file"), self.sentinel_tls_ca_file,
+                              "no such file")
         if self.env == "production" and not self.control_secret:
             raise ConfigError(env_key("control_secret"), "",
                               "required when HOST_ENV=production (control commands are signed)")
@@ -160,6 +177,27 @@ class Settings:
     def effective_store_url(self) -> str:
         """The Redis URL of host's own records, defaulting to the broker's Redis."""
         return self.store_url or self.broker_url
+
+    @property
+    def sentinel(self) -> redis_url.SentinelOptions:
+        """What sentinel:// URLs need besides the sentinels' addresses."""
+        return redis_url.SentinelOptions(self.sentinel_master, self.sentinel_password,
+                                         self.sentinel_tls, self.sentinel_tls_ca_file)
+
+    @property
+    def store(self) -> redis_url.RedisAddress:
+        """Where host keeps its own records (the store)."""
+        return redis_url.RedisAddress(self.effective_store_url, self.sentinel)
+
+    @property
+    def backend(self) -> redis_url.RedisAddress:
+        """Where task results are kept."""
+        return redis_url.RedisAddress(self.effective_result_backend, self.sentinel)
+
+    @property
+    def broker(self) -> redis_url.RedisAddress:
+        """The broker, as a Redis address (meaningful when ``broker_is_redis``)."""
+        return redis_url.RedisAddress(self.broker_url, self.sentinel)
 
     @property
     def broker_is_redis(self) -> bool:
@@ -254,6 +292,8 @@ def _url(schemes: tuple[str, ...], empty_ok: bool) -> Callable[[str], str | None
         parts = urlsplit(value)
         if parts.scheme not in schemes:
             return f"scheme must be one of {', '.join(schemes)}"
+        if parts.scheme == redis_url.SCHEME:
+            return redis_url.problem(value)
         try:
             parts.port  # noqa: B018 - raises on a non-numeric port
         except ValueError:

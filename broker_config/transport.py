@@ -66,8 +66,10 @@ def on_undeliverable(hook: Callable[[bytes, str, str, str], None]) -> None:
 
 
 def register() -> None:
-    """Serve ``redis://`` with this transport in this process (idempotent)."""
+    """Serve ``redis://`` and ``sentinel://`` with these transports in this process
+    (idempotent)."""
     TRANSPORT_ALIASES["redis"] = "broker_config.transport:Transport"
+    TRANSPORT_ALIASES["sentinel"] = "broker_config.transport:SentinelTransport"
 
 
 def envelope_problem(payload: Any) -> str | None:
@@ -291,3 +293,16 @@ class Transport(kombu_redis.Transport):
         """kombu's, remembering that a loop (and its sweep timer) drives this transport."""
         self.in_event_loop = True
         super().register_with_event_loop(connection, loop)
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The atomic take, on the master a group of sentinels names (kombu's Sentinel channel
+    finds it, again after every reconnect)."""
+
+
+class SentinelTransport(Transport):
+    """``sentinel://`` as kombu does it, with the atomic take."""
+
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port
+    driver_name = kombu_redis.SentinelTransport.driver_name

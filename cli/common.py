@@ -11,6 +11,7 @@ from typing import Any
 import click
 from kombu.exceptions import OperationalError
 
+from broker_config import redis_url
 from broker_config.app import HostCelery
 
 EXIT_OK = 0
@@ -57,17 +58,15 @@ def check_store(app: HostCelery) -> None:
     import redis
 
     settings = app.host_settings
-    for url in dict.fromkeys((settings.effective_store_url, settings.effective_result_backend)):
+    for where in dict.fromkeys((settings.store, settings.backend)):
         try:
-            redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5).ping()
+            where.client(socket_timeout=5, socket_connect_timeout=5).ping()
         except (redis.RedisError, OSError) as exc:
-            raise BrokerUnreachable(f"store {_redact(url)} is unreachable: {exc}") from None
+            raise BrokerUnreachable(f"store {where} is unreachable: {exc}") from None
 
 
 def _redact(url: str) -> str:
-    from kombu.utils.url import maybe_sanitize_url
-
-    return str(maybe_sanitize_url(url))
+    return redis_url.redacted(url)
 
 
 class Progress:

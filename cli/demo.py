@@ -124,7 +124,7 @@ class Run:
         stack.enter_context(_checker(env, self.tmp, self.console))
         self.console.print(f"{len(workers)} workers ready: {', '.join(w.name for w in workers)}; "
                            f"checker running (logs in {self.tmp})")
-        store = RedisDeadLetterStore.from_url(settings.effective_store_url, settings.deadletter_keep)
+        store = RedisDeadLetterStore.from_url(settings.store, settings.deadletter_keep)
         limits = Limits(settings.max_line_bytes, settings.max_text_chars)
         victim = workers[0].name
         with (_input(input_path) as (source, name, total), _output(out_path) as out,
@@ -138,7 +138,7 @@ class Run:
                           batch=self.batch, progress=on_progress, rate=self.rate,
                           on_record=self._keep)
         if self.story.injected_at is not None:
-            self._tell(RedisHealthStore.from_url(settings.effective_store_url), victim)
+            self._tell(RedisHealthStore.from_url(settings.store), victim)
         return report, self.story
 
     def _broker(self, stack: ExitStack, app: HostCelery) -> tuple[dict[str, str], Any]:

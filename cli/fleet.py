@@ -62,7 +62,7 @@ def _store(app: HostCelery) -> RedisHealthStore:
     check_broker(app)
     settings = app.host_settings
     # Every shard count is the checkers': a request goes to its worker's shard's checker.
-    return RedisHealthStore.from_url(settings.effective_store_url,
+    return RedisHealthStore.from_url(settings.store,
                                      shards=settings.checker_shards)
 
 

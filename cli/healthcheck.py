@@ -75,7 +75,7 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
         raise click.BadParameter(f"shard {shard} is not one of 0..{shards - 1}",
                                  param_hint="--shard")
     check_broker(app)
-    store = RedisHealthStore.from_url(settings.effective_store_url, shard, shards)
+    store = RedisHealthStore.from_url(settings.store, shard, shards)
     actuator = CeleryActuator(app, secret=settings.control_secret)
     actuator.warm()
     watch = IntakeWatch()
@@ -98,7 +98,7 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
         watch.subscribe(time.time())
 
     keys_ = routing_keys(shard, shards) if shards > 1 else None  # one shard: its own workers'
-    ear = (RedisEar(settings.broker_url, checker.on_events, stop, subscribed, watch.lose,
+    ear = (RedisEar(settings.broker, checker.on_events, stop, subscribed, watch.lose,
                     routing_keys=keys_)
            if settings.broker_is_redis else Ear(app, checker.on_event, stop, subscribed, watch.lose))
     checker.resubscribe = ear.resubscribe

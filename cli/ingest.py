@@ -44,7 +44,7 @@ def ingest(ctx: click.Context, source: str, fmt: str, out_path: str, batch: int,
     check_broker(app)
     check_store(app)
     limits = Limits(settings.max_line_bytes, settings.max_text_chars)
-    store = RedisDeadLetterStore.from_url(settings.effective_store_url, settings.deadletter_keep)
+    store = RedisDeadLetterStore.from_url(settings.store, settings.deadletter_keep)
     with ExitStack() as stack:
         inp: IO[bytes] = (sys.stdin.buffer if source == "-"
                           else stack.enter_context(open(source, "rb")))

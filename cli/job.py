@@ -40,7 +40,7 @@ def job() -> None:
 
 
 def _store(app: HostCelery) -> JobStore:
-    return JobStore.from_url(app.host_settings.effective_store_url)
+    return JobStore.from_url(app.host_settings.store)
 
 
 @job.command()
@@ -172,7 +172,7 @@ def _go(app: HostCelery, store: JobStore, job_id: str, as_json: bool) -> None:
     settings = app.host_settings
     limits = Limits(settings.max_line_bytes, settings.max_text_chars)
     budget = Budget(cpu_s=float(meta["chunk_cpu"]), mem_mb=float(meta["chunk_mem"]))
-    health = RedisHealthStore.from_url(settings.effective_store_url)
+    health = RedisHealthStore.from_url(settings.store)
     soft = {m: t.soft for m, t in load_policy(settings.policy_file or None).thresholds.items()
             if t.soft}
     parallel = meta.get("parallel")

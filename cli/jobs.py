@@ -30,6 +30,7 @@ from celery.result import denied_join_result
 from celery.utils import uuid as task_uuid
 
 from broker_config import keys
+from broker_config.redis_url import RedisAddress, address
 from cli.feed import BROKEN, POLL_S, line_of
 from cli.results import ResultReader
 from workers.analysis import envelope
@@ -161,8 +162,8 @@ class JobStore:
         self.client = client  # decoding responses to str
 
     @classmethod
-    def from_url(cls, url: str) -> JobStore:
-        return cls(redis.Redis.from_url(url, decode_responses=True))
+    def from_url(cls, url: RedisAddress | str) -> JobStore:
+        return cls(address(url).client(decode_responses=True))
 
     def create(self, job_id: str, meta: Mapping[str, Any]) -> None:
         pipe = self.client.pipeline()

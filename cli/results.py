@@ -9,19 +9,27 @@ does); the feed subscribes to that channel before it sends the task, decodes the
 notification, then unsubscribes and deletes the stored copy, which nobody else reads and
 which would otherwise fill Redis for a day. Reading the stored results directly
 (``stored``) covers notifications lost while the connection was away.
+
+The backend may be away for a while (a restart; a Sentinel failover, during which the
+sentinels still name the dead master for their down-after time): subscribing rides that out
+for ``RETRY_S``, as publishing a task does (``task_publish_retry_policy``).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
+import redis
 from celery import states
 
 from broker_config import fastjson
 
 #: Keys per MGET/UNLINK, so that one command never carries a whole window.
 KEYS_PER_COMMAND = 1000
+#: How long subscribing to a result keeps trying while the backend does not answer.
+RETRY_S = 30.0
 
 
 class ResultReader:
@@ -41,8 +49,17 @@ class ResultReader:
         return self.prefix + task_id.encode()
 
     def watch(self, task_id: str) -> None:
-        """Subscribe to the task's result (before the task is sent: no notification is missed)."""
-        self.pubsub.subscribe(self.key(task_id))
+        """Subscribe to the task's result (before the task is sent: no notification is missed),
+        trying again for up to ``RETRY_S`` while the backend does not answer."""
+        deadline = time.monotonic() + RETRY_S
+        while True:
+            try:
+                self.pubsub.subscribe(self.key(task_id))
+                return
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
 
     def arrived(self, timeout: float, most: int = 2000) -> list[tuple[str, dict[str, Any]]]:
         """Finished results notified within ``timeout`` seconds (all that are waiting, up to

@@ -20,6 +20,7 @@ import redis
 from celery import Celery
 
 from broker_config.logs import get_logger
+from broker_config.redis_url import RedisAddress, address
 
 log = get_logger(__name__)
 
@@ -99,7 +100,7 @@ class RedisEar(Ear):
         (the rest as ``Ear``)
     """
 
-    def __init__(self, url: str, on_events: Callable[[list[dict[str, Any]]], None],
+    def __init__(self, url: RedisAddress | str, on_events: Callable[[list[dict[str, Any]]], None],
                  stop: threading.Event, on_subscribed: Callable[[], None] | None = None,
                  on_lost: Callable[[], None] | None = None, batch: int = 500,
                  routing_keys: list[str] | None = None) -> None:
@@ -109,7 +110,7 @@ class RedisEar(Ear):
         self.batch = batch
         self.url = url
         self._renew = threading.Event()
-        db = redis.Redis.from_url(url).connection_pool.connection_kwargs.get("db", 0)
+        db = address(url).db
         self.pattern = f"/{db}.celeryev/*"
         self.channels = [f"/{db}.celeryev/{key}" for key in routing_keys or ()]
 
@@ -121,8 +122,7 @@ class RedisEar(Ear):
     def run(self) -> None:
         self.delay = 0.5
         while not self.stop.is_set():
-            client = redis.Redis.from_url(self.url, socket_connect_timeout=5,
-                                          socket_keepalive=True)
+            client = address(self.url).client(socket_connect_timeout=5, socket_keepalive=True)
             pubsub = client.pubsub()
             try:
                 if self.channels:

@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from broker_config import redis_url
 from broker_config.app import HostCelery
+from broker_config.redis_url import SentinelOptions
 from broker_config.settings import Settings
 from cli.processes import WorkerProcess, node_name, terminate
 from cli.rabbitmq_server import RabbitServer, RabbitServerNotFound
-from cli.redis_server import RedisServer, RedisServerNotFound, free_port
+from cli.redis_server import RedisServer, RedisServerNotFound, SentinelGroup, free_port
 from workers.app import create_app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +45,28 @@ def redis_server() -> Iterator[RedisServer]:
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """A client of the private server, emptied before the test."""
     client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sentinel_group() -> Iterator[SentinelGroup]:
+    """A Sentinel group of the session's own (a master, two replicas, three sentinels), started
+    when the first test needs it; tests that fail it over start their own."""
+    try:
+        group = SentinelGroup().start()
+    except RedisServerNotFound as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def sentinel_client(sentinel_group: SentinelGroup) -> Iterator[redis.Redis]:
+    """A client of the group's master, reached through the sentinels; emptied before the test."""
+    client = redis_url.client(sentinel_group.url, SentinelOptions(sentinel_group.master_name),
+                              socket_timeout=5)
     client.flushall()
     yield client
     client.close()

@@ -12,6 +12,7 @@ import redis
 
 from broker_config import keys
 from broker_config.app import settings_of
+from broker_config.redis_url import RedisAddress, address
 
 
 class DeadLetterStore(Protocol):
@@ -40,9 +41,9 @@ class RedisDeadLetterStore:
         self._keep = keep
 
     @classmethod
-    def from_url(cls, url: str, keep: int = 100_000) -> RedisDeadLetterStore:
-        """A store on the Redis at ``url``."""
-        return cls(redis.Redis.from_url(url, socket_timeout=10), keep)
+    def from_url(cls, url: RedisAddress | str, keep: int = 100_000) -> RedisDeadLetterStore:
+        """A store on the Redis at ``url`` (a plain URL, or an address with Sentinel options)."""
+        return cls(address(url).client(socket_timeout=10), keep)
 
     def record(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Push the records and bump their counts in one round trip."""
@@ -75,11 +76,11 @@ def _json(record: Mapping[str, Any]) -> str:
 def store_of(app: Any) -> RedisDeadLetterStore:
     """The dead-letter store of a host app's settings (one client per process)."""
     settings = settings_of(app)
-    return _cached(settings.effective_store_url, settings.deadletter_keep)
+    return _cached(settings.store, settings.deadletter_keep)
 
 
 @cache
-def _cached(url: str, keep: int) -> RedisDeadLetterStore:
+def _cached(url: RedisAddress, keep: int) -> RedisDeadLetterStore:
     # redis-py reconnects after a fork or a broker restart: one client serves a process.
     return RedisDeadLetterStore.from_url(url, keep)
 

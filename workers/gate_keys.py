@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import redis
 
 from broker_config import keys
+from broker_config.redis_url import RedisAddress, address
 from broker_config.signing import NonceMemory, RedisNonces
 
 #: The longest a task waits for the gate key (a healthy store answers in well under 1 ms).
@@ -65,12 +66,13 @@ class RedisGateKeys:
         self._clock = clock
 
     @classmethod
-    def from_url(cls, url: str) -> RedisGateKeys:
+    def from_url(cls, url: RedisAddress | str) -> RedisGateKeys:
         """Reads on ``url``: the per-task one (``closed``) with ``READ_TIMEOUT_S``, the rare
         ones (an epoch, a reason at start) with half a second."""
-        return cls(redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5),
-                   redis.Redis.from_url(url, socket_timeout=READ_TIMEOUT_S,
-                                        socket_connect_timeout=READ_TIMEOUT_S))
+        where = address(url)
+        return cls(where.client(socket_timeout=0.5, socket_connect_timeout=0.5),
+                   where.client(socket_timeout=READ_TIMEOUT_S,
+                                socket_connect_timeout=READ_TIMEOUT_S))
 
     def closed(self, worker: str) -> bool:
         """One EXISTS, on a connection this thread of this process keeps: every work-queue

@@ -22,6 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from broker_config import keys
 from broker_config.app import settings_of
+from broker_config.redis_url import RedisAddress
 from workers import tally
 from workers.analysis import analyse_envelope, keep_dead_letters
 from workers.deadletter import store_of
@@ -45,7 +46,7 @@ def job_chunk(self: Task[Any, Any], job_id: str, chunk_id: int, envelopes: list[
     testing); each item is bounded by the per-input CPU budget, and host's task time limits
     remain the last resort."""
     store = store_of(self.app)
-    client = _client(settings_of(self.app).effective_store_url)
+    client = _client(settings_of(self.app).store)
     if client.exists(keys.job_cancelled(job_id)):
         return {"chunk": chunk_id, "cancelled": True}
     _injected()  # fault injection (slow, fail_rate), as for every data-plane task
@@ -80,5 +81,5 @@ def job_chunk(self: Task[Any, Any], job_id: str, chunk_id: int, envelopes: list[
 
 
 @cache
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+def _client(url: RedisAddress) -> redis.Redis:
+    return url.client()

@@ -55,7 +55,7 @@ def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
     queue = verify_queue(sender)
     queues.select_add(queue)
     log.info("verify_queue_added", queue=queue.name)
-    gate_keys = RedisGateKeys.from_url(settings.effective_store_url)
+    gate_keys = RedisGateKeys.from_url(settings.store)
     control.configure(settings.control_secret, settings.allow_dangerous_control, sender,
                       previous=settings.control_secret_previous,
                       allowed=settings.allowed_control, nonces=gate_keys.nonces())

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from broker_config import keys
+from broker_config.redis_url import RedisAddress, address
 from broker_config.signing import RedisNonces
 from healthcheck.errors import LeaseLost, StoreUnavailable
 from healthcheck.policy import Peers, WorkerHealth, shard_of
@@ -56,11 +57,11 @@ class RedisHealthStore(UnfencedWrites):
         self._release = client.register_script(script("release"))
 
     @classmethod
-    def from_url(cls, url: str, shard: int = 0, shards: int = 1) -> RedisHealthStore:
-        """A store on the Redis at ``url``."""
+    def from_url(cls, url: RedisAddress | str, shard: int = 0, shards: int = 1) -> RedisHealthStore:
+        """A store on the Redis at ``url`` (a plain URL, or an address with Sentinel options)."""
         # The socket timeout outlasts the longest BLPOP this store makes (operator requests: 5 s).
-        return cls(redis.Redis.from_url(url, socket_timeout=15, socket_connect_timeout=5,
-                                        health_check_interval=10), shard, shards)
+        return cls(address(url).client(socket_timeout=15, socket_connect_timeout=5,
+                                       health_check_interval=10), shard, shards)
 
     def budget(self) -> RedisGuardBudget:
         """The fleet-wide guard budget, as this store's shard uses it."""

@@ -41,13 +41,13 @@ class Subject:
     expire: Callable[[], object]  # the lease runs out now (as if its holder had paused)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "sentinel"])
 def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
     if request.param == "memory":
         memory = InMemoryHealthStore()
         yield Subject(memory, lambda: setattr(memory, "leader_until", 0.0))
         return
-    client: redis.Redis = request.getfixturevalue("redis_client")
+    client: redis.Redis = request.getfixturevalue(f"{request.param}_client")
     yield Subject(RedisHealthStore(client), lambda: client.delete(keys.LEADER))
 
 

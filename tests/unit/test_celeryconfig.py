@@ -32,6 +32,23 @@ class TestCeleryConfig:
         assert opts == {"visibility_timeout": 10, "unacked_restore_interval": 1,
                         "unacked_restore_throttle": 1}
 
+    def test_sentinel_urls_get_the_master_name_and_the_sentinels_password(self) -> None:
+        """kombu and Celery read the master's name and the sentinels' own connection options
+        from transport options, for the broker and the result backend alike; TLS both ways."""
+        url = "sentinel://:pw@s1:26379;sentinel://s2:26379/0"
+        config = celery_config(Settings(broker_url=url, sentinel_master="prod",
+                                        sentinel_password="sp", sentinel_tls=True))
+        for key in ("broker_transport_options", "result_backend_transport_options"):
+            assert config[key]["master_name"] == "prod"
+            assert config[key]["sentinel_kwargs"]["password"] == "sp"
+            assert config[key]["sentinel_kwargs"]["ssl"] is True
+        assert config["broker_transport_options"]["visibility_timeout"] == 10.0
+        assert "ssl_cert_reqs" in config["broker_use_ssl"]
+        assert "ssl_cert_reqs" in config["redis_backend_use_ssl"]
+        plain = celery_config(Settings())
+        assert "master_name" not in plain["broker_transport_options"]
+        assert "broker_use_ssl" not in plain
+
     def test_non_redis_broker_gets_no_redis_options(self) -> None:
         """Prefetch disabling and visibility options apply only to Redis."""
         c = celery_config(Settings(broker_url="amqp://guest@localhost//",

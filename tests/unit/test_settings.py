@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from broker_config import redis_url
 from broker_config.settings import ConfigError, Settings
 
 
@@ -37,6 +38,12 @@ class TestSettingsFromEnv:
         ("HOST_WORKER_MEMORY_LIMIT", "-5", "must be >= 0"),
         ("HOST_WORKER_MEMORY_LIMIT", "1.5G", "must be an integer"),
         ("HOST_NO_SUCH_THING", "1", "unknown setting"),
+        ("HOST_STORE_URL", "sentinel://s1:26379;redis://s2:6379", "every part must be sentinel"),
+        ("HOST_STORE_URL", "sentinel://s1:x", "port is not a number"),
+        ("HOST_STORE_URL", "sentinel://:pw@;sentinel://s2", "a sentinel has no host"),
+        ("HOST_RESULT_BACKEND", "sentinel://s1/zero", "database 'zero' is not a number"),
+        ("HOST_BROKER_URL", "sentinel://s1:26379", "HOST_SENTINEL_MASTER"),
+        ("HOST_SENTINEL_TLS_CA_FILE", "/no/such/ca.pem", "no such file"),
     ])
     def test_bad_values_name_the_key_and_the_value(self, key: str, value: str, fragment: str) -> None:
         """A bad value raises ConfigError whose one-line message names key, value and reason."""
@@ -128,3 +135,32 @@ class TestShardSettings:
         assert "HOST_CHECKER_SHARD" in str(info.value) and "between 0 and" in str(info.value)
         with pytest.raises(ConfigError, match="HOST_CHECKER_SHARDS"):
             Settings.from_env({"HOST_CHECKER_SHARDS": "0"})
+
+
+SENTINELS = "sentinel://:secret@s1:26379;sentinel://s2:26380;sentinel://s3/2"
+
+
+class TestSentinelSettings:
+    def test_every_redis_setting_takes_a_sentinel_url(self) -> None:
+        """Broker, result backend and store all take sentinel:// with a master name; the
+        address carries the sentinels, the database and the master's password."""
+        s = Settings(broker_url=SENTINELS, result_backend=SENTINELS, store_url=SENTINELS,
+                     sentinel_master="prod", sentinel_password="sp")
+        assert s.broker_is_redis and not s.broker_is_amqp
+        where = redis_url.parse(s.store.url)
+        assert where.sentinels == (("s1", 26379), ("s2", 26380), ("s3", 26379))
+        assert (where.db, where.password) == (2, "secret")
+        assert s.store.sentinel == redis_url.SentinelOptions("prod", "sp")
+        assert "secret" not in str(s.store) and "s3" in str(s.store)
+
+    def test_the_master_name_is_needed_for_any_of_them(self) -> None:
+        for key in ("result_backend", "store_url"):
+            with pytest.raises(ConfigError, match=f"HOST_SENTINEL_MASTER.*HOST_{key.upper()}"):
+                Settings.from_env({f"HOST_{key.upper()}": SENTINELS})
+
+    def test_a_plain_url_needs_no_sentinel_settings(self) -> None:
+        """A redis:// address ignores the Sentinel options; a bare sentinel:// string (no
+        options) cannot make a client."""
+        assert redis_url.address("redis://r:6379/3").db == 3
+        with pytest.raises(ValueError, match="master"):
+            redis_url.client(SENTINELS)
