@@ -20,7 +20,7 @@ from broker_config.settings import Settings
 from cli.processes import WorkerProcess, node_name, terminate
 from cli.redis_server import RedisServer
 from tests.conftest import GROUND_TRUTH
-from tests.support.cli import REPO, read_jsonl
+from tests.support.cli import REPO, feed, read_jsonl
 from tests.support.netns import Link
 from tests.support.polling import wait_until
 from workers.app import create_app
@@ -50,19 +50,6 @@ def server(link: Link) -> Iterator[RedisServer]:
     redis_server = RedisServer(bind=("127.0.0.1", link.host_ip)).start()
     yield redis_server
     redis_server.stop()
-
-
-def feed(ingest: subprocess.Popen[bytes], lines: list[str]) -> None:
-    """Write the lines to ingest's standard input at RATE a second, then close it."""
-    assert ingest.stdin is not None
-    started = time.monotonic()
-    for i, line in enumerate(lines):
-        delay = started + i / RATE - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        ingest.stdin.write(line.encode() + b"\n")
-        ingest.stdin.flush()
-    ingest.stdin.close()
 
 
 def give_up_on(server: RedisServer, address: str) -> int:
@@ -110,7 +97,7 @@ def test_a_twenty_second_cut_loses_nothing(run: int, link: Link, server: RedisSe
              "--out", str(out), "--json", "--timeout", "120"], env=here, cwd=REPO,
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
             stderr=(tmp_path / "ingest.log").open("w"))
-        feeder = threading.Thread(target=feed, args=(ingest, lines), daemon=True)
+        feeder = threading.Thread(target=feed, args=(ingest, lines, RATE), daemon=True)
         feeder.start()
         wait_until(lambda: sum(succeeded(cut_off.log_path).values()) >= 20, 60,  # type: ignore[arg-type]
                    "the cut-off worker to be busy")

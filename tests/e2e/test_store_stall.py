@@ -1,7 +1,8 @@
 """The data plane never waits on host's store: with the store on a Redis of its own, that Redis
-stopped (SIGSTOP: a hung or overloaded server, a path that drops packets) while a stream of
-real tweets flows, the workers keep analysing at close to their normal rate; nothing is lost,
-and a worker the checker had quarantined before the stall still starts nothing.
+stopped (SIGSTOP: a hung or overloaded server, a path that drops packets), gone (connections
+refused) or failed over (a Sentinel group's master SIGKILLed) while a stream of real tweets
+flows, the workers keep analysing at close to their normal rate; nothing is lost, and a worker
+the checker had quarantined before the fault still starts nothing.
 
 The rate figures here are loose (the machine is shared); bench/store_stall.py measures them."""
 
@@ -16,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from broker_config.app import HostCelery
-from cli.redis_server import RedisServer
+from broker_config.settings import Settings
+from cli.redis_server import RedisServer, SentinelGroup
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
 from tests.support.cli import REPO, celery, read_jsonl
@@ -28,18 +29,64 @@ from tests.support.polling import wait_until
 STALL_S = 8.0
 
 
-@pytest.fixture
-def store_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        os.kill(server.proc.pid, signal.SIGCONT)
-    server.stop()
+class Store:
+    """The store on a server of its own, and a fault to put it through: ``pause`` (SIGSTOP: a
+    hung or overloaded server, a path that drops packets), ``refuse`` (the process gone:
+    connections refused) or ``failover`` (a Sentinel group's master SIGKILLed)."""
+
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
+        self.group = SentinelGroup().start() if fault == "failover" else None
+        self.server = None if self.group else RedisServer().start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        if self.group is not None:
+            return {"HOST_STORE_URL": self.group.url,
+                    "HOST_SENTINEL_MASTER": self.group.master_name}
+        assert self.server is not None
+        return {"HOST_STORE_URL": self.server.url}
+
+    def begin(self) -> None:
+        if self.group is not None:
+            self.group.kill_master()
+        elif self.fault == "pause":
+            assert self.server is not None and self.server.proc is not None
+            os.kill(self.server.proc.pid, signal.SIGSTOP)
+        else:
+            assert self.server is not None
+            self.server.kill()
+
+    def end(self) -> None:
+        if self.group is not None:
+            return  # the sentinels promote a replica by themselves
+        assert self.server is not None
+        if self.fault == "pause":
+            assert self.server.proc is not None
+            os.kill(self.server.proc.pid, signal.SIGCONT)
+        else:
+            self.server.start()
+
+    def stop(self) -> None:
+        if self.group is not None:
+            self.group.stop()
+            return
+        assert self.server is not None
+        if self.server.proc is not None and self.server.proc.poll() is None:
+            os.kill(self.server.proc.pid, signal.SIGCONT)
+        self.server.stop()
+
+
+@pytest.fixture(params=["pause", "refuse", "failover"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    store = Store(request.param)
+    yield store
+    store.stop()
 
 
 @pytest.fixture
-def host_env(host_env: dict[str, str], store_server: RedisServer) -> dict[str, str]:
-    return {**host_env, "HOST_STORE_URL": store_server.url}
+def host_env(host_env: dict[str, str], store: Store) -> dict[str, str]:
+    return {**host_env, **store.env}
 
 
 def rate(results: list[dict[str, object]], start: float, end: float) -> float:
@@ -51,15 +98,15 @@ def rate(results: list[dict[str, object]], start: float, end: float) -> float:
 @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
 def test_a_stalled_store_stalls_no_analysis(
         app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
-        host_env: dict[str, str], store_server: RedisServer, tmp_path: Path) -> None:
-    store = RedisHealthStore(redis.Redis.from_url(store_server.url))
+        host_env: dict[str, str], store: Store, tmp_path: Path) -> None:
+    health = RedisHealthStore.from_url(Settings.from_env(host_env).store)
     workers = [start_worker(f"ss{i}", concurrency=1) for i in (1, 2, 3)]
     start_checker("--tick", "0.1")
     held = workers[2].name
-    wait_until(lambda: all(store.get(w.name) for w in workers), 20, "all three known")
+    wait_until(lambda: all(health.get(w.name) for w in workers), 20, "all three known")
     assert celery("fleet", "quarantine", held, "--reason", "held through the stall",
                   env=host_env).returncode == 0
-    wait_until(lambda: (w := store.get(held)) is not None and w.state.value == "QUARANTINED",
+    wait_until(lambda: (w := health.get(held)) is not None and w.state.value == "QUARANTINED",
                20, "the quarantine")
     source = tmp_path / "tweets.tsv"
     source.write_bytes(GROUND_TRUTH.read_bytes() * 3)
@@ -69,11 +116,10 @@ def test_a_stalled_store_stalls_no_analysis(
                               env=host_env, cwd=REPO, stdout=subprocess.DEVNULL,
                               stderr=(tmp_path / "ingest.err").open("w"))
     time.sleep(STALL_S)  # the stream at its normal rate
-    assert store_server.proc is not None
     stalled_at = time.time()
-    os.kill(store_server.proc.pid, signal.SIGSTOP)
+    store.begin()
     time.sleep(STALL_S)
-    os.kill(store_server.proc.pid, signal.SIGCONT)
+    store.end()
     resumed_at = time.time()
     assert ingest.wait(300) == 0, (tmp_path / "ingest.err").read_text()[-2000:]
     results = read_jsonl(out)
@@ -81,8 +127,8 @@ def test_a_stalled_store_stalls_no_analysis(
     assert all(r["status"] == "analysed" for r in results)
     before = rate(results, stalled_at - STALL_S + 2, stalled_at)
     during = rate(results, stalled_at + 0.5, resumed_at)
-    print(f"store stalled {STALL_S:.0f} s: {before:.0f} tweets/s before, {during:.0f} during "
-          f"({during / before:.2f})")
+    print(f"store fault {store.fault!r} for {STALL_S:.0f} s: {before:.0f} tweets/s before, "
+          f"{during:.0f} during ({during / before:.2f})")
     assert during >= 0.5 * before, (before, during)
     # The quarantined worker started nothing, before, during or after
     assert held not in {r["worker"] for r in results}
