@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import psutil
@@ -16,15 +18,32 @@ import pytest
 from tests.conftest import GROUND_TRUTH
 from tests.support.cli import REPO
 
+#: Set in the demo's environment, so that its processes (which inherit it) are told apart
+#: from every other test's workers and private redis-servers on the machine.
+MARK = "DEMO_TEST_RUN"
+RUN = uuid.uuid4().hex
+#: The demo's TMPDIR: its embedded Redis's files are under it.
+TMP = Path(tempfile.mkdtemp(prefix="host-demo-test-"))
+
 
 def host_processes() -> set[int]:
-    """Pids of worker processes and of private redis-servers (they chdir into a host-redis- dir)."""
+    """Pids of the demo's worker processes (its environment is theirs) and private
+    redis-servers (they chdir into a host-redis- dir under the demo's TMPDIR; Redis overwrites
+    its environment with its title), wherever they are in the process tree: an orphan counts."""
     found = set()
     for p in psutil.process_iter(["pid", "name", "cmdline", "cwd"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        private_redis = p.info["name"] == "redis-server" and "host-redis-" in (p.info["cwd"] or "")
-        if "-A host worker" in cmd or private_redis:
-            found.add(p.info["pid"])
+        if p.info["name"] == "redis-server":
+            if (p.info["cwd"] or "").startswith(str(TMP / "host-redis-")):
+                found.add(p.info["pid"])
+            continue
+        if "-A host worker" not in cmd:
+            continue
+        try:
+            if p.environ().get(MARK) == RUN:
+                found.add(p.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
     return found
 
 
@@ -47,6 +66,8 @@ def wait_for_no_new(before: set[int], deadline_s: float = 10.0) -> set[int]:
 def demo_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
     env["HOST_LOG_FORMAT"] = "json"
+    env[MARK] = RUN
+    env["TMPDIR"] = str(TMP)
     return env
 
 
