@@ -8,9 +8,10 @@ every result is collected. Plain Celery runs with host's reliability settings (l
 reject on worker lost, prefetch 1) and Celery's own Sentinel support.
 
 Per system it reports the tasks lost (sent, never answered), how long after the kill tasks
-started again (the end of the longest stretch without a task starting), and that stretch:
-medians over ``--runs`` runs, and host's ÷ plain Celery's. The producer never gives up: a
-send that fails is sent again (counted), as a producer that loses nothing must.
+started again (the end of the longest stretch without a task starting; "inf" when nothing
+started again), and that stretch: medians over ``--runs`` runs, and host's ÷ plain Celery's.
+The producer never gives up: a send that fails is sent again (counted), as a producer that
+loses nothing must.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -72,25 +74,26 @@ def texts() -> list[str]:
     return [line.split("\t")[-1] for line in GROUND_TRUTH.read_text(encoding="utf-8").splitlines()]
 
 
-def plain(url: str, logs: Path) -> tuple[Celery, Callable[[Celery, int, str], AsyncResult[Any]],
-                                         list[subprocess.Popen[bytes]], dict[str, str]]:
+Made = tuple[Callable[[], Celery], Callable[[Celery, int, str], AsyncResult[Any]],
+             list[subprocess.Popen[bytes]], dict[str, str]]
+
+
+def plain(url: str, logs: Path) -> Made:
     env = {**os.environ, "PLAIN_PROFILE": "reliable", "PLAIN_BROKER_URL": url,
            "PLAIN_SENTINEL_MASTER": MASTER}
-    app = make_app("reliable", url, url, MASTER)
-    return app, lambda a, i, t: a.send_task("plain.analyse_stamped", args=[t]), [], env
+    return (lambda: make_app("reliable", url, url, MASTER),
+            lambda a, i, t: a.send_task("plain.analyse_stamped", args=[t]), [], env)
 
 
-def host(url: str, logs: Path) -> tuple[Celery, Callable[[Celery, int, str], AsyncResult[Any]],
-                                        list[subprocess.Popen[bytes]], dict[str, str]]:
+def host(url: str, logs: Path) -> Made:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
     env.update(HOST_BROKER_URL=url, HOST_SENTINEL_MASTER=MASTER, HOST_LOG_FORMAT="json")
-    app = create_app(Settings.from_env(env))
     checker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "healthcheck",
                                 "--metrics-port", str(free_port())], env=env, cwd=REPO,
                                stdout=(logs / "checker.log").open("wb"), stderr=subprocess.STDOUT,
                                start_new_session=True)
-    return app, (lambda a, i, t: a.send_task(
-        "host.analyse", args=[envelope(f"bench:{i}", t, "text", time.time())])), [checker], env
+    return (lambda: create_app(Settings.from_env(env)), (lambda a, i, t: a.send_task(
+        "host.analyse", args=[envelope(f"bench:{i}", t, "text", time.time())])), [checker], env)
 
 
 def started_at(value: Any) -> float:
@@ -100,11 +103,13 @@ def started_at(value: Any) -> float:
 
 def run_once(make: Callable[..., Any], args: argparse.Namespace, tweets: list[str],
              logs: Path, app_name: str) -> Outcome:
-    group = SentinelGroup(down_after_ms=args.down_after).start()
+    group = SentinelGroup(down_after_ms=args.down_after, master=MASTER).start()
     helpers: list[subprocess.Popen[bytes]] = []
     worker = None
+    logs.mkdir(parents=True, exist_ok=True)
     try:
-        app, send, helpers, env = make(group.url, logs)
+        fresh, send, helpers, env = make(group.url, logs)
+        app = fresh()
         worker = WorkerProcess(node_name(f"fo-{app_name}"), env, concurrency=2,
                                log_path=logs / f"{app_name}.log", app=app_name, loglevel="WARNING")
         worker.start().wait_ready(app, timeout=60)
@@ -132,10 +137,11 @@ def run_once(make: Callable[..., Any], args: argparse.Namespace, tweets: list[st
                     retries += 1
                     time.sleep(0.1)
             i += 1
-        starts = collect(sent, deadline=time.monotonic() + 90)
+        starts = collect([r.id for r in sent], fresh(), deadline=time.monotonic() + 90)
         times = sorted(starts)
         gaps = [(b - a, b) for a, b in itertools.pairwise(times) if b > killed_at]
-        gap, ended = max(gaps) if gaps else (float("nan"), float("nan"))
+        # Nothing started after the kill: it never resumed (within the collection's deadline)
+        gap, ended = max(gaps) if gaps else (math.inf, math.inf)
         return Outcome(len(sent), len(starts), retries, ended - killed_at, gap)
     finally:
         if worker is not None:
@@ -145,21 +151,24 @@ def run_once(make: Callable[..., Any], args: argparse.Namespace, tweets: list[st
         group.stop()
 
 
-def collect(sent: list[AsyncResult[Any]], deadline: float) -> list[float]:
-    """The start times of every answered task (asking again while the backend fails over)."""
+def collect(ids: list[str], app: Celery, deadline: float) -> list[float]:
+    """The start times of every answered task, read from the result backend by a client made
+    after the failover (Celery's own result consumer does not survive one in the producer:
+    "Retry limit exceeded ... must be restarted"), asking again while it does not answer."""
     starts: dict[str, float] = {}
-    while len(starts) < len(sent) and time.monotonic() < deadline:
-        for result in sent:
-            if result.id in starts:
+    while len(starts) < len(ids) and time.monotonic() < deadline:
+        for task_id in ids:
+            if task_id in starts:
                 continue
             try:
-                if result.ready():
-                    starts[result.id] = started_at(result.get(timeout=5))
+                meta = app.backend.get_task_meta(task_id)
             except BROKEN:  # the backend is away for a moment
                 time.sleep(0.2)
                 break
+            if meta.get("status") == "SUCCESS":
+                starts[task_id] = started_at(meta["result"])
         else:
-            time.sleep(0.2)
+            time.sleep(0.5)
     return list(starts.values())
 
 
@@ -171,16 +180,19 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=20.0, help="ms between tasks")
     parser.add_argument("--kill-at", type=float, default=8.0)
     parser.add_argument("--after", type=float, default=20.0)
+    parser.add_argument("--logs", default="", help="keep the workers' logs in this directory")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tweets = texts()
     systems = {"plain celery, host's reliability settings": (plain, "bench.plain_app"),
                "host (worker and checker)": (host, "host")}
     measured = {name: System(name) for name in systems}
-    with tempfile.TemporaryDirectory(prefix="host-failover-") as logs:
+    with tempfile.TemporaryDirectory(prefix="host-failover-") as scratch:
+        logs = Path(args.logs or scratch)
+        logs.mkdir(parents=True, exist_ok=True)
         for run in range(args.runs):
             for name, (make, app_name) in systems.items():
-                outcome = run_once(make, args, tweets, Path(logs), app_name)
+                outcome = run_once(make, args, tweets, logs / f"run{run + 1}", app_name)
                 measured[name].runs.append(outcome)
                 print(f"run {run + 1}/{args.runs} {name}: {outcome}", file=sys.stderr)
     report(list(measured.values()), args)
@@ -198,7 +210,8 @@ def report(systems: list[System], args: argparse.Namespace) -> None:
     resumed = [statistics.median(o.resumed_s for o in s.runs) for s in systems]
     ratio = resumed[1] / resumed[0]
     if args.json:
-        print(json.dumps({"rows": rows, "host_vs_plain_resumed": round(ratio, 3),
+        print(json.dumps({"rows": rows, "host_vs_plain_resumed": round(ratio, 3)
+                          if math.isfinite(ratio) else None,
                           "down_after_ms": args.down_after}, indent=2))
         return
     print(f"Sentinel failover, down-after {args.down_after} ms, one task per {args.interval:g} ms, "
@@ -207,7 +220,12 @@ def report(systems: list[System], args: argparse.Namespace) -> None:
     for r in rows:
         print(f"{r['system']:44} {r['lost']:>4}/{r['sent']:<5} {r['median_resumed_s']:>15.1f} s "
               f"{r['median_gap_s']:>11.1f} s  {r['resumed_s']}")
-    print(f"host ÷ plain celery, time to resume: {ratio:.2f}")
+    for s in systems:
+        never = sum(1 for o in s.runs if math.isinf(o.resumed_s))
+        if never:
+            print(f"{s.name}: never resumed in {never} of {len(s.runs)} runs")
+    if math.isfinite(ratio):
+        print(f"host ÷ plain celery, time to resume: {ratio:.2f}")
 
 
 if __name__ == "__main__":
