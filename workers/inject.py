@@ -180,9 +180,10 @@ def leak(mib: float) -> None:
 
 
 def spin_for(seconds: float) -> None:
-    """Burn this process's CPU for ``seconds`` of wall time, doing nothing."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    """Burn ``seconds`` of this thread's CPU time, doing nothing (on a busy machine that takes
+    longer than ``seconds`` of wall time: the CPU is what a spinning pool costs)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
         pass
 
 
