@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -62,6 +63,24 @@ def wait_for_no_new(before: set[int], deadline_s: float = 10.0) -> set[int]:
     return host_processes() - before
 
 
+def stop(proc: subprocess.Popen[bytes], before: set[int]) -> None:
+    """Stop a demo as Ctrl-C would, then anything of its own still running."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    kill_left(before)
+
+
+def kill_left(before: set[int]) -> None:
+    """SIGKILL whatever of the demo's is still running."""
+    for pid in host_processes() - before:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).kill()
+
+
 @pytest.fixture
 def demo_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
@@ -76,9 +95,13 @@ class TestDemo:
         """No broker configured: embedded Redis, the sample analysed, one worker worn out and
         drained midway with nothing started on it afterwards, and nothing left running."""
         before = host_processes()
-        proc = subprocess.run([sys.executable, "-m", "celery", "-A", "host", "demo", "--json"],
-                              env=demo_env, cwd=REPO, capture_output=True, text=True, timeout=240,
-                              check=False)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "celery", "-A", "host", "demo", "--json"],
+                                  env=demo_env, cwd=REPO, capture_output=True, text=True,
+                                  timeout=240, check=False)
+        except subprocess.TimeoutExpired:  # run() killed the demo: its fleet goes too
+            kill_left(before)
+            raise
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         sample_lines = [ln for ln in (REPO / "cli" / "data" / "sample.txt").read_bytes().split(b"\n")
@@ -115,8 +138,9 @@ class TestDemo:
             assert len(started) >= 4  # and the workers
             proc.send_signal(signal.SIGINT)
             assert proc.wait(60) == 130
+        except BaseException:
+            stop(proc, before)  # a failed run leaves no fleet behind for the next tests
+            raise
         finally:
-            if proc.poll() is None:
-                proc.kill()
             log.close()
         assert wait_for_no_new(before) == set()
