@@ -112,7 +112,7 @@ def test_sigkill_one_shards_leader_mid_stream(
     print(f"shard 0 taken over {time.monotonic() - killed_at:.2f} s after SIGKILL "
           f"(lease {LEASE_S} s); stream still running: {ingest.poll() is None}")
     after = store.leaders()
-    assert epoch_of(after[0] or "") == epoch_of(leaders[0] or "") + 1
+    assert epoch_of(after[0] or "") > epoch_of(leaders[0] or "")
     assert after[1] == leaders[1]
 
     # Both shards act: the new shard 0 leader on an operator's restore (the request goes to
