@@ -8,6 +8,9 @@ PREFIX = "host:"
 DEADLETTER = PREFIX + "deadletter"
 #: Hash of dead-letter counts by reason code, plus the field ``total``.
 DEADLETTER_COUNTS = PREFIX + "deadletter:counts"
+#: Prefix of the keys (one per dead-letter record id, kept an hour) that make writing a record
+#: twice (a write that timed out but happened, then written again) keep it once.
+DEADLETTER_SEEN = PREFIX + "deadletter:seen:"
 #: Hash: worker name -> its health (JSON), as the checker last stored it.
 WORKERS = PREFIX + "workers"
 #: Stream of audit records: every transition, drain confirmation and operator action.

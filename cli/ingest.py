@@ -13,8 +13,11 @@ from celery.bin.base import CeleryCommand
 from broker_config.logs import ensure_logging
 from cli.common import EXIT_INCOMPLETE, BrokerUnreachable, Progress, check_broker, check_store, host_app
 from cli.feed import FeedReport, feed, read_lines
-from workers.deadletter import RedisDeadLetterStore
+from workers.deadletter import WRITE_TIMEOUT_S, Aside, RedisDeadLetterStore
 from workers.inbound import FORMATS, Limits
+
+#: How long ingest waits at its end for dead-letter records the store did not take at once.
+DEAD_LETTER_FLUSH_S = 30.0
 
 
 @click.command(cls=CeleryCommand)
@@ -44,7 +47,9 @@ def ingest(ctx: click.Context, source: str, fmt: str, out_path: str, batch: int,
     check_broker(app)
     check_store(app)
     limits = Limits(settings.max_line_bytes, settings.max_text_chars)
-    store = RedisDeadLetterStore.from_url(settings.store, settings.deadletter_keep)
+    # Framing rejections go to the store without ever holding the feed up (Aside).
+    store = Aside(RedisDeadLetterStore.from_url(settings.store, settings.deadletter_keep,
+                                                timeout=WRITE_TIMEOUT_S))
     with ExitStack() as stack:
         inp: IO[bytes] = (sys.stdin.buffer if source == "-"
                           else stack.enter_context(open(source, "rb")))
@@ -55,6 +60,11 @@ def ingest(ctx: click.Context, source: str, fmt: str, out_path: str, batch: int,
         with Progress("ingest").running() as progress:
             report = feed(app, read_lines(inp, name, fmt, limits), out, store, fmt=fmt,
                           batch=batch, idle_timeout=timeout, progress=progress.update)
+    unstored = store.flush(DEAD_LETTER_FLUSH_S)
+    if unstored:
+        click.echo(f"warning: {unstored} dead-letter record(s) could not be stored (the store "
+                   f"did not answer for {DEAD_LETTER_FLUSH_S:.0f} s); they are in the output",
+                   err=True)
     print_summary(report, as_json)
     if report.unreachable:
         raise BrokerUnreachable(report.unreachable)

@@ -163,7 +163,10 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: RedisAddress | str) -> JobStore:
-        return cls(address(url).client(decode_responses=True))
+        # Bounded: a store that stops answering fails a command after 10 s (the job stops,
+        # resumable), never hangs it.
+        return cls(address(url).client(decode_responses=True, socket_timeout=10,
+                                       socket_connect_timeout=5))
 
     def create(self, job_id: str, meta: Mapping[str, Any]) -> None:
         pipe = self.client.pipeline()

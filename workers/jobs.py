@@ -82,4 +82,6 @@ def job_chunk(self: Task[Any, Any], job_id: str, chunk_id: int, envelopes: list[
 
 @cache
 def _client(url: RedisAddress) -> redis.Redis:
-    return url.client()
+    # Bounded: a chunk whose store stops answering fails after 10 s (the job sends it again)
+    # instead of holding its pool process until the hard time limit.
+    return url.client(socket_timeout=10, socket_connect_timeout=5)

@@ -25,8 +25,9 @@ from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
 from tests.support.cli import REPO, celery, read_jsonl
 from tests.support.polling import wait_until
+from workers.deadletter import RedisDeadLetterStore
 
-STALL_S = 8.0
+STALL_S = 6.0
 
 
 class Store:
@@ -108,8 +109,16 @@ def test_a_stalled_store_stalls_no_analysis(
                   env=host_env).returncode == 0
     wait_until(lambda: (w := health.get(held)) is not None and w.state.value == "QUARANTINED",
                20, "the quarantine")
+    # The tweets twice over, with inputs to reject all along the stream: lines that are not
+    # UTF-8 (ingest rejects them) and texts of 1,001 emoji (workers do): their dead letters
+    # must not hold anything up while the store is away, nor be lost
+    lines = GROUND_TRUTH.read_bytes().splitlines(keepends=True) * 2
+    for i in range(len(lines) - 300, 0, -300):
+        lines.insert(i, b"bad\t0\t\xff\xfe not text\n" if i % 600 else
+                     ("many\t0\t" + "\U0001f600" * 1001 + "\n").encode())
+    hostile = len(lines) - 4200 * 2
     source = tmp_path / "tweets.tsv"
-    source.write_bytes(GROUND_TRUTH.read_bytes() * 3)
+    source.write_bytes(b"".join(lines))
     out = tmp_path / "results.jsonl"
     ingest = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "ingest",
                                str(source), "--out", str(out), "--timeout", "120"],
@@ -122,9 +131,14 @@ def test_a_stalled_store_stalls_no_analysis(
     store.end()
     resumed_at = time.time()
     assert ingest.wait(300) == 0, (tmp_path / "ingest.err").read_text()[-2000:]
-    results = read_jsonl(out)
-    assert len(results) == 4200 * 3 and len({r["ref"] for r in results}) == len(results)
-    assert all(r["status"] == "analysed" for r in results)
+    every = read_jsonl(out)
+    assert len(every) == len(lines) and len({r["ref"] for r in every}) == len(every)
+    results = [r for r in every if r["status"] == "analysed"]
+    assert len(results) == 4200 * 2
+    assert sum(1 for r in every if r["status"] == "rejected") == hostile
+    # Every dead letter reached the store once it answered again: none lost, none twice
+    dead = RedisDeadLetterStore.from_url(Settings.from_env(host_env).store)
+    wait_until(lambda: dead.counts()["total"] == hostile, 30, "the dead letters stored")
     before = rate(results, stalled_at - STALL_S + 2, stalled_at)
     during = rate(results, stalled_at + 0.5, resumed_at)
     print(f"store fault {store.fault!r} for {STALL_S:.0f} s: {before:.0f} tweets/s before, "

@@ -37,3 +37,11 @@ class TestDeadLetters:
         [kept] = store.latest()
         assert kept["ref"] == "r1" and isinstance(kept["raw"], str)
         assert store.counts()["bad_bytes"] == 1
+
+    def test_a_record_written_again_under_its_id_is_kept_once(self, store: DeadLetterStore) -> None:
+        """A write that timed out may have happened: writing it again by the same id keeps it
+        once; other ids in the same batch are kept."""
+        store.record([{"ref": "a", "reason": "x"}], ["id-a"])
+        store.record([{"ref": "a", "reason": "x"}, {"ref": "b", "reason": "y"}], ["id-a", "id-b"])
+        assert store.counts() == {"total": 2, "x": 1, "y": 1}
+        assert [r["ref"] for r in store.latest(5)] == ["b", "a"]
