@@ -56,21 +56,27 @@ class RedisServer:
         port: the port to listen on (a free one when None).
         appendonly: keep an append-only file, so a restart keeps the data.
         bind: the addresses it listens on (tests add a network namespace's link).
+        args: more redis-server options.
+        password: its ``requirepass`` (and ``masterauth``, for a replica), if any.
     """
 
     def __init__(self, port: int | None = None, appendonly: bool = False,
-                 bind: tuple[str, ...] = ("127.0.0.1",), args: tuple[str, ...] = ()) -> None:
+                 bind: tuple[str, ...] = ("127.0.0.1",), args: tuple[str, ...] = (),
+                 password: str = "") -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
         self.bind = bind
-        self.args = args
+        self.password = password
+        self.args = args + (("--requirepass", password, "--masterauth", password)
+                            if password else ())
         self._dir = tempfile.TemporaryDirectory(prefix="host-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         """The redis:// URL of database 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start the server and wait until it answers PING."""
@@ -83,7 +89,7 @@ class RedisServer:
                 *self.args]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_timeout=1)
+        client = redis.Redis(port=self.port, socket_timeout=1, password=self.password or None)
         while True:
             with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
                 if client.ping():
@@ -130,23 +136,30 @@ class SentinelGroup:
         down_after_ms: ``down-after-milliseconds``: how long the master may not answer before a
             sentinel calls it down (a failover starts once two of the three agree).
         master: the name the sentinels know the master by.
+        password: the servers' password (the master's, in the URL), if any.
+        sentinel_password: the sentinels' own password, if any.
     """
 
     def __init__(self, replicas: int = 2, down_after_ms: int = 2000,
-                 master: str = "host-test") -> None:
+                 master: str = "host-test", password: str = "",
+                 sentinel_password: str = "") -> None:
         self.master_name = master
         self.down_after_ms = down_after_ms
-        self.servers: list[RedisServer] = [RedisServer()]
-        self.servers += [RedisServer(args=("--replicaof", "127.0.0.1", str(self.servers[0].port)))
-                         for _ in range(replicas)]
+        self.password, self.sentinel_password = password, sentinel_password
+        self.servers: list[RedisServer] = [RedisServer(password=password)]
+        self.servers += [RedisServer(args=("--replicaof", "127.0.0.1", str(self.servers[0].port)),
+                                     password=password) for _ in range(replicas)]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self._dir = tempfile.TemporaryDirectory(prefix="host-sentinel-")
         self.sentinels: list[subprocess.Popen[bytes]] = []
 
     @property
     def url(self) -> str:
-        """The sentinel:// URL of database 0 (the sentinels' addresses, ``;``-separated)."""
-        return ";".join(f"sentinel://127.0.0.1:{p}" for p in self.sentinel_ports) + "/0"
+        """The sentinel:// URL of database 0 (the sentinels' addresses, ``;``-separated; the
+        master's password on the first)."""
+        auth = f":{self.password}@" if self.password else ""
+        return ";".join(f"sentinel://{auth if n == 0 else ''}127.0.0.1:{p}"
+                        for n, p in enumerate(self.sentinel_ports)) + "/0"
 
     def start(self, timeout: float = 20.0) -> SentinelGroup:
         """Start the servers and the sentinels; return once every sentinel knows the master
@@ -162,7 +175,12 @@ class SentinelGroup:
                     f"sentinel monitor {self.master_name} 127.0.0.1 {self.servers[0].port} 2",
                     f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}",
                     f"sentinel failover-timeout {self.master_name} {max(10_000, self.down_after_ms * 5)}",
-                    f"sentinel parallel-syncs {self.master_name} 1", ""]))
+                    f"sentinel parallel-syncs {self.master_name} 1",
+                    *([f"sentinel auth-pass {self.master_name} {self.password}"]
+                      if self.password else []),
+                    *([f"requirepass {self.sentinel_password}",
+                       f"sentinel sentinel-pass {self.sentinel_password}"]
+                      if self.sentinel_password else []), ""]))
                 self.sentinels.append(subprocess.Popen(
                     [redis_server_binary(), str(conf), "--sentinel"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -238,9 +256,10 @@ class SentinelGroup:
             server.stop()
         self._dir.cleanup()
 
-    @staticmethod
-    def _ask(port: int, *command: str) -> list:  # type: ignore[type-arg]
-        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+    def _ask(self, port: int, *command: str) -> list:  # type: ignore[type-arg]
+        password = self.sentinel_password if port in self.sentinel_ports else self.password
+        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1,
+                             password=password or None)
         try:
             return list(client.execute_command(*command) or [])  # type: ignore[no-untyped-call]
         finally:
