@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -49,6 +50,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def self_signed(directory: Path) -> Path:
+    """A certificate and key for 127.0.0.1, signed by themselves, in ``directory``."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(directory / "key.pem"), "-out", str(directory / "cert.pem"),
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return directory
+
+
+def tls_args(tls: Path, port: int) -> tuple[str, ...]:
+    """redis-server's options for TLS only on ``port`` (clients need not show a certificate)."""
+    return ("--tls-port", str(port), "--tls-cert-file", str(tls / "cert.pem"),
+            "--tls-key-file", str(tls / "key.pem"), "--tls-ca-cert-file", str(tls / "cert.pem"),
+            "--tls-auth-clients", "no", "--tls-replication", "yes")
+
+
+def tls_client(tls: Path | None) -> dict[str, Any]:
+    """redis-py's arguments for a server made with ``tls``."""
+    return {"ssl": True, "ssl_ca_certs": str(tls / "cert.pem")} if tls else {}
+
+
 class RedisServer:
     """One redis-server child process, stopped (and its files removed) by ``stop``.
 
@@ -58,17 +80,20 @@ class RedisServer:
         bind: the addresses it listens on (tests add a network namespace's link).
         args: more redis-server options.
         password: its ``requirepass`` (and ``masterauth``, for a replica), if any.
+        tls: a directory with ``cert.pem`` and ``key.pem`` (a self-signed certificate for
+            127.0.0.1, its own CA): TLS only, for clients and replication.
     """
 
     def __init__(self, port: int | None = None, appendonly: bool = False,
                  bind: tuple[str, ...] = ("127.0.0.1",), args: tuple[str, ...] = (),
-                 password: str = "") -> None:
+                 password: str = "", tls: Path | None = None) -> None:
         self.port = port or free_port()
+        self.tls = tls
         self.appendonly = appendonly
         self.bind = bind
         self.password = password
         self.args = args + (("--requirepass", password, "--masterauth", password)
-                            if password else ())
+                            if password else ()) + (tls_args(tls, self.port) if tls else ())
         self._dir = tempfile.TemporaryDirectory(prefix="host-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -76,20 +101,22 @@ class RedisServer:
     def url(self) -> str:
         """The redis:// URL of database 0."""
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start the server and wait until it answers PING."""
         # Beyond loopback (a test's own network namespace) only with protected mode off.
         protected = "yes" if set(self.bind) <= {"127.0.0.1", "::1"} else "no"
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", *self.bind,
+        args = [redis_server_binary(), "--port", "0" if self.tls else str(self.port),
+                "--bind", *self.bind,
                 "--protected-mode", protected,
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log"),
                 *self.args]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_timeout=1, password=self.password or None)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1,
+                             password=self.password or None, **tls_client(self.tls))
         while True:
             with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
                 if client.ping():
@@ -138,17 +165,19 @@ class SentinelGroup:
         master: the name the sentinels know the master by.
         password: the servers' password (the master's, in the URL), if any.
         sentinel_password: the sentinels' own password, if any.
+        tls: a directory with a self-signed ``cert.pem`` and ``key.pem`` (``self_signed``):
+            every server and sentinel then speaks TLS only.
     """
 
     def __init__(self, replicas: int = 2, down_after_ms: int = 2000,
                  master: str = "host-test", password: str = "",
-                 sentinel_password: str = "") -> None:
+                 sentinel_password: str = "", tls: Path | None = None) -> None:
         self.master_name = master
         self.down_after_ms = down_after_ms
-        self.password, self.sentinel_password = password, sentinel_password
-        self.servers: list[RedisServer] = [RedisServer(password=password)]
+        self.password, self.sentinel_password, self.tls = password, sentinel_password, tls
+        self.servers: list[RedisServer] = [RedisServer(password=password, tls=tls)]
         self.servers += [RedisServer(args=("--replicaof", "127.0.0.1", str(self.servers[0].port)),
-                                     password=password) for _ in range(replicas)]
+                                     password=password, tls=tls) for _ in range(replicas)]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self._dir = tempfile.TemporaryDirectory(prefix="host-sentinel-")
         self.sentinels: list[subprocess.Popen[bytes]] = []
@@ -169,8 +198,14 @@ class SentinelGroup:
                 server.start()
             for n, port in enumerate(self.sentinel_ports):
                 conf = Path(self._dir.name) / f"sentinel-{n}.conf"
+                tls = ([] if self.tls is None else [
+                    f"tls-port {port}", f"tls-cert-file {self.tls / 'cert.pem'}",
+                    f"tls-key-file {self.tls / 'key.pem'}",
+                    f"tls-ca-cert-file {self.tls / 'cert.pem'}", "tls-auth-clients no",
+                    "tls-replication yes"])
                 conf.write_text("\n".join([
-                    f"port {port}", "bind 127.0.0.1", f"dir {self._dir.name}",
+                    f"port {0 if self.tls else port}", *tls, "bind 127.0.0.1",
+                    f"dir {self._dir.name}",
                     f"logfile {self._dir.name}/sentinel-{n}.log",
                     f"sentinel monitor {self.master_name} 127.0.0.1 {self.servers[0].port} 2",
                     f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}",
@@ -258,8 +293,9 @@ class SentinelGroup:
 
     def _ask(self, port: int, *command: str) -> list:  # type: ignore[type-arg]
         password = self.sentinel_password if port in self.sentinel_ports else self.password
-        client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1,
-                             password=password or None)
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1,
+                             socket_connect_timeout=1, password=password or None,
+                             **tls_client(self.tls))
         try:
             return list(client.execute_command(*command) or [])  # type: ignore[no-untyped-call]
         finally:
