@@ -25,10 +25,9 @@ def health_score(w: WorkerHealth, readings: Mapping[str, Any],
     """
     if w.state not in CONSUMING:
         return 0.0
-    excused = {part.split(" ")[0] for part in w.busy.split(", ")} if w.busy else set()
     used = [reading.value / limits.hard for metric, reading in readings.items()
             if (limits := thresholds.get(metric)) is not None and limits.hard
-            and metric not in excused]
+            and metric not in w.busy_metrics]
     return round(min(1.0, max(0.0, 1.0 - max(used, default=0.0))), 4)
 
 

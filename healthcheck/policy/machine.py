@@ -99,7 +99,7 @@ class HealthPolicy:
         verdict = sustained(verdict, r, hot, r.at - w.hot_since, self.config)
         busy = ", ".join(f"{m} {r.wear[m].value:g}" for m in verdict.busy)
         if busy != w.busy:
-            w = dataclasses.replace(w, busy=busy)
+            w = dataclasses.replace(w, busy=busy, busy_metrics=tuple(verdict.busy))
         if w.state is State.DRAINING:
             if r.inflight == 0:
                 w, t = self._quarantine(w, f"drained ({w.reason})", r.at, jitter_s)

@@ -165,6 +165,7 @@ class WorkerHealth:
         hot_since: when the first of those reports arrived (0.0 when ``hot`` is 0).
         busy: the load readings over their soft limits in its last report while it made
             progress ("" when none): capacity in use, shown, never a reason to eject.
+        busy_metrics: the names of those readings.
         heal: it was ejected for a cause a restart of its pool cures (``Healing``).
         recycles: when its pool was restarted by the checker, within the last hour.
         for_person: why it stays out until a person restores it, though the checker put it
@@ -189,6 +190,7 @@ class WorkerHealth:
     hot: int = 0
     hot_since: float = 0.0
     busy: str = ""
+    busy_metrics: tuple[str, ...] = ()
     heal: bool = False
     recycles: tuple[float, ...] = ()
     for_person: str = ""

@@ -32,6 +32,7 @@ def from_dict(data: Mapping[str, Any]) -> WorkerHealth:
     values["resume"] = State(values["resume"]) if values.get("resume") else None
     values["queues"] = tuple(values.get("queues", ()))
     values["recycles"] = tuple(float(t) for t in values.get("recycles", ()))
+    values["busy_metrics"] = tuple(str(m) for m in values.get("busy_metrics", ()))
     consuming = values.get("consuming")
     values["consuming"] = None if consuming is None else tuple(consuming)
     return WorkerHealth(**values)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from healthcheck.policy import Fleet, HealthPolicy, PolicyConfig, Reading, State, WearReport
 from healthcheck.policy.config import Load
 from healthcheck.policy.detectors import assess, lost_progress
+from healthcheck.store.codec import from_dict, to_dict
 
 FLEET = [f"w{i}" for i in range(8)]
 
@@ -63,6 +64,8 @@ class TestBusyStays:
         assert moves == []
         w1 = f.workers["w1"]
         assert w1.state is State.HEALTHY and w1.busy == "cpu_percent 99"
+        assert w1.busy_metrics == ("cpu_percent",)
+        assert from_dict(to_dict(w1)).busy_metrics == ("cpu_percent",)  # as stored
         assert f.workers["w2"].busy == ""
 
     def test_the_whole_fleet_at_full_speed_ejects_nobody_and_engages_no_guard(self) -> None:

@@ -133,6 +133,10 @@ class TestValues:
         assert health_score(w, {"cpu_percent": Reading(cpu * 2, cpu * 2)}, thresholds) == 0.0
         out = WorkerHealth(name="w", since=0, last_seen=0, state=State.QUARANTINED)
         assert health_score(out, {}, thresholds) == 0.0
+        # load a busy worker's progress excuses is capacity in use: it costs no health
+        busy = WorkerHealth(name="w", since=0, last_seen=0, busy=f"cpu_percent {cpu * 0.9:g}",
+                            busy_metrics=("cpu_percent",))
+        assert health_score(busy, {"cpu_percent": Reading(cpu * 0.9, cpu)}, thresholds) == 1.0
 
     def test_queue_labels_are_bounded(self) -> None:
         assert [queue_label(q) for q in ("tweets", "host.verify.w1@x", "made-up", None)] == [
