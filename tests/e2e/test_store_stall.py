@@ -38,7 +38,12 @@ class Store:
     def __init__(self, fault: str) -> None:
         self.fault = fault
         self.group = SentinelGroup().start() if fault == "failover" else None
-        self.server = None if self.group else RedisServer().start()
+        # A store that refuses connections for a while comes back with its data (each write
+        # on disk before it is answered), as a restarted production Redis would: what it lost
+        # would be the restart's doing, not the fault's.
+        self.server = (None if self.group else
+                       RedisServer(appendonly=True, args=("--appendfsync", "always")).start()
+                       if fault == "refuse" else RedisServer().start())
 
     @property
     def env(self) -> dict[str, str]:
