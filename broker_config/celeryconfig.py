@@ -107,9 +107,17 @@ def redis_transport_options(settings: Settings) -> dict[str, Any]:
     kombu sweeps for expired messages every ``interval * throttle`` seconds. Its defaults
     (10 s x 10) make a dead worker's messages wait ~100 s whatever the visibility timeout;
     a throttle of 1 makes ``unacked_restore_interval`` the whole period (2 s by default).
+
+    Each sweep holds a lock key in Redis for its few milliseconds; kombu lets a lock whose
+    holder vanished live 5 minutes. A Sentinel failover can carry a held lock to the new master
+    without its release (the old master died between the two), and then no worker hands any
+    unacknowledged message out again for 5 minutes. Ten sweep periods (at least 10 s) bound
+    that; a sweep takes milliseconds, and two that overlapped would still restore each message
+    once (kombu restores a message in a transaction watching the unacknowledged hash).
     """
     return {
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": settings.unacked_restore_interval,
         "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": max(10, round(settings.unacked_restore_interval * 10)),
     }

@@ -30,7 +30,7 @@ class TestCeleryConfig:
         c = celery_config(Settings(visibility_timeout=10, unacked_restore_interval=1))
         opts = c["broker_transport_options"]
         assert opts == {"visibility_timeout": 10, "unacked_restore_interval": 1,
-                        "unacked_restore_throttle": 1}
+                        "unacked_restore_throttle": 1, "unacked_mutex_expire": 10}
 
     def test_sentinel_urls_get_the_master_name_and_the_sentinels_password(self) -> None:
         """kombu and Celery read the master's name and the sentinels' own connection options
