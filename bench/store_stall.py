@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,12 +31,11 @@ sys.path.insert(0, str(REPO))
 
 from broker_config.settings import Settings  # noqa: E402
 from cli.processes import WorkerProcess, node_name, terminate, wait_until  # noqa: E402
-from cli.redis_server import RedisServer, SentinelGroup, free_port  # noqa: E402
+from cli.redis_server import STORE_FAULTS, FaultyStore, RedisServer, free_port  # noqa: E402
 from healthcheck.store import RedisHealthStore  # noqa: E402
 from workers.app import create_app  # noqa: E402
 
 GROUND_TRUTH = REPO.parent / "shared" / "data" / "tweets_groundtruth.tsv"
-FAULTS = ("pause", "refuse", "failover")
 
 
 def rate(finished: list[float], start: float, end: float) -> float:
@@ -47,13 +45,10 @@ def rate(finished: list[float], start: float, end: float) -> float:
 def run_once(fault: str, args: argparse.Namespace, logs: Path) -> tuple[float, float]:
     """(tweets/s before the fault, during it)."""
     broker = RedisServer().start()
-    group = SentinelGroup().start() if fault == "failover" else None
-    store = None if group else RedisServer().start()
+    store = FaultyStore(fault, durable=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
     env.update(HOST_BROKER_URL=broker.url, HOST_LOG_FORMAT="json", PYTHONUNBUFFERED="1",
-               HOST_STORE_URL=group.url if group else store.url)  # type: ignore[union-attr]
-    if group:
-        env["HOST_SENTINEL_MASTER"] = group.master_name
+               **store.env)
     app = create_app(Settings.from_env(env))
     workers = [WorkerProcess(node_name(f"st{i}"), env, log_path=logs / f"st{i}.log")
                for i in (1, 2, 3)]
@@ -79,17 +74,9 @@ def run_once(fault: str, args: argparse.Namespace, logs: Path) -> tuple[float, f
         procs.append(ingest)
         time.sleep(args.fault_at)
         began = time.time()
-        if group:
-            group.kill_master()
-        elif fault == "pause":
-            os.kill(store.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
-        else:
-            store.kill()  # type: ignore[union-attr]
+        store.begin()
         time.sleep(args.fault_s)
-        if fault == "pause":
-            os.kill(store.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
-        elif fault == "refuse":
-            store.start()  # type: ignore[union-attr]
+        store.end()
         ended = time.time()
         if ingest.wait(600) != 0:
             raise RuntimeError((logs / "ingest.err").read_text()[-2000:])
@@ -102,26 +89,21 @@ def run_once(fault: str, args: argparse.Namespace, logs: Path) -> tuple[float, f
             terminate(proc)
         for w in workers:
             w.stop()
-        if store is not None:
-            if store.proc is not None:
-                os.kill(store.proc.pid, signal.SIGCONT)
-            store.stop()
-        if group is not None:
-            group.stop()
+        store.stop()
         broker.stop()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--fault", action="append", choices=FAULTS, default=[])
+    parser.add_argument("--fault", action="append", choices=STORE_FAULTS, default=[])
     parser.add_argument("--fault-at", type=float, default=8.0)
     parser.add_argument("--fault-s", type=float, default=8.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="host-store-stall-") as logs:
-        for fault in args.fault or list(FAULTS):
+        for fault in args.fault or list(STORE_FAULTS):
             runs = []
             for n in range(args.runs):
                 runs.append(run_once(fault, args, Path(logs)))

@@ -8,8 +8,6 @@ The rate figures here are loose (the machine is shared); bench/store_stall.py me
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +18,7 @@ import pytest
 
 from broker_config.app import HostCelery
 from broker_config.settings import Settings
-from cli.redis_server import RedisServer, SentinelGroup
+from cli.redis_server import STORE_FAULTS, FaultyStore
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
 from tests.support.cli import REPO, celery, read_jsonl
@@ -30,68 +28,15 @@ from workers.deadletter import RedisDeadLetterStore
 STALL_S = 6.0
 
 
-class Store:
-    """The store on a server of its own, and a fault to put it through: ``pause`` (SIGSTOP: a
-    hung or overloaded server, a path that drops packets), ``refuse`` (the process gone:
-    connections refused) or ``failover`` (a Sentinel group's master SIGKILLed)."""
-
-    def __init__(self, fault: str) -> None:
-        self.fault = fault
-        self.group = SentinelGroup().start() if fault == "failover" else None
-        # A store that refuses connections for a while comes back with its data (each write
-        # on disk before it is answered), as a restarted production Redis would: what it lost
-        # would be the restart's doing, not the fault's.
-        self.server = (None if self.group else
-                       RedisServer(appendonly=True, args=("--appendfsync", "always")).start()
-                       if fault == "refuse" else RedisServer().start())
-
-    @property
-    def env(self) -> dict[str, str]:
-        if self.group is not None:
-            return {"HOST_STORE_URL": self.group.url,
-                    "HOST_SENTINEL_MASTER": self.group.master_name}
-        assert self.server is not None
-        return {"HOST_STORE_URL": self.server.url}
-
-    def begin(self) -> None:
-        if self.group is not None:
-            self.group.kill_master()
-        elif self.fault == "pause":
-            assert self.server is not None and self.server.proc is not None
-            os.kill(self.server.proc.pid, signal.SIGSTOP)
-        else:
-            assert self.server is not None
-            self.server.kill()
-
-    def end(self) -> None:
-        if self.group is not None:
-            return  # the sentinels promote a replica by themselves
-        assert self.server is not None
-        if self.fault == "pause":
-            assert self.server.proc is not None
-            os.kill(self.server.proc.pid, signal.SIGCONT)
-        else:
-            self.server.start()
-
-    def stop(self) -> None:
-        if self.group is not None:
-            self.group.stop()
-            return
-        assert self.server is not None
-        if self.server.proc is not None and self.server.proc.poll() is None:
-            os.kill(self.server.proc.pid, signal.SIGCONT)
-        self.server.stop()
-
-
-@pytest.fixture(params=["pause", "refuse", "failover"])
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    store = Store(request.param)
+@pytest.fixture(params=STORE_FAULTS)
+def store(request: pytest.FixtureRequest) -> Iterator[FaultyStore]:
+    store = FaultyStore(request.param)
     yield store
     store.stop()
 
 
 @pytest.fixture
-def host_env(host_env: dict[str, str], store: Store) -> dict[str, str]:
+def host_env(host_env: dict[str, str], store: FaultyStore) -> dict[str, str]:
     return {**host_env, **store.env}
 
 
@@ -104,7 +49,7 @@ def rate(results: list[dict[str, object]], start: float, end: float) -> float:
 @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
 def test_a_stalled_store_stalls_no_analysis(
         app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
-        host_env: dict[str, str], store: Store, tmp_path: Path) -> None:
+        host_env: dict[str, str], store: FaultyStore, tmp_path: Path) -> None:
     health = RedisHealthStore.from_url(Settings.from_env(host_env).store)
     workers = [start_worker(f"ss{i}", concurrency=1) for i in (1, 2, 3)]
     start_checker("--tick", "0.1")
