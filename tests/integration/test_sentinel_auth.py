@@ -15,7 +15,7 @@ from healthcheck.errors import StoreUnavailable
 from healthcheck.policy import State, WorkerHealth
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, WorkerFactory
-from tests.support.cli import celery, read_jsonl
+from tests.support.cli import ingest_head
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +57,5 @@ def test_redis_refuses_a_wrong_master_password(group: SentinelGroup) -> None:
 def test_a_worker_and_ingest_on_the_group(start_worker: WorkerFactory,
                                           host_env: dict[str, str], tmp_path: Path) -> None:
     start_worker("sa1")
-    source = tmp_path / "tweets.tsv"
-    source.write_text("".join(GROUND_TRUTH.read_text(encoding="utf-8").splitlines(True)[:50]))
-    out = tmp_path / "results.jsonl"
-    done = celery("ingest", str(source), "--out", str(out), "--timeout", "60", env=host_env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    results = read_jsonl(out)
+    results = ingest_head(GROUND_TRUTH, 50, host_env, tmp_path)
     assert len(results) == 50 and {r["status"] for r in results} == {"analysed"}

@@ -15,7 +15,7 @@ from cli.redis_server import SentinelGroup, self_signed
 from healthcheck.errors import StoreUnavailable
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, WorkerFactory
-from tests.support.cli import celery, read_jsonl
+from tests.support.cli import ingest_head
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
 
@@ -55,10 +55,5 @@ def test_the_store_over_tls_and_nothing_without_it(group: SentinelGroup,
 def test_a_worker_and_ingest_over_tls(start_worker: WorkerFactory, host_env: dict[str, str],
                                       tmp_path: Path) -> None:
     start_worker("st1")
-    source = tmp_path / "tweets.tsv"
-    source.write_text("".join(GROUND_TRUTH.read_text(encoding="utf-8").splitlines(True)[:50]))
-    out = tmp_path / "results.jsonl"
-    done = celery("ingest", str(source), "--out", str(out), "--timeout", "60", env=host_env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    results = read_jsonl(out)
+    results = ingest_head(GROUND_TRUTH, 50, host_env, tmp_path)
     assert len(results) == 50 and {r["status"] for r in results} == {"analysed"}

@@ -36,3 +36,14 @@ def feed(ingest: subprocess.Popen[bytes], lines: list[str], rate: float) -> None
         ingest.stdin.write(line.encode() + b"\n")
         ingest.stdin.flush()
     ingest.stdin.close()
+
+
+def ingest_head(source: Path, n: int, env: dict[str, str], tmp_path: Path) -> list[dict[str, Any]]:
+    """``celery -A host ingest`` on the first ``n`` lines of ``source``: its results (it must
+    exit 0)."""
+    head = tmp_path / "head.tsv"
+    head.write_text("".join(source.read_text(encoding="utf-8").splitlines(True)[:n]))
+    out = tmp_path / "results.jsonl"
+    done = celery("ingest", str(head), "--out", str(out), "--timeout", "60", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return read_jsonl(out)
