@@ -98,10 +98,10 @@ class Settings:
     max_line_bytes: int = 1_048_576
     max_text_chars: int = 10_000
     max_batch: int = 1_000
-    #: Most emoji in one text (VADER is quadratic in them); more is a dead letter.
+    #: Most emoji in one text (each is read as its description); more is a dead letter.
     max_emoji: int = 1_000
     #: CPU seconds one input may cost; more stops it as a dead letter (too_expensive).
-    input_cpu_budget: float = 0.5
+    input_cpu_budget: float = 0.1
     #: The largest task message body a worker accepts; a larger one is a dead letter.
     max_message_bytes: int = 8_388_608
     deadletter_keep: int = 100_000

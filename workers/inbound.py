@@ -30,10 +30,10 @@ class Limits:
 
     max_line_bytes: int = 1_048_576
     max_text_chars: int = 10_000
-    #: Most emoji one text may hold: VADER's cost grows with their square (docs/operations.md).
+    #: Most emoji one text may hold: each is read as its description (docs/operations.md).
     max_emoji: int = 1_000
     #: CPU seconds one input may cost the analysis before it is stopped as too expensive.
-    cpu_budget_s: float = 0.5
+    cpu_budget_s: float = 0.1
 
 
 # Message and Line are made once per input on the hot path: not frozen, as a frozen dataclass

@@ -1,4 +1,7 @@
-"""Sentiment analysis with VADER: the domain function the analysis tasks call."""
+"""Sentiment analysis with VADER: the domain function the analysis tasks call.
+
+The scores are vaderSentiment's, computed by host's linear-time scorer (``workers/scorer.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from contextlib import contextmanager
 from functools import cache
 from typing import Any, TypedDict
 
-from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+from workers.scorer import Scorer
 
 #: VADER's own recommended cut-offs on the compound score.
 POSITIVE_AT = 0.05
@@ -27,9 +30,9 @@ class Scores(TypedDict):
 
 
 @cache
-def analyzer() -> SentimentIntensityAnalyzer:
-    """One analyzer per process: loading the lexicon takes tens of milliseconds."""
-    return SentimentIntensityAnalyzer()
+def analyzer() -> Scorer:
+    """One scorer per process: loading the lexicon takes tens of milliseconds."""
+    return Scorer.from_package()
 
 
 def label(compound: float) -> str:

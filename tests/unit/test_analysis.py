@@ -61,6 +61,10 @@ class TestAnalysis:
         assert [r["reason"] for r in results] == [reason]
 
 
+#: ~0.3 s of the scorer: 50,000 emoji, each read as a description with two sentiment words.
+EXPENSIVE = "😂" * 50_000
+
+
 class TestCostBound:
     def test_too_many_emoji_are_refused_before_vader_runs(self) -> None:
         """9,999 emoji (19 s of VADER): rejected as too_expensive in linear time."""
@@ -75,14 +79,15 @@ class TestCostBound:
         assert time.process_time() - started < 0.5
 
     def test_an_input_over_its_cpu_budget_is_stopped(self) -> None:
-        """Under the emoji cap but over a 0.05 s budget: stopped near the budget."""
+        """Under the emoji cap but over a 0.05 s budget: stopped near the budget. (The scorer is
+        linear, so only a text far over the default length costs that much: ~0.3 s here.)"""
         import time
 
         ctx = RunContext(worker="w1@n", queue="tweets", task_id="t", clock=lambda: 1.0,
-                         limits=Limits(max_text_chars=20_000, max_emoji=5000,
+                         limits=Limits(max_text_chars=200_000, max_emoji=50_000,
                                        cpu_budget_s=0.05))
         started = time.process_time()
-        result = analyse_envelope(envelope("e:2", "😀" * 2_000, "text"), ctx)  # ~0.7 s
+        result = analyse_envelope(envelope("e:2", EXPENSIVE, "text"), ctx)
         spent = time.process_time() - started
         assert (result["status"], result["reason"]) == ("rejected", "too_expensive")
         assert spent < 0.4, spent
@@ -97,10 +102,10 @@ class TestCostBound:
         import time
 
         ctx = RunContext(worker="w1@n", queue="tweets", task_id="t", clock=lambda: 1.0,
-                         limits=Limits(max_text_chars=20_000, max_emoji=5000,
+                         limits=Limits(max_text_chars=200_000, max_emoji=50_000,
                                        cpu_budget_s=0.05))
         batch = [envelope(f"b:{i}", "a fine day", "text") for i in range(3)]
-        batch.insert(1, envelope("b:x", "😀" * 2_000, "text"))  # ~0.7 s of VADER
+        batch.insert(1, envelope("b:x", EXPENSIVE, "text"))
         started = time.process_time()
         results = analyse_many(batch, ctx, max_batch=10)
         spent = time.process_time() - started
@@ -117,10 +122,10 @@ class TestCostBound:
                          limits=Limits(max_text_chars=20_000, max_emoji=5000,
                                        cpu_budget_s=0.004))
         batch = [envelope(f"c:{i}", f"what a lovely day number {i}, not bad at all", "text")
-                 for i in range(1000)]
+                 for i in range(5000)]
         started = time.process_time()
-        results = analyse_many(batch, ctx, max_batch=1000)
+        results = analyse_many(batch, ctx, max_batch=5000)
         spent = time.process_time() - started
         assert spent > 5 * 0.004, spent  # the timer fired many times during the batch
-        assert [r["status"] for r in results] == ["analysed"] * 1000
+        assert [r["status"] for r in results] == ["analysed"] * 5000
 
