@@ -39,7 +39,9 @@ _SO_THIS = ("so", "this")
 
 #: Words some rule reads around a sentiment word (and every word holding "n't"): a sentiment word
 #: with none of them among itself and the three words before it keeps its lexicon valence.
-_RULE_WORDS = _NEGATIONS | _BOOSTERS.keys() | _PHRASE_WORDS | {"no", "least", "so", "this"}
+#: ("but" and "kind" are here to be found on the way: "but" for its rule, "kind" for "kind of").
+_RULE_WORDS = (_NEGATIONS | _BOOSTERS.keys() | _PHRASE_WORDS
+               | {"no", "least", "so", "this", "but", "kind"})
 _NO_SENTIMENT = {"neg": 0.0, "neu": 0.0, "pos": 0.0, "compound": 0.0}
 
 
@@ -94,10 +96,26 @@ class Scorer:
         tokens = [known.get(raw) or self._learn(raw) for raw in text.split()]
         if not tokens:
             return dict(_NO_SENTIMENT)
-        lowers, uppers, valences, rules = zip(*tokens, strict=True)
-        sentiments = self._valences(lowers, uppers, valences, rules)
-        if "but" in lowers:
-            _but(sentiments, lowers.index("but"))
+        sentiments: list[float] = [0] * len(tokens)
+        # Each sentiment word far from every rule word and not in capitals keeps its lexicon
+        # valence; the others are shaped after this pass, with the whole text's words at hand.
+        shaped: list[int] = []
+        ruled, but = -4, -1
+        for i, (lower, upper, valence, rule) in enumerate(tokens):
+            if rule:
+                ruled = i
+                if but < 0 and lower == "but":
+                    but = i
+            if valence is None:
+                continue
+            if ruled < i - 3 and not upper:
+                sentiments[i] = valence
+            else:
+                shaped.append(i)
+        if shaped:
+            self._shape(sentiments, shaped, tokens)
+        if but >= 0:
+            _but(sentiments, but)
         return _scores(sentiments, text)
 
     def _learn(self, raw: str) -> _Token:
@@ -111,25 +129,19 @@ class Scorer:
         self._known[raw] = token
         return token
 
-    def _valences(self, lowers: Words, uppers: Sequence[bool], valences: Sequence[float | None],
-                  rules: Sequence[bool]) -> list[float]:
-        """One valence per word: 0 for a word outside the lexicon, a booster, or the "kind" of
-        "kind of"; a sentiment word's lexicon valence, shaped by the words around it where a
-        rule applies."""
+    def _shape(self, sentiments: list[float], shaped: list[int], tokens: list[_Token]) -> None:
+        """The valence of each sentiment word at a position in ``shaped``, from the rules (but
+        the "kind" of "kind of", which is no sentiment word)."""
+        lowers = [token.lower for token in tokens]
+        uppers = [token.upper for token in tokens]
         cap_diff = 0 < sum(uppers) < len(uppers)
-        last = len(lowers) - 1
-        sentiments: list[float] = [0] * len(lowers)
-        ruled = -4  # where the last word so far that some rule reads is
-        for i, base in enumerate(valences):
-            if rules[i]:
-                ruled = i
-            if base is None or (i < last and lowers[i] == "kind" and lowers[i + 1] == "of"):
+        last = len(tokens) - 1
+        for i in shaped:
+            if i < last and lowers[i] == "kind" and lowers[i + 1] == "of":
                 continue
-            if ruled < i - 3 and not (uppers[i] and cap_diff):
-                sentiments[i] = base
-            else:
-                sentiments[i] = self._shaped(base, i, lowers, uppers, cap_diff)
-        return sentiments
+            base = tokens[i].valence
+            assert base is not None
+            sentiments[i] = self._shaped(base, i, lowers, uppers, cap_diff)
 
     def _shaped(self, base: float, i: int, lowers: Words, uppers: Sequence[bool],
                 cap_diff: bool) -> float:
