@@ -44,25 +44,34 @@ def host_app(ctx: click.Context) -> HostCelery:
 
 
 def check_broker(app: HostCelery, timeout: float = 5.0) -> None:
-    """Raise BrokerUnreachable unless the broker answers within ``timeout`` seconds."""
+    """Raise BrokerUnreachable unless the broker answers within ``timeout`` seconds (trying
+    again every second: a broker that restarts as the command starts is waited for)."""
     try:
         with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=int(timeout))
+            conn.ensure_connection(interval_start=1, interval_step=0, interval_max=1,
+                                   timeout=int(timeout))
     except (OperationalError, OSError) as exc:
         url = app.conf.broker_url
         raise BrokerUnreachable(f"broker {_redact(url)} is unreachable: {exc}") from None
 
 
-def check_store(app: HostCelery) -> None:
-    """Raise BrokerUnreachable unless host's store and the result backend (Redis) answer."""
+def check_store(app: HostCelery, timeout: float = 5.0) -> None:
+    """Raise BrokerUnreachable unless host's store and the result backend (Redis) answer within
+    ``timeout`` seconds (trying again every half second)."""
     import redis
 
     settings = app.host_settings
+    deadline = time.monotonic() + timeout
     for where in dict.fromkeys((settings.store, settings.backend)):
-        try:
-            where.client(socket_timeout=5, socket_connect_timeout=5).ping()
-        except (redis.RedisError, OSError) as exc:
-            raise BrokerUnreachable(f"store {where} is unreachable: {exc}") from None
+        client = where.client(socket_timeout=timeout, socket_connect_timeout=timeout)
+        while True:
+            try:
+                client.ping()
+                break
+            except (redis.RedisError, OSError) as exc:
+                if time.monotonic() >= deadline:
+                    raise BrokerUnreachable(f"store {where} is unreachable: {exc}") from None
+                time.sleep(0.5)
 
 
 def _redact(url: str) -> str:
