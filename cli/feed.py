@@ -24,6 +24,7 @@ from celery.result import denied_join_result
 from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
+from broker_config.app import settings_of
 from cli.results import ResultReader
 from workers.analysis import envelope
 from workers.deadletter import DeadLetterStore
@@ -56,6 +57,9 @@ class FeedReport:
     unreachable: str | None = None
     #: The input was not read to its end (the feed stopped early).
     stopped: bool = False
+    #: Tasks sent again because the Redis holding the queues or the results changed (a
+    #: failover, a restart) while they were unanswered: it may have lost them.
+    resent: int = 0
 
     @property
     def accounted(self) -> int:
@@ -75,6 +79,7 @@ class FeedReport:
             "by_label": dict(self.by_label), "by_worker": dict(self.by_worker),
             "by_reason": dict(self.by_reason), "elapsed_s": round(self.elapsed_s, 3),
             "unreachable": self.unreachable, "stopped_early": self.stopped,
+            "resent": self.resent,
         }
 
     def add(self, record: dict[str, Any]) -> None:
@@ -160,7 +165,7 @@ def feed(
         if on_record:
             on_record(record)
 
-    flight = _InFlight(app, report, emit, idle_timeout, progress)
+    flight = _InFlight(app, report, emit, idle_timeout, progress, redis_lives(app))
     limit = max(1, window // batch)  # tasks in flight
     chunks = _chunks(lines, batch)
     sending = True
@@ -250,32 +255,79 @@ def _chunks(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
         yield chunk
 
 
+def redis_lives(app: Celery) -> Callable[[], tuple[str, ...] | None]:
+    """What reads the run ids of the Redis servers that hold the app's queues and its results
+    now (None while one does not answer). A restart or a Sentinel failover changes one: the
+    new server may not have the last writes the old one acknowledged (Redis replicates
+    asynchronously), a task or a result among them."""
+    settings = settings_of(app)
+    places = [settings.backend] + ([settings.broker] if settings.broker_is_redis else [])
+    clients = [place.client(socket_timeout=2.0, socket_connect_timeout=2.0) for place in places]
+
+    def read() -> tuple[str, ...] | None:
+        try:
+            return tuple(str(c.info("server")["run_id"]) for c in clients)
+        except (*BROKEN, redis.RedisError, KeyError):
+            return None
+    return read
+
+
 class _InFlight:
-    """The tasks sent and not yet answered, and collecting their results as they arrive."""
+    """The tasks sent and not yet answered, and collecting their results as they arrive.
+
+    When the Redis that holds the queues or the results is not the one it was (``lives``),
+    every task still unanswered is sent again under its own id: the new server may have lost
+    it, or its result. One sent twice runs twice at worst; its first result is the one kept."""
 
     def __init__(self, app: Celery, report: FeedReport, emit: Callable[[dict[str, Any]], None],
-                 idle_timeout: float, progress: ProgressFn | None) -> None:
+                 idle_timeout: float, progress: ProgressFn | None,
+                 lives: Callable[[], tuple[str, ...] | None]) -> None:
         self.app, self.report, self.emit = app, report, emit
         self.idle_timeout, self.progress = idle_timeout, progress
         self.results = ResultReader(app.backend)
         #: task id -> the refs of its inputs.
         self.pending: dict[str, list[str]] = {}
+        #: task id -> the task's name and arguments, to send it again.
+        self.messages: dict[str, tuple[str, list[Any]]] = {}
         self.last = self.polled = time.monotonic()
         #: Every input has been sent (the progress total is final).
         self.all_sent = False
+        self.lives = lives
+        self.life = lives()
 
-    def send(self, producer: Any, name: str, args: list[Any], refs: list[str]) -> None:
-        """Send one task, listening for its result first."""
-        task_id = uuid()
-        self.results.watch(task_id)
+    def send(self, producer: Any, name: str, args: list[Any], refs: list[str],
+             task_id: str | None = None) -> None:
+        """Send one task (again, with ``task_id``), listening for its result first."""
+        if task_id is None:
+            task_id = uuid()
+            self.results.watch(task_id)
         self.pending[task_id] = refs
+        self.messages[task_id] = (name, args)
         headers = {SENT_AT_HEADER: time.time()}  # lets workers measure queue wait
         with denied_join_result():  # results are read here, not by Celery's result consumer
             self.app.send_task(name, args=args, task_id=task_id, producer=producer,
                                headers=headers)
 
+    def resend_if_moved(self) -> None:
+        """Send every unanswered task again if the queues' or the results' Redis changed."""
+        life = self.lives()
+        if life is None or life == self.life:
+            return
+        if self.life is not None and self.pending:
+            try:
+                with self.app.producer_or_acquire() as producer:
+                    for task_id, refs in list(self.pending.items()):
+                        name, args = self.messages[task_id]
+                        self.send(producer, name, args, refs, task_id)
+            except BROKEN:
+                return  # away again: all of them are sent at the next quiet moment
+            self.report.resent += len(self.pending)
+            self.last = time.monotonic()  # the tasks sent again get the whole idle timeout
+        self.life = life
+
     def deliver(self, task_id: str, meta: dict[str, Any]) -> bool:
         refs = self.pending.pop(task_id, None)
+        self.messages.pop(task_id, None)
         if refs is None:
             return False
         for record in _records(meta, refs):
@@ -308,6 +360,8 @@ class _InFlight:
                     # after a few quiet seconds the stored results are read.
                     self.polled = now
                     got = self.results.stored(list(self.pending))
+                    if not got:
+                        self.resend_if_moved()
                 done = [task_id for task_id, meta in got if self.deliver(task_id, meta)]
                 if done:
                     self.results.forget(done)

@@ -86,6 +86,9 @@ def print_summary(report: FeedReport, as_json: bool) -> None:
         lines.append("workers: " + ", ".join(f"{k} {v}" for k, v in sorted(report.by_worker.items())))
     if report.by_reason:
         lines.append("rejected: " + ", ".join(f"{k} {v}" for k, v in report.by_reason.most_common()))
+    if report.resent:
+        lines.append(f"sent again: {report.resent} task(s) unanswered when the Redis holding the "
+                     "queues or the results changed (a failover or a restart may lose them)")
     if report.unreachable:
         lines.append(report.unreachable)
     if report.stopped:

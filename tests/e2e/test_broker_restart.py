@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from broker_config.settings import Settings
 from cli.processes import WorkerProcess, node_name
@@ -191,3 +193,42 @@ class TestReconnect:
             assert record.get(timeout=30)["worker"] == worker.name
         finally:
             worker.stop()
+
+
+@pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
+class TestABrokerThatLostWrites:
+    @pytest.mark.timeout(180)
+    def test_ingest_sends_again_what_a_new_redis_lost(self, tmp_path: Path) -> None:
+        """The Redis holding the queue and the results comes back without the tasks it had
+        acknowledged (no persistence here; under Sentinel, a replica promoted before it had
+        them: Redis replicates asynchronously). ingest sees a new server (its run id) while
+        tasks are unanswered and sends them again, under their own ids: every tweet analysed,
+        each once in the output."""
+        server = RedisServer().start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
+        env.update(HOST_BROKER_URL=server.url, HOST_LOG_FORMAT="json")
+        app = create_app(Settings.from_env(env))
+        src, out = tmp_path / "40.tsv", tmp_path / "out.jsonl"
+        src.write_text("\n".join(GROUND_TRUTH.read_text(encoding="utf-8").splitlines()[:40]) + "\n")
+        worker = WorkerProcess(node_name("lw1"), env, log_path=tmp_path / "lw1.log")
+        ingest = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "ingest",
+                                   str(src), "--out", str(out), "--timeout", "60", "--json"],
+                                  env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                  stderr=(tmp_path / "ingest.err").open("w"))
+        try:
+            queued = redis.Redis.from_url(server.url)
+            wait_until(lambda: queued.llen("tweets") == 40, 30, "40 tasks queued, none running")
+            server.restart(down_s=0.5)  # empty: the 40 tasks are gone
+            assert redis.Redis.from_url(server.url).llen("tweets") == 0
+            worker.start().wait_ready(app, timeout=60)
+            assert ingest.wait(120) == 0, (tmp_path / "ingest.err").read_text()[-3000:]
+            summary = (tmp_path / "ingest.err").read_text().strip().splitlines()[-1]
+            results = read_jsonl(out)
+            assert sorted(r["ref"] for r in results) == sorted({r["ref"] for r in results})
+            assert len(results) == 40 and {r["status"] for r in results} == {"analysed"}
+            assert json.loads(summary)["resent"] == 40
+        finally:
+            if ingest.poll() is None:
+                ingest.kill()
+            worker.stop()
+            server.stop()
