@@ -131,10 +131,12 @@ def run_ingest(batch: int) -> Callable[[Config, list[tuple[str, str]]], float]:
     return run
 
 
-def _vader_share(texts: list[str], start: Any, done: Any) -> None:
+def _vader_share(texts: list[str], start: Any, done: Any, scorer: str) -> None:
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-    analyzer = SentimentIntensityAnalyzer()
+    from workers.scorer import Scorer
+
+    analyzer = Scorer.from_package() if scorer == "host" else SentimentIntensityAnalyzer()
     analyzer.polarity_scores("warm up")
     start.wait()
     for text in texts:
@@ -142,15 +144,22 @@ def _vader_share(texts: list[str], start: Any, done: Any) -> None:
     done.put(len(texts))
 
 
-def run_raw_vader(cfg: Config, tweets: list[tuple[str, str]]) -> float:
-    """VADER alone, one process per core, each scoring its share: the machine's limit."""
+def run_raw(scorer: str) -> Callable[[Config, list[tuple[str, str]]], float]:
+    """VADER alone (vaderSentiment's, or host's scorer), one process per core, each scoring its
+    share: the machine's limit."""
+    def run(cfg: Config, tweets: list[tuple[str, str]]) -> float:
+        return _run_raw(scorer, tweets)
+    return run
+
+
+def _run_raw(scorer: str, tweets: list[tuple[str, str]]) -> float:
     import multiprocessing as mp
 
     cores = os.cpu_count() or 1
     texts = [t for _, t in tweets]
     ctx = mp.get_context("fork")
     start, done = ctx.Barrier(cores + 1), ctx.Queue()
-    procs = [ctx.Process(target=_vader_share, args=(texts[i::cores], start, done))
+    procs = [ctx.Process(target=_vader_share, args=(texts[i::cores], start, done, scorer))
              for i in range(cores)]
     for proc in procs:
         proc.start()
@@ -190,7 +199,9 @@ def configs(url: str, batch: int, results_url: str) -> list[Config]:
         Config(f"host ingest --batch {batch} (cli.feed)", host_app, "host", env,
                runner=run_ingest(batch), bulk=True),
         Config(f"raw VADER, {os.cpu_count()} processes (no Celery)", host_app, "", env,
-               runner=run_raw_vader, bulk=True),
+               runner=run_raw("vaderSentiment"), bulk=True),
+        Config(f"raw host scorer, {os.cpu_count()} processes (no Celery)", host_app, "", env,
+               runner=run_raw("host"), bulk=True),
     ]
 
 
@@ -258,11 +269,14 @@ def report(cfgs: list[Config], args: argparse.Namespace) -> None:
     plain_default = med.get("plain celery, defaults", 0.0) or float("nan")
     plain_reliable = med.get("plain celery, host's reliability settings", 0.0) or float("nan")
     raw = next((med[c.name] for c in cfgs if c.name.startswith("raw VADER")), float("nan"))
+    scorer = next((med[c.name] for c in cfgs if c.name.startswith("raw host scorer")),
+                  float("nan"))
     rows = [{"config": c.name, "median_tweets_per_s": round(med[c.name], 1),
              "runs": [round(r, 1) for r in c.rates],
              "vs_plain_defaults": round(med[c.name] / plain_default, 3),
              "vs_plain_same_settings": round(med[c.name] / plain_reliable, 3),
-             "vs_raw_vader": round(med[c.name] / raw, 3)} for c in cfgs]
+             "vs_raw_vader": round(med[c.name] / raw, 3),
+             "vs_raw_host_scorer": round(med[c.name] / scorer, 3)} for c in cfgs]
     if args.json:
         print(json.dumps({"broker": args.broker, "tweets": args.tweets, "runs": args.runs,
                           "results": rows}, indent=2))
@@ -270,11 +284,12 @@ def report(cfgs: list[Config], args: argparse.Namespace) -> None:
     print(f"\n{args.broker}: {args.tweets} tweets per run ({args.bulk_tweets} for batches and raw"
           f" VADER), {args.runs} runs, medians (tweets/s):")
     print(f"{'configuration':48} {'median':>9} {'÷ plain':>8} {'÷ plain same settings':>22}"
-          f" {'÷ raw':>7}")
-    print(f"{'':48} {'':>9} {'defaults':>8} {'(row 2)':>22} {'VADER':>7}")
+          f" {'÷ raw':>7} {'÷ raw host':>11}")
+    print(f"{'':48} {'':>9} {'defaults':>8} {'(row 2)':>22} {'VADER':>7} {'scorer':>11}")
     for r in rows:
         print(f"{r['config']:48} {r['median_tweets_per_s']:9.1f} {r['vs_plain_defaults']:8.2f} "
-              f"{r['vs_plain_same_settings']:22.2f} {r['vs_raw_vader']:7.2f}")
+              f"{r['vs_plain_same_settings']:22.2f} {r['vs_raw_vader']:7.2f} "
+              f"{r['vs_raw_host_scorer']:11.2f}")
 
 
 if __name__ == "__main__":
