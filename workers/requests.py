@@ -100,6 +100,11 @@ class HostTask(Task[Any, Any]):
     """Base class of host's tasks: the health gate is checked before any task code runs."""
 
     Request = "workers.requests:HostRequest"
+    #: Celery formats every result for its success log line and task-succeeded event, whether
+    #: or not either is used; a result is a whole record (text included), and formatting a
+    #: kilobyte of it cost a worker 2-3 % of its per-task time. Monitors show the start of it;
+    #: the result backend has all of it.
+    resultrepr_maxsize = 200
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the task, unless this worker is out of rotation and the task came from a work queue.
