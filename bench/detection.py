@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.plain_app import make_app  # noqa: E402
+from broker_config.contract import envelope  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
 from cli.event_tap import EventTap  # noqa: E402
 from cli.processes import (  # noqa: E402
@@ -40,7 +41,6 @@ from cli.processes import (  # noqa: E402
 from cli.redis_server import RedisServer, free_port  # noqa: E402
 from healthcheck.audit import Kind, parse_all  # noqa: E402
 from healthcheck.store import RedisHealthStore  # noqa: E402
-from workers.analysis import envelope  # noqa: E402
 from workers.app import create_app  # noqa: E402
 
 GROUND_TRUTH = REPO.parent / "shared" / "data" / "tweets_groundtruth.tsv"

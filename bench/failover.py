@@ -41,10 +41,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.plain_app import make_app  # noqa: E402
+from broker_config.contract import envelope  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
 from cli.processes import WorkerProcess, node_name, terminate  # noqa: E402
 from cli.redis_server import SentinelGroup, free_port  # noqa: E402
-from workers.analysis import envelope  # noqa: E402
 from workers.app import create_app  # noqa: E402
 
 GROUND_TRUTH = REPO.parent / "shared" / "data" / "tweets_groundtruth.tsv"

@@ -31,11 +31,11 @@ from celery.result import ResultSet
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from broker_config.contract import envelope  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
 from cli.processes import WorkerProcess, node_name  # noqa: E402
 from cli.rabbitmq_server import RabbitServer  # noqa: E402
 from cli.redis_server import RedisServer  # noqa: E402
-from workers.analysis import envelope  # noqa: E402
 from workers.app import create_app  # noqa: E402
 
 PLAIN = "bench.plain_app"

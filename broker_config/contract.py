@@ -44,6 +44,8 @@ ROUTES: dict[str, dict[str, str]] = {ANALYSE: {"queue": TWEETS_QUEUE},
                                      ANALYSE_BATCH: {"queue": TWEETS_QUEUE}}
 #: Header with the contract version a producer speaks (informational in version 1).
 VERSION_HEADER = "host_contract"
+#: Header producers set to the time they sent a message (queue wait = start - sent).
+SENT_AT_HEADER = "host_sent_at"
 FORMATS = ("auto", "jsonl", "tsv", "text")
 
 

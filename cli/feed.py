@@ -25,12 +25,11 @@ from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
 from broker_config.app import settings_of
+from broker_config.contract import SENT_AT_HEADER, envelope
 from cli.results import ResultReader
-from workers.analysis import envelope
 from workers.deadletter import DeadLetterStore
 from workers.framing import frame_lines
 from workers.inbound import Limits, Line, Rejection, split_document
-from workers.requests import SENT_AT_HEADER
 
 #: Called with (accounted, total_known, sending_done) whenever progress is made.
 ProgressFn = Callable[[int, int, bool], None]

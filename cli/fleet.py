@@ -18,6 +18,7 @@ from rich.table import Table
 
 from broker_config.app import HostCelery
 from broker_config.queues import WORK_QUEUES
+from broker_config.shards import shard_of
 from broker_config.signing import sign
 from cli import control
 from cli.common import (
@@ -29,10 +30,9 @@ from cli.common import (
 )
 from healthcheck.audit import Kind, parse_all
 from healthcheck.errors import StoreUnavailable
-from healthcheck.policy import shard_of
 from healthcheck.policy.model import CONSUMING
 from healthcheck.store import RedisHealthStore, to_dict
-from workers.inject import Injection
+from workers.shared import Injection
 
 
 class NoChecker(click.ClickException):

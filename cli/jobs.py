@@ -30,10 +30,10 @@ from celery.result import denied_join_result
 from celery.utils import uuid as task_uuid
 
 from broker_config import keys
+from broker_config.contract import envelope
 from broker_config.redis_url import RedisAddress, address
 from cli.feed import BROKEN, POLL_S, line_of
 from cli.results import ResultReader
-from workers.analysis import envelope
 from workers.inbound import Line
 
 #: The share of the CPU budget a chunk is sized to use, leaving room for noise.

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Protocol
 
+from broker_config.contract import envelope
 from broker_config.logs import get_logger
 from broker_config.queues import verify_queue, verify_queue_name
 from healthcheck.policy import ProbeResult, State
 from healthcheck.policy.config import Probes
-from workers.analysis import envelope
 from workers.framing import frame_lines
 from workers.inbound import Limits, Message, parse_line
 from workers.sentiment import analyse_text

@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from broker_config.logs import get_logger
+from broker_config.shards import buckets_of, shard_of
 from healthcheck.errors import HealthcheckError, LeaseLost
 from healthcheck.leading import Lead
-from healthcheck.policy import Fleet, Peers, shard_of
-from healthcheck.policy.shards import buckets_of
+from healthcheck.policy import Fleet, Peers
 from healthcheck.store import GuardBudget
 
 log = get_logger(__name__)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 from broker_config.policy_file import load_policy
 from broker_config.settings import ConfigError
+from broker_config.shards import shard_of
 from healthcheck.policy import (
     Fleet,
     HealthPolicy,
@@ -32,7 +33,6 @@ from healthcheck.policy import (
     ProbeResult,
     Reading,
     State,
-    shard_of,
 )
 from healthcheck.policy.config import Guard
 from healthcheck.policy.model import OUT_OF_ROTATION, WearReport

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from broker_config.contract import envelope as envelope  # re-exported: the producers' envelope
 from workers import tally
 from workers.deadletter import DeadLetterStore
 from workers.inbound import Limits, Message, Rejection, parse_line, truncate

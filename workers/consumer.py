@@ -53,6 +53,13 @@ class HostConsumer(Consumer):
         super().__init__(*args, **kwargs)
         RUNTIME.consumer = self
 
+    def cancel_task_queue(self, queue: Any) -> None:
+        """Stop consuming ``queue``, noting first which consumer tag read it: a message it
+        delivered may still be handed back to it (RabbitMQ) after the tag is gone."""
+        if self.task_consumer is not None:  # type: ignore[attr-defined]
+            handback.remember_tags(self.task_consumer)  # type: ignore[attr-defined]
+        super().cancel_task_queue(queue)
+
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's handler, behind the gate and the message checks."""
         receive = super().create_task_handler(*args, **kwargs)

@@ -140,7 +140,7 @@ def _fenced(state: Any, command: str, epoch: int | None,
         return {"error": f"refused: bad shard {shard!r}"}
     if epoch is None:
         return None
-    stored = RUNTIME.gate_keys.epoch(shard) if RUNTIME.gate_keys is not None else None
+    stored = RUNTIME.checker.epoch(shard) if RUNTIME.checker is not None else None
     current = max(stored or 0, RUNTIME.epochs.get(shard, 0))
     if epoch >= current:
         RUNTIME.epochs[shard] = epoch

@@ -13,8 +13,6 @@ The state this reads and changes is the process's ``workers.runtime.RUNTIME``.
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing
 import time
 from typing import Any
 
@@ -22,50 +20,21 @@ from celery.worker import state as worker_state
 
 from broker_config.logs import get_logger
 from broker_config.queues import verify_queue_name
-from workers import handback
-from workers.gate_keys import GateKeyReader
+from workers.checker_view import CheckerView
 from workers.runtime import RUNTIME
+from workers.shared import Gate
 
 log = get_logger(__name__)
 
 
-class Gate:
-    """Open or closed, with the reason and time of the last change (shared with the pool)."""
-
-    def __init__(self, open_: bool = True, reason: str = "clean start") -> None:
-        self._open: Any = multiprocessing.RawValue(ctypes.c_bool, open_)
-        self.reason = reason
-        #: What the checker held it out as (``STATE/cause``; "" when open or not said).
-        self.hold = ""
-        self.changed_at = time.time()
-        self.self_protected: str | None = None
-
-    def is_open(self) -> bool:
-        """True while work-queue tasks may start."""
-        return bool(self._open.value)
-
-    def close(self, reason: str, hold: str = "") -> None:
-        """Refuse work-queue tasks from now on (``hold``: what the checker holds it out as)."""
-        self._open.value = False
-        self.reason, self.changed_at = reason, time.time()
-        self.hold = hold or self.hold
-
-    def open(self, reason: str) -> None:
-        """Accept work-queue tasks again."""
-        self._open.value = True
-        self.reason, self.changed_at = reason, time.time()
-        self.self_protected = None
-        self.hold = ""
-
-
-def install(worker: str, configured: list[str], gate_keys: GateKeyReader | None) -> str | None:
+def install(worker: str, configured: list[str], checker: CheckerView | None) -> str | None:
     """Set this worker's gate up (main process, before the pool forks): closed if the checker
     still holds it out (the reason is returned), else open."""
     RUNTIME.worker = worker
     RUNTIME.verify_queue = verify_queue_name(worker) if worker else ""
     RUNTIME.configured = tuple(q for q in configured if q != RUNTIME.verify_queue)
-    RUNTIME.gate_keys = gate_keys
-    held = gate_keys.reason(worker) if gate_keys is not None and worker else None
+    RUNTIME.checker = checker
+    held = checker.reason(worker) if checker is not None and worker else None
     RUNTIME.gate = (Gate(False, f"restarted while held out: {held}") if held is not None
                     else Gate(True, "clean start"))
     return held
@@ -93,7 +62,7 @@ def allows(queue: str | None, worker: str | None = None) -> bool:
         return True
     if not g.is_open():
         return False
-    keys = RUNTIME.gate_keys
+    keys = RUNTIME.checker
     return worker is None or keys is None or not keys.closed(worker)
 
 
@@ -111,8 +80,6 @@ def undo_subscriptions(consumer: Any, why: str) -> list[str]:
     if g is None or g.is_open():
         return []
     cancelled = consuming_work_queues(consumer)
-    if cancelled:
-        handback.remember_tags(consumer.task_consumer)
     for name in cancelled:
         consumer.cancel_task_queue(name)
         RUNTIME.undone[name] += 1
@@ -139,8 +106,6 @@ def hold_out(reason: str) -> None:
 def take_out(consumer: Any, reason: str, hold: str = "") -> dict[str, Any]:
     """Close the gate and stop consuming every work queue; what the worker now holds."""
     _require().close(reason, hold)
-    if consumer.task_consumer is not None:
-        handback.remember_tags(consumer.task_consumer)
     for name in consuming_work_queues(consumer):
         consumer.cancel_task_queue(name)
     return status(consumer)

@@ -19,8 +19,8 @@ from kombu.exceptions import OperationalError
 
 from broker_config.app import settings_of
 from broker_config.logs import get_logger
+from broker_config.shards import wear_routing_key
 from broker_config.wear_event import WEAR_EVENT
-from healthcheck.policy.shards import wear_routing_key
 from workers.reporting import (
     WearReporting,
     hard_limits,

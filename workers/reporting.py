@@ -21,6 +21,7 @@ from broker_config.settings import ConfigError
 from broker_config.wear_event import TaskFigures, WearEvent
 from workers import control, gate, inject, tally
 from workers.runtime import RUNTIME
+from workers.shared import Injection
 from workers.wear import Progress, Smoothed
 
 log = get_logger(__name__)
@@ -66,7 +67,7 @@ class WearReporting:
         self._window: list[dict[str, float]] = []
         self._last: dict[str, float] = {}
         self._was_hot = False
-        self._injection = inject.Injection()
+        self._injection = Injection()
         self._progress = Progress()
         self._running = 0
         self._stalled_s = 0.0

@@ -13,14 +13,13 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
+from broker_config.contract import SENT_AT_HEADER
 from broker_config.logs import get_logger
 from workers import gate, handback, tally
 from workers.runtime import RUNTIME
 
 log = get_logger(__name__)
 
-#: Header producers set to the time they sent a message (queue wait = start - sent).
-SENT_AT_HEADER = "host_sent_at"
 
 
 class HostRequest(Request):

@@ -4,7 +4,7 @@
 receivers of ``workers/signals.py`` as the worker starts, and nowhere else:
 
 1. ``celeryd_after_setup`` (main process, before the pool forks): ``worker``, ``verify_queue``,
-   ``configured``, ``gate_keys``, ``verifier``, ``gate``;
+   ``configured``, ``checker``, ``verifier``, ``gate``;
 2. ``worker_init`` (main process, before the pool forks): ``board``, ``counts``;
 3. the consumer, when Celery builds it (main process): ``consumer``.
 
@@ -19,15 +19,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from broker_config.signing import Verifier
-from workers.gate_keys import GateKeyReader
+from workers.checker_view import CheckerView
+from workers.shared import Gate, InjectionBoard
 from workers.wear import TaskTotals, TaskWindow
-
-if TYPE_CHECKING:  # the types only: these modules read RUNTIME themselves
-    from workers.gate import Gate
-    from workers.inject import InjectionBoard
 
 
 @dataclass
@@ -42,8 +39,9 @@ class WorkerRuntime:
     configured: tuple[str, ...] = ()
     #: shared: the health gate (a flag in shared memory) and its reason.
     gate: Gate | None = None
-    #: copied: the checker's gate keys (each process opens its own connection to the store).
-    gate_keys: GateKeyReader | None = None
+    #: copied: what it reads of the checker: gate keys, lease epochs, used nonces (each process
+    #: opens its own connection to the store).
+    checker: CheckerView | None = None
     #: main: checks control commands' signatures.
     verifier: Verifier = field(default_factory=lambda: Verifier("", time.time))
     #: shared: the fault injection in force.

@@ -12,7 +12,7 @@ from broker_config.app import settings_of
 from broker_config.logs import configure_logging, get_logger
 from broker_config.queues import dead_queue, verify_queue
 from workers import control, gate, status, tally
-from workers.gate_keys import RedisGateKeys
+from workers.checker_view import RedisCheckerView
 from workers.inject import install_board
 from workers.sentiment import analyzer
 
@@ -55,11 +55,11 @@ def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
     queue = verify_queue(sender)
     queues.select_add(queue)
     log.info("verify_queue_added", queue=queue.name)
-    gate_keys = RedisGateKeys.from_url(settings.store)
+    checker = RedisCheckerView.from_url(settings.store)
     control.configure(settings.control_secret, settings.allow_dangerous_control, sender,
                       previous=settings.control_secret_previous,
-                      allowed=settings.allowed_control, nonces=gate_keys.nonces())
-    held = gate.install(sender, configured, gate_keys)
+                      allowed=settings.allowed_control, nonces=checker.nonces())
+    held = gate.install(sender, configured, checker)
     if held is not None:
         for name in gate.configured_work_queues():
             queues.deselect(name)

@@ -14,6 +14,7 @@ from workers.analysis import RunContext, analyse_envelope, analyse_many, keep_de
 from workers.deadletter import store_of
 from workers.inbound import Limits
 from workers.requests import HostTask
+from workers.shared import Injection
 
 
 @shared_task(name="host.analyse", bind=True, base=HostTask)
@@ -43,7 +44,7 @@ def analyse_batch(self: Task[Any, Any], envelopes: object) -> list[dict[str, Any
     return [inject.distort(r, injection, random.random()) for r in results]
 
 
-def _injected() -> inject.Injection:
+def _injected() -> Injection:
     # Fault injection for demos and tests: slow down, fail, or answer wrongly on purpose.
     injection = inject.current()
     if injection.active:
@@ -51,7 +52,7 @@ def _injected() -> inject.Injection:
     return injection
 
 
-def _leaked(injection: inject.Injection, context: RunContext) -> None:
+def _leaked(injection: Injection, context: RunContext) -> None:
     # An injected leak grows with the traffic (work-queue tasks), not with the probes.
     if injection.leak and tally.counts_as_work(context.queue):
         inject.leak(injection.leak)

@@ -16,11 +16,11 @@ from healthcheck.policy.model import (
     WearReport,
     WorkerHealth,
 )
-from healthcheck.policy.shards import Budget, Peers, shard_of
+from healthcheck.policy.shards import Budget, Peers
 
 __all__ = [
     "Budget", "Cause", "Code", "Decision", "Fleet", "GuardFigures", "HealthPolicy", "Heartbeat",
     "Peers", "PolicyConfig",
     "ProbeResult", "Reading", "State", "Step", "Threshold", "Transition", "WearReport",
-    "WorkerHealth", "shard_of",
+    "WorkerHealth",
 ]

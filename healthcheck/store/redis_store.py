@@ -15,9 +15,10 @@ import redis
 
 from broker_config import keys
 from broker_config.redis_url import RedisAddress, address
+from broker_config.shards import shard_of
 from broker_config.signing import RedisNonces
 from healthcheck.errors import LeaseLost, StoreUnavailable
-from healthcheck.policy import Peers, WorkerHealth, shard_of
+from healthcheck.policy import Peers, WorkerHealth
 from healthcheck.policy.config import Guard
 from healthcheck.store.codec import UnfencedWrites, from_dict, recorded_at, to_dict
 

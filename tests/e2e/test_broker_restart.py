@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from broker_config.contract import envelope
 from broker_config.settings import Settings
 from cli.processes import WorkerProcess, node_name
 from cli.rabbitmq_server import RabbitServer
@@ -26,7 +27,6 @@ from tests.conftest import GROUND_TRUTH
 from tests.support.brokers import on_both_brokers
 from tests.support.cli import REPO, read_jsonl
 from tests.support.polling import consumed, wait_until
-from workers.analysis import envelope
 from workers.app import create_app
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from broker_config.contract import envelope
 from broker_config.settings import Settings
 from cli.processes import WorkerProcess, node_name
 from cli.rabbitmq_server import RabbitServer
@@ -26,7 +27,6 @@ from healthcheck.actuator import control_reply
 from tests.support.events import EventTap
 from tests.support.handbacks import handed_back
 from tests.support.polling import consumed, wait_until
-from workers.analysis import envelope
 from workers.app import create_app
 
 TIMEOUT_S = 10

@@ -110,7 +110,7 @@ class TestFleetCommands:
             self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
             host_env: dict[str, str]) -> None:
         """--wait with a task still running past --timeout: exit 1, and it says so."""
-        from workers.analysis import envelope
+        from broker_config.contract import envelope
 
         worker = start_worker("op5", env={**FAST, "HOST_WEAR_INJECT": "slow=8"})
         start_worker("op6", env=FAST)

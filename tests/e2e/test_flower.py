@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from broker_config.app import HostCelery
+from broker_config.contract import envelope
 from cli.processes import terminate
 from cli.redis_server import free_port
 from healthcheck.actuator import control_reply
@@ -22,7 +23,6 @@ from tests.conftest import WorkerFactory
 from tests.support.brokers import on_both_brokers
 from tests.support.cli import REPO
 from tests.support.polling import consumed, wait_until
-from workers.analysis import envelope
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import redis
 import yaml
 
 from broker_config.app import HostCelery
+from broker_config.contract import envelope
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory
 from tests.support.cli import REPO, celery, read_jsonl
@@ -23,7 +24,6 @@ from tests.support.events import EventTap
 from tests.support.platform_worker import PlatformWorker
 from tests.support.polling import consumed, wait_until
 from tests.support.prometheus import PrometheusServer
-from workers.analysis import envelope
 
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 

@@ -14,13 +14,13 @@ import pytest
 import redis
 
 from broker_config.app import HostCelery
+from broker_config.contract import envelope
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
 from tests.support.brokers import on_every_queue_type
 from tests.support.cli import REPO, read_jsonl
 from tests.support.events import EventTap
 from tests.support.polling import wait_until
-from workers.analysis import envelope
 
 
 @pytest.fixture

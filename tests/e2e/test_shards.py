@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from broker_config.shards import shard_of
 from cli.processes import node_name
 from healthcheck.lease import epoch_of
-from healthcheck.policy import shard_of
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, CheckerProcess, WorkerFactory
 from tests.e2e.test_checker_ha import LEASE_S, POLICY  # two of four out at once; long quarantines

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from broker_config.app import HostCelery
+from broker_config.contract import envelope
 from healthcheck.actuator import control_reply
 from tests.conftest import WorkerFactory
 from tests.support.brokers import consumed_in_rotation, on_every_queue_type
 from tests.support.cli import celery
 from tests.support.events import EventTap
 from tests.support.polling import consumed
-from workers.analysis import envelope
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from broker_config import keys
 from broker_config.app import HostCelery
+from broker_config.contract import envelope
 from tests.conftest import GROUND_TRUTH, WorkerFactory
 from tests.support.brokers import on_both_brokers
 from tests.support.cli import celery, read_jsonl
-from workers.analysis import envelope
 from workers.deadletter import RedisDeadLetterStore
 
 

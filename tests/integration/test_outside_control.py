@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from broker_config.app import HostCelery
+from broker_config.contract import envelope
 from broker_config.signing import sign
 from healthcheck.actuator import control_reply
 from tests.conftest import WorkerFactory
@@ -16,7 +17,6 @@ from tests.support.brokers import on_both_brokers
 from tests.support.cli import REPO
 from tests.support.events import EventTap
 from tests.support.polling import consumed, wait_until
-from workers.analysis import envelope
 
 SECRET = {"HOST_CONTROL_SECRET": "outside-secret", "HOST_WEAR_INTERVAL": "0.3"}
 

@@ -11,12 +11,12 @@ import pytest
 from kombu import Connection, Producer
 
 from broker_config.app import HostCelery
+from broker_config.contract import envelope
 from broker_config.queues import DEAD, TWEETS, work_queues
 from broker_config.settings import Settings
 from tests.conftest import WorkerFactory
 from tests.support.polling import wait_until
 from workers import handback
-from workers.analysis import envelope
 from workers.app import create_app
 from workers.deadletter import RedisDeadLetterStore
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from broker_config.app import HostCelery
+from broker_config.contract import envelope
 from healthcheck.actuator import control_reply
 from tests.conftest import WorkerFactory
 from tests.support.events import EventTap
 from tests.support.polling import wait_until
-from workers.analysis import envelope
 
 MIB = 2**20
 

@@ -17,8 +17,9 @@ import pytest
 import redis
 
 from broker_config import keys
+from broker_config.shards import shard_of
 from healthcheck.errors import LeaseLost, StoreUnavailable
-from healthcheck.policy import Peers, State, WorkerHealth, shard_of
+from healthcheck.policy import Peers, State, WorkerHealth
 from healthcheck.policy.config import Guard
 from healthcheck.policy.shards import refusal
 from healthcheck.store import (

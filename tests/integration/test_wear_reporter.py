@@ -10,15 +10,15 @@ from celery.result import AsyncResult
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from broker_config.app import HostCelery
+from broker_config.contract import envelope
 from broker_config.queues import verify_queue
+from broker_config.shards import shard_of
 from cli.processes import node_name, wait_until
-from healthcheck.policy import shard_of
 from healthcheck.receiver import RedisEar
 from healthcheck.sharding import routing_keys
 from tests.conftest import WorkerFactory
 from tests.support.cli import celery
 from tests.support.events import EventTap
-from workers.analysis import envelope
 
 FAST = {"HOST_WEAR_INTERVAL": "0.3"}
 

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 
 from broker_config.app import HostCelery
+from broker_config.contract import envelope
 from broker_config.queues import verify_queue_name
 from tests.conftest import WorkerFactory
 from tests.support.brokers import on_both_brokers
 from tests.support.cli import celery
 from tests.support.events import EventTap
 from tests.support.polling import consumed, wait_until
-from workers.analysis import envelope
 
 
 class TestWorkerQueues:

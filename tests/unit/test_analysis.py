@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from workers.analysis import RunContext, analyse_envelope, analyse_many, envelope, keep_dead_letters
+from broker_config.contract import envelope
+from workers.analysis import RunContext, analyse_envelope, analyse_many, keep_dead_letters
 from workers.deadletter import InMemoryDeadLetterStore
 from workers.inbound import Limits
 from workers.sentiment import label

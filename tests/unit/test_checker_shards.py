@@ -3,10 +3,11 @@ on requests about the others', and the guard's bound holds across both. No I/O, 
 
 from __future__ import annotations
 
+from broker_config.shards import shard_of
 from healthcheck.actuator import InMemoryActuator
 from healthcheck.lease import Leadership
 from healthcheck.page import StoredStates
-from healthcheck.policy import PolicyConfig, State, WorkerHealth, shard_of
+from healthcheck.policy import PolicyConfig, State, WorkerHealth
 from healthcheck.policy.config import Guard
 from healthcheck.service import Checker
 from healthcheck.sharding import Shard

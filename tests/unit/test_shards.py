@@ -8,16 +8,10 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker_config.shards import BUCKETS, bucket_of, buckets_of, shard_of, wear_routing_key
 from healthcheck.policy import Fleet, HealthPolicy, Peers, PolicyConfig, Reading, State, WearReport
 from healthcheck.policy.config import Guard
-from healthcheck.policy.shards import (
-    BUCKETS,
-    bucket_of,
-    buckets_of,
-    refusal,
-    shard_of,
-    wear_routing_key,
-)
+from healthcheck.policy.shards import refusal
 from healthcheck.store.memory import InMemoryGuardBudgets, ShardBudget
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from workers import inject
-from workers.inject import InjectedFailure, Injection, InjectionBoard
+from workers.inject import InjectedFailure
+from workers.shared import Injection, InjectionBoard
 from workers.wear import (
     PowerMeter,
     Progress,

@@ -13,7 +13,7 @@ import pytest
 from broker_config.signing import sign
 from broker_config.wear_event import WearEvent
 from workers import control, gate, inject, tally
-from workers.gate_keys import InMemoryGateKeys
+from workers.checker_view import InMemoryCheckerView
 from workers.reporting import WearReporting, samples_per_report
 from workers.runtime import RUNTIME, WorkerRuntime
 
@@ -52,9 +52,9 @@ def fresh_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def started(keys: InMemoryGateKeys | None = None,
-            queues: tuple[str, ...] = ("bulk", "tweets")) -> tuple[FakeConsumer, InMemoryGateKeys]:
-    keys = keys or InMemoryGateKeys()
+def started(keys: InMemoryCheckerView | None = None,
+            queues: tuple[str, ...] = ("bulk", "tweets")) -> tuple[FakeConsumer, InMemoryCheckerView]:
+    keys = keys or InMemoryCheckerView()
     held = gate.install(WORKER, [*queues, VERIFY], keys)
     consumer = FakeConsumer([VERIFY] if held else [*queues, VERIFY])
     RUNTIME.consumer = consumer
@@ -82,7 +82,7 @@ class TestGate:
         assert not gate.allows("tweets", WORKER)
 
     def test_a_worker_held_out_starts_closed(self) -> None:
-        consumer, _ = started(InMemoryGateKeys({WORKER: "quarantined: wrong answers"}))
+        consumer, _ = started(InMemoryCheckerView({WORKER: "quarantined: wrong answers"}))
         assert gate.consuming_work_queues(consumer) == []
         g = gate.gate()
         assert g is not None and not g.is_open()
@@ -143,7 +143,7 @@ class TestControlCommands:
         assert control.refused_counts() == {"host_drain:unsigned": 1, "host_drain:forged": 1}
 
     def test_a_command_of_an_older_epoch_is_refused(self) -> None:
-        consumer, _ = started(InMemoryGateKeys(epoch=3))
+        consumer, _ = started(InMemoryCheckerView(epoch=3))
         control.configure(self.SECRET, False, WORKER)
         stale = control.host_drain(self.state(consumer),
                                    **self.signed("host_drain", reason="x", epoch=2))

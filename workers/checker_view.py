@@ -1,4 +1,8 @@
-"""The worker's side of the checker's gate keys: a read-only port, on Redis or in memory.
+"""What a worker reads of the checker: a read-only port, on Redis or in memory.
+
+Three things the checker writes and a worker reads: the gate key of each worker (the verdict
+that holds it out), the lease epoch of each shard (a command under an older epoch is refused)
+and the nonces of signed commands already used (a command is obeyed once).
 
 The checker writes ``host:gate:<worker>`` when it records a verdict (``healthcheck.store``);
 every pool process reads it before it starts a work-queue task. Reads fail static: when the
@@ -34,7 +38,7 @@ AWAY_FIRST_S = 0.25
 AWAY_MAX_S = 2.0
 
 
-class GateKeyReader(Protocol):
+class CheckerView(Protocol):
     """What a worker reads of the checker's decisions."""
 
     def closed(self, worker: str) -> bool:
@@ -51,7 +55,7 @@ class GateKeyReader(Protocol):
         """The fleet-wide memory of used control nonces (None: this process's own)."""
 
 
-class RedisGateKeys:
+class RedisCheckerView:
     """The gate keys in the store's Redis, with short timeouts (a pool process waits on it).
 
     Args:
@@ -66,7 +70,7 @@ class RedisGateKeys:
         self._clock = clock
 
     @classmethod
-    def from_url(cls, url: RedisAddress | str) -> RedisGateKeys:
+    def from_url(cls, url: RedisAddress | str) -> RedisCheckerView:
         """Reads on ``url``: the per-task one (``closed``) with ``READ_TIMEOUT_S``, the rare
         ones (an epoch, a reason at start) with half a second."""
         where = address(url)
@@ -142,7 +146,7 @@ class RedisGateKeys:
             return None  # fail static
 
 
-class InMemoryGateKeys:
+class InMemoryCheckerView:
     """The same reads from a dict, for unit tests; ``down`` makes every read fail static."""
 
     def __init__(self, gates: dict[str, str] | None = None, epoch: int = 0) -> None:

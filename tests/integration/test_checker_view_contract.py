@@ -16,25 +16,25 @@ from broker_config import keys
 from cli.redis_server import RedisServer
 from healthcheck.store import RedisHealthStore
 from tests.support.polling import wait_until
-from workers.gate_keys import GateKeyReader, InMemoryGateKeys, RedisGateKeys
+from workers.checker_view import CheckerView, InMemoryCheckerView, RedisCheckerView
 
 
 @dataclass
 class Subject:
-    reader: GateKeyReader
+    reader: CheckerView
     close: Callable[[str, str], object]  # the checker closes a worker's gate
     open: Callable[[str], object]
     set_epoch: Callable[[int], object]
-    away: Callable[[], GateKeyReader]  # a reader whose store does not answer
+    away: Callable[[], CheckerView]  # a reader whose store does not answer
 
 
 @pytest.fixture(params=["memory", "redis"])
 def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
     if request.param == "memory":
-        memory = InMemoryGateKeys()
+        memory = InMemoryCheckerView()
 
-        def away_memory() -> GateKeyReader:
-            gone = InMemoryGateKeys(dict(memory.gates), memory.current_epoch)
+        def away_memory() -> CheckerView:
+            gone = InMemoryCheckerView(dict(memory.gates), memory.current_epoch)
             gone.down = True
             return gone
 
@@ -43,9 +43,9 @@ def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
         return
     client: redis.Redis = request.getfixturevalue("redis_client")
     store = RedisHealthStore(client)
-    yield Subject(RedisGateKeys(client), store.close_gate, store.open_gate,
+    yield Subject(RedisCheckerView(client), store.close_gate, store.open_gate,
                   lambda n: client.set(keys.EPOCH, n),
-                  lambda: RedisGateKeys.from_url("redis://127.0.0.1:1/0"))
+                  lambda: RedisCheckerView.from_url("redis://127.0.0.1:1/0"))
 
 
 class TestGateKeys:
@@ -68,12 +68,12 @@ class TestGateKeys:
         assert not away.closed("w1") and away.reason("w1") is None and away.epoch() is None
 
 
-class TestRedisGateKeys:
+class TestRedisCheckerView:
     def test_a_dropped_connection_is_made_again_not_read_as_open(
             self, redis_client: redis.Redis) -> None:
         """The reader keeps its own connection; the server dropping it (a restart, a kill) costs
         one reconnection, never a closed gate read as open."""
-        reader = RedisGateKeys(redis.Redis.from_url(_url(redis_client), client_name="gate-reader"))
+        reader = RedisCheckerView(redis.Redis.from_url(_url(redis_client), client_name="gate-reader"))
         RedisHealthStore(redis_client).close_gate("w1", "x")
         assert reader.closed("w1")
         # Only the reader's own connection: the session's Redis serves other clients too
@@ -91,7 +91,7 @@ class TestAStoreThatStalls:
         server = RedisServer().start()
         try:
             writer = RedisHealthStore(redis.Redis.from_url(server.url))
-            reader = RedisGateKeys.from_url(server.url)
+            reader = RedisCheckerView.from_url(server.url)
             writer.close_gate("held", "a verdict")
             assert reader.closed("held") and not reader.closed("free")
             assert server.proc is not None
