@@ -148,7 +148,7 @@ def feed(
         store: where framing rejections are recorded (workers record their own).
         fmt: the format hint passed to workers ("json" documents are sent as JSON lines).
         batch: envelopes per task; 1 sends ``host.analyse``, more sends ``host.analyse_batch``.
-        idle_timeout: give up waiting after this many seconds without a new result.
+        idle_timeout: give up after this many seconds with no task sent and no result read.
         progress: called as inputs are sent and as results arrive.
         rate: send at most this many inputs per second (a steady stream); None: at once.
         on_record: also called with every output record.
@@ -306,6 +306,9 @@ class _InFlight:
         with denied_join_result():  # results are read here, not by Celery's result consumer
             self.app.send_task(name, args=args, task_id=task_id, producer=producer,
                                headers=headers)
+        # the idle timeout counts from the last thing that happened, a task sent or a result
+        # read: reading and sending a large input on a busy machine is not waiting
+        self.last = time.monotonic()
 
     def resend_if_moved(self) -> None:
         """Send every unanswered task again if the queues' or the results' Redis changed."""

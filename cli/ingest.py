@@ -29,7 +29,7 @@ DEAD_LETTER_FLUSH_S = 30.0
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Messages per task.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-              help="Give up after this many seconds without a new result.")
+              help="Give up after this many seconds with no task sent and no new result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def ingest(ctx: click.Context, source: str, fmt: str, out_path: str, batch: int, timeout: float,
