@@ -324,7 +324,6 @@ class _InFlight:
             except BROKEN:
                 return  # away again: all of them are sent at the next quiet moment
             self.report.resent += len(self.pending)
-            self.last = time.monotonic()  # the tasks sent again get the whole idle timeout
         self.life = life
 
     def deliver(self, task_id: str, meta: dict[str, Any]) -> bool:
