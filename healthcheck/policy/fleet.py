@@ -171,7 +171,9 @@ class Fleet:
             self._waiting.discard(obs.worker)
         changed: tuple[str, ...] = ()
         if step.health.held and not step.degraded and isinstance(obs, WearReport):
-            step = replace(step, health=replace(step.health, held=""))
+            # The hold and the reason that tells it move together.
+            step = replace(step, health=replace(
+                step.health, held="", reason="readings back within bounds: no longer held"))
             changed = (obs.worker,)
         self._put(step.health)
         return Decision(step.transitions, self.guard_engaged, changed)

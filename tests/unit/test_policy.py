@@ -494,6 +494,8 @@ class TestGuardVisibility:
         assert fleet.figures().held_back == 1
         decision = fleet.observe(wear("w2", at=10, cpu=20))
         assert decision.changed == ("w2",) and fleet.workers["w2"].held == ""
+        # ...and its reason no longer says so: status shows the two side by side
+        assert "held in rotation" not in fleet.workers["w2"].reason, fleet.workers["w2"].reason
         assert fleet.figures().held_back == 0
 
     def test_maintenance_spends_the_budget_only_when_the_policy_says_so(self) -> None:

@@ -102,6 +102,9 @@ def check_fleet(fleet: Fleet) -> None:
             w.queues if w.consuming is None else w.consuming))
         assert consumers <= sum(1 for w in fleet if w.state is not State.OFFLINE
                                 and queue in w.queues)
+    for w in fleet:
+        # A worker says it is held in rotation exactly while it is: status shows both fields.
+        assert bool(w.held) == w.reason.startswith("held in rotation"), (w.held, w.reason)
 
 
 def check_operator_states_hold(before: dict[str, object], fleet: Fleet, kind: str) -> None:
