@@ -32,13 +32,13 @@ sys.path.insert(0, str(REPO))
 from bench.plain_app import make_app  # noqa: E402
 from broker_config.contract import envelope  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
-from cli.event_tap import EventTap  # noqa: E402
-from cli.processes import (  # noqa: E402
+from harness.event_tap import EventTap  # noqa: E402
+from harness.processes import (  # noqa: E402
     WorkerProcess,
     node_name,
     wait_until,
 )
-from cli.redis_server import RedisServer, free_port  # noqa: E402
+from harness.redis_server import RedisServer, free_port  # noqa: E402
 from healthcheck.audit import Kind, parse_all  # noqa: E402
 from healthcheck.store import RedisHealthStore  # noqa: E402
 from workers.app import create_app  # noqa: E402

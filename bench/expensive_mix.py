@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from broker_config.settings import Settings  # noqa: E402
-from cli.processes import WorkerProcess, node_name, terminate, wait_until  # noqa: E402
-from cli.redis_server import RedisServer, free_port  # noqa: E402
+from harness.processes import WorkerProcess, node_name, terminate, wait_until  # noqa: E402
+from harness.redis_server import RedisServer, free_port  # noqa: E402
 from healthcheck.store import RedisHealthStore  # noqa: E402
 from workers.app import create_app  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Where batch ingest's CPU goes: CPU seconds per tweet by process, beside VADER's own.
 
 Starts a private redis-server and one worker (``-c 2``), runs what ``celery -A host ingest
---batch B`` runs (``cli.feed.feed``, in this process, output to /dev/null) on N tweets of the
+--batch B`` runs (``producer.feed.feed``, in this process, output to /dev/null) on N tweets of the
 ground truth, and reads every process's CPU time (user + system) before and after: this
 process (ingest), the worker's main process, its pool children, and redis-server. VADER alone
 is measured the same way, in this process. CPU time is steadier than a rate on a shared
@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from bench.throughput import load_tweets  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
-from cli.feed import feed, read_lines  # noqa: E402
-from cli.processes import WorkerProcess, node_name  # noqa: E402
-from cli.redis_server import RedisServer  # noqa: E402
+from harness.processes import WorkerProcess, node_name  # noqa: E402
+from harness.redis_server import RedisServer  # noqa: E402
+from producer.feed import feed, read_lines  # noqa: E402
 from workers.app import create_app  # noqa: E402
 from workers.deadletter import InMemoryDeadLetterStore  # noqa: E402
 from workers.inbound import Limits  # noqa: E402

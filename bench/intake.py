@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO))
 from broker_config import keys  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
 from broker_config.shards import shard_of, wear_routing_key  # noqa: E402
-from cli.processes import wait_until  # noqa: E402
-from cli.redis_server import RedisServer, free_port  # noqa: E402
+from harness.processes import wait_until  # noqa: E402
+from harness.redis_server import RedisServer, free_port  # noqa: E402
 from workers.app import create_app  # noqa: E402
 
 #: A wear report as a healthy worker sends it (the checker reads every field it needs).

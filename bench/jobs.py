@@ -32,19 +32,21 @@ from bench.throughput import (  # noqa: E402
     start_worker,
 )
 from broker_config.settings import Settings  # noqa: E402
-from cli.redis_server import RedisServer  # noqa: E402
+from harness.redis_server import RedisServer  # noqa: E402
 from workers.app import create_app  # noqa: E402
 
 
 def run_job(chunk_cpu: float) -> Any:
-    """What ``celery -A host job run`` runs (cli.jobs.JobRunner), in this process."""
+    """What ``celery -A host job run`` runs (producer.job_runner.JobRunner), in this process."""
     def run(cfg: Config, tweets: list[tuple[str, str]]) -> float:
-        from cli.feed import read_lines
-        from cli.jobs import Budget, JobRunner, JobStore, new_job_id
+        from producer.feed import read_lines
+        from producer.job_runner import JobRunner, new_job_id
+        from producer.job_store import RedisJobStore
+        from producer.pacing import ChunkBudget
         from workers.inbound import Limits
 
         settings = cfg.app.host_settings  # type: ignore[attr-defined]
-        store = JobStore.from_url(settings.effective_store_url)
+        store = RedisJobStore.from_url(settings.effective_store_url)
         with tempfile.TemporaryDirectory(prefix="host-bench-job-") as tmp:
             src, out = Path(tmp) / "in.tsv", Path(tmp) / "out.jsonl"
             src.write_text("".join(f"{i}\t0\t{t}\n" for i, (_, t) in enumerate(tweets)),
@@ -53,7 +55,7 @@ def run_job(chunk_cpu: float) -> Any:
             store.create(job_id, {"state": "running", "created_at": time.time()})
             start = time.perf_counter()
             with open(src, "rb") as inp, open(out, "wb") as sink:
-                runner = JobRunner(cfg.app, store, job_id, sink, Budget(cpu_s=chunk_cpu),
+                runner = JobRunner(cfg.app, store, job_id, sink, ChunkBudget(cpu_s=chunk_cpu),
                                    parallel=4, fleet=lambda: (0.0, 1), total=len(tweets))
                 lines = read_lines(inp, "bench", "auto", Limits(1 << 20, 10_000))
                 report = runner.run(iter(lines), 0, [])

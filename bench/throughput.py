@@ -33,9 +33,9 @@ sys.path.insert(0, str(REPO))
 
 from broker_config.contract import envelope  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
-from cli.processes import WorkerProcess, node_name  # noqa: E402
-from cli.rabbitmq_server import RabbitServer  # noqa: E402
-from cli.redis_server import RedisServer  # noqa: E402
+from harness.processes import WorkerProcess, node_name  # noqa: E402
+from harness.rabbitmq_server import RabbitServer  # noqa: E402
+from harness.redis_server import RedisServer  # noqa: E402
 from workers.app import create_app  # noqa: E402
 
 PLAIN = "bench.plain_app"
@@ -111,10 +111,10 @@ def run_once(cfg: Config, tweets: list[tuple[str, str]]) -> float:
 
 
 def run_ingest(batch: int) -> Callable[[Config, list[tuple[str, str]]], float]:
-    """What ``celery -A host ingest --batch N`` runs (``cli.feed.feed``: framing, sending and
+    """What ``celery -A host ingest --batch N`` runs (``producer.feed.feed``: framing, sending and
     collecting overlapped, output lines written), in this process, from a TSV in memory."""
     def run(cfg: Config, tweets: list[tuple[str, str]]) -> float:
-        from cli.feed import feed, read_lines
+        from producer.feed import feed, read_lines
         from workers.deadletter import InMemoryDeadLetterStore
         from workers.inbound import Limits
 
@@ -196,7 +196,7 @@ def configs(url: str, batch: int, results_url: str) -> list[Config]:
         Config(f"plain celery, defaults, batch {batch}", plain["default"], PLAIN, penv["default"],
                send_plain(batch), bulk=True),
         Config(f"host, batch {batch}", host_app, "host", env, send_host(batch), bulk=True),
-        Config(f"host ingest --batch {batch} (cli.feed)", host_app, "host", env,
+        Config(f"host ingest --batch {batch} (producer.feed)", host_app, "host", env,
                runner=run_ingest(batch), bulk=True),
         Config(f"raw VADER, {os.cpu_count()} processes (no Celery)", host_app, "", env,
                runner=run_raw("vaderSentiment"), bulk=True),

@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.plain_app import make_app  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
-from cli.processes import WorkerProcess, node_name  # noqa: E402
-from cli.redis_server import RedisServer  # noqa: E402
+from harness.processes import WorkerProcess, node_name  # noqa: E402
+from harness.redis_server import RedisServer  # noqa: E402
 from workers.app import create_app  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def measure(worker: WorkerProcess, app: object, seconds: float) -> float:
 
 
 def sample_costs(app: object, seconds: float) -> list[float]:
-    from cli.event_tap import EventTap
+    from harness.event_tap import EventTap
 
     with EventTap(app) as tap:  # type: ignore[arg-type]
         time.sleep(seconds)

@@ -31,12 +31,12 @@ from rich.table import Table
 from broker_config.app import HostCelery
 from broker_config.logs import ensure_logging
 from cli.common import EXIT_INCOMPLETE, Progress, check_broker, host_app
-from cli.feed import FeedReport, feed, read_lines
-from cli.processes import WorkerProcess, node_name, terminate
-from cli.redis_server import RedisServer, free_port
+from harness.processes import WorkerProcess, node_name, terminate
+from harness.redis_server import RedisServer, free_port
 from healthcheck.actuator import control_reply
 from healthcheck.audit import Kind, parse_all
 from healthcheck.store import RedisHealthStore
+from producer.feed import FeedReport, feed, read_lines
 from workers.app import create_app
 from workers.deadletter import RedisDeadLetterStore
 from workers.inbound import Limits

@@ -12,7 +12,7 @@ from celery.bin.base import CeleryCommand
 
 from broker_config.logs import ensure_logging
 from cli.common import EXIT_INCOMPLETE, BrokerUnreachable, Progress, check_broker, check_store, host_app
-from cli.feed import FeedReport, feed, read_lines
+from producer.feed import FeedReport, feed, read_lines
 from workers.deadletter import WRITE_TIMEOUT_S, Aside, RedisDeadLetterStore
 from workers.inbound import FORMATS, Limits
 

@@ -20,9 +20,9 @@ from broker_config import redis_url
 from broker_config.app import HostCelery
 from broker_config.redis_url import SentinelOptions
 from broker_config.settings import Settings
-from cli.processes import WorkerProcess, node_name, terminate
-from cli.rabbitmq_server import RabbitServer, RabbitServerNotFound
-from cli.redis_server import RedisServer, RedisServerNotFound, SentinelGroup, free_port
+from harness.processes import WorkerProcess, node_name, terminate
+from harness.rabbitmq_server import RabbitServer, RabbitServerNotFound
+from harness.redis_server import RedisServer, RedisServerNotFound, SentinelGroup, free_port
 from workers.app import create_app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -245,3 +245,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep
+

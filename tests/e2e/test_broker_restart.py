@@ -18,9 +18,9 @@ import redis
 
 from broker_config.contract import envelope
 from broker_config.settings import Settings
-from cli.processes import WorkerProcess, node_name
-from cli.rabbitmq_server import RabbitServer
-from cli.redis_server import RedisServer
+from harness.processes import WorkerProcess, node_name
+from harness.rabbitmq_server import RabbitServer
+from harness.redis_server import RedisServer
 from healthcheck.actuator import control_reply
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH

@@ -21,8 +21,8 @@ import pytest
 import redis
 
 from broker_config.settings import Settings
-from cli.processes import WorkerProcess, node_name, terminate
-from cli.redis_server import RedisServer
+from harness.processes import WorkerProcess, node_name, terminate
+from harness.redis_server import RedisServer
 from healthcheck.audit import Kind, parse_all
 from healthcheck.store import RedisHealthStore
 from tests.conftest import CheckerFactory, WorkerFactory

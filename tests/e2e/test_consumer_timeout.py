@@ -20,9 +20,9 @@ import pytest
 
 from broker_config.contract import envelope
 from broker_config.settings import Settings
-from cli.processes import WorkerProcess, node_name
-from cli.rabbitmq_server import RabbitServer
-from cli.redis_server import RedisServer
+from harness.processes import WorkerProcess, node_name
+from harness.rabbitmq_server import RabbitServer
+from harness.redis_server import RedisServer
 from healthcheck.actuator import control_reply
 from tests.support.events import EventTap
 from tests.support.handbacks import handed_back

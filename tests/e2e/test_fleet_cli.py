@@ -10,7 +10,7 @@ from typing import Any
 import redis
 
 from broker_config.app import HostCelery
-from cli.redis_server import free_port
+from harness.redis_server import free_port
 from healthcheck.store import RedisHealthStore
 from tests.conftest import CheckerFactory, WorkerFactory
 from tests.support.brokers import on_both_brokers

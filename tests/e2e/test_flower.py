@@ -16,8 +16,8 @@ import pytest
 
 from broker_config.app import HostCelery
 from broker_config.contract import envelope
-from cli.processes import terminate
-from cli.redis_server import free_port
+from harness.processes import terminate
+from harness.redis_server import free_port
 from healthcheck.actuator import control_reply
 from tests.conftest import WorkerFactory
 from tests.support.brokers import on_both_brokers

@@ -16,8 +16,8 @@ import pytest
 import redis
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from cli.jobs import JobStore
 from healthcheck.store import RedisHealthStore
+from producer.job_store import RedisJobStore as JobStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
 from tests.support.cli import REPO, celery, read_jsonl
 from tests.support.polling import wait_until

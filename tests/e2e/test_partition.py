@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from broker_config.settings import Settings
-from cli.processes import WorkerProcess, node_name, terminate
-from cli.redis_server import RedisServer
+from harness.processes import WorkerProcess, node_name, terminate
+from harness.redis_server import RedisServer
 from tests.conftest import GROUND_TRUTH
 from tests.support.cli import REPO, feed, read_jsonl
 from tests.support.netns import Link

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from broker_config.shards import shard_of
-from cli.processes import node_name
+from harness.processes import node_name
 from healthcheck.lease import epoch_of
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, CheckerProcess, WorkerFactory

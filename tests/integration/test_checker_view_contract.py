@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from broker_config import keys
-from cli.redis_server import RedisServer
+from harness.redis_server import RedisServer
 from healthcheck.store import RedisHealthStore
 from tests.support.polling import wait_until
 from workers.checker_view import CheckerView, InMemoryCheckerView, RedisCheckerView

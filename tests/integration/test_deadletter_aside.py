@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cli.redis_server import RedisServer
+from harness.redis_server import RedisServer
 from tests.support.polling import wait_until
 from workers.deadletter import Aside, RedisDeadLetterStore
 

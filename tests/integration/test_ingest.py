@@ -155,7 +155,7 @@ class TestIngestAccounting:
         than the window is in flight: memory and the broker's queue stay bounded."""
         import io
 
-        from cli.feed import feed, read_lines
+        from producer.feed import feed, read_lines
         from workers.inbound import Limits
 
         start_worker("sw1", concurrency=2)
@@ -197,7 +197,7 @@ class TestIngestAccounting:
         import time
         from collections.abc import Iterator
 
-        from cli.feed import feed
+        from producer.feed import feed
         from workers.inbound import Line
 
         start_worker("tr1")
@@ -238,7 +238,7 @@ class TestIngestAccounting:
                                                        host_env: dict[str, str],
                                                        tmp_path: Path) -> None:
         """A broker or a result store nobody listens on gives exit code 3 and no traceback."""
-        from cli.redis_server import free_port
+        from harness.redis_server import free_port
 
         src = tmp_path / "one.txt"
         src.write_text("hello\n")
@@ -309,7 +309,7 @@ class TestGoneForGood:
         import sys
         import time
 
-        from cli.redis_server import RedisServer
+        from harness.redis_server import RedisServer
         from tests.support.cli import REPO
 
         server = RedisServer().start()
@@ -345,7 +345,7 @@ class TestResultReader:
                                            redis_client: redis.Redis) -> None:
         import uuid
 
-        from cli.results import ResultReader
+        from producer.results import ResultReader
 
         reader = ResultReader(app.backend)
         try:

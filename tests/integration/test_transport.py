@@ -14,7 +14,7 @@ from kombu import Connection, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
 from broker_config import transport
-from cli.redis_server import RedisServer
+from harness.redis_server import RedisServer
 
 QUEUE = Queue("take-test", Exchange("take-test"), routing_key="take-test")
 OTHER = Queue("take-other", Exchange("take-other"), routing_key="take-other")

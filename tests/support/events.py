@@ -1,5 +1,5 @@
 """The event tap the tests and the benchmarks share (it lives with the other process helpers)."""
 
-from cli.event_tap import Event, EventTap
+from harness.event_tap import Event, EventTap
 
 __all__ = ["Event", "EventTap"]

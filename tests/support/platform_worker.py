@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cli.processes import node_name
-from cli.redis_server import free_port
+from harness.processes import node_name
+from harness.redis_server import free_port
 from tests.support.cli import REPO
 
 ENTRYPOINT = REPO / "deploy" / "entrypoint.sh"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from cli.processes import wait_until
+from harness.processes import wait_until
 
 __all__ = ["consumed", "wait_until"]
 

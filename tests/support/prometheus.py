@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from cli.processes import terminate
-from cli.redis_server import free_port
+from harness.processes import terminate
+from harness.redis_server import free_port
 from tests.support.cli import REPO
 
 DEPLOY = REPO / "deploy" / "prometheus"

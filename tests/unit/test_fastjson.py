@@ -16,7 +16,7 @@ from kombu.serialization import loads as kombu_loads
 from kombu.utils import json as kombu_json
 
 from broker_config import fastjson
-from cli.feed import line_of
+from producer.feed import line_of
 
 #: What a JSON document holds, with any character a Python string can (lone surrogates too).
 scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)

@@ -7,9 +7,9 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cli.jobs import TARGET_SHARE, Budget, Sizer, fleet_pressure, pace
+from producer.pacing import TARGET_SHARE, ChunkBudget, Sizer, fleet_pressure, pace
 
-BUDGET = Budget(cpu_s=2.0, mem_mb=512, first_items=50, max_items=20_000, growth=4.0)
+BUDGET = ChunkBudget(cpu_s=2.0, mem_mb=512, first_items=50, max_items=20_000, growth=4.0)
 
 
 def run_sizer(per_item_s: float, chunks: int) -> list[int]:

@@ -26,7 +26,7 @@ from kombu.exceptions import OperationalError
 
 from broker_config.app import settings_of
 from broker_config.contract import SENT_AT_HEADER, envelope
-from cli.results import ResultReader
+from producer.results import ResultReader
 from workers.deadletter import DeadLetterStore
 from workers.framing import frame_lines
 from workers.inbound import Limits, Line, Rejection, split_document
@@ -164,7 +164,7 @@ def feed(
         if on_record:
             on_record(record)
 
-    flight = _InFlight(app, report, emit, idle_timeout, progress, redis_lives(app))
+    flight = InFlight(app, report, emit, idle_timeout, progress, redis_lives(app))
     limit = max(1, window // batch)  # tasks in flight
     chunks = _chunks(lines, batch)
     sending = True
@@ -202,7 +202,7 @@ def feed(
 
 def _send_chunk(app: Celery, producer: Any, chunk: list[Line], batch: int, wire_fmt: str,
                 store: DeadLetterStore, emit: Callable[[dict[str, Any]], None],
-                flight: _InFlight, report: FeedReport) -> None:
+                flight: InFlight, report: FeedReport) -> None:
     report.inputs += len(chunk)
     rejected = [ln.rejection.record(at=time.time(), stage="ingest")
                 for ln in chunk if ln.rejection is not None]
@@ -271,7 +271,7 @@ def redis_lives(app: Celery) -> Callable[[], tuple[str, ...] | None]:
     return read
 
 
-class _InFlight:
+class InFlight:
     """The tasks sent and not yet answered, and collecting their results as they arrive.
 
     When the Redis that holds the queues or the results is not the one it was (``lives``),
@@ -280,8 +280,11 @@ class _InFlight:
 
     def __init__(self, app: Celery, report: FeedReport, emit: Callable[[dict[str, Any]], None],
                  idle_timeout: float, progress: ProgressFn | None,
-                 lives: Callable[[], tuple[str, ...] | None]) -> None:
+                 lives: Callable[[], tuple[str, ...] | None],
+                 before_forget: Callable[[], None] = lambda: None) -> None:
         self.app, self.report, self.emit = app, report, emit
+        #: Called after results are delivered and before their stored copies are deleted.
+        self.before_forget = before_forget
         self.idle_timeout, self.progress = idle_timeout, progress
         self.results = ResultReader(app.backend)
         #: task id -> the refs of its inputs.
@@ -365,6 +368,7 @@ class _InFlight:
                         self.resend_if_moved()
                 done = [task_id for task_id, meta in got if self.deliver(task_id, meta)]
                 if done:
+                    self.before_forget()
                     self.results.forget(done)
             except BROKEN as exc:  # the store went away mid-wait: wait on what is pending
                 time.sleep(POLL_S / 4)

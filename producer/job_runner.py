@@ -1,4 +1,4 @@
-"""Jobs: a large input split into chunks sized to a budget, run on the ``bulk`` queue, and
+"""Running a job: a large input split into chunks sized to a budget, run on the ``bulk`` queue, and
 written out in input order, exactly once, across worker deaths, drains and producer deaths.
 
 The chunk size follows what chunks cost: the first chunks are small, each measured chunk
@@ -20,7 +20,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
@@ -29,88 +29,15 @@ from celery import Celery
 from celery.result import denied_join_result
 from celery.utils import uuid as task_uuid
 
-from broker_config import keys
 from broker_config.contract import envelope
-from broker_config.redis_url import RedisAddress, address
-from cli.feed import BROKEN, POLL_S, line_of
-from cli.results import ResultReader
+from producer.feed import BROKEN, POLL_S, line_of
+from producer.job_store import JobStore
+from producer.pacing import ChunkBudget, Sizer, pace
+from producer.results import ResultReader
 from workers.inbound import Line
 
-#: The share of the CPU budget a chunk is sized to use, leaving room for noise.
-TARGET_SHARE = 0.8
-#: How long a job's records (definition, costs) stay after it ends.
-JOB_KEEP_S = 7 * 24 * 3600
 #: Seconds between looks at the fleet (wear, who is in rotation) and at cancellation.
 LOOK_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    """What one chunk may cost. Defaults: docs/jobs.md says where each comes from."""
-
-    #: CPU seconds per chunk (Dask's guidance: units of work of about a second or more keep
-    #: the per-task overhead below 1%; host aims lower than Dask's 5 s adaptive target so that a
-    #: drain waits seconds, not tens of seconds).
-    cpu_s: float = 2.0
-    #: Resident memory of the pool process holding a chunk's records, in MB.
-    mem_mb: float = 512.0
-    #: A chunk that has used this many budgets of CPU stops between two items and is split.
-    hard_multiple: float = 4.0
-    #: Items in the first chunk: small, so the first measurement comes fast.
-    first_items: int = 50
-    #: The most items in one chunk (one message), whatever the budget allows.
-    max_items: int = 20_000
-    #: A chunk is at most this many times larger than the one before it.
-    growth: float = 4.0
-
-
-class Sizer:
-    """The next chunk's size, from the cost per item measured so far."""
-
-    def __init__(self, budget: Budget) -> None:
-        self.budget = budget
-        self.per_item: float | None = None
-        self.size = budget.first_items
-
-    def measured(self, items: int, cpu_s: float, rss_mb: float = 0.0) -> None:
-        """Take one chunk's measurement into account."""
-        if items <= 0:
-            return
-        per = max(cpu_s, 1e-6) / items
-        if self.per_item is None or per > self.per_item:
-            self.per_item = per  # a costlier chunk is believed at once
-        else:
-            self.per_item = 0.7 * self.per_item + 0.3 * per
-        target = self.budget.cpu_s * TARGET_SHARE / self.per_item
-        if rss_mb > self.budget.mem_mb:
-            target = min(target, items / 2)
-        ceiling = min(self.budget.max_items, self.size * self.budget.growth)
-        self.size = max(1, int(min(target, ceiling)))
-
-
-def pace(pressure: float, parallel: int) -> int:
-    """Chunks the job may have in flight when the most worn worker in rotation is at
-    ``pressure`` (its highest wear reading over that metric's soft limit): all of them below
-    0.8, one from 0.8, none from 0.95 (the next step would be SUSPECT)."""
-    if pressure >= 0.95:
-        return 0
-    if pressure >= 0.8:
-        return 1
-    return parallel
-
-
-def fleet_pressure(reports: Mapping[str, Mapping[str, Any]], in_rotation: set[str],
-                   soft: Mapping[str, float]) -> float:
-    """The highest reading/soft-limit ratio among the workers in rotation (0 when none)."""
-    worst = 0.0
-    for worker, report in reports.items():
-        if worker not in in_rotation:
-            continue
-        for metric, value in (report.get("wear") or {}).items():
-            limit = soft.get(metric)
-            if limit and isinstance(value, (int, float)):
-                worst = max(worst, float(value) / limit)
-    return worst
 
 
 @dataclass
@@ -155,84 +82,6 @@ class JobReport:
         return d
 
 
-class JobStore:
-    """A job's records in the store."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client  # decoding responses to str
-
-    @classmethod
-    def from_url(cls, url: RedisAddress | str) -> JobStore:
-        # Bounded: a store that stops answering fails a command after 10 s (the job stops,
-        # resumable), never hangs it.
-        return cls(address(url).client(decode_responses=True, socket_timeout=10,
-                                       socket_connect_timeout=5))
-
-    def create(self, job_id: str, meta: Mapping[str, Any]) -> None:
-        pipe = self.client.pipeline()
-        pipe.hset(keys.job(job_id), mapping={k: json.dumps(v) for k, v in meta.items()})
-        pipe.zadd(keys.JOBS, {job_id: time.time()})
-        pipe.execute()
-
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.client.hgetall(keys.job(job_id))
-        return {k: json.loads(v) for k, v in raw.items()} if raw else None
-
-    def update(self, job_id: str, **fields: Any) -> None:
-        self.client.hset(keys.job(job_id), mapping={k: json.dumps(v) for k, v in fields.items()})
-
-    def jobs(self, limit: int = 20) -> list[str]:
-        return list(self.client.zrevrange(keys.JOBS, 0, limit - 1))
-
-    def plan(self, job_id: str) -> list[dict[str, Any]]:
-        """The chunks planned and not yet written, in input order."""
-        raw = self.client.hgetall(keys.job_plan(job_id))
-        entries = [{"id": int(k), **json.loads(v)} for k, v in raw.items()]
-        return sorted(entries, key=lambda e: e["first"])
-
-    def planned(self, job_id: str, add: list[Chunk], drop: list[Chunk] | None = None) -> None:
-        pipe = self.client.pipeline()  # one transaction: the plan always tiles the input
-        if add:
-            pipe.hset(keys.job_plan(job_id), mapping={str(c.id): c.plan_entry() for c in add})
-        if drop:
-            pipe.hdel(keys.job_plan(job_id), *[str(c.id) for c in drop])
-        pipe.execute()
-
-    def written(self, job_id: str, chunk: Chunk, items: int, out_bytes: int) -> None:
-        pipe = self.client.pipeline()
-        pipe.hset(keys.job(job_id), mapping={"items_written": json.dumps(items),
-                                             "out_bytes": json.dumps(out_bytes),
-                                             "updated_at": json.dumps(time.time())})
-        pipe.hdel(keys.job_plan(job_id), str(chunk.id))
-        pipe.delete(keys.job_chunk(job_id, chunk.id))
-        pipe.execute()
-
-    def chunk_records(self, job_id: str, chunk_id: int) -> list[dict[str, Any]] | None:
-        raw = self.client.get(keys.job_chunk(job_id, chunk_id))
-        if raw is None:
-            return None
-        records: list[dict[str, Any]] = json.loads(raw)["records"]
-        return records
-
-    def cost(self, job_id: str, cost: Mapping[str, Any]) -> None:
-        self.client.rpush(keys.job_costs(job_id), json.dumps(cost))
-
-    def costs(self, job_id: str) -> list[dict[str, Any]]:
-        return [json.loads(c) for c in self.client.lrange(keys.job_costs(job_id), 0, -1)]
-
-    def cancel(self, job_id: str) -> None:
-        self.client.set(keys.job_cancelled(job_id), "1", ex=JOB_KEEP_S)
-        self.update(job_id, state="cancelled")
-
-    def cancelled(self, job_id: str) -> bool:
-        return bool(self.client.exists(keys.job_cancelled(job_id)))
-
-    def finish(self, job_id: str, state: str) -> None:
-        self.update(job_id, state=state, finished_at=time.time())
-        for key in (keys.job(job_id), keys.job_costs(job_id), keys.job_plan(job_id)):
-            self.client.expire(key, JOB_KEEP_S)
-
-
 #: Called with (items written, items known, chunks written, detail text).
 JobProgress = Callable[[int, int, int, str], None]
 
@@ -251,7 +100,7 @@ class JobRunner:
         progress: called as chunks are written.
     """
 
-    def __init__(self, app: Celery, store: JobStore, job_id: str, out: IO[bytes], budget: Budget,
+    def __init__(self, app: Celery, store: JobStore, job_id: str, out: IO[bytes], budget: ChunkBudget,
                  parallel: int, fleet: Callable[[], tuple[float, int]],
                  progress: JobProgress | None = None, total: int = 0) -> None:
         self.app, self.store, self.job_id, self.out = app, store, job_id, out

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cli.redis_server import free_port
+from harness.redis_server import free_port
 
 #: Where Debian (and RabbitMQ's generic unix package) put the node's own scripts.
 SBIN_CANDIDATES = (Path("/usr/lib/rabbitmq/bin"), Path("/usr/local/lib/rabbitmq/sbin"))
