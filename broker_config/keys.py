@@ -103,3 +103,22 @@ def job_cancelled(job_id: str) -> str:
 
 #: Sorted set of job ids by creation time, for ``job status`` without an id.
 JOBS = PREFIX + "jobs"
+
+
+#: Hash: API key id -> the key (JSON: name, digest of its secret, scopes, rate, revoked_at).
+API_KEYS = PREFIX + "api:keys"
+
+
+def api_key_counts(key_id: str) -> str:
+    """Hash: what one API key sent, by outcome (``accepted``, ``analysed``, ``rejected:<reason>``)."""
+    return f"{PREFIX}api:key:{key_id}:counts"
+
+
+def api_message(message_id: str) -> str:
+    """A message the API accepted: its task, its place in it, then its outcome (JSON, expiring)."""
+    return f"{PREFIX}api:msg:{message_id}"
+
+
+def api_idempotency(key_id: str, idempotency_key: str) -> str:
+    """What a submission with this Idempotency-Key returned (JSON), kept a day."""
+    return f"{PREFIX}api:idem:{key_id}:{idempotency_key}"

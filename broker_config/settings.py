@@ -120,6 +120,32 @@ class Settings:
     #: Workers send Celery's task events (for Flower and other monitors that show tasks);
     #: host itself needs none, and they cost per-task throughput (docs/configuration.md).
     task_events: bool = False
+    #: The HTTP API (celery -A host api): where it listens.
+    api_address: str = "0.0.0.0"
+    api_port: int = 8080
+    #: The longest a submission may wait for its analysis (?wait=), in seconds.
+    api_wait_max: float = 10.0
+    #: The largest body of one submission, in bytes (a job's upload: HOST_API_MAX_UPLOAD).
+    api_max_body: int = 10_485_760
+    api_max_upload: int = 2_147_483_648
+    #: The most messages in one submission.
+    api_max_messages: int = 10_000
+    #: Messages waiting in the tweets queue past which submissions get 503 and Retry-After.
+    api_backlog_max: int = 100_000
+    #: Seconds concurrent submissions are gathered into one batch task (up to HOST_MAX_BATCH).
+    api_batch_window: float = 0.005
+    #: Seconds a message's outcome stays readable by id.
+    api_record_ttl: int = 86_400
+    #: Where uploaded job inputs and their outputs are kept; empty: a directory under /tmp.
+    api_jobs_dir: str = ""
+    #: Requests per second a key may make when it names no rate of its own.
+    api_rate: float = 200.0
+    #: Seconds a client has to send a whole request body; a slower one gets 408.
+    api_body_timeout: float = 30.0
+    #: Seconds a stopping API gives in-flight requests to finish.
+    api_shutdown_timeout: float = 15.0
+    #: Not a setting: False for the HTTP API's process, which holds no control secret.
+    signs_control: bool = dataclasses.field(default=True, metadata={"internal": True})
 
     @property
     def allowed_control(self) -> tuple[str, ...]:
@@ -164,7 +190,11 @@ class Settings:
         if self.sentinel_tls_ca_file and not Path(self.sentinel_tls_ca_file).is_file():
             raise ConfigError(env_key("sentinel_tls_ca_file"), self.sentinel_tls_ca_file,
                               "no such file")
-        if self.env == "production" and not self.control_secret:
+        if not self.signs_control and (self.control_secret or self.control_secret_previous):
+            raise ConfigError(env_key("control_secret"), "<set>",
+                              "must not be set for the API: it never signs a control command, "
+                              "and the operators' channel does not ride on its door")
+        if self.env == "production" and not self.control_secret and self.signs_control:
             raise ConfigError(env_key("control_secret"), "",
                               "required when HOST_ENV=production (control commands are signed)")
 
@@ -215,8 +245,9 @@ class Settings:
         return self.broker_consumer_timeout / 2
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Build settings from ``HOST_*`` variables, over the TOML file named by ``HOST_CONFIG_FILE``.
+    def from_env(cls, env: Mapping[str, str], api: bool = False) -> Settings:
+        """Build settings from ``HOST_*`` variables, over the TOML file named by ``HOST_CONFIG_FILE``
+        (``api``: for the HTTP API's process, which must hold no control secret).
 
         Raises:
             ConfigError: an unknown ``HOST_*`` variable or file key, or a bad value.
@@ -232,7 +263,7 @@ class Settings:
             if field_name not in _TYPES:
                 raise ConfigError(name, raw, "unknown setting (see docs/configuration.md)")
             values[field_name] = _coerce(name, raw, _TYPES[field_name])
-        return cls(**values)
+        return cls(**values, signs_control=not api)
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (validated again)."""
@@ -366,9 +397,15 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "log_level": _one_of(LOG_LEVELS),
     "allow_control": _builtins,
     "metrics_address": lambda v: None if v.strip() else "must not be empty",
+    "api_address": lambda v: None if v.strip() else "must not be empty",
+    "api_port": _port,
+    **{name: _positive for name in ("api_wait_max", "api_max_body", "api_max_upload",
+                                    "api_max_messages", "api_backlog_max", "api_batch_window",
+                                    "api_record_ttl", "api_rate", "api_body_timeout",
+                                    "api_shutdown_timeout")},
 }
 
 _TYPES: dict[str, type] = {
     f.name: {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]
-    for f in fields(Settings)
+    for f in fields(Settings) if not f.metadata.get("internal")
 }

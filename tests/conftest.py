@@ -23,6 +23,7 @@ from broker_config.settings import Settings
 from harness.processes import WorkerProcess, node_name, terminate
 from harness.rabbitmq_server import RabbitServer, RabbitServerNotFound
 from harness.redis_server import RedisServer, RedisServerNotFound, SentinelGroup, free_port
+from tests.support.api_server import ApiServer
 from workers.app import create_app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -246,3 +247,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     setattr(item, f"rep_{rep.when}", rep)
     return rep
 
+
+ApiFactory = Callable[..., ApiServer]
+
+
+@pytest.fixture
+def start_api(host_env: dict[str, str], tmp_path: Path,
+              redis_client: redis.Redis) -> Iterator[ApiFactory]:
+    """Start real ``celery -A host api`` processes (no control secret in their environment);
+    each is stopped after the test. Their job files go under the test's directory."""
+    started: list[ApiServer] = []
+
+    def start(env: dict[str, str] | None = None, wait: bool = True, name: str = "api") -> ApiServer:
+        server = ApiServer({**host_env, "HOST_API_JOBS_DIR": str(tmp_path / "api-jobs"),
+                            **(env or {})}, tmp_path / f"{name}.log")
+        started.append(server.start(wait))
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

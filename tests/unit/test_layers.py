@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("broker_config", "workers", "healthcheck", "producer", "harness", "cli")
+PACKAGES = ("broker_config", "workers", "healthcheck", "producer", "harness", "api", "cli")
 
 
 def documented_layers() -> dict[str, int]:
