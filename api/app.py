@@ -36,6 +36,16 @@ from producer.feed import BROKEN
 from workers.inbound import FORMATS
 
 IDEMPOTENCY_KEEP_S = 86_400
+#: One message of a JSON body, as the schema documents it.
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 10_000, "pattern": r"\S"}
+MESSAGE: dict[str, Any] = {"oneOf": [
+    {"title": "host's own", "type": "object", "required": ["text"],
+     "properties": {"text": _TEXT, "ref": {"type": "string", "maxLength": 200}}},
+    {"title": "Twitter v2", "type": "object", "required": ["data"], "properties": {"data": {
+        "type": "object", "required": ["id", "text"],
+        "properties": {"id": {"type": "string", "minLength": 1}, "text": _TEXT}}}},
+    {"title": "Twitter v1.1", "type": "object", "required": ["id_str", "text"],
+     "properties": {"id_str": {"type": "string", "minLength": 1}, "text": _TEXT}}]}
 #: Requests larger than this are parsed off the event loop.
 PARSE_INLINE_BYTES = 65_536
 
@@ -164,11 +174,15 @@ def create_api(service: ApiService) -> FastAPI:
     # --- messages ------------------------------------------------------------------------
 
     @api.post("/v1/messages", status_code=202, response_model=SubmitOut, tags=["messages"],
+              operation_id="submit_messages",
               responses={200: {"model": SubmitOut, "description": "every message answered"},
+                         202: {"model": SubmitOut, "description": "accepted", "links": {
+                             "ReadMessage": {"operationId": "read_message", "parameters": {
+                                 "message_id": "$response.body#/messages/0/id"}}}},
                          **_errors(400, 408, 409, 413, 415, 503)},
               openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": {"oneOf": [{"type": "object"},
-                                                            {"type": "array"}]}},
+                  "application/json": {"schema": {"oneOf": [
+                      MESSAGE, {"type": "array", "items": MESSAGE, "minItems": 1}]}},
                   "application/x-ndjson": {"schema": {"type": "string"}},
                   "text/plain": {"schema": {"type": "string"}},
                   "text/tab-separated-values": {"schema": {"type": "string"}}}}})
@@ -262,6 +276,7 @@ def create_api(service: ApiService) -> FastAPI:
             service.stores.client.delete(keys.api_idempotency(key_id, idem))
 
     @api.get("/v1/messages/{message_id}", response_model=MessageOut, tags=["messages"],
+             operation_id="read_message",
              responses=_errors(404, 503))
     async def message(message_id: Annotated[str, Path(max_length=64)],
                       key: Annotated[ApiKey, Depends(allowed("read"))]) -> dict[str, Any]:
@@ -281,7 +296,12 @@ def create_api(service: ApiService) -> FastAPI:
 
     # --- jobs ------------------------------------------------------------------------------
 
-    @api.post("/v1/jobs", status_code=201, tags=["jobs"], responses=_errors(408, 411, 413, 503),
+    @api.post("/v1/jobs", status_code=201, tags=["jobs"], operation_id="start_job",
+              responses={201: {"description": "the job, started", "links": {
+                  name: {"operationId": op, "parameters": {"job_id": "$response.body#/job"}}
+                  for name, op in (("ReadJob", "read_job"), ("ReadResults", "job_results"),
+                                   ("CancelJob", "cancel_job"))}},
+                  **_errors(408, 411, 413, 503)},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                   "text/plain": {"schema": {"type": "string"}}}}})
@@ -316,19 +336,20 @@ def create_api(service: ApiService) -> FastAPI:
         found["results"] = f"/v1/jobs/{job_id}/results"
         return dict(found)
 
-    @api.get("/v1/jobs", tags=["jobs"], responses=_errors(503))
+    @api.get("/v1/jobs", tags=["jobs"], operation_id="list_jobs", responses=_errors(503))
     async def list_jobs(key: Annotated[ApiKey, Depends(allowed("jobs"))]) -> list[dict[str, Any]]:
         """Recent jobs, newest first: the same list ``celery -A host job status`` shows."""
         ids = await store_call(service.stores.jobs.jobs)
         return [await job_status(j) for j in ids]
 
-    @api.get("/v1/jobs/{job_id}", tags=["jobs"], responses=_errors(404, 503))
+    @api.get("/v1/jobs/{job_id}", tags=["jobs"], operation_id="read_job",
+             responses=_errors(404, 503))
     async def get_job(job_id: Annotated[str, Path(max_length=64)],
                       key: Annotated[ApiKey, Depends(allowed("jobs"))]) -> dict[str, Any]:
         """A job's progress, what it waits for, what its chunks cost."""
         return await job_status(job_id)
 
-    @api.get("/v1/jobs/{job_id}/results", tags=["jobs"], responses={
+    @api.get("/v1/jobs/{job_id}/results", tags=["jobs"], operation_id="job_results", responses={
         200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}},
               "description": "one JSON line per input item, in input order"},
         **_errors(400, 404, 409, 503)})
@@ -351,7 +372,7 @@ def create_api(service: ApiService) -> FastAPI:
         return StreamingResponse(pieces, media_type="application/x-ndjson", headers={
             "X-Next-Offset": str(after), "X-Job-State": str(meta["state"])})
 
-    @api.delete("/v1/jobs/{job_id}", status_code=202, tags=["jobs"],
+    @api.delete("/v1/jobs/{job_id}", status_code=202, tags=["jobs"], operation_id="cancel_job",
                 responses=_errors(404, 409, 503))
     async def cancel_job(job_id: Annotated[str, Path(max_length=64)],
                          key: Annotated[ApiKey, Depends(allowed("jobs"))]) -> dict[str, Any]:
@@ -366,25 +387,28 @@ def create_api(service: ApiService) -> FastAPI:
 
     # --- the fleet, the caller, the API itself -------------------------------------------
 
-    @api.get("/v1/fleet", response_model=FleetOut, tags=["fleet"], responses=_errors(503))
+    @api.get("/v1/fleet", response_model=FleetOut, tags=["fleet"], operation_id="fleet",
+             responses=_errors(503))
     async def fleet(key: Annotated[ApiKey, Depends(allowed("read"))]) -> dict[str, Any]:
         """Workers by state, healthy consumers per queue, backlog: whether to send now."""
         summary: dict[str, Any] = await store_call(service.fleet)
         return summary
 
-    @api.get("/v1/key", response_model=KeyOut, tags=["keys"], responses=_errors(503))
+    @api.get("/v1/key", response_model=KeyOut, tags=["keys"], operation_id="whoami",
+             responses=_errors(503))
     async def whoami(key: Annotated[ApiKey, Depends(allowed(""))]) -> dict[str, Any]:
         """The calling key: its scopes, its rate, and what it sent by outcome."""
         counts = await store_call(service.stores.keys.counts, key.id)
         return {"id": key.id, "name": key.name, "scopes": list(key.scopes),
                 "rate": key.rate or s.api_rate, "counts": counts}
 
-    @api.get("/healthz", tags=["probes"])
+    @api.get("/healthz", tags=["probes"], operation_id="healthz")
     async def healthz() -> dict[str, str]:
         """The process is alive."""
         return {"status": "ok"}
 
-    @api.get("/readyz", tags=["probes"], responses={503: {"model": ErrorBody}})
+    @api.get("/readyz", tags=["probes"], operation_id="readyz",
+             responses={503: {"model": ErrorBody}})
     async def readyz() -> JSONResponse:
         """The broker, the store and the dispatcher answer: send traffic here."""
         problems = service.problems()
@@ -393,7 +417,7 @@ def create_api(service: ApiService) -> FastAPI:
                                 .model_dump(), 503)
         return JSONResponse({"status": "ready"})
 
-    @api.get("/metrics", tags=["probes"], response_class=Response,
+    @api.get("/metrics", tags=["probes"], response_class=Response, operation_id="metrics",
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def metrics() -> Response:
         """Prometheus metrics of this API process."""
