@@ -1,9 +1,10 @@
 """``celery -A host demo``: the whole system on one machine, started and stopped in one command.
 
-An embedded Redis (when no broker is configured), three workers, the health checker, and a
-stream of real messages. A third of the way through, one worker's CPU is injected to 100%: the
-checker drains it, the stream goes on through the healthy workers, and the summary shows how
-long that took and that every message was still analysed.
+An embedded Redis (when no broker is configured), three workers, the health checker, the HTTP
+API, and a stream of real messages: most go in as ``ingest`` sends them, a share through the
+API (one HTTP request each, waiting for its analysis). A third of the way through, one worker's
+CPU is injected to 100%: the checker drains it, the stream goes on through the healthy
+workers, and the summary shows how long that took and that every message was still analysed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rich.table import Table
 from broker_config.app import HostCelery
 from broker_config.logs import ensure_logging
 from cli.common import EXIT_INCOMPLETE, Progress, check_broker, host_app
+from cli.demo_api import ApiSide, api_side
 from harness.processes import WorkerProcess, node_name, terminate
 from harness.redis_server import RedisServer, free_port
 from healthcheck.actuator import control_reply
@@ -57,12 +59,15 @@ WEAR = "cpu=100,spin=3"
 @click.option("--rate", type=click.FloatRange(min=0), default=None,
               help="Messages per second (default: 20 for the sample, unlimited for --input).")
 @click.option("--no-wear", is_flag=True, help="Do not wear a worker out midway.")
+@click.option("--api-share", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="Share of the messages sent through the HTTP API (0: no API).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="Keep the results (JSON Lines) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def demo(ctx: click.Context, input_path: str | None, n_workers: int, batch: int,
-         rate: float | None, no_wear: bool, out_path: str | None, as_json: bool) -> None:
+         rate: float | None, no_wear: bool, api_share: float, out_path: str | None,
+         as_json: bool) -> None:
     """Run a small fleet and its health checker on this machine, and feed it real messages.
 
     With no HOST_BROKER_URL set, an embedded Redis is started on a free port. Everything the
@@ -76,13 +81,13 @@ def demo(ctx: click.Context, input_path: str | None, n_workers: int, batch: int,
         rate = 0.0 if input_path else 20.0
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="host-demo-") as tmp:
         try:
-            run = Run(console, Path(tmp), n_workers, batch, rate or None, not no_wear)
+            run = Run(console, Path(tmp), n_workers, batch, rate or None, not no_wear, api_share)
             report, story = run.go(stack, app, input_path, out_path)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopping everything the demo started[/]")
             ctx.exit(130)
-    _print_summary(report, story, as_json)
-    if not report.complete:
+    _print_summary(report, story, run.api, as_json)
+    if not report.complete or (run.api is not None and not run.api.complete):
         ctx.exit(EXIT_INCOMPLETE)
 
 
@@ -112,7 +117,9 @@ class Run:
     batch: int
     rate: float | None
     wear: bool
+    api_share: float = 0.0
     story: Story = field(default_factory=Story)
+    api: ApiSide | None = None
     records: list[tuple[str, float]] = field(default_factory=list)
 
     def go(self, stack: ExitStack, app: HostCelery, input_path: str | None,
@@ -124,6 +131,8 @@ class Run:
         stack.enter_context(_checker(env, self.tmp, self.console))
         self.console.print(f"{len(workers)} workers ready: {', '.join(w.name for w in workers)}; "
                            f"checker running (logs in {self.tmp})")
+        if self.api_share > 0:
+            self.api = stack.enter_context(api_side(env, settings, self.tmp, self.console))
         store = RedisDeadLetterStore.from_url(settings.store, settings.deadletter_keep)
         limits = Limits(settings.max_line_bytes, settings.max_text_chars)
         victim = workers[0].name
@@ -134,9 +143,13 @@ class Run:
                 if self.wear and self.story.injected_at is None and sent >= total / 3:
                     self._wear_out(fleet_app, victim)
 
-            report = feed(fleet_app, read_lines(source, name, "auto", limits), out, store,
-                          batch=self.batch, progress=on_progress, rate=self.rate,
-                          on_record=self._keep)
+            lines = read_lines(source, name, "auto", limits)
+            if self.api is not None:  # a share of the lines goes through the HTTP API instead
+                lines = self.api.divert(lines, self.api_share)
+            report = feed(fleet_app, lines, out, store, batch=self.batch, progress=on_progress,
+                          rate=self.rate, on_record=self._keep)
+            if self.api is not None:
+                self.api.finish()
         if self.story.injected_at is not None:
             self._tell(RedisHealthStore.from_url(settings.store), victim)
         return report, self.story
@@ -256,9 +269,11 @@ def _output(out_path: str | None) -> Iterator[Any]:
         yield out
 
 
-def _print_summary(report: FeedReport, story: Story, as_json: bool) -> None:
+def _print_summary(report: FeedReport, story: Story, api: ApiSide | None,
+                   as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({**report.as_dict(), "drain": story.as_dict()}))
+        click.echo(json.dumps({**report.as_dict(), "drain": story.as_dict(),
+                               "api": api.as_dict() if api else None}))
         return
     table = Table(title="host demo", show_header=True)
     table.add_column("")
@@ -273,6 +288,11 @@ def _print_summary(report: FeedReport, story: Story, as_json: bool) -> None:
         table.add_row(f"  by {worker}", str(n))
     for reason, n in report.by_reason.most_common():
         table.add_row(f"  rejected: {reason}", str(n))
+    if api is not None:
+        table.add_row("through the HTTP API (one request each)", str(api.sent))
+        table.add_row("  analysed", str(api.analysed))
+        table.add_row("  refused at the door or dead-lettered", str(sum(api.rejected.values())))
+        table.add_row("  failed or unanswered", str(api.sent - api.answered))
     console = Console()
     console.print(table)
     if story.worker:

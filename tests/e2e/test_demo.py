@@ -92,8 +92,9 @@ def demo_env() -> dict[str, str]:
 
 class TestDemo:
     def test_runs_the_sample_end_to_end_and_cleans_up(self, demo_env: dict[str, str]) -> None:
-        """No broker configured: embedded Redis, the sample analysed, one worker worn out and
-        drained midway with nothing started on it afterwards, and nothing left running."""
+        """No broker configured: embedded Redis, the sample analysed (a quarter of it through
+        the HTTP API), one worker worn out and drained midway with nothing started on it
+        afterwards, and nothing left running."""
         before = host_processes()
         try:
             proc = subprocess.run([sys.executable, "-m", "celery", "-A", "host", "demo", "--json"],
@@ -106,9 +107,14 @@ class TestDemo:
         summary = json.loads(proc.stdout.strip().splitlines()[-1])
         sample_lines = [ln for ln in (REPO / "cli" / "data" / "sample.txt").read_bytes().split(b"\n")
                         if ln.strip()]
-        assert summary["inputs"] == len(sample_lines)
+        # a quarter went through the HTTP API, one request each; every line is answered once
+        api = summary["api"]
+        assert summary["inputs"] + api["sent"] == len(sample_lines)
+        assert api["sent"] == len(sample_lines) // 4 and api["complete"], api
+        assert api["analysed"] > 0 and api["failed"] == 0
         assert summary["analysed"] + summary["rejected"] == summary["inputs"]
-        assert summary["rejected"] >= 10  # the sample carries hostile lines
+        assert summary["rejected"] + sum(api["rejected"].values()) >= 10  # hostile lines
+        assert "HTTP API: http://127.0.0.1:" in proc.stderr
         assert len(summary["by_worker"]) == 3
         assert "embedded Redis" in proc.stderr
         drain = summary["drain"]

@@ -150,6 +150,11 @@ class TestCompose:
             for volume in services[name]["volumes"]:
                 source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
                 assert Path(source).exists(), source
+        # the API: the same image, no control secret (it refuses one), valid API settings
+        api = services["api"]
+        assert api["command"] == ["api"] and "HOST_CONTROL_SECRET" not in api["environment"]
+        Settings.from_env({k: str(v) for k, v in api["environment"].items()}, api=True)
+        assert _seconds(api["stop_grace_period"]) > Settings().api_shutdown_timeout
         scrape = yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text())
         targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
         assert sorted(t.split(":")[0] for t in targets) == sorted(checkers)
@@ -240,15 +245,17 @@ class TestKubernetes:
         objects = render(deploy_copy)
         worker = by_kind(objects, "Deployment", "host-worker")
         checker = by_kind(objects, "Deployment", "host-checker")
-        pdb = by_kind(objects, "PodDisruptionBudget")
+        pdb = by_kind(objects, "PodDisruptionBudget", "host-worker")
         worker_labels = worker["spec"]["template"]["metadata"]["labels"]
         checker_labels = checker["spec"]["template"]["metadata"]["labels"]
         assert _selects(pdb["spec"]["selector"]["matchLabels"], worker_labels)
         assert pdb["spec"]["maxUnavailable"] == 1
         assert checker["spec"]["replicas"] == 2
-        services = [o for o in objects if o["kind"] == "Service"]
+        services = [o for o in objects if o["kind"] == "Service"
+                    and o["metadata"]["name"].startswith("host-checker")]
+        assert len(services) == 2
         assert all(_selects(s["spec"]["selector"], checker_labels) for s in services)
-        monitor = by_kind(objects, "ServiceMonitor")
+        monitor = by_kind(objects, "ServiceMonitor", "host-checker")
         (scraped,) = [s for s in services
                       if _selects(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
         assert scraped["spec"]["publishNotReadyAddresses"] is True  # standbys are scraped too
@@ -256,6 +263,32 @@ class TestKubernetes:
             p["name"] for p in scraped["spec"]["ports"]}
         scaled = by_kind(objects, "ScaledObject")
         assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
+
+    def test_the_api_holds_no_secret_answers_before_it_stops_and_scales(
+            self, deploy_copy: Path) -> None:
+        objects = render(deploy_copy)
+        api = by_kind(objects, "Deployment", "host-api")
+        pod = api["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        labels = api["spec"]["template"]["metadata"]["labels"]
+        env = env_of(container)
+        settings = Settings.from_env({k: v for k, v in env.items() if k.startswith("HOST_")},
+                                     api=True)
+        assert container["args"] == ["api"] and "envFrom" not in container  # no Secret
+        assert pod["terminationGracePeriodSeconds"] > settings.api_shutdown_timeout
+        port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+        assert port == settings.api_port
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert settings.api_jobs_dir in mounts  # writable under a read-only root
+        assert _selects(by_kind(objects, "Service", "host-api")["spec"]["selector"], labels)
+        assert _selects(by_kind(objects, "PodDisruptionBudget", "host-api")["spec"]["selector"]
+                        ["matchLabels"], labels)
+        hpa = by_kind(objects, "HorizontalPodAutoscaler", "host-api")
+        assert hpa["spec"]["scaleTargetRef"]["name"] == "host-api"
+        metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+        assert metric in Path(REPO / "api" / "metrics.py").read_text()
 
     def test_prometheus_rule_is_alerts_yml_and_valid(self, deploy_copy: Path, tmp_path: Path) -> None:
         """One source: the PrometheusRule's groups are deploy/prometheus/alerts.yml's, the
@@ -303,7 +336,8 @@ def verify(units_dir: Path, root: Path) -> subprocess.CompletedProcess[str]:
     system = root / "etc/systemd/system"
     shutil.copytree(units_dir, system, dirs_exist_ok=True)
     names = ["/etc/systemd/system/host-worker@1.service",
-             "/etc/systemd/system/host-healthcheck.service", "/etc/systemd/system/host.target"]
+             "/etc/systemd/system/host-healthcheck.service",
+             "/etc/systemd/system/host-api.service", "/etc/systemd/system/host.target"]
     return run("systemd-analyze", "verify", "--man=no", f"--root={root}", *names, cwd=root)
 
 
