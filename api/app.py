@@ -244,8 +244,12 @@ def create_api(service: ApiService) -> FastAPI:
         except BadBody as exc:
             raise ApiError(400, exc.code, exc.detail) from None
         if isinstance(result, list):
+            refused: dict[str, int] = {}
             for p in result:
                 service.metrics.tally(key.id, f"refused:{p.reason}", 1)
+                refused[f"refused:{p.reason}"] = refused.get(f"refused:{p.reason}", 0) + 1
+            with contextlib.suppress(*BROKEN, redis.RedisError):  # the key's own view
+                await asyncio.to_thread(service.stores.keys.count, {key.id: refused})
             raise ApiError(422, "inputs_refused", f"{len(result)} input(s) refused: nothing was "
                            "accepted", problems=result)
         return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import signal
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 from broker_config import keys
 from tests.conftest import GROUND_TRUTH, ApiFactory, CheckerFactory, WorkerFactory
 from tests.support.api_server import ApiServer, poll_messages
+from tests.support.brokers import on_both_brokers
 from tests.support.cli import REPO, celery
 from tests.support.polling import wait_until
 
@@ -53,6 +55,7 @@ async def submit_each(server: ApiServer, token: str, texts: list[str], concurren
 
 
 class TestSubmitAndRead:
+    @on_both_brokers
     def test_every_layout_is_analysed_as_vader_scores_it_and_read_back_by_id(
             self, start_worker: WorkerFactory, start_api: ApiFactory) -> None:
         start_worker("aw1")
@@ -107,6 +110,33 @@ class TestSubmitAndRead:
             assert r.json()["error"] == "inputs_refused"
         assert "accepted" not in counts(server, token)
         assert not list(redis_client.scan_iter(keys.api_message("*")))
+
+    def test_what_a_key_sends_is_counted_by_outcome_and_reason(
+            self, start_worker: WorkerFactory, start_api: ApiFactory) -> None:
+        """Analysed, dead-lettered by a worker (too_expensive: over HOST_MAX_EMOJI) and
+        refused at the door (empty_text), in the key's own view and in /metrics."""
+        start_worker("ak1", env={"HOST_MAX_EMOJI": "5"})
+        server = start_api(env={"HOST_MAX_EMOJI": "5"})
+        token = server.key(name="counted")
+        key_id = token.split("_")[1]
+        with server.client(token) as c:
+            r = c.post("/v1/messages", params={"wait": 10},
+                       json=[{"text": "fine words"}, {"text": "\U0001F600" * 9}])
+            assert r.status_code == 200, r.text
+            rejected = r.json()["messages"][1]
+            assert rejected["status"] == "rejected"
+            assert rejected["result"]["reason"] == "too_expensive"
+            assert c.post("/v1/messages", json={"text": " "}).status_code == 422
+            assert c.get("/v1/key").json()["counts"] == {
+                "accepted": 2, "analysed": 1, "rejected:too_expensive": 1, "refused:empty_text": 1}
+        metrics = httpx.get(server.url + "/metrics").text
+        for line in (f'host_api_key_messages_total{{key="{key_id}",outcome="rejected"}} 1.0',
+                     f'host_api_key_dead_letters_total{{key="{key_id}",reason="too_expensive"}} 1.0',
+                     f'host_api_key_dead_letters_total{{key="{key_id}",reason="empty_text"}} 1.0',
+                     f'host_api_key_messages_total{{key="{key_id}",outcome="refused"}} 1.0'):
+            assert line in metrics, line
+        assert 'host_api_requests_total{method="POST",route="/v1/messages",status="422"} 1.0' \
+            in metrics
 
     def test_bad_requests_get_a_status_and_a_reason(
             self, start_worker: WorkerFactory, start_api: ApiFactory) -> None:
@@ -205,6 +235,7 @@ class TestAcceptedMeansAnswered:
         tally = counts(server, token)
         assert tally["accepted"] == 1000 and tally["analysed"] == 1000, tally
 
+    @on_both_brokers
     def test_a_full_backlog_answers_503_and_never_accepts_what_it_would_lose(
             self, start_worker: WorkerFactory, start_api: ApiFactory) -> None:
         server = start_api(env={"HOST_API_BACKLOG_MAX": "100"})  # no worker consumes yet
@@ -407,10 +438,13 @@ class TestServing:
     @pytest.mark.background
     def test_trickling_and_idle_clients_do_not_stop_others_being_answered(
             self, start_api: ApiFactory) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert hard > 10_500, f"this machine allows {hard} open files; the test needs 10,500"
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the API inherits it
         server = start_api(env={"HOST_API_BODY_TIMEOUT": "2"})
         token = server.key()
         idle = []
-        for _ in range(2000):
+        for _ in range(10_000):
             s = socket.create_connection(("127.0.0.1", server.port))
             idle.append(s)
         slow = socket.create_connection(("127.0.0.1", server.port))
@@ -431,7 +465,8 @@ class TestServing:
         took = time.monotonic() - started
         assert b" 408 " in reply.split(b"\r\n")[0], reply[:200]
         assert took < 8, took
-        print(f"api: 2000 idle connections; others answered in at most {max(answered):.3f}s; "
+        print(f"api: 10,000 idle connections; others answered in at most {max(answered):.3f}s; "
               f"a trickling body cut off after {took:.1f}s")
         for s in idle:
             s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
