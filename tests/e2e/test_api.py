@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import signal
 import socket
@@ -342,6 +343,33 @@ class TestJobs:
             assert c.delete(f"/v1/jobs/{cli_job}").json()["state"] == "cancelled"
             assert runner.wait(60) == 1  # as `job cancel`: its producer stops, incomplete
             assert c.delete(f"/v1/jobs/{job_id}").status_code == 409  # done: nothing to cancel
+
+    def test_a_job_whose_api_was_killed_goes_on_when_it_starts_again(
+            self, start_worker: WorkerFactory, start_api: ApiFactory) -> None:
+        """SIGKILL mid-job; the next API process on the same directory finishes it: every
+        item once, in input order."""
+        start_worker("ar1", queues=("tweets", "bulk"))
+        first = start_api(name="api-1")
+        token = first.key(scopes=("jobs",))
+        data = GROUND_TRUTH.read_bytes() * 5
+        with first.client(token) as c:
+            job_id = c.post("/v1/jobs", params={"format": "tsv", "chunk_cpu": "0.05"},
+                            content=data).json()["job"]
+            wait_until(lambda: c.get(f"/v1/jobs/{job_id}").json()["items_written"] > 0, 30,
+                       "some of the job written")
+        assert first.proc is not None
+        os.killpg(first.proc.pid, signal.SIGKILL)
+        first.proc.wait()
+        second = start_api(name="api-2")
+        assert job_id in wait_until(lambda: "api_jobs_resumed" in (
+            text := second.log_path.read_text()) and text, 10, "the job resumed")
+        with second.client(token) as c:
+            wait_until(lambda: c.get(f"/v1/jobs/{job_id}").json()["state"] == "done", 120,
+                       "the job done by the next API process")
+            out = c.get(f"/v1/jobs/{job_id}/results").content.decode().splitlines()
+        refs = [json.loads(line)["ref"] for line in out]
+        assert len(refs) == 21_000 and len(set(refs)) == 21_000
+        assert [int(r.rsplit(":", 1)[1]) for r in refs] == list(range(1, 21_001))
 
     def test_a_large_upload_is_streamed_not_held(self, start_api: ApiFactory) -> None:
         psutil = pytest.importorskip("psutil")
