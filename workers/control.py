@@ -171,7 +171,7 @@ def host_drain(state: Any, reason: str = "drain", epoch: int | None = None,
     status = gate.take_out(state.consumer, reason, str(signed.get("hold") or ""))
     status["received_at"] = received
     log.warning("worker_drained", reason=reason, consuming=status["consuming"],
-                inflight=status["inflight"])
+                inflight=status["inflight"], epoch=epoch, shard=signed.get("shard"))
     return {"ok": True, **status}
 
 
@@ -184,7 +184,8 @@ def host_admit(state: Any, reason: str = "admit", epoch: int | None = None,
     if refused:
         return refused
     status = gate.put_back(state.consumer, reason)
-    log.info("worker_admitted", reason=reason, consuming=status["consuming"])
+    log.info("worker_admitted", reason=reason, consuming=status["consuming"], epoch=epoch,
+             shard=signed.get("shard"))
     return {"ok": True, **status}
 
 

@@ -1,0 +1,271 @@
+"""The system the nemesis runs against: private servers, workers, checkers and the API, and the
+faults it can do to each. Every process writes its log under the run's directory; those logs,
+the results and the store's audit log are what the checker reads afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from api.keys import RedisKeyStore, new_key
+from broker_config.settings import Settings
+from harness.api_server import ApiServer, api_env
+from harness.processes import WorkerProcess, node_name, terminate
+from harness.redis_server import RedisServer, free_port
+from workers.app import create_app
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "nemesis-control-secret"
+WEAR = "cpu=100,spin=3"
+
+
+class Checker:
+    def __init__(self, index: int, env: dict[str, str], log: Path) -> None:
+        self.index, self.env, self.log = index, env, log
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "host", "healthcheck", "--metrics-port",
+                 str(self.port), "--tick", "0.1"], env=self.env, cwd=REPO, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+
+
+class Fleet:
+    """Two Redis servers (the broker with the results, durable across a restart; the store),
+    ``workers`` workers, two checkers and the API."""
+
+    def __init__(self, run_dir: Path, workers: int = 4) -> None:
+        self.dir = run_dir
+        self.broker = RedisServer(appendonly=True, args=("--appendfsync", "always"))
+        self.store = RedisServer()
+        self.n = workers
+        self.workers: list[WorkerProcess] = []
+        self.checkers: list[Checker] = []
+        self.api: ApiServer | None = None
+        self.token = ""
+        self.lock = threading.Lock()
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
+        env.update(HOST_BROKER_URL=self.broker.url, HOST_STORE_URL=self.store.url,
+                   HOST_CONTROL_SECRET=SECRET, HOST_WEAR_INTERVAL="0.25",
+                   HOST_LOG_FORMAT="json", HOST_API_RATE="100000",
+                   HOST_API_JOBS_DIR=str(self.dir / "api-jobs"), PYTHONUNBUFFERED="1")
+        return env
+
+    def start(self) -> None:
+        self.broker.start()
+        self.store.start()
+        app = create_app(Settings.from_env(self.env))
+        self.workers = [self._worker(i) for i in range(self.n)]
+        for w in self.workers:
+            w.wait_ready(app, timeout=60)
+        self.checkers = [Checker(i, self.env, self.dir / f"checker{i}.log") for i in range(2)]
+        for c in self.checkers:
+            c.start()
+        key, self.token = new_key("nemesis", ("submit", "read"))
+        RedisKeyStore(self._store_client()).put(key)
+        self.api = ApiServer(api_env(self.env), self.dir / "api.log").start()
+
+    def _worker(self, i: int) -> WorkerProcess:
+        return WorkerProcess(node_name(f"nw{i}"), self.env, (), 1,
+                             log_path=self.dir / f"worker{i}.log").start()
+
+    def _store_client(self) -> Any:
+        import redis
+
+        return redis.Redis.from_url(self.store.url, decode_responses=True)
+
+    def stop(self) -> None:
+        if self.api is not None:
+            self.api.stop()
+        for c in self.checkers:
+            c.signal(signal.SIGCONT)
+            if c.proc is not None:
+                terminate(c.proc)
+        for w in self.workers:
+            w.signal(signal.SIGCONT)
+            w.stop()
+        for server in (self.broker, self.store):
+            if server.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server.proc.pid, signal.SIGCONT)
+            server.stop()
+
+    # --- faults: each a begin and an end ------------------------------------------------
+
+    def begin(self, kind: str, target: int) -> str:
+        """Start a fault; a word on what it did."""
+        return str(getattr(self, f"_begin_{kind}")(target))
+
+    def end(self, kind: str, target: int) -> str:
+        fn = getattr(self, f"_end_{kind}", None)
+        return str(fn(target)) if fn else ""
+
+    def _begin_worker_kill(self, i: int) -> str:
+        with self.lock:
+            self.workers[i].signal(signal.SIGKILL)
+            return f"killed {self.workers[i].name}"
+
+    def _end_worker_kill(self, i: int) -> str:
+        with self.lock:
+            old = self.workers[i]
+            if old.alive():
+                return "still alive"
+            old.stop(timeout=1)
+            self.workers[i] = self._worker(i)
+            return f"restarted {old.name}"
+
+    def _begin_worker_pause(self, i: int) -> str:
+        pid = self.workers[i].pid
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        return f"paused {self.workers[i].name}"
+
+    def _end_worker_pause(self, i: int) -> str:
+        pid = self.workers[i].pid
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        return "resumed"
+
+    def _begin_pool_kill(self, i: int) -> str:
+        pid = self.workers[i].pid
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process(pid).children() if pid else []
+            if children:
+                children[0].kill()
+                return f"killed pool child {children[0].pid} of {self.workers[i].name}"
+        return "no pool child"
+
+    def _begin_checker_kill(self, i: int) -> str:
+        self.checkers[i].signal(signal.SIGKILL)
+        return f"killed checker {i}"
+
+    def _end_checker_kill(self, i: int) -> str:
+        c = self.checkers[i]
+        if c.proc is not None and c.proc.poll() is None:
+            return "still alive"
+        c.start()
+        return f"restarted checker {i}"
+
+    def _begin_checker_pause(self, i: int) -> str:
+        self.checkers[i].signal(signal.SIGSTOP)
+        return f"paused checker {i}"
+
+    def _end_checker_pause(self, i: int) -> str:
+        self.checkers[i].signal(signal.SIGCONT)
+        return "resumed"
+
+    def _pause(self, server: RedisServer, sig: int) -> str:
+        if server.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.proc.pid, sig)
+        return "paused" if sig == signal.SIGSTOP else "resumed"
+
+    def _begin_store_pause(self, _: int) -> str:
+        return self._pause(self.store, signal.SIGSTOP)
+
+    def _end_store_pause(self, _: int) -> str:
+        return self._pause(self.store, signal.SIGCONT)
+
+    def _begin_broker_pause(self, _: int) -> str:
+        return self._pause(self.broker, signal.SIGSTOP)
+
+    def _end_broker_pause(self, _: int) -> str:
+        return self._pause(self.broker, signal.SIGCONT)
+
+    def _begin_broker_restart(self, _: int) -> str:
+        with self.lock:
+            if self.broker.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.broker.proc.pid, signal.SIGCONT)
+            self.broker.kill()
+        return "broker killed"
+
+    def _end_broker_restart(self, _: int) -> str:
+        with self.lock:
+            if self.broker.proc is None:
+                self.broker.start(timeout=30)
+        return "broker started"
+
+    def _begin_wear(self, i: int) -> str:
+        return self.fleet_command("inject", self.workers[i].name, WEAR)
+
+    def _end_wear(self, i: int) -> str:
+        cleared = self.fleet_command("inject", self.workers[i].name)
+        return f"{cleared}; {self.restore_if_out(i)}"
+
+    def _begin_operator_drain(self, i: int) -> str:
+        return self.fleet_command("drain", self.workers[i].name, "--reason", "nemesis", "--yes")
+
+    def _end_operator_drain(self, i: int) -> str:
+        return self.restore_if_out(i)
+
+    def _begin_bad_inputs(self, _: int) -> str:
+        return "bad inputs"  # the workload sends them (it watches for this fault)
+
+    # --- a person at the command line ------------------------------------------------------
+
+    def fleet_command(self, *args: str, timeout: float = 60) -> str:
+        try:
+            proc = subprocess.run([sys.executable, "-m", "celery", "-A", "host", "fleet", *args],
+                                  env=self.env, cwd=REPO, capture_output=True, text=True,
+                                  timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            return f"fleet {args[0]}: timed out"
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+        return f"fleet {args[0]} exit {proc.returncode}: {tail[0][:160]}"
+
+    def states(self) -> dict[str, str]:
+        """Each worker's state as the checker last stored it ({} while the store is away)."""
+        try:
+            raw = self._store_client().hgetall("host:workers")
+        except Exception:
+            return {}
+        return {name: json.loads(v).get("state", "") for name, v in raw.items()}
+
+    def restore_if_out(self, i: int) -> str:
+        name = self.workers[i].name
+        state = self.states().get(name, "")
+        if state in ("QUARANTINED", "MAINTENANCE", "DRAINING"):
+            return self.fleet_command("restore", name, "--force", "--reason", "nemesis heals")
+        return f"{name} is {state or 'unknown'}: nothing to restore"
+
+    def heal(self) -> list[str]:
+        """Every fault ended: processes resumed or restarted, injections cleared."""
+        said = []
+        for server in (self.broker, self.store):
+            self._pause(server, signal.SIGCONT)
+        if self.broker.proc is None:
+            self.broker.start(timeout=30)
+            said.append("broker started")
+        for i, w in enumerate(self.workers):
+            self._end_worker_pause(i)
+            if not w.alive():
+                said.append(self._end_worker_kill(i))
+        for i, c in enumerate(self.checkers):
+            c.signal(signal.SIGCONT)
+            if c.proc is None or c.proc.poll() is not None:
+                said.append(self._end_checker_kill(i))
+        for i in range(self.n):
+            said.append(self.fleet_command("inject", self.workers[i].name))
+        return said

@@ -1,0 +1,92 @@
+"""The nemesis's schedule and its checker, on made-up histories: the same seed gives the same
+schedule, and each promise's check reports the violation it exists for (no I/O but tmp files)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.nemesis.check import check
+from tests.nemesis.schedule import Fault, draw
+
+T0 = 1_000_000_000.0  # 2001-09-09T01:46:40Z
+
+
+def write(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def history(tmp: Path, sent: list[str], answered: list[dict[str, Any]]) -> None:
+    write(tmp / "sent.jsonl", [{"path": "feed", "ref": r, "at": T0 + i} for i, r in enumerate(sent)])
+    write(tmp / "feed.jsonl", answered)
+
+
+def analysed(ref: str, worker: str = "w1", started: float = T0 + 1.0) -> dict[str, Any]:
+    return {"ref": ref, "status": "analysed", "worker": worker, "started_at": started,
+            "queue": "tweets"}
+
+
+def transition(worker: str, to: str, at: float, cause: str = "wear",
+               automatic: bool = True) -> dict[str, Any]:
+    return {"kind": "transition", "worker": worker, "to": to, "at": at, "cause": cause,
+            "automatic": automatic}
+
+
+FAULTS = [Fault(5.0, "worker_kill", 1, 3.0)]
+
+
+class TestSchedule:
+    def test_a_seed_replays_its_schedule_and_faults_overlap(self) -> None:
+        a, b = draw(7, 600, 4), draw(7, 600, 4)
+        assert a == b and a != draw(8, 600, 4)
+        assert len({f.kind for f in a}) >= 8
+        overlapping = sum(1 for x, y in itertools.pairwise(a) if y.at < x.at + x.duration)
+        assert overlapping > 0
+        assert all(10 <= f.at <= 600 - 15 and f.at + f.duration <= 600 - 15 + 1e-6 for f in a)
+
+
+class TestChecks:
+    def test_a_clean_history_passes(self, tmp_path: Path) -> None:
+        history(tmp_path, ["f1", "f2"], [analysed("f1"), {"ref": "f2", "status": "rejected"}])
+        report = check(tmp_path, FAULTS, T0, [], {}, 4)
+        assert report.ok and report.sent == report.answered == 2
+
+    def test_lost_duplicated_unexpected_and_failed_inputs(self, tmp_path: Path) -> None:
+        history(tmp_path, ["f1", "f2", "f3", "f4"],
+                [analysed("f1"), analysed("f1"), analysed("zz"),
+                 {"ref": "f3", "status": "failed", "reason": "task FAILURE"}, analysed("f4")])
+        promises = [v.promise for v in check(tmp_path, FAULTS, T0, [], {}, 4).violations]
+        assert sorted(promises) == sorted(["exactly once", "answered", "nothing unexpected",
+                                           "answered"])
+
+    def test_a_task_started_after_the_verdict(self, tmp_path: Path) -> None:
+        history(tmp_path, ["f1", "f2"], [analysed("f1", started=T0 + 5.0),
+                                         analysed("f2", started=T0 + 12.0)])
+        audit = [transition("w1", "DRAINING", T0 + 4.0), transition("w1", "PROBATION", T0 + 10.0)]
+        (v,) = check(tmp_path, FAULTS, T0, audit, {}, 4).violations
+        assert v.promise == "out of rotation" and "f1" in v.what and v.faults
+
+    def test_more_ejected_for_wear_than_the_bound(self, tmp_path: Path) -> None:
+        history(tmp_path, [], [])
+        audit = [transition("w1", "DRAINING", T0 + 1), transition("w2", "DRAINING", T0 + 2)]
+        (v,) = check(tmp_path, FAULTS, T0, audit, {}, 4).violations  # 4 workers: bound 1
+        assert v.promise == "blast radius" and "w2" in v.what
+
+    def test_an_older_epoch_applied_after_a_newer_one(self, tmp_path: Path) -> None:
+        history(tmp_path, [], [])
+        stamp = "2001-09-09T01:46:40Z"
+        write(tmp_path / "worker0.log", [
+            {"event": "worker_drained", "worker": "w1", "epoch": 5, "timestamp": stamp},
+            {"event": "worker_admitted", "worker": "w1", "epoch": 4, "timestamp": stamp}])
+        audit = [{"kind": "drain_confirmed", "worker": "w1", "at": T0}]
+        (v,) = check(tmp_path, FAULTS, T0, audit, {}, 4).violations
+        assert v.promise == "fencing"
+
+    def test_a_drain_applied_without_its_audit_record(self, tmp_path: Path) -> None:
+        history(tmp_path, [], [])
+        write(tmp_path / "worker0.log", [{"event": "worker_drained", "worker": "w1",
+                                          "timestamp": "2001-09-09T01:46:40Z"}])
+        (v,) = check(tmp_path, FAULTS, T0, [], {}, 4).violations
+        assert v.promise == "audited"
