@@ -10,7 +10,7 @@ UV      = $(TOOLS)/bin/uv
 export UV_PYTHON_DOWNLOADS = never
 export UV_PROJECT_ENVIRONMENT = $(VENV)
 
-.PHONY: install system-deps demo test lint lock lock-check bench
+.PHONY: install system-deps demo test lint lock lock-check bench nemesis
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv $(TOOLS)
@@ -56,3 +56,9 @@ test: lint system-deps
 
 bench: install
 	$(BIN)/python bench/throughput.py
+
+# Faults at random against the whole fleet, every promise checked (docs/operations.md).
+MINUTES ?= 10
+SEED ?= 1
+nemesis: install system-deps
+	$(BIN)/python -m tests.nemesis --seed $(SEED) --minutes $(MINUTES)
