@@ -68,7 +68,8 @@ class Submission:
                 future.set_result(None)
             else:
                 future.set_exception(error)
-        self.loop.call_soon_threadsafe(settle)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self.loop.call_soon_threadsafe(settle)
 
 
 Item = tuple[Submission, dict[str, Any], dict[str, Any]]  # (submission, entry, envelope)

@@ -114,9 +114,9 @@ def api_side(env: dict[str, str], settings: Settings, tmp: Path,
                         "HOST_API_JOBS_DIR": str(tmp / "api-jobs")}, tmp / "api.log")
     key, token = new_key("demo", ("submit", "read"))
     RedisKeyStore(settings.store.client(decode_responses=True)).put(key)
-    server.start()
-    console.print(f"HTTP API: {server.url}/openapi.json (key {key.id})")
-    try:
+    try:  # an interrupt while it starts stops it too
+        server.start()
+        console.print(f"HTTP API: {server.url}/openapi.json (key {key.id})")
         yield ApiSide(server.url, token)
     finally:
         console.print("stopping the API")

@@ -28,7 +28,7 @@ TMP = Path(tempfile.mkdtemp(prefix="host-demo-test-"))
 
 
 def host_processes() -> set[int]:
-    """Pids of the demo's worker processes (its environment is theirs) and private
+    """Pids of the demo's worker, checker and API processes (its environment is theirs) and private
     redis-servers (they chdir into a host-redis- dir under the demo's TMPDIR; Redis overwrites
     its environment with its title), wherever they are in the process tree: an orphan counts."""
     found = set()
@@ -38,7 +38,7 @@ def host_processes() -> set[int]:
             if (p.info["cwd"] or "").startswith(str(TMP / "host-redis-")):
                 found.add(p.info["pid"])
             continue
-        if "-A host worker" not in cmd:
+        if not any(f"-A host {role}" in cmd for role in ("worker", "healthcheck", "api")):
             continue
         try:
             if p.environ().get(MARK) == RUN:

@@ -1,7 +1,8 @@
 """A nemesis run: the fleet on this machine, the real tweets streamed through the producer paths,
 faults on a schedule drawn from the seed, then a check of every promise against the records.
 
-    python -m tests.nemesis --seed 7 --minutes 3 [--workers 4] [--dir DIR] [--json]
+    python -m tests.nemesis --seed 7 --minutes 3 [--workers 4] [--profile redis|amqp|shards]
+                            [--dir DIR] [--json]
 
 Prints the seed and the schedule first (the same seed replays the same schedule), then each
 fault as it begins and ends, then the report; exits 0 when no promise was broken, 1 otherwise.
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.nemesis.check import Report, check
-from tests.nemesis.fleet import Fleet
+from tests.nemesis.fleet import PROFILES, Fleet
 from tests.nemesis.schedule import Fault, draw, dumps
 from tests.nemesis.workload import Workload
 
@@ -29,17 +30,19 @@ from tests.nemesis.workload import Workload
 RECOVERY_S = 120.0
 
 
-def run(seed: int, minutes: float, workers: int, run_dir: Path,
-        say: Any = print) -> tuple[Report, dict[str, Any]]:
+def run(seed: int, minutes: float, workers: int, run_dir: Path, say: Any = print,
+        profile: str = "redis") -> tuple[Report, dict[str, Any]]:
     seconds = minutes * 60
-    faults = draw(seed, seconds, workers)
-    say(f"nemesis: seed {seed}, {minutes:g} min, {workers} workers, {len(faults)} faults")
+    faults = draw(seed, seconds, workers, checkers=4 if profile == "shards" else 2)
+    say(f"nemesis: seed {seed}, {minutes:g} min, {workers} workers, profile {profile}, "
+        f"{len(faults)} faults")
     for f in faults:
         say(f"  {f}")
     (run_dir / "schedule.json").write_text(dumps(faults))
-    fleet = Fleet(run_dir, workers)
+    fleet = Fleet(run_dir, workers, profile)
     events = (run_dir / "events.jsonl").open("a", encoding="utf-8")
-    timings: dict[str, Any] = {"seed": seed, "minutes": minutes, "faults": len(faults)}
+    timings: dict[str, Any] = {"seed": seed, "minutes": minutes, "faults": len(faults),
+                               "profile": profile}
     try:
         fleet.start()
         assert fleet.api is not None
@@ -138,6 +141,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--profile", choices=PROFILES, default="redis",
+                        help="redis; amqp (a RabbitMQ broker); shards (two checker shards)")
     parser.add_argument("--dir", type=Path, default=None, help="keep the run's files here")
     parser.add_argument("--json", action="store_true", help="the report as one JSON line")
     args = parser.parse_args()
@@ -145,7 +150,8 @@ def main() -> int:
         run_dir = args.dir or Path(tmp)
         run_dir.mkdir(parents=True, exist_ok=True)
         report, timings = run(args.seed, args.minutes, args.workers, run_dir,
-                              say=(lambda *_: None) if args.json else print)
+                              say=(lambda *_: None) if args.json else print,
+                              profile=args.profile)
         if args.json:
             print(json.dumps({**timings, **report.as_dict()}))
         else:
@@ -155,6 +161,7 @@ def main() -> int:
 
 def print_report(report: Report, timings: dict[str, Any]) -> None:
     print(f"\nnemesis report: seed {timings['seed']}, {timings['minutes']:g} min, "
+          f"profile {timings.get('profile', 'redis')}, "
           f"{timings['faults']} faults; recovered in {timings.get('recovery_s')} s")
     print(f"  inputs sent {report.sent}, answered {report.answered}; by status "
           f"{report.by_status}")

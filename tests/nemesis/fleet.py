@@ -20,6 +20,7 @@ from api.keys import RedisKeyStore, new_key
 from broker_config.settings import Settings
 from harness.api_server import ApiServer, api_env
 from harness.processes import WorkerProcess, node_name, terminate
+from harness.rabbitmq_server import RabbitServer
 from harness.redis_server import RedisServer, free_port
 from workers.app import create_app
 
@@ -28,9 +29,12 @@ SECRET = "nemesis-control-secret"
 WEAR = "cpu=100,spin=3"
 
 
+PROFILES = ("redis", "amqp", "shards")
+
+
 class Checker:
-    def __init__(self, index: int, env: dict[str, str], log: Path) -> None:
-        self.index, self.env, self.log = index, env, log
+    def __init__(self, index: int, env: dict[str, str], log: Path, shard: int = 0) -> None:
+        self.index, self.env, self.log, self.shard = index, env, log, shard
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -38,8 +42,8 @@ class Checker:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "host", "healthcheck", "--metrics-port",
-                 str(self.port), "--tick", "0.1"], env=self.env, cwd=REPO, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                 str(self.port), "--tick", "0.1", "--shard", str(self.shard)], env=self.env,
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -48,12 +52,18 @@ class Checker:
 
 class Fleet:
     """Two Redis servers (the broker with the results, durable across a restart; the store),
-    ``workers`` workers, two checkers and the API."""
+    ``workers`` workers, two checkers and the API. Profiles: ``redis``; ``amqp`` (the broker a
+    private RabbitMQ node, the results on the durable Redis); ``shards`` (two shards, a leader
+    and a standby checker each)."""
 
-    def __init__(self, run_dir: Path, workers: int = 4) -> None:
-        self.dir = run_dir
+    def __init__(self, run_dir: Path, workers: int = 4, profile: str = "redis") -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}")
+        self.dir, self.profile = run_dir, profile
         self.broker = RedisServer(appendonly=True, args=("--appendfsync", "always"))
+        self.rabbit = RabbitServer() if profile == "amqp" else None
         self.store = RedisServer()
+        self.shards = 2 if profile == "shards" else 1
         self.n = workers
         self.workers: list[WorkerProcess] = []
         self.checkers: list[Checker] = []
@@ -64,7 +74,11 @@ class Fleet:
     @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HOST_")}
-        env.update(HOST_BROKER_URL=self.broker.url, HOST_STORE_URL=self.store.url,
+        if self.rabbit is not None:
+            env.update(HOST_BROKER_URL=self.rabbit.url, HOST_RESULT_BACKEND=self.broker.url)
+        else:
+            env.update(HOST_BROKER_URL=self.broker.url)
+        env.update(HOST_STORE_URL=self.store.url, HOST_CHECKER_SHARDS=str(self.shards),
                    HOST_CONTROL_SECRET=SECRET, HOST_WEAR_INTERVAL="0.25",
                    HOST_LOG_FORMAT="json", HOST_API_RATE="100000",
                    HOST_API_JOBS_DIR=str(self.dir / "api-jobs"), PYTHONUNBUFFERED="1")
@@ -73,11 +87,14 @@ class Fleet:
     def start(self) -> None:
         self.broker.start()
         self.store.start()
+        if self.rabbit is not None:
+            self.rabbit.start()
         app = create_app(Settings.from_env(self.env))
         self.workers = [self._worker(i) for i in range(self.n)]
         for w in self.workers:
             w.wait_ready(app, timeout=60)
-        self.checkers = [Checker(i, self.env, self.dir / f"checker{i}.log") for i in range(2)]
+        self.checkers = [Checker(i, self.env, self.dir / f"checker{i}.log", i % self.shards)
+                         for i in range(2 * self.shards)]
         for c in self.checkers:
             c.start()
         key, self.token = new_key("nemesis", ("submit", "read"))
@@ -108,6 +125,14 @@ class Fleet:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(server.proc.pid, signal.SIGCONT)
             server.stop()
+        if self.rabbit is not None:
+            self._rabbit_signal(signal.SIGCONT)
+            self.rabbit.stop()
+
+    def _rabbit_signal(self, sig: int) -> None:
+        if self.rabbit is not None and self.rabbit.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.rabbit.proc.pid, sig)
 
     # --- faults: each a begin and an end ------------------------------------------------
 
@@ -188,12 +213,23 @@ class Fleet:
         return self._pause(self.store, signal.SIGCONT)
 
     def _begin_broker_pause(self, _: int) -> str:
+        if self.rabbit is not None:
+            self._rabbit_signal(signal.SIGSTOP)
+            return "rabbitmq paused"
         return self._pause(self.broker, signal.SIGSTOP)
 
     def _end_broker_pause(self, _: int) -> str:
+        if self.rabbit is not None:
+            self._rabbit_signal(signal.SIGCONT)
+            return "rabbitmq resumed"
         return self._pause(self.broker, signal.SIGCONT)
 
     def _begin_broker_restart(self, _: int) -> str:
+        if self.rabbit is not None:
+            with self.lock:
+                self._rabbit_signal(signal.SIGCONT)
+                self.rabbit.kill()
+            return "rabbitmq killed"
         with self.lock:
             if self.broker.proc is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -202,6 +238,11 @@ class Fleet:
         return "broker killed"
 
     def _end_broker_restart(self, _: int) -> str:
+        if self.rabbit is not None:
+            with self.lock:
+                if self.rabbit.proc is None:
+                    self.rabbit.start(timeout=90)
+            return "rabbitmq started"
         with self.lock:
             if self.broker.proc is None:
                 self.broker.start(timeout=30)
@@ -255,6 +296,11 @@ class Fleet:
         said = []
         for server in (self.broker, self.store):
             self._pause(server, signal.SIGCONT)
+        if self.rabbit is not None:
+            self._rabbit_signal(signal.SIGCONT)
+            if self.rabbit.proc is None:
+                self.rabbit.start(timeout=90)
+                said.append("rabbitmq started")
         if self.broker.proc is None:
             self.broker.start(timeout=30)
             said.append("broker started")
