@@ -69,6 +69,7 @@ def restartable(broker: str, request: pytest.FixtureRequest) -> Iterator[Restart
 @on_both_brokers
 class TestBrokerRestart:
     @pytest.mark.timeout(300)
+    @pytest.mark.background  # waits for a broker to come back
     def test_stream_survives_a_broker_restart(self, restartable: Restartable,
                                               tmp_path: Path) -> None:
         """Restart the broker three times mid-stream (SIGKILL): workers, checker and ingest

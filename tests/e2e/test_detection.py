@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 
 from broker_config.app import HostCelery
@@ -34,6 +35,7 @@ def in_state(store: RedisHealthStore, worker: str, *states: str) -> Callable[[],
 
 
 class TestDetectionAtTheDefaults:
+    @pytest.mark.background  # waits to see a spike never eject
     def test_a_step_is_out_within_3_s_and_a_spike_never(
             self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
             host_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path) -> None:

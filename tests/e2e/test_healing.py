@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from broker_config import contract
@@ -56,6 +57,7 @@ def feed_until(app: HostCelery, store: RedisHealthStore, worker: str, sent: list
     raise AssertionError(f"{worker}: still {state_of(store, worker)} after {limit} tweets")
 
 
+@pytest.mark.background  # waits for a leak to grow and a recycle to end
 def test_a_leak_is_recycled_back_to_health_and_a_lasting_one_waits_for_a_person(
         app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
         host_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ def drains_of(worker_log: Path) -> int:
 
 
 @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
+@pytest.mark.background  # waits out a dead leader's lease
 def test_sigkill_one_shards_leader_mid_stream(
         start_worker: WorkerFactory, start_checker: CheckerFactory, host_env: dict[str, str],
         redis_client: redis.Redis, tmp_path: Path) -> None:

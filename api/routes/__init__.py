@@ -1,0 +1,1 @@
+"""The API's routes by subject, each a router built over the door's checks."""

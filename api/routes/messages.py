@@ -1,0 +1,167 @@
+"""Routes for messages: submit one or many (202 with ids, or waiting for the outcomes), read
+one's outcome by id. Retried submissions with an Idempotency-Key enqueue nothing twice."""
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from api.dispatch import Submission, Unavailable
+from api.inputs import Accepted, BadBody, Problem, check, read_inputs
+from api.keys import ApiKey
+from api.routes.common import ApiError, Door, MessageOut, SubmitOut, errors
+from broker_config import keys
+from producer.feed import BROKEN
+
+IDEMPOTENCY_KEEP_S = 86_400
+#: One message of a JSON body, as the schema documents it.
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 10_000, "pattern": r"\S"}
+MESSAGE: dict[str, Any] = {"oneOf": [
+    {"title": "host's own", "type": "object", "required": ["text"],
+     "properties": {"text": _TEXT, "ref": {"type": "string", "maxLength": 200}}},
+    {"title": "Twitter v2", "type": "object", "required": ["data"], "properties": {"data": {
+        "type": "object", "required": ["id", "text"],
+        "properties": {"id": {"type": "string", "minLength": 1}, "text": _TEXT}}}},
+    {"title": "Twitter v1.1", "type": "object", "required": ["id_str", "text"],
+     "properties": {"id_str": {"type": "string", "minLength": 1}, "text": _TEXT}}]}
+#: Requests larger than this are parsed off the event loop.
+PARSE_INLINE_BYTES = 65_536
+
+
+def messages_router(door: Door) -> APIRouter:
+    router = APIRouter(tags=["messages"])
+    service = door.service
+
+    @router.post("/v1/messages", status_code=202, response_model=SubmitOut, tags=["messages"],
+              operation_id="submit_messages",
+              responses={200: {"model": SubmitOut, "description": "every message answered"},
+                         202: {"model": SubmitOut, "description": "accepted", "links": {
+                             "ReadMessage": {"operationId": "read_message", "parameters": {
+                                 "message_id": "$response.body#/messages/0/id"}}}},
+                         **errors(400, 408, 409, 413, 415, 503)},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": {"oneOf": [
+                      MESSAGE, {"type": "array", "items": MESSAGE, "minItems": 1}]}},
+                  "application/x-ndjson": {"schema": {"type": "string"}},
+                  "text/plain": {"schema": {"type": "string"}},
+                  "text/tab-separated-values": {"schema": {"type": "string"}}}}})
+    async def submit(request: Request,
+                     key: Annotated[ApiKey, Depends(door.allowed("submit"))],
+                     wait: Annotated[float, Query(ge=0.0, le=door.settings.api_wait_max,
+                                                  description="Seconds to wait for the analysis")
+                                     ] = 0.0,
+                     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+                     ) -> Response:
+        """Submit one message or many. Answers 202 with their ids at once, or with ``wait``,
+        200 with every outcome (202 with those still pending when the wait ends)."""
+        fmt = door.format_of(request)
+        if service.backlog_full():
+            raise ApiError(503, "backlog_full", "the fleet is behind: try again later",
+                           {"Retry-After": "2"})
+        body = await door.body_of(request, door.settings.api_max_body)
+        fingerprint = hashlib.sha256(fmt.encode() + b"\0" + body).hexdigest()
+        if idempotency_key is not None:
+            replay = await asyncio.to_thread(claim, key.id, idempotency_key, fingerprint)
+            if replay is not None:
+                return JSONResponse(replay, 202, headers={"Idempotent-Replayed": "true"})
+        try:
+            accepted = await parse(body, fmt, key)
+            sub = Submission(key.id, accepted.entries, accepted.envelopes,
+                             asyncio.get_running_loop())
+            service.dispatcher.submit(sub)
+            try:
+                await sub.sent
+            except Unavailable as exc:
+                raise ApiError(503, "unavailable", str(exc), {"Retry-After": "2"}) from None
+        except BaseException:
+            if idempotency_key is not None:
+                await asyncio.to_thread(release, key.id, idempotency_key)
+            raise
+        out = {"accepted": len(sub.entries), "messages": [_out(e) for e in sub.entries]}
+        if idempotency_key is not None:
+            await asyncio.to_thread(remember, key.id, idempotency_key, fingerprint, out)
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(sub.done), wait)
+            out["messages"] = [_out({**e, "answered_at": sub.answered_at.get(e["id"])},
+                                    sub.records.get(e["id"])) for e in sub.entries]
+            if sub.done.done():
+                return JSONResponse(out, 200)
+        return JSONResponse(out, 202)
+
+    async def parse(body: bytes, fmt: str, key: ApiKey) -> Accepted:
+        def run() -> Accepted | list[Problem]:
+            inputs = read_inputs(body, fmt)
+            if not inputs:
+                raise ApiError(422, "no_messages", "the body holds no message")
+            if len(inputs) > door.settings.api_max_messages:
+                raise ApiError(422, "too_many_messages",
+                               f"{len(inputs)} messages > {door.settings.api_max_messages} in one request")
+            return check(inputs, service.limits, key.id, time.time())
+        try:
+            result = await asyncio.to_thread(run) if len(body) > PARSE_INLINE_BYTES else run()
+        except BadBody as exc:
+            raise ApiError(400, exc.code, exc.detail) from None
+        if isinstance(result, list):
+            refused: dict[str, int] = {}
+            for p in result:
+                service.metrics.tally(key.id, f"refused:{p.reason}", 1)
+                refused[f"refused:{p.reason}"] = refused.get(f"refused:{p.reason}", 0) + 1
+            with contextlib.suppress(*BROKEN, redis.RedisError):  # the key's own view
+                await asyncio.to_thread(service.stores.keys.count, {key.id: refused})
+            raise ApiError(422, "inputs_refused", f"{len(result)} input(s) refused: nothing was "
+                           "accepted", problems=result)
+        return result
+
+    def claim(key_id: str, idem: str, fingerprint: str) -> dict[str, Any] | None:
+        name = keys.api_idempotency(key_id, idem)
+        client = service.stores.client
+        if client.set(name, json.dumps({"fingerprint": fingerprint}), nx=True,
+                      ex=IDEMPOTENCY_KEEP_S):
+            return None
+        seen = json.loads(client.get(name) or "{}")
+        if seen.get("fingerprint") != fingerprint:
+            raise ApiError(422, "idempotency_key_reused",
+                           "this Idempotency-Key was used for another body")
+        if "response" not in seen:
+            raise ApiError(409, "in_progress", "a request with this Idempotency-Key is being "
+                           "answered", {"Retry-After": "1"})
+        response: dict[str, Any] = seen["response"]
+        return response
+
+    def remember(key_id: str, idem: str, fingerprint: str, out: dict[str, Any]) -> None:
+        with contextlib.suppress(*BROKEN, redis.RedisError):
+            service.stores.client.set(keys.api_idempotency(key_id, idem), json.dumps(
+                {"fingerprint": fingerprint, "response": out}), ex=IDEMPOTENCY_KEEP_S)
+
+    def release(key_id: str, idem: str) -> None:
+        with contextlib.suppress(*BROKEN, redis.RedisError):
+            service.stores.client.delete(keys.api_idempotency(key_id, idem))
+
+    @router.get("/v1/messages/{message_id}", response_model=MessageOut, tags=["messages"],
+             operation_id="read_message",
+             responses=errors(404, 503))
+    async def message(message_id: Annotated[str, Path(max_length=64)],
+                      key: Annotated[ApiKey, Depends(door.allowed("read"))]) -> dict[str, Any]:
+        """A message's outcome: analysed (its scores), rejected (its dead-letter reason),
+        failed, or still pending."""
+        entry = await door.store_call(service.message, message_id)
+        if entry is None or entry.get("key") != key.id:
+            raise ApiError(404, "not_found", f"no message {message_id} sent with this key")
+        return _out(entry, entry.get("result"))
+
+    return router
+
+
+def _out(entry: dict[str, Any], record: dict[str, Any] | None = None) -> dict[str, Any]:
+    record = record if record is not None else entry.get("result")
+    status = entry.get("status", "pending") if record is None else (
+        record.get("status") if record.get("status") in ("analysed", "rejected") else "failed")
+    return {"id": entry["id"], "ref": entry["ref"], "status": status, "result": record,
+            "accepted_at": entry["accepted_at"], "answered_at": entry.get("answered_at")}
