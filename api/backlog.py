@@ -1,18 +1,17 @@
 """How much work waits in the broker: the depth of the work queues, read every quarter second
-on one connection of its own (kombu's passive declare: Redis and RabbitMQ alike)."""
+as the checker reads them (``healthcheck.metrics.depths.broker_depths``)."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 from celery import Celery
 
 from broker_config.queues import WORK_QUEUES
+from healthcheck.metrics.depths import broker_depths
 
 log = structlog.get_logger("host.api")
 
@@ -33,6 +32,7 @@ class BacklogWatch:
         self.app, self.queues, self.published = app, queues, published
         self.depth: dict[str, int] = dict.fromkeys(queues, 0)
         self._published_at_read = 0
+        self._read = broker_depths(app, queues)
         self.read_at = 0.0
         self.error = "not read yet"
         self._stop = threading.Event()
@@ -52,34 +52,14 @@ class BacklogWatch:
         return time.monotonic() - self.read_at <= within
 
     def _run(self) -> None:
-        conn: Any = None
         while not self._stop.is_set():
             try:
-                if conn is None:
-                    conn = self.app.connection_for_read()
-                    conn.ensure_connection(max_retries=1)
                 before = self.published()
-                self.depth = {q: self._depth(conn, q) for q in self.queues}
+                self.depth = self._read()
                 self._published_at_read = before
                 self.read_at, self.error = time.monotonic(), ""
             except Exception as exc:
                 if not self.error:
                     log.warning("api_backlog_unreadable", error=str(exc))
                 self.error = str(exc) or type(exc).__name__
-                with contextlib.suppress(Exception):
-                    conn.release()
-                conn = None
             self._stop.wait(EVERY_S)
-        with contextlib.suppress(Exception):
-            conn.release()
-
-    @staticmethod
-    def _depth(conn: Any, queue: str) -> int:
-        channel = conn.channel()
-        try:
-            return int(channel.queue_declare(queue=queue, passive=True).message_count)
-        except conn.channel_errors:  # not declared yet: nothing waits in it
-            return 0
-        finally:
-            with contextlib.suppress(Exception):
-                channel.close()

@@ -104,7 +104,6 @@ class Dispatcher:
         self._answered: list[tuple[Submission, dict[str, Any], dict[str, Any]]] = []
         self._tallies: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._stop = threading.Event()
-        self.alive_at = time.monotonic()
         self.drain_s = 5.0
         self.thread = threading.Thread(target=self._run, name="host-api-dispatch", daemon=True)
 
@@ -138,7 +137,7 @@ class Dispatcher:
         opened = 0.0
         stop_by = math.inf
         while True:
-            self.alive_at = now = time.monotonic()
+            now = time.monotonic()
             if self._stop.is_set() and stop_by == math.inf:
                 stop_by = now + self.drain_s
             wait = 0.0 if flight.pending else (max(0.0, opened + self.window - now) if batch

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import time
+from collections import Counter
 from typing import Annotated, Any
 
 import redis
@@ -109,10 +110,9 @@ def messages_router(door: Door) -> APIRouter:
         except BadBody as exc:
             raise ApiError(400, exc.code, exc.detail) from None
         if isinstance(result, list):
-            refused: dict[str, int] = {}
-            for p in result:
-                service.metrics.tally(key.id, f"refused:{p.reason}", 1)
-                refused[f"refused:{p.reason}"] = refused.get(f"refused:{p.reason}", 0) + 1
+            refused = Counter(f"refused:{p.reason}" for p in result)
+            for what, n in refused.items():
+                service.metrics.tally(key.id, what, n)
             with contextlib.suppress(*BROKEN, redis.RedisError):  # the key's own view
                 await asyncio.to_thread(service.stores.keys.count, {key.id: refused})
             raise ApiError(422, "inputs_refused", f"{len(result)} input(s) refused: nothing was "
