@@ -131,7 +131,8 @@ class JobRunner:
         looked = 0.0
         try:
             with self.app.producer_or_acquire() as producer:
-                while reading or pending_plan or self.inflight or self.ready:
+                while report.state == "running" and (
+                        reading or pending_plan or self.inflight or self.ready):
                     now = time.monotonic()
                     if now - looked >= LOOK_S:
                         looked = now
@@ -241,6 +242,9 @@ class JobRunner:
             return
         cost = meta.get("result") if meta.get("status") == "SUCCESS" else None
         if isinstance(cost, dict) and cost.get("cancelled"):
+            # the worker saw the cancel first: its items will never be written, so the job
+            # stops here, whatever is left to read (it would otherwise read on and end "done")
+            report.state = "cancelled"
             return
         if isinstance(cost, dict) and not cost.get("over"):
             records = self.store.chunk_records(self.job_id, chunk.id)
