@@ -120,6 +120,9 @@ class Settings:
     #: Workers send Celery's task events (for Flower and other monitors that show tasks);
     #: host itself needs none, and they cost per-task throughput (docs/configuration.md).
     task_events: bool = False
+    #: The checker also exports celery-exporter's families (celery_task_*_total, celery_worker_up,
+    #: ...), for the celery-mixin dashboards and alerts (docs/observability.md).
+    celery_exporter_metrics: bool = False
     #: The HTTP API (celery -A host api): where it listens.
     api_address: str = "0.0.0.0"
     api_port: int = 8080

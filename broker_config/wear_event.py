@@ -20,14 +20,21 @@ OUTCOMES = ("analysed", "rejected")
 LABELS = ("positive", "neutral", "negative")
 #: Counts since the worker started, each ``{label: count}``, by the event's key.
 COUNTS = ("requeued", "inbound", "tweets", "control_refused", "dead_letters",
-          "subscriptions_undone", "task_outcomes", "task_runtimes")
+          "subscriptions_undone", "task_outcomes", "task_runtimes", "task_events",
+          "task_exceptions", "task_waits")
 #: ``task_outcomes`` counts settled tasks by ``"<queue>|<task>|<outcome>"`` (succeeded, failed,
-#: retried, rejected: ``workers.wear.TaskTotals``).
+#: retried, rejected: ``workers.wear.TaskTotals``); ``task_events`` counts the tasks received,
+#: started and revoked the same way (what Celery's task events of those names would count);
+#: ``task_exceptions`` the failures by ``"<queue>|<task>|<exception class>"``.
 #: Upper bounds of the runtime buckets a worker counts its succeeded tasks in
 #: (``task_runtimes``: ``"<queue>|<task>|<bound>"`` per bucket, not cumulative, ``inf`` last,
 #: and ``"<queue>|<task>|sum_us"``, the runtimes' sum in microseconds).
 RUNTIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0)
+#: The same for the time a task waited between its producer's send and its start
+#: (``task_waits``; only tasks whose producer stamped the send time).
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                300.0)
 
 
 @dataclass(slots=True)

@@ -93,6 +93,8 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
                                      shard=Shard(shard, shards, store.budget()))
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
+    if settings.celery_exporter_metrics:
+        checker.metrics.export_celery_families()
     stop = threading.Event()
     def subscribed() -> None:
         watch.subscribe(time.time())

@@ -40,8 +40,9 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 
 
 def node_name(short: str) -> str:
-    """A full worker name on this machine: ``w1`` -> ``w1@<hostname>`` (what ``-n w1@%h`` gives)."""
-    return f"{short}@{socket.gethostname()}"
+    """A full worker name on this machine: ``w1`` -> ``w1@<hostname>`` (what ``-n w1@%h`` gives);
+    a name with its own ``@host`` is kept (a fleet that looks like several machines)."""
+    return short if "@" in short else f"{short}@{socket.gethostname()}"
 
 
 class WorkerProcess:

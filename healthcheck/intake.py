@@ -64,6 +64,8 @@ class Intake:
         self.wear: dict[str, Mapping[str, Reading]] = {}
         #: Tasks each worker last said it holds (running or reserved).
         self.inflight: dict[str, int] = {}
+        #: Tasks each worker last said were executing.
+        self.running: dict[str, int] = {}
         self.history = WearHistory()
         #: When each worker's summary was last stored, and what its gate and queues were.
         self._summarised: dict[str, tuple[float, Any]] = {}
@@ -82,11 +84,13 @@ class Intake:
         """Remember a report's readings."""
         self.wear[report.worker] = report.wear
         self.inflight[report.worker] = report.inflight
+        self.running[report.worker] = report.running or 0
         self.history.add(report.worker, report.wear)
 
     def forget(self, worker: str) -> None:
         """A worker no longer exported."""
         self.wear.pop(worker, None)
         self.inflight.pop(worker, None)
+        self.running.pop(worker, None)
         self.history.forget(worker)
         self._summarised.pop(worker, None)

@@ -90,7 +90,8 @@ class Checker(Succession):
         self.metrics = metrics or CheckerMetrics(lambda: self.fleet, lambda: self.wear,
                                                  clock=clock, forget_after_s=forget_after_s,
                                                  depths=depths,
-                                                 inflight=lambda: self.intake.inflight)
+                                                 inflight=lambda: self.intake.inflight,
+                                                 running=lambda: self.intake.running)
         self.leadership = leadership
         self.standing = Lead(leadership)
         self.sharding: Sharding | None = None

@@ -20,6 +20,9 @@ from workers.runtime import RUNTIME
 
 log = get_logger(__name__)
 
+#: Task events counted when Celery announces them (``send_event``), by the count's name.
+_COUNTED_EVENTS = {"task-started": "started", "task-revoked": "revoked"}
+
 
 
 class HostRequest(Request):
@@ -27,13 +30,25 @@ class HostRequest(Request):
 
     _host_failed = False
     _host_retried = False
+    _host_revoked = False
     #: Set when the gate refused the task: its message is handed back, not rejected.
     _host_hand_back = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        RUNTIME.totals.event(self._queue(), self.name, "received")
+
     def send_event(self, type: str, **fields: Any) -> None:
         """Celery's task events (when ``HOST_TASK_EVENTS`` is on), with the task's name and
-        queue, so that a monitor sees them without having seen ``task-received``."""
+        queue, so that a monitor sees them without having seen ``task-received``.
+
+        Celery calls this for every task event, on or off; the ones host counts in no other
+        place are counted here: started, and revoked (whose acknowledgement is no success)."""
         queue = (self.delivery_info or {}).get("routing_key")
+        if type in _COUNTED_EVENTS:
+            if type == "task-revoked":
+                self._host_revoked = True
+            RUNTIME.totals.event(queue, self.name, _COUNTED_EVENTS[type])
         super().send_event(type, name=self.name, queue=queue, **fields)
 
     def on_retry(self, exc_info: Any) -> Any:
@@ -60,7 +75,7 @@ class HostRequest(Request):
             gate.hold_out(f"checker holds it out: {getattr(exc, 'reason', '')}")
         else:
             self._host_failed = True
-            self._record(ok=False)
+            self._record(ok=False, exception=type(exc).__name__)
         return super().on_failure(exc_info, send_failed_event=send_failed_event,
                                   return_ok=return_ok)
 
@@ -80,17 +95,18 @@ class HostRequest(Request):
         """Acknowledge; a task acknowledged without a failure succeeded."""
         first = not self.acknowledged
         super().acknowledge()
-        if first and not self._host_failed and not self._host_retried:
+        if first and not (self._host_failed or self._host_retried or self._host_revoked):
             self._record(ok=True)
 
-    def _record(self, ok: bool) -> None:
+    def _record(self, ok: bool, exception: str | None = None) -> None:
         now = time.time()
         runtime = now - self.time_start if self.time_start else 0.0
         sent_at = (self.request_dict or {}).get(SENT_AT_HEADER)
         wait = (self.time_start - sent_at
                 if self.time_start and isinstance(sent_at, (int, float)) else None)
         RUNTIME.tasks.record(time.monotonic(), ok, runtime, wait)
-        RUNTIME.totals.record(self._queue(), self.name, "succeeded" if ok else "failed", runtime)
+        RUNTIME.totals.record(self._queue(), self.name, "succeeded" if ok else "failed", runtime,
+                              wait, exception)
         if tally.counts_as_work(self._queue()):
             tally.progressed()
 

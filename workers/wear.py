@@ -18,7 +18,10 @@ from typing import Any
 import psutil
 
 from broker_config.queues import queue_label
-from broker_config.wear_event import RUNTIME_BUCKETS
+from broker_config.wear_event import RUNTIME_BUCKETS, WAIT_BUCKETS
+
+#: Distinct exception class names a worker counts failures by; later ones count as ``other``.
+MAX_EXCEPTION_NAMES = 20
 
 #: EWMA weight of the newest sample: 0.3 forgets a one-second spike within a few seconds.
 SMOOTHING = 0.3
@@ -126,23 +129,56 @@ class TaskTotals:
     ``host_tasks_total`` and ``host_task_runtime_seconds`` come from these, so that they need
     no Celery task events (which cost a plain Celery worker about a third of its throughput).
 
+    Beside them, what the checker's celery-exporter families need (``docs/observability.md``):
+    tasks received, started and revoked (``events``), failures by exception class
+    (``exceptions``) and queue waits (``waits``).
+
     Labels are bounded here: a queue is a work queue's name, ``verify`` or ``other``; a task is
-    its name when it is host's (``host.``), else ``other``.
+    its name when it is host's (``host.``), else ``other``; an exception is its class name, for
+    the first ``MAX_EXCEPTION_NAMES`` of them, else ``other``.
     """
 
     def __init__(self) -> None:
         self.outcomes: Counter[str] = Counter()
         self.runtimes: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
+        self.exceptions: Counter[str] = Counter()
+        self.waits: Counter[str] = Counter()
+        self._exception_names: set[str] = set()
 
     def record(self, queue: str | None, task: str | None, outcome: str,
-               runtime: float | None = None) -> None:
-        """Count one settled task (its runtime when it succeeded)."""
-        prefix = f"{queue_label(queue)}|{task if task and task.startswith('host.') else 'other'}"
+               runtime: float | None = None, wait: float | None = None,
+               exception: str | None = None) -> None:
+        """Count one settled task (its runtime when it succeeded; its queue wait and its
+        exception's class name where known)."""
+        prefix = _prefix(queue, task)
         self.outcomes[f"{prefix}|{outcome}"] += 1
         if outcome == "succeeded" and runtime is not None and runtime >= 0:
-            bound = next((str(b) for b in RUNTIME_BUCKETS if runtime <= b), "inf")
-            self.runtimes[f"{prefix}|{bound}"] += 1
-            self.runtimes[f"{prefix}|sum_us"] += round(runtime * 1e6)
+            _observe(self.runtimes, prefix, RUNTIME_BUCKETS, runtime)
+        if wait is not None and wait >= 0:
+            _observe(self.waits, prefix, WAIT_BUCKETS, wait)
+        if exception is not None:
+            if exception not in self._exception_names:
+                if len(self._exception_names) >= MAX_EXCEPTION_NAMES:
+                    exception = "other"
+                else:
+                    self._exception_names.add(exception)
+            self.exceptions[f"{prefix}|{exception}"] += 1
+
+    def event(self, queue: str | None, task: str | None, kind: str) -> None:
+        """Count a task received, started or revoked."""
+        self.events[f"{_prefix(queue, task)}|{kind}"] += 1
+
+
+def _prefix(queue: str | None, task: str | None) -> str:
+    return f"{queue_label(queue)}|{task if task and task.startswith('host.') else 'other'}"
+
+
+def _observe(buckets: Counter[str], prefix: str, bounds: tuple[float, ...], value: float) -> None:
+    """One observation into per-bucket counts (not cumulative) and their sum in microseconds."""
+    bound = next((str(b) for b in bounds if value <= b), "inf")
+    buckets[f"{prefix}|{bound}"] += 1
+    buckets[f"{prefix}|sum_us"] += round(value * 1e6)
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:

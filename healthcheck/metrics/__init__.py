@@ -9,6 +9,7 @@ facade whose verbs the service calls (it never touches a metric object itself).
 | ``tasks.py`` | ``host_tasks_total``, ``host_task_runtime_seconds`` (totals workers report) |
 | ``control.py`` | ``host_control_commands_total`` |
 | ``intake.py`` | the checker's own intake: events by type, lag, loop passes, subscription |
+| ``celery_exporter.py`` | celery-exporter's families (``celery_*``), when asked for |
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from broker_config.queues import queue_label
+from healthcheck.metrics.celery_exporter import CeleryExporterFamilies
 from healthcheck.metrics.control import ControlCounts
 from healthcheck.metrics.depths import QueueDepths, broker_depths
 from healthcheck.metrics.fleet import FleetCollector, health_score
@@ -37,7 +39,8 @@ OPERATOR_ACTIONS = ("drain", "stop", "quarantine", "restore")
 #: The counts a wear report carries, by the report's key.
 REPORTED = {"requeued": "requeued", "inbound": "inbound", "tweets": "tweets",
             "refused": "control_refused", "task_outcomes": "task_outcomes",
-            "task_runtimes": "task_runtimes"}
+            "task_runtimes": "task_runtimes", "task_events": "task_events",
+            "task_exceptions": "task_exceptions", "task_waits": "task_waits"}
 
 
 class CheckerMetrics:
@@ -52,6 +55,7 @@ class CheckerMetrics:
         depths: returns the work queues' depths (``QueueDepths``); None: not exported.
         tasks: the task names ``host_tasks_total`` labels by name (others: ``other``).
         inflight: returns the tasks each worker last said it holds.
+        running: returns the tasks each worker last said were executing.
     """
 
     def __init__(self, fleet: Callable[[], Fleet], wear: Callable[[], dict[str, Any]],
@@ -59,8 +63,12 @@ class CheckerMetrics:
                  forget_after_s: float = 3600.0,
                  depths: Callable[[], Mapping[str, int]] | None = None,
                  tasks: frozenset[str] = frozenset({"host.analyse", "host.analyse_batch"}),
-                 inflight: Callable[[], Mapping[str, int]] | None = None) -> None:
+                 inflight: Callable[[], Mapping[str, int]] | None = None,
+                 running: Callable[[], Mapping[str, int]] | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._fleet_now, self._depths = fleet, depths
+        self._running = running or dict
+        self._leads = False
         self._fleet = FleetCollector(fleet, wear, clock, forget_after_s, depths, inflight)
         self.registry.register(self._fleet)
         self._reported = Cumulative()
@@ -111,7 +119,14 @@ class CheckerMetrics:
 
     def leading(self, yes: bool) -> None:
         """Whether this checker leads now."""
+        self._leads = yes
         self._leader.set(1 if yes else 0)
+
+    def export_celery_families(self) -> None:
+        """Export celery-exporter's families too (``HOST_CELERY_EXPORTER_METRICS``)."""
+        self.registry.register(CeleryExporterFamilies(
+            self._reported, self._fleet_now, self._fleet.exported, self._running, self._depths,
+            lambda: self._leads))
 
     def on_transition(self, t: Transition) -> None:
         """Count a transition, labelled by its code (and its detection time, for an ejection)."""

@@ -10,6 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from broker_config.queues import WORK_QUEUES
+from healthcheck.metrics.celery_exporter import hostname_of
 from healthcheck.policy import Fleet, State, WorkerHealth
 from healthcheck.policy.config import Threshold
 from healthcheck.policy.model import CONSUMING
@@ -79,6 +80,12 @@ class FleetCollector(Collector):
                                                     fleet.config.thresholds))
             busy.add_metric([w.name], 1.0 if w.busy and w.state in CONSUMING else 0.0)
         yield state
+        info = GaugeMetricFamily("host_worker_info", "1 for each worker, labelled with the "
+                                 "hostname celery-exporter's families give it (a join key)",
+                                 labels=["worker", "hostname"])
+        for w in workers:
+            info.add_metric([w.name, hostname_of(w.name)], 1.0)
+        yield info
         yield score
         yield busy
         counts = fleet.by_state()

@@ -31,17 +31,21 @@ def require(binary: str) -> str:
 
 
 class PrometheusServer:
-    """deploy/prometheus/prometheus.yml, its targets swapped for ``targets``, scraping and
-    evaluating rules every second, in a directory of its own."""
+    """deploy/prometheus/prometheus.yml, its targets swapped for ``targets`` (with target
+    ``labels``), scraping and evaluating rules (its own and ``rule_files``) every second, in a
+    directory of its own; ``scrape`` overrides the scrape job's settings (its name, TLS)."""
 
     def __init__(self, workdir: Path, targets: list[str],
-                 scrape: dict[str, Any] | None = None) -> None:
+                 scrape: dict[str, Any] | None = None, labels: dict[str, str] | None = None,
+                 rule_files: tuple[Path, ...] = ()) -> None:
         self.workdir = workdir
         self.port = free_port()
         config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
         config["global"].update(scrape_interval="1s", evaluation_interval="1s")
         config["rule_files"] = [str(DEPLOY / f) for f in config["rule_files"]]
-        config["scrape_configs"][0]["static_configs"] = [{"targets": targets}]
+        config["rule_files"] += [str(f) for f in rule_files]
+        config["scrape_configs"][0]["static_configs"] = [{"targets": targets,
+                                                          "labels": labels or {}}]
         config["scrape_configs"][0].update(scrape or {})  # e.g. scheme, tls_config, basic_auth
         self.config = workdir / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(config))

@@ -255,6 +255,25 @@ class TestTaskTotals:
                               "tweets|host.analyse|sum_us": 204000,
                               "verify|host.probe|inf": 1, "verify|host.probe|sum_us": 99000000}
 
+    def test_events_exceptions_and_waits_for_the_celery_exporter_families(self) -> None:
+        from workers.wear import MAX_EXCEPTION_NAMES, TaskTotals
+
+        t = TaskTotals()
+        t.event("tweets", "host.analyse", "received")
+        t.event("tweets", "host.analyse", "received")
+        t.event("tweets", "host.analyse", "started")
+        t.record("tweets", "host.analyse", "succeeded", 0.01, wait=0.3)
+        t.record("tweets", "host.analyse", "failed", 0.01, exception="ValueError")
+        assert t.events == {"tweets|host.analyse|received": 2, "tweets|host.analyse|started": 1}
+        assert t.waits == {"tweets|host.analyse|0.5": 1, "tweets|host.analyse|sum_us": 300000}
+        assert t.exceptions == {"tweets|host.analyse|ValueError": 1}
+        for i in range(MAX_EXCEPTION_NAMES + 5):  # names beyond the bound count as other
+            t.record("tweets", "host.analyse", "failed", exception=f"Error{i}")
+        names = {k.rsplit("|", 1)[1] for k in t.exceptions}
+        assert len(names) == MAX_EXCEPTION_NAMES + 1 and "other" in names
+        assert t.exceptions["tweets|host.analyse|other"] == 6
+        assert sum(t.exceptions.values()) == t.outcomes["tweets|host.analyse|failed"]
+
 
 class TestSmoothedLast:
     def test_smoothed_keeps_the_last_raw_sample(self) -> None:
