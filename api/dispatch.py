@@ -33,6 +33,7 @@ from celery import Celery
 
 from api.keys import KeyStore
 from api.messages import MessageStore, status_of
+from broker_config import tracing
 from broker_config.contract import ANALYSE_BATCH
 from producer.feed import BROKEN, FeedReport, InFlight, redis_lives
 
@@ -59,6 +60,8 @@ class Submission:
         self.records: dict[str, dict[str, Any]] = {}
         self.answered_at: dict[str, float] = {}
         self.unsent = self.left = len(entries)
+        #: The request's trace context (its messages' sends are its children; None: off).
+        self.trace = tracing.current()
 
     def resolve(self, future: asyncio.Future[None], error: Exception | None = None) -> None:
         def settle() -> None:
@@ -183,10 +186,15 @@ class Dispatcher:
             self._fail(subs, f"the store did not take the messages: {exc}")
             return
         ids = [e["id"] for e in entries]
+        traced = list(subs)  # the first request parents the send; the others are linked
         try:
             flight.results.watch(task_id)
-            flight.send(producer, ANALYSE_BATCH, [[env for _, _, env in items]], ids,
-                        task_id=task_id)
+            with tracing.span("host.api.batch", traced[0].trace,
+                              [s.trace for s in traced[1:] if s.trace is not None],
+                              attributes={"host.batch.size": len(items),
+                                          "host.batch.requests": len(traced)}):
+                flight.send(producer, ANALYSE_BATCH, [[env for _, _, env in items]], ids,
+                            task_id=task_id)
         except (*BROKEN, redis.RedisError) as exc:
             flight.pending.pop(task_id, None)
             flight.messages.pop(task_id, None)

@@ -123,6 +123,9 @@ class Settings:
     #: The checker also exports celery-exporter's families (celery_task_*_total, celery_worker_up,
     #: ...), for the celery-mixin dashboards and alerts (docs/observability.md).
     celery_exporter_metrics: bool = False
+    #: OpenTelemetry traces from producers, the API and workers (the tracing extra; where
+    #: they go: OTEL_EXPORTER_OTLP_ENDPOINT and the rest of OpenTelemetry's own variables).
+    tracing: bool = False
     #: The HTTP API (celery -A host api): where it listens.
     api_address: str = "0.0.0.0"
     api_port: int = 8080

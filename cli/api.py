@@ -9,10 +9,11 @@ import time
 import click
 
 from api.keys import RedisKeyStore, new_key, revoke
+from broker_config import tracing
 from broker_config.app import ConfigurationFailed, HostCelery
 from broker_config.logs import ensure_logging
 from broker_config.settings import ConfigError, Settings
-from cli.common import check_broker, check_store
+from cli.common import check_broker, check_store, start_tracing
 
 
 def _app(ctx: click.Context) -> HostCelery:
@@ -50,9 +51,12 @@ def api(ctx: click.Context, port: int | None, address: str | None) -> None:
     ensure_logging(settings.log_format, settings.log_level)
     check_broker(app)
     check_store(app)
+    start_tracing(app, "host-api")
     service = ApiService(app, settings, Stores.redis(settings))
+    web = create_api(service)
+    tracing.instrument_asgi(web)  # a span per request, parent of its messages' (HOST_TRACING)
     config = uvicorn.Config(
-        create_api(service), host=address or settings.api_address,
+        web, host=address or settings.api_address,
         port=port or settings.api_port, log_config=None, access_log=False,
         timeout_graceful_shutdown=int(settings.api_shutdown_timeout), backlog=4096,
         # a kept-alive connection idle this long is closed; clients reconnect

@@ -11,8 +11,9 @@ from typing import Any
 import click
 from kombu.exceptions import OperationalError
 
-from broker_config import redis_url
-from broker_config.app import HostCelery
+from broker_config import redis_url, tracing
+from broker_config.app import ConfigurationFailed, HostCelery
+from broker_config.settings import ConfigError
 
 EXIT_OK = 0
 #: Some inputs were not accounted for (missing or failed), or the work did not finish.
@@ -32,6 +33,14 @@ class BrokerUnreachable(click.ClickException):
     """The broker did not answer; one line, exit code 3."""
 
     exit_code = EXIT_BROKER_UNREACHABLE
+
+
+def start_tracing(app: HostCelery, service: str) -> None:
+    """Traces from this command, when HOST_TRACING is on (a missing extra: exit 78)."""
+    try:
+        tracing.enable(service, app.host_settings.tracing)
+    except tracing.TracingUnavailable as exc:
+        raise ConfigurationFailed(ConfigError("HOST_TRACING", "true", str(exc))) from None
 
 
 def host_app(ctx: click.Context) -> HostCelery:

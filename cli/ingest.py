@@ -11,7 +11,15 @@ import click
 from celery.bin.base import CeleryCommand
 
 from broker_config.logs import ensure_logging
-from cli.common import EXIT_INCOMPLETE, BrokerUnreachable, Progress, check_broker, check_store, host_app
+from cli.common import (
+    EXIT_INCOMPLETE,
+    BrokerUnreachable,
+    Progress,
+    check_broker,
+    check_store,
+    host_app,
+    start_tracing,
+)
 from producer.feed import FeedReport, feed, read_lines
 from workers.deadletter import WRITE_TIMEOUT_S, Aside, RedisDeadLetterStore
 from workers.inbound import FORMATS, Limits
@@ -46,6 +54,7 @@ def ingest(ctx: click.Context, source: str, fmt: str, out_path: str, batch: int,
         raise click.BadParameter(f"at most HOST_MAX_BATCH={settings.max_batch}", param_hint="--batch")
     check_broker(app)
     check_store(app)
+    start_tracing(app, "host-ingest")
     limits = Limits(settings.max_line_bytes, settings.max_text_chars)
     # Framing rejections go to the store without ever holding the feed up (Aside).
     store = Aside(RedisDeadLetterStore.from_url(settings.store, settings.deadletter_keep,

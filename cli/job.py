@@ -17,6 +17,7 @@ from cli.common import (
     check_broker,
     check_store,
     host_app,
+    start_tracing,
 )
 from producer import jobs
 from producer.job_runner import JobReport
@@ -121,6 +122,7 @@ def _ready(ctx: click.Context) -> HostCelery:
     ensure_logging(app.host_settings.log_format, "WARNING")
     check_broker(app)
     check_store(app)
+    start_tracing(app, "host-job")
     return app
 
 

@@ -24,6 +24,7 @@ from celery.result import denied_join_result
 from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
+from broker_config import tracing
 from broker_config.app import settings_of
 from broker_config.contract import SENT_AT_HEADER, envelope
 from producer.results import ResultReader
@@ -306,7 +307,8 @@ class InFlight:
         self.pending[task_id] = refs
         self.messages[task_id] = (name, args)
         headers = {SENT_AT_HEADER: time.time()}  # lets workers measure queue wait
-        with denied_join_result():  # results are read here, not by Celery's result consumer
+        # results are read here, not by Celery's result consumer
+        with denied_join_result(), tracing.sending(refs):
             self.app.send_task(name, args=args, task_id=task_id, producer=producer,
                                headers=headers)
         # the idle timeout counts from the last thing that happened, a task sent or a result

@@ -29,6 +29,7 @@ from celery import Celery
 from celery.result import denied_join_result
 from celery.utils import uuid as task_uuid
 
+from broker_config import tracing
 from broker_config.contract import envelope
 from producer.feed import BROKEN, POLL_S, line_of
 from producer.job_store import JobStore
@@ -202,7 +203,8 @@ class JobRunner:
                 for ln in chunk.lines if ln.text is not None]
         self.inflight[chunk.task_id] = chunk
         self.results.watch(chunk.task_id)
-        with denied_join_result():  # results are read by self.results
+        # results are read by self.results
+        with denied_join_result(), tracing.sending([ln.ref for ln in chunk.lines]):
             self.app.send_task("host.job_chunk", task_id=chunk.task_id, producer=producer,
                                args=[self.job_id, chunk.id, envs,
                                      self.budget.cpu_s * self.budget.hard_multiple])

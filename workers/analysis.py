@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from broker_config import tracing
 from workers import tally
 from workers.deadletter import DeadLetterStore
 from workers.inbound import Limits, Message, Rejection, parse_line, truncate
@@ -138,6 +139,7 @@ def keep_dead_letters(results: Sequence[dict[str, Any]], store: DeadLetterStore)
     rejected = dead_letters(results)
     if rejected:
         store.record(rejected)
+        tracing.dead_letters(rejected)
 
 
 def _parse_envelope(env: object, limits: Limits) -> Message | Rejection:

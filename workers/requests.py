@@ -13,6 +13,7 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
+from broker_config import tracing
 from broker_config.contract import SENT_AT_HEADER
 from broker_config.logs import get_logger
 from workers import gate, handback, tally
@@ -132,5 +133,8 @@ class HostTask(Task[Any, Any]):
         self.request.host_started_at = time.time()  # type: ignore[attr-defined]
         queue = (self.request.delivery_info or {}).get("routing_key")
         if not gate.allows(queue, self.request.hostname):
-            raise Reject(f"health gate closed on {self.request.hostname}", requeue=True)
+            reason = f"health gate closed on {self.request.hostname}"
+            tracing.gate(False, reason)
+            raise Reject(reason, requeue=True)
+        tracing.gate(True)
         return super().__call__(*args, **kwargs)

@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 from celery import Celery, signals
 
+from broker_config import tracing
 from broker_config.app import settings_of
 from broker_config.logs import configure_logging, get_logger
 from broker_config.queues import dead_queue, verify_queue
@@ -26,6 +27,8 @@ def connect(app: Celery) -> None:
                                         dispatch_uid="host.verify_queue")
     signals.worker_init.connect(_install_injection, weak=False, dispatch_uid="host.injection")
     signals.worker_process_init.connect(_warm_up, weak=False, dispatch_uid="host.warm_up")
+    signals.worker_process_shutdown.connect(_flush_traces, weak=False,
+                                            dispatch_uid="host.flush_traces")
     signals.worker_ready.connect(_serve_status, weak=False, dispatch_uid="host.status")
     signals.task_prerun.connect(_bind_task, weak=False, dispatch_uid="host.bind_task")
     signals.task_postrun.connect(_unbind_task, weak=False, dispatch_uid="host.unbind_task")
@@ -69,6 +72,7 @@ def _add_verify_queue(sender: str, instance: Any, **_: Any) -> None:
 def _install_injection(sender: Any, **_: Any) -> None:
     """Create the shared injection board before the pool forks, and say loudly if it is active."""
     tally.install()
+    tracing.require(settings_of(sender.app).tracing)  # before the pool forks, not in each child
     spec = settings_of(sender.app).wear_inject
     board = install_board(spec)
     if board.get().active:
@@ -85,8 +89,16 @@ def _serve_status(sender: Any, **_: Any) -> None:
 
 
 def _warm_up(**_: Any) -> None:
-    """Load VADER's lexicon when a pool process starts, not during its first task."""
+    """Load VADER's lexicon when a pool process starts, not during its first task; start
+    tracing there (HOST_TRACING: its exporter's thread must start after the fork)."""
+    from celery import current_app
+
     analyzer()
+    tracing.enable("host-worker", settings_of(current_app).tracing)
+
+
+def _flush_traces(**_: Any) -> None:
+    tracing.flush()
 
 
 def _bind_task(task_id: str, task: Any, **_: Any) -> None:
