@@ -61,6 +61,7 @@ def runs(receiver: OtlpReceiver, task: str, where: Callable[[Span], bool] = lamb
             if s.name.startswith(f"run/{task}") and s.service == "host-worker" and where(s)]
 
 
+@pytest.mark.background  # real processes exporting spans, waited for
 class TestTraces:
     def test_from_ingest_through_the_worker_with_the_batch_and_a_dead_letter(
             self, start_worker: WorkerFactory, traced: dict[str, str], receiver: OtlpReceiver,
