@@ -141,13 +141,15 @@ def current() -> Any:
     return context.get_current()
 
 
-def gate(open_: bool, reason: str = "") -> None:
-    """On the running task's span: the worker's gate, and a refusal (the message handed back)."""
+def gate(worker: str | None, open_: bool, reason: str = "") -> None:
+    """On the running task's span: the worker and its gate, and a refusal (the message handed
+    back)."""
     if _tracer is None:
         return
     from opentelemetry import trace
 
     span = trace.get_current_span()
+    span.set_attribute("host.worker", worker or "")
     span.set_attribute("host.gate", "open" if open_ else "closed")
     if not open_:
         span.add_event("host.gate.refused", {"host.gate.reason": reason,

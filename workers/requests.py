@@ -134,7 +134,7 @@ class HostTask(Task[Any, Any]):
         queue = (self.request.delivery_info or {}).get("routing_key")
         if not gate.allows(queue, self.request.hostname):
             reason = f"health gate closed on {self.request.hostname}"
-            tracing.gate(False, reason)
+            tracing.gate(self.request.hostname, False, reason)
             raise Reject(reason, requeue=True)
-        tracing.gate(True)
+        tracing.gate(self.request.hostname, True)
         return super().__call__(*args, **kwargs)

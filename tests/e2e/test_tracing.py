@@ -66,7 +66,7 @@ class TestTraces:
     def test_from_ingest_through_the_worker_with_the_batch_and_a_dead_letter(
             self, start_worker: WorkerFactory, traced: dict[str, str], receiver: OtlpReceiver,
             tmp_path: Path) -> None:
-        start_worker("tr1", env=traced)
+        worker = start_worker("tr1", env=traced).name
         src = tmp_path / "in.txt"
         src.write_text("what a lovely day\n{not json\nthis is awful\n")
         done = celery("ingest", str(src), "--out", str(tmp_path / "out.jsonl"), "--batch", "3",
@@ -84,7 +84,8 @@ class TestTraces:
         assert send.attributes["host.batch.size"] == 3
         assert send.attributes["host.batch.ref_first"] == f"{src}:1"
         assert send.attributes["host.batch.ref_last"] == f"{src}:3"
-        assert run.attributes["host.gate"] == "open"
+        assert run.attributes["host.gate"] == "open" and run.attributes["host.worker"] == worker
+
         [(_, attrs)] = [e for e in run.events if e[0] == "host.dead_letter"]
         assert attrs["host.ref"] == f"{src}:2" and attrs["host.reason"] and \
             attrs["host.stage"] == "worker"
