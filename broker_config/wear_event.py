@@ -81,6 +81,8 @@ class WearEvent:
         stalled_s: seconds with no input or task done, since the later of the last one and
             the start of the current busy spell (None: it did not say): busy is told from
             stuck, and from idle, by this.
+        cost_ms: the worker's CPU milliseconds per item done (an input analysed, or a task
+            settled) over its last ``COST_WINDOW_S`` seconds (None: too few items to say).
         gate_hold: what the checker held it out as when it closed the gate (``STATE/cause``,
             opaque to the worker): a checker that has no record of the worker (its store
             lost it) takes it back out of rotation as that, not as a new healthy worker.
@@ -110,6 +112,7 @@ class WearEvent:
     cost_s: float = 0.0
     running: int | None = None
     stalled_s: float | None = None
+    cost_ms: float | None = None
     #: The task figures as the worker sent them (keys the checker does not read included).
     raw_tasks: Mapping[str, Any] = field(default_factory=dict)
 
@@ -143,7 +146,7 @@ class WearEvent:
             "gate_changed_at": self.gate_changed_at, "self_protected": self.self_protected,
             "consuming": None if self.subscribed is None else list(self.subscribed),
             "at": self.at, "inject": self.inject or None, "cost_s": self.cost_s,
-            "running": self.running, "stalled_s": self.stalled_s,
+            "running": self.running, "stalled_s": self.stalled_s, "cost_ms": self.cost_ms,
         }
 
     @classmethod
@@ -196,6 +199,7 @@ class WearEvent:
             gate_changed_at=_lenient(get("gate_changed_at")), at=_lenient(get("at")),
             cost_s=_lenient(get("cost_s")) or 0.0,
             running=_count(get("running")), stalled_s=_lenient(get("stalled_s")),
+            cost_ms=_lenient(get("cost_ms")),
         )
 
 

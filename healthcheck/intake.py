@@ -39,6 +39,7 @@ def wear_report(report: WearEvent, at: float) -> WearReport:
         self_protected=report.self_protected, consuming=report.consuming,
         gate_closed=report.gate == "closed", running=report.running,
         stalled_s=report.stalled_s, gate_reason=report.gate_reason, gate_hold=report.gate_hold,
+        cost_ms=report.cost_ms,
     )
 
 

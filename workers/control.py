@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 from celery.worker.control import Panel, control_command
 
 from broker_config.logs import get_logger
@@ -210,14 +211,28 @@ def host_recycle(state: Any, reason: str = "recycle", epoch: int | None = None,
                              None) or ())
     if not processes:
         return {"error": "refused: this pool has no processes to restart"}
-    ended = 0
+    ended = strays = 0
     for process in processes:
+        strays += _end_descendants(process.pid)  # ended with their pool process, not left
         with contextlib.suppress(ProcessLookupError, TypeError):
             os.kill(process.pid, signal.SIGTERM)
             ended += 1
-    log.warning("worker_recycled", reason=reason, restarted=ended,
+    log.warning("worker_recycled", reason=reason, restarted=ended, strays_ended=strays,
                 worker=state.consumer.hostname)
-    return {"ok": True, "restarted": ended, "at": time.time()}
+    return {"ok": True, "restarted": ended, "strays_ended": strays, "at": time.time()}
+
+
+def _end_descendants(pid: int) -> int:
+    """SIGKILL what a pool process started (a pool restart alone would leave them running,
+    handed to init); how many."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return 0
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    return len(children)
 
 
 @control_command()

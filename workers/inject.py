@@ -16,6 +16,8 @@ A spec is comma-separated ``key=value`` pairs, e.g. ``cpu=97,fail_rate=0.5,slow=
 ``leak``           MiB every work-queue task allocates and never frees, in the pool process
                    that ran it (a real leak, with the traffic: resident memory grows until the
                    pool is restarted; probes do not leak)
+``stray``          processes every work-queue task starts and leaves running (asleep) after it
+                   ends: runaway children, which a restart of the pool ends (probes start none)
 ``wrong_answers``  probability (0-1) that a result's scores are subtly wrong
 =================  ==========================================================================
 
@@ -25,6 +27,7 @@ so a control command received by the main process changes what the pool processe
 
 from __future__ import annotations
 
+import subprocess
 import time
 from typing import Any
 
@@ -79,6 +82,17 @@ _LEAKED: list[bytes] = []
 def leak(mib: float) -> None:
     """Allocate ``mib`` MiB in this process and keep it (touched: resident at once)."""
     _LEAKED.append(b"\x01" * int(mib * 2**20))
+
+
+#: The processes ``stray`` started from this process, never waited for.
+_STRAYS: list[subprocess.Popen[bytes]] = []
+
+
+def stray(count: float) -> None:
+    """Start ``count`` processes that sleep for an hour and leave them running."""
+    for _ in range(int(count)):
+        _STRAYS.append(subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
 
 def spin_for(seconds: float) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from celery import bootsteps
 from celery.events import Event
 from celery.utils.time import utcoffset
+from celery.worker import state as worker_state
 from kombu.exceptions import OperationalError
 
 from broker_config.app import settings_of
@@ -47,7 +48,8 @@ class WearReporter(bootsteps.StartStopStep):
         settings = settings_of(c.app)
         per_report = samples_per_report(settings.wear_interval)
         if self.reporting is None:
-            sampler = WearSampler(memory_limit=memory_limit(settings.worker_memory_limit))
+            sampler = WearSampler(memory_limit=memory_limit(settings.worker_memory_limit),
+                                  busy=_busy_pool_processes)
             self.reporting = WearReporting(sampler.sample, settings.wear_interval,
                                            self_protection_limits(settings.policy_file),
                                            hard_limits(settings.policy_file), per_report)
@@ -95,3 +97,8 @@ def send_wear(dispatcher: Any, fields: dict[str, Any]) -> bool:
             log.warning("wear_report_not_sent", error=str(exc))
             return False
     return True
+
+
+def _busy_pool_processes() -> set[int]:
+    """The pool processes running a task now: what they started is not a stray."""
+    return {r.worker_pid for r in worker_state.active_requests if r.worker_pid}

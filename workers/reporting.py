@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import psutil
 from celery.worker import state as worker_state
 
 from broker_config.logs import get_logger
@@ -22,7 +23,7 @@ from broker_config.wear_event import TaskFigures, WearEvent
 from workers import control, gate, inject, tally
 from workers.runtime import RUNTIME
 from workers.shared import Injection
-from workers.wear import Progress, Smoothed
+from workers.wear import ItemCost, Progress, Smoothed
 
 log = get_logger(__name__)
 
@@ -69,6 +70,7 @@ class WearReporting:
         self._was_hot = False
         self._injection = Injection()
         self._progress = Progress()
+        self._cost = ItemCost(psutil.cpu_count() or 1)
         self._running = 0
         self._stalled_s = 0.0
 
@@ -98,14 +100,16 @@ class WearReporting:
     def _take(self) -> None:
         self._injection = inject.current()
         samples = self.sample()
+        now, done = time.monotonic(), tally.progress()
+        # the CPU really spent (an injected reading changes what is reported, not what it cost)
+        self._cost.sample(now, samples.get("cpu_percent", 0.0), done)
         for key, value in self._injection.as_dict().items():
             if key in INJECTED:
                 samples[INJECTED[key]] = value
         self._window.append(samples)
         self._last = samples
         self._running = len(worker_state.active_requests)
-        self._stalled_s = self._progress.sample(time.monotonic(), self._running,
-                                                tally.progress())
+        self._stalled_s = self._progress.sample(now, self._running, done)
 
     def _fold(self) -> None:
         """The window's samples into the smoothed values: their mean, and their peak."""
@@ -151,7 +155,7 @@ class WearReporting:
             gate_changed_at=status["gate_changed_at"], self_protected=status["self_protected"],
             subscribed=tuple(status["consuming"]), at=status["at"],
             inject=self._injection.spec(), cost_s=round(self.cost_s, 6),
-            running=self._running, stalled_s=round(self._stalled_s, 3))
+            running=self._running, stalled_s=round(self._stalled_s, 3), cost_ms=self._cost.ms())
         self.cost_s = time.thread_time() - started
         return event
 

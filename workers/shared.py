@@ -61,6 +61,7 @@ class Injection:
     slow: float | None = None
     spin: float | None = None
     leak: float | None = None
+    stray: float | None = None
     wrong_answers: float | None = None
 
     @classmethod

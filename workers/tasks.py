@@ -53,9 +53,14 @@ def _injected() -> Injection:
 
 
 def _leaked(injection: Injection, context: RunContext) -> None:
-    # An injected leak grows with the traffic (work-queue tasks), not with the probes.
-    if injection.leak and tally.counts_as_work(context.queue):
+    # An injected leak (memory, or processes left running) grows with the traffic
+    # (work-queue tasks), not with the probes.
+    if not tally.counts_as_work(context.queue):
+        return
+    if injection.leak:
         inject.leak(injection.leak)
+    if injection.stray:
+        inject.stray(injection.stray)
 
 
 def _context(task: Task[Any, Any]) -> RunContext:

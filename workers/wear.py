@@ -6,11 +6,13 @@ Times are passed in (``now``) so that everything here is testable without sleepi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import resource
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,45 @@ class TaskWindow:
         }
 
 
+class ItemCost:
+    """The worker's CPU milliseconds per item done (an input analysed, or a task settled),
+    over the last ``window_s`` seconds: its cost per unit of work, which a busy worker keeps
+    and a degraded one raises (docs/policy.md, "Cost per item").
+
+    ``sample`` is called with each wear sample: ``cpu_percent`` the tree's share of the
+    machine since the last one, ``done`` the items done since the worker started.
+
+    Args:
+        cores: the machine's CPUs (``cpu_percent`` is a share of all of them).
+        window_s: how far back the cost is measured.
+        min_items: fewer items than this in the window: no cost is said (None).
+    """
+
+    def __init__(self, cores: int, window_s: float = 10.0, min_items: int = 20) -> None:
+        self.cores, self.window_s, self.min_items = cores, window_s, min_items
+        self._cpu_s = 0.0
+        self._at: float | None = None
+        self._marks: deque[tuple[float, float, int]] = deque()
+
+    def sample(self, now: float, cpu_percent: float, done: int) -> None:
+        if self._at is not None:
+            self._cpu_s += cpu_percent / 100 * self.cores * max(0.0, now - self._at)
+        self._at = now
+        if self._marks and done < self._marks[-1][2]:
+            self._marks.clear()  # the count started again (it never goes back otherwise)
+        self._marks.append((now, self._cpu_s, done))
+        while len(self._marks) > 1 and self._marks[1][0] <= now - self.window_s:
+            self._marks.popleft()
+
+    def ms(self) -> float | None:
+        """CPU milliseconds per item over the window (None: fewer than ``min_items``)."""
+        if len(self._marks) < 2:
+            return None
+        (_, cpu0, done0), (_, cpu1, done1) = self._marks[0], self._marks[-1]
+        items = done1 - done0
+        return round(1000 * (cpu1 - cpu0) / items, 3) if items >= self.min_items else None
+
+
 @dataclass
 class Progress:
     """How long a worker has gone without getting anything done (no input analysed, no task
@@ -181,6 +222,14 @@ def _observe(buckets: Counter[str], prefix: str, bounds: tuple[float, ...], valu
     buckets[f"{prefix}|sum_us"] += round(value * 1e6)
 
 
+def _running(proc: psutil.Process) -> bool:
+    """Not a zombie (an exited child its parent has not reaped is no runaway)."""
+    try:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
 def percentile(sorted_values: list[float], p: float) -> float | None:
     """Nearest-rank percentile of already sorted values (None when empty)."""
     if not sorted_values:
@@ -250,15 +299,23 @@ def memory_limit(configured: int, cgroup_root: Path = Path("/sys/fs/cgroup"),
 
 
 class WearSampler:
-    """Samples the machine and this worker's process tree (main process and pool children).
+    """Samples the machine and this worker's process tree: its main process, the pool
+    processes, and whatever they started.
 
     ``cpu_percent`` is this worker's own share of the machine's CPUs (its process tree's CPU
     time over all cores), so that workers sharing a machine are told apart;
-    ``machine_cpu_percent`` is the whole machine's.
+    ``machine_cpu_percent`` is the whole machine's. ``stray_processes`` counts the processes a
+    pool process started that outlive the task that started them (under a pool process that
+    runs no task now): a runaway child, which a restart of the pool ends.
+
+    Args:
+        busy: the pool processes running a task now (their pids); None: none known.
     """
 
     def __init__(self, pid: int | None = None, power: PowerMeter | None = None,
-                 memory_limit: int | None = None) -> None:
+                 memory_limit: int | None = None,
+                 busy: Callable[[], set[int]] | None = None) -> None:
+        self._busy = busy or set
         self._proc = psutil.Process(pid or os.getpid())
         self._power = power or PowerMeter()
         self._memory_limit = memory_limit
@@ -271,7 +328,7 @@ class WearSampler:
 
     def sample(self) -> dict[str, float]:
         """One sample of every wear metric this machine has."""
-        tree = self._tree()
+        tree, strays = self._tree()
         rss = fds = 0
         cpu = 0.0
         for p in tree:
@@ -290,6 +347,7 @@ class WearSampler:
             "load_per_core": os.getloadavg()[0] / self._cores,
             "open_files": float(fds),
             "open_files_percent": 100.0 * fds / self._nofile if self._nofile > 0 else 0.0,
+            "stray_processes": float(strays),
         }
         temperature = self._temperature()
         if temperature is not None:
@@ -301,25 +359,48 @@ class WearSampler:
                 values["power_percent"] = power[1]
         return values
 
-    def _tree(self) -> list[psutil.Process]:
+    def _tree(self) -> tuple[list[psutil.Process], int]:
+        """Every process of the worker's tree, and how many of them are strays."""
         # Keep Process objects between samples: cpu_percent() measures since the last call.
         alive = {self._proc.pid: self._proc}
-        for pid in self._child_pids():
-            known = self._known.get(pid)
-            if known is None:
-                try:
-                    known = psutil.Process(pid)
-                except psutil.Error:
-                    continue
-            alive[pid] = known
+        busy = self._busy()
+        strays = 0
+        for pool_pid in self._child_pids(self._proc):
+            pool = self._known_process(pool_pid, alive)
+            if pool is None:
+                continue
+            for pid in self._descendants(pool):
+                child = self._known_process(pid, alive)
+                if child is not None and pool_pid not in busy and _running(child):
+                    strays += 1
         self._known = alive
-        return list(alive.values())
+        return list(alive.values()), strays
 
-    def _child_pids(self) -> list[int]:
+    def _known_process(self, pid: int, alive: dict[int, psutil.Process]) -> psutil.Process | None:
+        known = self._known.get(pid)
+        if known is None:
+            try:
+                known = psutil.Process(pid)
+            except psutil.Error:
+                return None
+        alive[pid] = known
+        return known
+
+    def _descendants(self, proc: psutil.Process) -> list[int]:
+        """What a pool process started, and what those started, and so on."""
+        found, todo = [], [proc]
+        while todo:
+            for pid in self._child_pids(todo.pop()):
+                found.append(pid)
+                with contextlib.suppress(psutil.Error):
+                    todo.append(psutil.Process(pid))
+        return found
+
+    def _child_pids(self, proc: psutil.Process) -> list[int]:
         """The direct children's pids. Linux lists them per thread (``task/*/children``), a
         few small reads; psutil's ``children()`` reads every process of the machine (4 ms of
         CPU a sample here, 90% of the sample's cost)."""
-        pid = self._proc.pid
+        pid = proc.pid
         try:
             threads = os.listdir(f"/proc/{pid}/task")
             pids: list[int] = []
@@ -329,7 +410,7 @@ class WearSampler:
             return pids
         except (OSError, ValueError):
             try:
-                return [c.pid for c in self._proc.children(recursive=False)]
+                return [c.pid for c in proc.children(recursive=False)]
             except psutil.Error:
                 return []
 

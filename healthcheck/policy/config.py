@@ -45,6 +45,10 @@ def _default_thresholds() -> dict[str, Threshold]:
         # The worker's own resident memory over its limit (HOST_WORKER_MEMORY_LIMIT, or its
         # cgroup's): a leak a pool restart cures.
         "rss_percent": Threshold(soft=85, hard=95, peak_soft=92, peak_hard=98),
+        # Processes a pool process started that outlive their task (a runaway child): one,
+        # there in three raw samples in a row (the sustained rule; its smoothed value never
+        # reaches 1 by itself), is wear a pool restart cures.
+        "stray_processes": Threshold(hard=1),
     }
 
 
@@ -66,6 +70,26 @@ class Latency:
     min_volume: int = 10
     factor: float = 3.0
     floor_s: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """Cost per item: a worker's CPU milliseconds per item done (``WearReport.cost_ms``) over
+    ``factor`` times the median of the workers in rotation that consume the same queues, and
+    over ``factor`` times its own usual cost where that is known; ``floor_ms`` above the median
+    at least. A busy worker keeps its cost per item; a degraded one (throttled, thrashing,
+    spinning between items) pays more for each."""
+
+    enabled: bool = True
+    min_fleet: int = 5
+    factor: float = 3.0
+    floor_ms: float = 1.0
+    #: How fast a worker's usual cost follows its reports while it is HEALTHY and within the
+    #: limit (an exponential average's weight on the newest): quickly down (its first costs
+    #: include its start-up), slowly up (a drift must not become its usual before it is
+    #: caught: at 0.01, a minute of reports moves it less than half way).
+    usual_fall: float = 0.3
+    usual_rise: float = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +156,9 @@ class Load:
 
 
 #: Evidence that a worker's wear is of a kind a restart of its pool cures: memory grown past
-#: its own limit (a leak), or progress lost (a stuck or spinning pool process).
-HEALABLE = ("rss_percent", "stalled_s")
+#: its own limit (a leak), progress lost (a stuck or spinning pool process), or processes a
+#: pool process left running (a runaway child).
+HEALABLE = ("rss_percent", "stalled_s", "stray_processes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +222,7 @@ class PolicyConfig:
     thresholds: Mapping[str, Threshold] = field(default_factory=_default_thresholds)
     failures: Failures = field(default_factory=Failures)
     latency: Latency = field(default_factory=Latency)
+    cost: Cost = field(default_factory=Cost)
     recovery: Recovery = field(default_factory=Recovery)
     sustained: Sustained = field(default_factory=Sustained)
     load: Load = field(default_factory=Load)
@@ -212,7 +238,7 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self)
-        for section in (self.failures, self.latency, self.recovery, self.sustained,
+        for section in (self.failures, self.latency, self.cost, self.recovery, self.sustained,
                         self.load, self.healing, self.backoff, self.guard, self.probes):
             _check_positive(section)
         if not 0 < self.guard.max_ejected_fraction <= 1:
@@ -247,7 +273,8 @@ class PolicyConfig:
             raise ValueError(str(exc)) from None
 
 
-_SECTIONS: dict[str, type] = {"failures": Failures, "latency": Latency, "recovery": Recovery,
+_SECTIONS: dict[str, type] = {"failures": Failures, "latency": Latency, "cost": Cost,
+                              "recovery": Recovery,
                               "sustained": Sustained, "load": Load, "healing": Healing,
                               "backoff": Backoff,
                               "guard": Guard,

@@ -25,8 +25,14 @@ def lost_progress(report: WearReport, load: Load) -> str | None:
     return f"with {report.running} running and none done for {report.stalled_s:.1f} s"
 
 
+#: What a worker's cost per item is judged against: the median of its peers (those in rotation
+#: consuming the same queues; None: too few), and its own usual cost (None: not known yet).
+CostNorm = tuple[float | None, float | None]
+
+
 def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = None,
-           tight: bool = False, in_rotation: bool = False) -> Verdict:
+           tight: bool = False, in_rotation: bool = False,
+           cost_norm: CostNorm | None = None) -> Verdict:
     """Judge one report against every detector; the worst level wins.
 
     Args:
@@ -37,6 +43,7 @@ def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = N
         in_rotation: the worker should consume its configured work queues now; one it says
             it does not consume is a soft signal (the checker corrects it first; a worker
             whose correction did not take keeps breaching and is ejected like any other).
+        cost_norm: what its cost per item is judged against (None: too few peers to tell).
     """
     soft: list[str] = []
     hard: list[str] = []
@@ -69,6 +76,7 @@ def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = N
             busy.append(metric)
     _check_failures(report, config, soft, hard, evidence)
     _check_latency(report, config, fleet_p95, soft, evidence)
+    _check_cost(report, config, cost_norm, soft, evidence)
     missing = report.not_consuming() if in_rotation else ()
     if missing:
         soft.append(f"not consuming {', '.join(missing)}")
@@ -157,3 +165,31 @@ def _check_latency(report: WearReport, config: PolicyConfig, fleet_p95: float | 
                     f"({lat.factor:g}x fleet median {fleet_p95:.3f}s)")
         evidence["runtime_p95"] = report.runtime_p95
         evidence["fleet_p95"] = fleet_p95
+
+
+def cost_limit(config: PolicyConfig, median: float, usual: float) -> float:
+    """The most CPU per item a worker may spend: ``factor`` times its peers' median and its own
+    usual cost, and ``floor_ms`` over the median."""
+    c = config.cost
+    return max(c.factor * median, c.factor * usual, median + c.floor_ms)
+
+
+def _check_cost(report: WearReport, config: PolicyConfig, norm: CostNorm | None,
+                soft: list[str], evidence: dict[str, float | str]) -> None:
+    # The same work costing this worker three times what it costs its peers and itself: what a
+    # busy worker never shows (its CPU is its work) and a degraded one does. Both must be
+    # known: a worker on slower hardware costs more than its peers from its first report on.
+    if not config.cost.enabled or norm is None or report.cost_ms is None:
+        return
+    median, usual = norm
+    if median is None or usual is None:
+        return
+    limit = cost_limit(config, median, usual)
+    if report.cost_ms <= limit:
+        return
+    soft.append(f"cost per item {report.cost_ms:.2f} ms > {limit:.2f} ms "
+                f"({config.cost.factor:g}x its peers' median {median:.2f} ms and its own "
+                f"usual {usual:.2f} ms)")
+    evidence["cost_ms"] = report.cost_ms
+    evidence["peers_cost_ms"] = median
+    evidence["usual_cost_ms"] = round(usual, 3)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 
 from healthcheck.policy import holds
 from healthcheck.policy.config import PolicyConfig
+from healthcheck.policy.detectors import CostNorm, cost_limit
 from healthcheck.policy.machine import HealthPolicy, Proposal
 from healthcheck.policy.model import (
     CONSUMING,
@@ -129,6 +130,10 @@ class Fleet:
     _recent: deque[float] = field(init=False, default_factory=deque)
     _p95: dict[str, float] = field(init=False, default_factory=dict)
     _fleet_p95: float | None = field(init=False, default=None)
+    #: Each worker's last cost per item, its usual cost, and the peers' medians by queues.
+    _cost: dict[str, float] = field(init=False, default_factory=dict)
+    _usual_cost: dict[str, float] = field(init=False, default_factory=dict)
+    _peer_cost: dict[tuple[str, ...], float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -154,9 +159,11 @@ class Fleet:
             w = holds.adopted(obs)
         if w is None:
             w = WorkerHealth(name=obs.worker, since=obs.at, last_seen=obs.at, reason="first seen")
+        norm = None
         if isinstance(obs, WearReport):
             self._note_latency(obs)
-        step = self.policy.observe(w, obs, self._fleet_p95, self._jitter())
+            norm = self._note_cost(w, obs)
+        step = self.policy.observe(w, obs, self._fleet_p95, self._jitter(), norm)
         if step.eject is not None and step.eject.cause in EXEMPT:
             step = self.policy.eject(step.health, step.eject, obs.at)
         elif step.eject is not None:
@@ -195,6 +202,7 @@ class Fleet:
 
     def _sweep(self, now: float, done: list[Transition]) -> None:
         self._fleet_p95 = self._median_p95()
+        self._peer_cost = self._median_costs()
         for w in list(self.workers.values()):
             step = self.policy.tick(w, now, self._jitter())
             if step.health is not w:
@@ -355,11 +363,45 @@ class Fleet:
                         if k in self.workers and self.workers[k].state in CONSUMING)
         if len(values) < self.config.latency.min_fleet:
             return None
-        mid = len(values) // 2
-        return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+        return _median(values)
+
+    def _note_cost(self, w: WorkerHealth, r: WearReport) -> CostNorm | None:
+        """Remember the report's cost per item (and, while the worker is HEALTHY and within the
+        limit, let its usual cost follow: its first cost starts it); what it is judged against
+        (the usual cost as it was before this report)."""
+        if r.cost_ms is None:
+            self._cost.pop(r.worker, None)
+            return None
+        self._cost[r.worker] = r.cost_ms
+        median = self._peer_cost.get(r.queues or w.queues)
+        usual = self._usual_cost.get(r.worker)
+        if w.state is State.HEALTHY:
+            if usual is None:  # its first cost is what it usually costs, to start with
+                self._usual_cost[r.worker] = r.cost_ms
+            elif median is None or r.cost_ms <= cost_limit(self.config, median, usual):
+                c = self.config.cost
+                weight = c.usual_fall if r.cost_ms < usual else c.usual_rise
+                self._usual_cost[r.worker] = usual + weight * (r.cost_ms - usual)
+        return median, usual
+
+    def _median_costs(self) -> dict[tuple[str, ...], float]:
+        # Per set of queues consumed (the same work), over workers in rotation only.
+        by_queues: dict[tuple[str, ...], list[float]] = {}
+        for name, cost in self._cost.items():
+            w = self.workers.get(name)
+            if w is not None and w.state in CONSUMING:
+                by_queues.setdefault(w.queues, []).append(cost)
+        return {q: _median(sorted(v)) for q, v in by_queues.items()
+                if len(v) >= self.config.cost.min_fleet}
 
     def _jitter(self) -> float:
         return self._rng.uniform(0, self.config.backoff.jitter_s)
+
+
+def _median(values: list[float]) -> float:
+    """The median of sorted, non-empty ``values``."""
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def replay(fleet: Fleet, events: Iterable[Observation | float]) -> list[Decision]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from healthcheck.policy.config import HEALABLE, PolicyConfig
-from healthcheck.policy.detectors import assess, sustained
+from healthcheck.policy.detectors import CostNorm, assess, sustained
 from healthcheck.policy.model import (
     CONSUMING,
     Cause,
@@ -74,16 +74,17 @@ class HealthPolicy:
     # --- observations -------------------------------------------------------------------
 
     def observe(self, w: WorkerHealth, obs: WearReport | ProbeResult | Heartbeat,
-                fleet_p95: float | None = None, jitter_s: float = 0.0) -> Step:
+                fleet_p95: float | None = None, jitter_s: float = 0.0,
+                cost_norm: CostNorm | None = None) -> Step:
         """Apply any observation to a worker."""
         if isinstance(obs, WearReport):
-            return self.observe_wear(w, obs, fleet_p95, jitter_s)
+            return self.observe_wear(w, obs, fleet_p95, jitter_s, cost_norm)
         if isinstance(obs, ProbeResult):
             return self.observe_probe(w, obs, jitter_s)
         return self._seen(w, obs.at, obs.started)
 
     def observe_wear(self, w: WorkerHealth, r: WearReport, fleet_p95: float | None = None,
-                     jitter_s: float = 0.0) -> Step:
+                     jitter_s: float = 0.0, cost_norm: CostNorm | None = None) -> Step:
         """Judge a wear report and move the worker accordingly."""
         queues = r.queues or w.queues
         consuming = w.consuming if r.consuming is None else r.consuming
@@ -92,7 +93,7 @@ class HealthPolicy:
         step = self._seen(w, r.at)
         w, done = step.health, step.transitions
         verdict = assess(r, self.config, fleet_p95, tight=w.state is State.PROBATION,
-                         in_rotation=w.state in CONSUMING)
+                         in_rotation=w.state in CONSUMING, cost_norm=cost_norm)
         hot = w.hot + 1 if verdict.over_hard else 0
         if hot != w.hot:
             w = dataclasses.replace(w, hot=hot, hot_since=r.at if hot == 1 else w.hot_since)

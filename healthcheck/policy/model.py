@@ -86,6 +86,8 @@ class WearReport:
         stalled_s: seconds with nothing done (no input, no task), since the later of the
             last thing done and the start of the current busy spell (None: the worker did
             not say).
+        cost_ms: its CPU milliseconds per item done over its last seconds (None: it did not
+            say, or did too little to tell).
     """
 
     worker: str
@@ -104,6 +106,7 @@ class WearReport:
     stalled_s: float | None = None
     gate_reason: str = ""
     gate_hold: str = ""
+    cost_ms: float | None = None
 
     def not_consuming(self) -> tuple[str, ...]:
         """Configured work queues the worker says it does not consume with its gate open (none

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -101,3 +103,49 @@ def test_busy_stays_in_and_a_spinning_pool_is_out_within_3_s(
     assert len(results) == 4200 * COPIES
     assert {r["ref"] for r in results} == {f"b:{i}" for i in range(len(lines))}
     assert all(r["status"] == "analysed" for r in results)
+
+
+#: Peers enough to compare three workers; the rest of the policy at its defaults.
+COST_POLICY = """
+[cost]
+min_fleet = 2
+"""
+
+
+@pytest.mark.background  # a stream, baselines, then the drift: about 40 s
+def test_a_worker_whose_items_cost_ten_times_more_is_out_its_busy_peers_are_not(
+        app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
+        host_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path) -> None:
+    """Three workers share a stream; one starts burning 50 ms of CPU on every task (``spin``)
+    and keeps getting its tasks done: not stalled, and at 99 % CPU it would be busy, but each
+    item costs it ten times what it costs its peers and itself. Out for it; the others stay;
+    nothing lost."""
+    store = RedisHealthStore(redis_client)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(COST_POLICY)
+    env = {"HOST_WEAR_INTERVAL": "0.5"}
+    workers = [start_worker(f"ct{i}", queues=("tweets",), env=env) for i in range(3)]
+    start_checker("--policy", str(policy), "--tick", "0.1")
+    wait_until(lambda: all(state_of(store, w.name) == "HEALTHY" for w in workers), 20, "known")
+    sent: list[Any] = []
+
+    def stream(seconds: float, done: Callable[[], bool] = lambda: False) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not done():
+            sent.append(contract.analyse(app, f"a fine day number {len(sent)}",
+                                         ref=f"c:{len(sent)}"))
+            time.sleep(1 / 40)
+
+    stream(15)  # every worker's usual cost, and its peers'
+    costly = workers[0]
+    assert celery("fleet", "inject", costly.name, "spin=0.05", env=host_env).returncode == 0
+    stream(60, lambda: state_of(store, costly.name) in ("DRAINING", "QUARANTINED"))
+    out = next((r for r in store.history(costly.name)
+                if r["kind"] == "transition" and r["to"] == "DRAINING"), None)
+    assert out is not None and "cost per item" in out["reason"], store.history(costly.name)
+    assert all(state_of(store, w.name) == "HEALTHY" for w in workers[1:])
+    assert celery("fleet", "inject", costly.name, "", env=host_env).returncode == 0
+    results = [r.get(timeout=60) for r in sent]
+    assert {r["ref"] for r in results} == {f"c:{i}" for i in range(len(sent))}
+    assert all(r["status"] == "analysed" for r in results)
+

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import redis
 
@@ -99,6 +100,51 @@ def test_a_leak_is_recycled_back_to_health_and_a_lasting_one_waits_for_a_person(
     time.sleep(5)  # probes keep passing; it stays out
     assert state_of(store, leaky.name) == "QUARANTINED"
     # And nothing was lost: every tweet answered once, analysed
+    results = [r.get(timeout=30) for r in sent]
+    assert len({r["ref"] for r in results}) == len(sent)
+    assert all(r["status"] == "analysed" for r in results)
+
+
+def strays() -> int:
+    """Processes the ``stray`` injection started that are still running, machine-wide (one
+    handed to init when its pool process ended would be counted too)."""
+    found = 0
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if p.info["cmdline"] == ["sleep", "3600"] and p.info["status"] != psutil.STATUS_ZOMBIE:
+            found += 1
+    return found
+
+
+@pytest.mark.background  # waits for a drain, a recycle and a probation
+def test_a_runaway_child_is_ended_with_a_recycle_and_the_worker_is_back(
+        app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
+        host_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path) -> None:
+    """Each task leaves a process running (``stray=1``): the worker reports it, is drained and
+    recycled, the processes are ended with its pool (none handed to init), and it is back
+    HEALTHY; nothing lost."""
+    store = RedisHealthStore(redis_client)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    env = {"HOST_WEAR_INTERVAL": "0.25"}
+    runaway = start_worker("hs1", env=env, queues=("tweets",))
+    start_worker("hs2", env=env, queues=("tweets",))
+    start_checker("--policy", str(policy), "--tick", "0.1")
+    wait_until(lambda: state_of(store, runaway.name) == "HEALTHY", 20, "known")
+    before = strays()
+    sent: list[Any] = []
+    assert celery("fleet", "inject", runaway.name, "stray=1", env=host_env).returncode == 0
+    feed_until(app, store, runaway.name, sent,
+               lambda: state_of(store, runaway.name) in ("DRAINING", "QUARANTINED"))
+    assert strays() > before
+    assert celery("fleet", "inject", runaway.name, "", env=host_env).returncode == 0
+    wait_until(lambda: kinds(store, runaway.name, "recycled"), 20, "the recycle")
+    out = next(r for r in store.history(runaway.name) if r.get("to") == "DRAINING")
+    assert "stray_processes" in out["reason"], out
+    wait_until(lambda: strays() == before, 10, "the runaway children ended")
+    wait_until(lambda: state_of(store, runaway.name) == "HEALTHY", 60, "back HEALTHY")
+    again = len(sent)
+    feed_until(app, store, runaway.name, sent, lambda: len(sent) >= again + 10)
+    assert runaway.name in {r.get(timeout=30)["worker"] for r in sent[again:]}
     results = [r.get(timeout=30) for r in sent]
     assert len({r["ref"] for r in results}) == len(sent)
     assert all(r["status"] == "analysed" for r in results)

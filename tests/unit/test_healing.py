@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from healthcheck.policy import Fleet, HealthPolicy, PolicyConfig, ProbeResult, Reading, State
+from healthcheck.policy import (
+    Fleet,
+    HealthPolicy,
+    PolicyConfig,
+    ProbeResult,
+    Reading,
+    State,
+    WearReport,
+)
 from healthcheck.policy.config import Healing
 from healthcheck.policy.machine import Proposal
 from healthcheck.policy.model import Cause, WorkerHealth
@@ -16,6 +24,7 @@ from tests.unit.test_busy_is_not_worn import report
 LEAK = {"rss_percent": 96.0, "rss_percent_peak": 96.0}
 STUCK = {"cpu_percent": 99.0, "stalled_s": 4.0}
 HOT = {"temperature_c": 93.0}
+STRAY = {"stray_processes": 1.0}
 
 
 def worker() -> WorkerHealth:
@@ -43,9 +52,9 @@ def readmit(policy: HealthPolicy, w: WorkerHealth) -> WorkerHealth:
 
 
 class TestRecycling:
-    def test_a_leak_and_a_stuck_pool_are_recycled_as_they_are_quarantined(self) -> None:
+    def test_a_leak_a_stuck_pool_and_a_runaway_child_are_recycled_as_quarantined(self) -> None:
         policy = HealthPolicy()
-        for evidence in (LEAK, STUCK):
+        for evidence in (LEAK, STUCK, STRAY):
             w, recycle, _ = eject_and_drain(policy, worker(), evidence, 100.0)
             assert w.state is State.QUARANTINED and recycle
             assert w.recycles == (101.0,) and not w.heal and not w.for_person
@@ -108,3 +117,27 @@ class TestRecycling:
         d = fleet.observe(report("w1", 2.0, running=0, stalled_s=0.0))
         [quarantined] = d.transitions
         assert quarantined.to_state is State.QUARANTINED and quarantined.recycle
+
+    def test_a_runaway_child_that_stays_is_out_one_that_goes_is_not(self) -> None:
+        """A process a pool process left running, reported in three raw samples in a row over
+        1.75 s (the sustained rule): drained, then quarantined with a recycle. One that is
+        there for one sample (a task's child on its way out) changes nothing."""
+        def with_strays(at: float, n: float) -> WearReport:
+            r = report("w1", at)
+            return dataclasses.replace(r, wear={**r.wear, "stray_processes": Reading(
+                0.3 * n, n, n)})
+
+        fleet = Fleet(HealthPolicy(), seed=1)
+        for name in ("w1", "w2", "w3", "w4"):
+            fleet.observe(report(name, 0.0))
+        fleet.observe(with_strays(1.0, 1))
+        fleet.observe(with_strays(2.0, 0))
+        assert not fleet.tick(2.1).transitions
+        for at in (3.0, 4.0, 5.0):
+            fleet.observe(with_strays(at, 1))
+        [out] = fleet.tick(5.1).transitions
+        assert out.to_state is State.DRAINING and "stray_processes" in out.reason
+        d = fleet.observe(report("w1", 6.0, running=0, stalled_s=0.0))
+        [quarantined] = d.transitions
+        assert quarantined.to_state is State.QUARANTINED and quarantined.recycle
+

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from workers import inject
@@ -182,6 +185,31 @@ class TestSampler:
         assert sample["rss_bytes"] > 0
         assert 0 <= sample["memory_percent"] <= 100
 
+    def test_strays_are_what_an_idle_pool_process_left_running(self) -> None:
+        """This test's process stands for a worker's main process, a child of it for a pool
+        process, and what that child starts for a task's children: counted as strays while the
+        pool process runs no task, not while it does; a zombie is not counted."""
+        pool = subprocess.Popen([sys.executable, "-c", (
+            "import subprocess, time\n"
+            "subprocess.Popen(['sleep', '30'])\n"
+            "subprocess.Popen(['true']).wait(); z = subprocess.Popen(['true'])\n"  # z: a zombie
+            "time.sleep(30)\n")])
+        try:
+            busy: set[int] = set()
+            sampler = WearSampler(busy=lambda: busy)
+            deadline = time.monotonic() + 10
+            while sampler.sample()["stray_processes"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # the zombie is there too by now
+            assert sampler.sample()["stray_processes"] == 1
+            busy.add(pool.pid)
+            assert sampler.sample()["stray_processes"] == 0
+        finally:
+            for child in psutil.Process(pool.pid).children(recursive=True):
+                child.kill()
+            pool.kill()
+            pool.wait()
+
 
 class TestInjection:
     def test_parse_round_trip(self) -> None:
@@ -281,3 +309,29 @@ class TestSmoothedLast:
         for x in (10.0, 100.0, 20.0):
             s.add(x)
         assert (s.last, s.peak) == (20.0, 100.0)
+
+
+class TestItemCost:
+    def test_cpu_per_item_over_the_window(self) -> None:
+        """Two cores, the tree at 25 % of the machine (half a core): 0.5 CPU-s a second; 50
+        items a second: 10 ms an item."""
+        from workers.wear import ItemCost
+
+        cost = ItemCost(cores=2, window_s=10.0, min_items=20)
+        for i in range(21):
+            cost.sample(float(i), 25.0, 50 * i)
+        assert cost.ms() == 10.0
+
+    def test_too_few_items_say_nothing_and_a_restart_starts_again(self) -> None:
+        from workers.wear import ItemCost
+
+        cost = ItemCost(cores=1, window_s=10.0, min_items=20)
+        for i in range(5):
+            cost.sample(float(i), 50.0, i)  # 4 items in the window
+        assert cost.ms() is None
+        for i in range(5, 30):
+            cost.sample(float(i), 50.0, 10 * i)
+        assert cost.ms() == 50.0  # 0.5 CPU-s a second, 10 items a second
+        cost.sample(30.0, 50.0, 3)  # the count started again
+        assert cost.ms() is None
+
