@@ -203,7 +203,10 @@ class HealthPolicy:
 
         ``stopping``: a drain because the worker's platform is about to stop it; it ends by
         itself when the worker starts again (Celery's worker-online, or heard from after
-        OFFLINE), where a maintenance drain lasts until ``restore``.
+        OFFLINE), where a maintenance drain lasts until ``restore``. A worker already out of
+        rotation (quarantined, draining, in maintenance, offline) stays as it is: its platform
+        may stop it, and a restart is never a way back in (it would bring a worker
+        quarantined for wrong answers back HEALTHY, unprobed, or end a person's maintenance).
 
         Raises:
             ValueError: a target state operators cannot set, or an empty reason.
@@ -217,6 +220,8 @@ class HealthPolicy:
         cause = Cause.OPERATOR if to in (State.MAINTENANCE, State.QUARANTINED) else Cause.NONE
         if stopping:
             cause = Cause.STOPPING
+            if w.state not in CONSUMING:
+                return Step(w)
         if w.state is to and w.cause is cause:
             return Step(w)
         if to in (State.PROBATION, State.HEALTHY):

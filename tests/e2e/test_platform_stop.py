@@ -3,6 +3,7 @@ drains first, a restart that rejoins, and a rolling restart under a stream of re
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -47,6 +48,14 @@ def platform(host_env: dict[str, str], tmp_path: Path,
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         for worker in started:
             print(f"--- {worker.name} (tail) ---\n{worker.tail()}")
+
+
+def reported_at(env: dict[str, str], worker: str) -> float:
+    """When the checker last stored the worker's report summary (``fleet status``)."""
+    proc = celery("fleet", "status", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    found = [w for w in json.loads(proc.stdout)["workers"] if w["worker"] == worker]
+    return float(found[0].get("reported_at") or 0.0) if found else 0.0
 
 
 def state_of(store: RedisHealthStore, worker: str) -> tuple[str, str] | None:
@@ -179,6 +188,43 @@ class TestStop:
         finally:
             again.kill()
 
+
+
+    @pytest.mark.background  # a quarantine by probes, a stop, a restart, a watch
+    def test_a_quarantined_worker_stopped_and_started_again_is_still_quarantined(
+            self, app: HostCelery, platform: Any, start_checker: CheckerFactory,
+            redis_client: redis.Redis, host_env: dict[str, str], tmp_path: Path) -> None:
+        """Quarantined for a wrong answer, then stopped by its platform (the entrypoint's
+        SIGTERM runs the stop drain, as a preStop hook or ExecStop does) and started again:
+        still QUARANTINED for its probe, never HEALTHY unprobed; a restart is no way back in."""
+        store = RedisHealthStore(redis_client)
+        policy = tmp_path / "policy.toml"
+        policy.write_text("[probes]\nevery_s = 1.0\n")
+        liar = platform("sq1", env={"HOST_WEAR_INJECT": "wrong_answers=1"})
+        platform("sq2")
+        start_checker("--policy", str(policy), "--tick", "0.1")
+        wait_until(lambda: state_of(store, liar.name) == ("QUARANTINED", "probe"), 30,
+                   "quarantined for a wrong answer")
+        liar.sigterm()
+        assert liar.wait(60) == 0, liar.tail()
+        assert state_of(store, liar.name) == ("QUARANTINED", "probe")
+        restarted = time.time()
+        again = PlatformWorker("sq1", host_env, liar.log_path).start()  # the injection gone
+        try:
+            # not ready (out of rotation, as it should be): heard by the checker again
+            wait_until(lambda: reported_at(host_env, liar.name) > restarted, 60,
+                       "its reports heard again")
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                assert state_of(store, liar.name) == ("QUARANTINED", "probe"), \
+                    store.history(liar.name)[-3:]
+                time.sleep(0.2)
+            later = [r for r in store.history(liar.name)
+                     if r["kind"] == "transition" and r["at"] >= restarted]
+            assert all(r["to"] not in ("HEALTHY", "MAINTENANCE") for r in later), later
+            assert "tweets" not in consumed(app, liar.name)
+        finally:
+            again.kill()
 
 
 def alert_expr(name: str) -> str:

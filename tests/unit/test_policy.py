@@ -222,6 +222,21 @@ class TestStateMachine:
         assert step.health.state is State.HEALTHY and step.health.cause is Cause.NONE
         assert [t.to_state for t in step.transitions] == [State.HEALTHY]
 
+    def test_a_stop_leaves_a_worker_already_out_as_it_was(self) -> None:
+        """Quarantined for a wrong answer, draining, or in a person's maintenance: a stop of
+        its platform (preStop, ExecStop, a recycle by exit) changes nothing, so its restart
+        brings it back to the same state and the same way back (probes, a person), never
+        straight to HEALTHY."""
+        wrong = self.policy.observe_probe(healthy(), ProbeResult("w1", 1, "wrong")).health
+        kept = self.policy.operator(healthy(), State.MAINTENANCE, "fan swap", now=0).health
+        draining = dataclasses.replace(healthy(), state=State.DRAINING, cause=Cause.WEAR)
+        for w in (wrong, kept, draining):
+            step = self.policy.operator(w, State.MAINTENANCE, "platform stop", now=5,
+                                        stopping=True)
+            assert step.health == w and step.transitions == ()
+            restarted = self.policy.observe(step.health, Heartbeat("w1", 9, started=True))
+            assert restarted.health.state is w.state and restarted.health.cause is w.cause
+
     def test_a_stopped_worker_heard_after_offline_comes_back_healthy(self) -> None:
         """Stopped for longer than offline_after_s: OFFLINE, then HEALTHY when heard again
         (a maintenance drain would come back to MAINTENANCE)."""
