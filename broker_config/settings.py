@@ -23,6 +23,11 @@ BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel", "amqp", "amqps", "pyamq
 REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 QUEUE_TYPES = ("classic", "quorum")
+#: How a worker recycles at the checker's word: its pool restarted in place, or the whole
+#: worker exiting with EX_RECYCLE for its platform to start again (HOST_RECYCLE).
+RECYCLE_MODES = ("pool", "exit")
+#: The exit code of a worker that recycles by exiting (EX_TEMPFAIL: try again).
+EX_RECYCLE = 75
 
 
 class ConfigError(ValueError):
@@ -75,6 +80,8 @@ class Settings:
     checker_shard: int = 0
     wear_interval: float = 1.0
     wear_inject: str = ""
+    #: How a worker recycles (RECYCLE_MODES): "exit" under a platform that starts it again.
+    recycle: str = "pool"
     #: Workers: the resident memory (bytes) a worker and its pool may use, against which its
     #: ``rss_percent`` is reported; 0: its cgroup's limit where it has one, else not reported.
     worker_memory_limit: int = 0
@@ -387,6 +394,7 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "visibility_timeout": _positive,
     "unacked_restore_interval": _positive,
     "queue_type": _one_of(QUEUE_TYPES),
+    "recycle": _one_of(RECYCLE_MODES),
     "delivery_limit": _positive,
     "broker_consumer_timeout": _positive,
     "task_soft_time_limit": _positive,

@@ -23,10 +23,12 @@ from collections.abc import Callable
 from typing import Any
 
 import psutil
+from celery.worker import state as worker_state
 from celery.worker.control import Panel, control_command
 
+from broker_config.app import settings_of
 from broker_config.logs import get_logger
-from broker_config.settings import GUARDED_BUILTINS
+from broker_config.settings import EX_RECYCLE, GUARDED_BUILTINS
 from broker_config.signing import SIGNATURE_FIELDS, NonceMemory, Verifier
 from workers import gate
 from workers.runtime import RUNTIME
@@ -194,8 +196,9 @@ def host_admit(state: Any, reason: str = "admit", epoch: int | None = None,
 def host_recycle(state: Any, reason: str = "recycle", epoch: int | None = None,
                  **signed: Any) -> dict[str, Any]:
     """Restart this worker's pool: each pool process is replaced by a fresh one (what a leak
-    grew, or a stuck process held, is gone). Only out of rotation: a worker whose gate is open
-    refuses, so that a recycle never costs the fleet a working worker's capacity."""
+    grew, or a stuck process held, is gone), or with HOST_RECYCLE=exit the whole worker, by its
+    platform. Only out of rotation: a worker whose gate is open refuses, so that a recycle never
+    costs the fleet a working worker's capacity."""
     refused = (_authentic(state, "host_recycle", _arguments(reason, epoch, signed))
                or _fenced(state, "host_recycle", epoch, signed))
     if refused:
@@ -204,6 +207,8 @@ def host_recycle(state: Any, reason: str = "recycle", epoch: int | None = None,
     if g is None or g.is_open():
         RUNTIME.refused[("host_recycle", "in_rotation")] += 1
         return {"error": "refused: in rotation (only a worker out of rotation is recycled)"}
+    if settings_of(state.consumer.app).recycle == "exit":
+        return _exit_for_platform(state, reason)
     # Each pool process is ended (SIGTERM) and billiard starts a fresh one in its place. Not
     # billiard's graceful restart: its processes wait on their pipe with no timeout and look
     # at the restart flag only when a job wakes them, and a stuck one never would.
@@ -220,6 +225,22 @@ def host_recycle(state: Any, reason: str = "recycle", epoch: int | None = None,
     log.warning("worker_recycled", reason=reason, restarted=ended, strays_ended=strays,
                 worker=state.consumer.hostname)
     return {"ok": True, "restarted": ended, "strays_ended": strays, "at": time.time()}
+
+
+def _exit_for_platform(state: Any, reason: str) -> dict[str, Any]:
+    """HOST_RECYCLE=exit: the whole worker ends (what its pool processes started first), warm,
+    with EX_RECYCLE, for its platform to start it again (a pod's restartPolicy, a unit's
+    Restart=on-failure): what grew in the main process goes too. It starts again out of
+    rotation, as the checker last knew it, and earns its way back as a recycled pool does."""
+    processes = list(getattr(getattr(state.consumer.controller.pool, "_pool", None), "_pool",
+                             None) or ())
+    strays = sum(_end_descendants(p.pid) for p in processes)
+    # the consumer's loop stops at its next turn, with this exit code (typed None in Celery)
+    worker_state.should_stop = EX_RECYCLE  # type: ignore[assignment]
+    log.warning("worker_recycled", reason=reason, restarted="worker", strays_ended=strays,
+                exit_code=EX_RECYCLE, worker=state.consumer.hostname)
+    return {"ok": True, "restarted": "worker", "exit_code": EX_RECYCLE, "strays_ended": strays,
+            "at": time.time()}
 
 
 def _end_descendants(pid: int) -> int:

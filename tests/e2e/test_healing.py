@@ -5,6 +5,8 @@ out for a person, the count in its reason."""
 
 from __future__ import annotations
 
+import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,11 @@ import redis
 
 from broker_config import contract
 from broker_config.app import HostCelery
+from broker_config.settings import EX_RECYCLE
 from healthcheck.store import RedisHealthStore
 from tests.conftest import CheckerFactory, WorkerFactory
 from tests.support.cli import celery
+from tests.support.platform_worker import PlatformWorker
 from tests.support.polling import wait_until
 
 MIB = 2**20
@@ -148,3 +152,70 @@ def test_a_runaway_child_is_ended_with_a_recycle_and_the_worker_is_back(
     results = [r.get(timeout=30) for r in sent]
     assert len({r["ref"] for r in results}) == len(sent)
     assert all(r["status"] == "analysed" for r in results)
+
+
+class Platform:
+    """A platform's restart policy around one worker (a pod's ``restartPolicy: Always``, a
+    unit's ``Restart=on-failure``): the entrypoint started again whenever it exits, its exit
+    codes kept."""
+
+    def __init__(self, short: str, env: dict[str, str], log_path: Path) -> None:
+        self.short, self.env, self.log_path = short, env, log_path
+        self.exits: list[int] = []
+        self.worker = PlatformWorker(short, env, log_path).start()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, daemon=True)
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            assert self.worker.proc is not None
+            try:
+                code = self.worker.proc.wait(0.2)
+            except subprocess.TimeoutExpired:
+                continue
+            self.exits.append(code)
+            if not self._stop.is_set():
+                self.worker = PlatformWorker(self.short, self.env, self.log_path).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.worker.kill()
+
+
+@pytest.mark.background  # a leak, a drain, an exit and a restart, a probation
+def test_under_a_platform_a_recycle_restarts_the_whole_worker(
+        app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
+        host_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path) -> None:
+    """HOST_RECYCLE=exit: the leaking worker, drained and quarantined, is recycled by exiting
+    with EX_RECYCLE (75); its platform starts it again (the leak gone with the process), it
+    starts out of rotation and earns its way back HEALTHY; nothing lost."""
+    store = RedisHealthStore(redis_client)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    env = {"HOST_WEAR_INTERVAL": "0.25", "HOST_WORKER_MEMORY_LIMIT": str(600 * MIB)}
+    platform = Platform("hx1", {**host_env, **env, "HOST_RECYCLE": "exit"},
+                        tmp_path / "hx1.log")
+    leaky = platform.worker.name
+    try:
+        start_worker("hx2", env=env, queues=("tweets",))
+        start_checker("--policy", str(policy), "--tick", "0.1")
+        wait_until(lambda: state_of(store, leaky) == "HEALTHY", 30, "known")
+        sent: list[Any] = []
+        assert celery("fleet", "inject", leaky, LEAK, env=host_env).returncode == 0
+        feed_until(app, store, leaky, sent,
+                   lambda: state_of(store, leaky) in ("DRAINING", "QUARANTINED"))
+        wait_until(lambda: kinds(store, leaky, "recycled"), 20, "the recycle")
+        wait_until(lambda: platform.exits, 60, "the worker's exit")
+        assert platform.exits[0] == EX_RECYCLE, platform.worker.tail()
+        wait_until(lambda: state_of(store, leaky) == "HEALTHY", 90, "back HEALTHY")
+        again = len(sent)
+        feed_until(app, store, leaky, sent, lambda: len(sent) >= again + 10)
+        assert leaky in {r.get(timeout=30)["worker"] for r in sent[again:]}
+        results = [r.get(timeout=30) for r in sent]
+        assert len({r["ref"] for r in results}) == len(sent)
+        assert all(r["status"] == "analysed" for r in results)
+        assert platform.exits == [EX_RECYCLE]  # once, and the leak gone with the process
+    finally:
+        platform.stop()
