@@ -82,6 +82,7 @@ def check(run_dir: Path, faults: list[Fault], begun: float, audit: list[dict[str
     analysed = [r for _, r in answers if r.get("status") == "analysed"]
     _none_started_out_of_rotation(report, analysed, audit, faults, begun)
     _blast_radius(report, audit, faults, begun, workers)
+    _earned_way_back(report, audit, faults, begun)
     logs = {p.stem: jsonl(p) for p in sorted(run_dir.glob("worker*.log"))}
     _epochs(report, logs, faults, begun)
     _actions_audited(report, logs, audit, faults, begun)
@@ -145,6 +146,30 @@ def _none_started_out_of_rotation(report: Report, analysed: Iterable[dict[str, A
                     "out of rotation", f"{r.get('ref')} started on {w} {started - low:.3f}s "
                     f"after the verdict took it out (re-admitted {high - low:.1f}s after it)",
                     started, around(faults, begun, started)))
+
+
+def _earned_way_back(report: Report, audit: list[dict[str, Any]], faults: list[Fault],
+                     begun: float) -> None:
+    """A worker the checker took out (wear, a probe, its own gate) is back in rotation only
+    through probation (its probes and clean wear) or a person's restore: never straight to
+    HEALTHY by itself, whatever happened meanwhile (a restart by its platform, OFFLINE)."""
+    out_by_checker: dict[str, dict[str, Any]] = {}
+    returns = 0
+    for r in sorted((r for r in audit if r.get("kind") == "transition"), key=lambda r: r["at"]):
+        w, to = str(r.get("worker")), r.get("to")
+        if to in OUT and r.get("automatic") and r.get("cause") in AUTOMATIC:
+            out_by_checker.setdefault(w, r)
+        elif to in IN and w in out_by_checker:
+            returns += 1
+            if to == "PROBATION" or not r.get("automatic"):
+                out_by_checker.pop(w)  # earned, or a person's word
+                continue
+            took_out = out_by_checker.pop(w)
+            report.violations.append(Violation(
+                "earned way back", f"{w} went {r.get('from')} -> {to} ({r.get('reason')}) "
+                f"after the checker took it out ({took_out.get('reason')}), with no probation "
+                "and no person", r["at"], around(faults, begun, r["at"])))
+    report.checked["returns_to_rotation"] = returns
 
 
 def _blast_radius(report: Report, audit: list[dict[str, Any]], faults: list[Fault],

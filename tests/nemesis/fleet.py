@@ -261,6 +261,23 @@ class Fleet:
     def _end_operator_drain(self, i: int) -> str:
         return self.restore_if_out(i)
 
+    def _begin_liar(self, i: int) -> str:
+        return self.fleet_command("inject", self.workers[i].name, "wrong_answers=1")
+
+    def _end_liar(self, i: int) -> str:
+        return self._end_wear(i)
+
+    def _begin_platform_restart(self, i: int) -> str:
+        """What a platform does to restart a worker, whatever its state: the stop hook (a
+        preStop, ExecStop: `fleet drain --stopping --wait`), SIGTERM, a new process."""
+        name = self.workers[i].name
+        said = self.fleet_command("drain", name, "--stopping", "--wait", "--timeout", "20",
+                                  "--reason", "nemesis: platform restart", timeout=40)
+        with self.lock:
+            self.workers[i].stop(timeout=30)
+            self.workers[i] = self._worker(i)
+        return f"{said}; restarted {name}"
+
     def _begin_bad_inputs(self, _: int) -> str:
         return "bad inputs"  # the workload sends them (it watches for this fault)
 

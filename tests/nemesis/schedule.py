@@ -24,6 +24,8 @@ KINDS: dict[str, tuple[float, tuple[float, float]]] = {
     "wear": (2.0, (4.0, 15.0)),             # cpu=100,spin=3 injected; cleared and restored after
     "operator_drain": (1.5, (2.0, 10.0)),   # `fleet drain` by a person; `fleet restore` after
     "bad_inputs": (1.5, (0.0, 0.0)),        # a burst of malformed and expensive inputs
+    "liar": (1.0, (6.0, 25.0)),             # wrong_answers=1 injected; cleared and restored after
+    "platform_restart": (1.0, (0.0, 0.0)),  # the stop hook (`drain --stopping`), SIGTERM, start
 }
 #: Mean seconds between two faults.
 MEAN_GAP_S = 6.0

@@ -90,3 +90,19 @@ class TestChecks:
                                           "timestamp": "2001-09-09T01:46:40Z"}])
         (v,) = check(tmp_path, FAULTS, T0, [], {}, 4).violations
         assert v.promise == "audited"
+
+    def test_back_in_rotation_without_probation_or_a_person(self, tmp_path: Path) -> None:
+        """Quarantined for a wrong answer, stopped by its platform, HEALTHY at its restart: the
+        check says so; through probation, or restored by a person, it does not."""
+        history(tmp_path, [], [])
+        laundered = [transition("w1", "QUARANTINED", T0 + 1, cause="probe"),
+                     transition("w1", "MAINTENANCE", T0 + 2, cause="stopping", automatic=False),
+                     transition("w1", "HEALTHY", T0 + 5, cause="")]
+        (v,) = check(tmp_path, FAULTS, T0, laundered, {}, 4).violations
+        assert v.promise == "earned way back" and "w1" in v.what
+        earned = [transition("w2", "QUARANTINED", T0 + 1, cause="probe"),
+                  transition("w2", "PROBATION", T0 + 9, cause=""),
+                  transition("w2", "HEALTHY", T0 + 20, cause=""),
+                  transition("w3", "DRAINING", T0 + 1),
+                  transition("w3", "HEALTHY", T0 + 4, cause="", automatic=False)]
+        assert check(tmp_path, FAULTS, T0, earned, {}, 8).ok  # (8: within the bound)
