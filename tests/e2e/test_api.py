@@ -201,6 +201,7 @@ class TestSubmitAndRead:
 
 
 class TestAcceptedMeansAnswered:
+    @pytest.mark.background  # waits with every worker drained, then for the answers
     def test_every_worker_drained_submissions_wait_in_the_broker_and_are_answered_once(
             self, start_worker: WorkerFactory, start_checker: CheckerFactory,
             start_api: ApiFactory, host_env: dict[str, str]) -> None:

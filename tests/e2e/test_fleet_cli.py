@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from broker_config.app import HostCelery
@@ -106,6 +107,7 @@ class TestFleetCommands:
         checker.stop()
         assert fleet_json(host_env)["workers"][0]["worker"] == worker.name
 
+    @pytest.mark.background  # waits out a drain's --timeout
     def test_drain_wait_times_out_while_work_is_in_flight(
             self, app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
             host_env: dict[str, str]) -> None:

@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from broker_config.app import HostCelery
@@ -75,6 +76,7 @@ class TestOperatorStatesHold:
 
 
 class TestHeldWorkersAreVisible:
+    @pytest.mark.background  # waits for a guard to engage and a hold to show
     def test_a_hot_worker_the_guard_keeps_says_so_everywhere(
             self, start_worker: WorkerFactory, start_checker: CheckerFactory,
             host_env: dict[str, str], tmp_path: Path) -> None:
