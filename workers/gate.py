@@ -132,9 +132,18 @@ def status(consumer: Any) -> dict[str, Any]:
         "gate_changed_at": g.changed_at,
         "self_protected": g.self_protected,
         "consuming": consuming_work_queues(consumer),
-        "inflight": len(worker_state.active_requests) + len(worker_state.reserved_requests),
+        "inflight": holding_work(),
         "at": time.time(),
     }
+
+
+def holding_work() -> int:
+    """Tasks held, running or reserved, but the checker's own probes: a drain is done when no
+    work is held, whichever probe runs (on a worn worker a probe can take as long as it likes,
+    and the drain waited its full time-out for them)."""
+    verify = RUNTIME.verify_queue
+    return sum(1 for held in (worker_state.active_requests, worker_state.reserved_requests)
+               for r in held if not verify or (r.delivery_info or {}).get("routing_key") != verify)
 
 
 def consuming_work_queues(consumer: Any) -> list[str]:

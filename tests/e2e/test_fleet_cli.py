@@ -114,14 +114,14 @@ class TestFleetCommands:
         """--wait with a task still running past --timeout: exit 1, and it says so."""
         from broker_config.contract import envelope
 
-        worker = start_worker("op5", env={**FAST, "HOST_WEAR_INJECT": "slow=8"})
-        start_worker("op6", env=FAST)
+        # op5 alone consumes tweets: the slow task is its work (a probe would not be: a drain
+        # waits for work, not for the checker's probes)
+        worker = start_worker("op5", queues=("tweets",), concurrency=2,  # (a probe may run too)
+                              env={**FAST, "HOST_WEAR_INJECT": "slow=8"})
+        start_worker("op6", queues=("default",), env=FAST)
         start_checker("--tick", "0.1")
         wait_until(lambda: len(fleet_json(host_env)["workers"]) == 2, 20, "both workers known")
-        from broker_config.queues import verify_queue
-
-        queue: Any = verify_queue(worker.name)
-        result = app.send_task("host.analyse", args=[envelope("w:1", "slow one")], queue=queue)
+        result = app.send_task("host.analyse", args=[envelope("w:1", "slow one")], queue="tweets")
         time.sleep(1)  # it is running now
         proc = celery("fleet", "drain", worker.name, "--yes", "--wait", "--timeout", "2",
                       env=host_env)

@@ -335,3 +335,36 @@ class TestItemCost:
         cost.sample(30.0, 50.0, 3)  # the count started again
         assert cost.ms() is None
 
+
+
+def test_a_drain_waits_for_work_not_for_the_checkers_probes() -> None:
+    """What a worker says it holds (its drain is done at 0): work-queue tasks, running or
+    reserved; a probe on its verify queue is not work."""
+    from celery.worker import state as worker_state
+
+    from workers.gate import holding_work
+    from workers.runtime import RUNTIME
+
+    class Held:  # a request as far as holding_work reads it (hashable, as Celery's are)
+        def __init__(self, queue: str) -> None:
+            self.delivery_info = {"routing_key": queue}
+
+    def held(queue: str) -> Held:
+        return Held(queue)
+
+    probe, work, more = held("host.verify.w1@x"), held("tweets"), held("bulk")
+    saved = RUNTIME.verify_queue
+    RUNTIME.verify_queue = "host.verify.w1@x"
+    worker_state.active_requests.add(probe)
+    worker_state.active_requests.add(work)
+    worker_state.reserved_requests.add(more)
+    try:
+        assert holding_work() == 2
+        worker_state.active_requests.discard(work)
+        worker_state.reserved_requests.discard(more)
+        assert holding_work() == 0  # only the probe left
+    finally:
+        worker_state.active_requests.discard(probe)
+        worker_state.active_requests.discard(work)
+        worker_state.reserved_requests.discard(more)
+        RUNTIME.verify_queue = saved
