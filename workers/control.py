@@ -212,8 +212,7 @@ def host_recycle(state: Any, reason: str = "recycle", epoch: int | None = None,
     # Each pool process is ended (SIGTERM) and billiard starts a fresh one in its place. Not
     # billiard's graceful restart: its processes wait on their pipe with no timeout and look
     # at the restart flag only when a job wakes them, and a stuck one never would.
-    processes = list(getattr(getattr(state.consumer.controller.pool, "_pool", None), "_pool",
-                             None) or ())
+    processes = _pool_processes(state)
     if not processes:
         return {"error": "refused: this pool has no processes to restart"}
     ended = strays = 0
@@ -232,8 +231,7 @@ def _exit_for_platform(state: Any, reason: str) -> dict[str, Any]:
     with EX_RECYCLE, for its platform to start it again (a pod's restartPolicy, a unit's
     Restart=on-failure): what grew in the main process goes too. It starts again out of
     rotation, as the checker last knew it, and earns its way back as a recycled pool does."""
-    processes = list(getattr(getattr(state.consumer.controller.pool, "_pool", None), "_pool",
-                             None) or ())
+    processes = _pool_processes(state)
     strays = sum(_end_descendants(p.pid) for p in processes)
     # the consumer's loop stops at its next turn, with this exit code (typed None in Celery)
     worker_state.should_stop = EX_RECYCLE  # type: ignore[assignment]
@@ -241,6 +239,12 @@ def _exit_for_platform(state: Any, reason: str) -> dict[str, Any]:
                 exit_code=EX_RECYCLE, worker=state.consumer.hostname)
     return {"ok": True, "restarted": "worker", "exit_code": EX_RECYCLE, "strays_ended": strays,
             "at": time.time()}
+
+
+def _pool_processes(state: Any) -> list[Any]:
+    """The prefork pool's processes (billiard's; none for another pool)."""
+    return list(getattr(getattr(state.consumer.controller.pool, "_pool", None), "_pool",
+                        None) or ())
 
 
 def _end_descendants(pid: int) -> int:

@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 from broker_config.queues import WORK_QUEUES
 from broker_config.wear_event import RUNTIME_BUCKETS, WAIT_BUCKETS
 from healthcheck.metrics.reported import Cumulative
+from healthcheck.metrics.tasks import cumulative
 from healthcheck.policy import Fleet, State, WorkerHealth
 
 #: celery-exporter's task counters, in its order, with its help texts' meaning.
@@ -173,9 +174,6 @@ def _histogram(name: str, help_text: str, seen: Mapping[Key, Counter[str]],
                bounds: tuple[float, ...]) -> HistogramMetricFamily:
     family = HistogramMetricFamily(name, help_text, labels=["name", "hostname", "queue_name"])
     for key, counts in sorted(seen.items()):
-        running, cumulative = 0, []
-        for bound in [*map(str, bounds), "inf"]:
-            running += counts.get(bound, 0)
-            cumulative.append(("+Inf" if bound == "inf" else bound, running))
-        family.add_metric(list(key), cumulative, sum_value=counts.get("sum_us", 0) / 1e6)
+        folded, total_s = cumulative(counts, bounds)
+        family.add_metric(list(key), folded, sum_value=total_s)
     return family

@@ -10,7 +10,7 @@ events besides every report.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -18,7 +18,16 @@ from prometheus_client.registry import Collector
 from broker_config.wear_event import RUNTIME_BUCKETS
 from healthcheck.metrics.reported import Cumulative
 
-_BOUNDS = [str(b) for b in RUNTIME_BUCKETS] + ["inf"]
+
+def cumulative(counts: Mapping[str, int], bounds: tuple[float, ...]
+               ) -> tuple[list[tuple[str, int]], float]:
+    """A histogram's cumulative buckets and its sum, from the per-bucket counts a worker reports
+    (``"<bound>"`` and ``"inf"``, not cumulative; ``"sum_us"``, microseconds)."""
+    running, buckets = 0, []
+    for bound in [*map(str, bounds), "inf"]:
+        running += counts.get(bound, 0)
+        buckets.append(("+Inf" if bound == "inf" else bound, running))
+    return buckets, counts.get("sum_us", 0) / 1e6
 
 
 class TaskTotals(Collector):
@@ -61,9 +70,6 @@ class TaskTotals(Collector):
         runtime = HistogramMetricFamily("host_task_runtime_seconds", "Runtime of succeeded tasks",
                                         labels=["queue", "task"])
         for (queue, task), seen in sorted(buckets.items()):
-            running, cumulative = 0, []
-            for bound in _BOUNDS:
-                running += seen.get(bound, 0)
-                cumulative.append(("+Inf" if bound == "inf" else bound, running))
-            runtime.add_metric([queue, task], cumulative, sum_value=seen.get("sum_us", 0) / 1e6)
+            folded, total_s = cumulative(seen, RUNTIME_BUCKETS)
+            runtime.add_metric([queue, task], folded, sum_value=total_s)
         yield runtime
