@@ -4,10 +4,14 @@ refused) or failed over (a Sentinel group's master SIGKILLed) while a stream of 
 flows, the workers keep analysing at close to their normal rate; nothing is lost, and a worker
 the checker had quarantined before the fault still starts nothing.
 
-The rate figures here are loose (the machine is shared); bench/store_stall.py measures them."""
+The rate figures here are loose: the machine is shared, and the other test session halves the
+rate now and then. A data plane that waits on the store shows otherwise: a wait per task of even
+the per-task timeout (50 ms) is a rate below a fifth of the normal one, and a wait for the store
+is a second with nothing finished. bench/store_stall.py measures the rates."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -38,6 +42,13 @@ def store(request: pytest.FixtureRequest) -> Iterator[FaultyStore]:
 @pytest.fixture
 def host_env(host_env: dict[str, str], store: FaultyStore) -> dict[str, str]:
     return {**host_env, **store.env}
+
+
+def longest_gap(results: list[dict[str, object]], start: float, end: float) -> float:
+    """The longest time in [start, end) in which no analysis finished."""
+    times = sorted(t for r in results if start <= (t := float(r["finished_at"])) < end)  # type: ignore[arg-type]
+    edges = [start, *times, end]
+    return max(b - a for a, b in itertools.pairwise(edges))
 
 
 def rate(results: list[dict[str, object]], start: float, end: float) -> float:
@@ -91,8 +102,10 @@ def test_a_stalled_store_stalls_no_analysis(
     wait_until(lambda: dead.counts()["total"] == hostile, 30, "the dead letters stored")
     before = rate(results, stalled_at - STALL_S + 2, stalled_at)
     during = rate(results, stalled_at + 0.5, resumed_at)
+    gap = longest_gap(results, stalled_at + 0.5, resumed_at)
     print(f"store fault {store.fault!r} for {STALL_S:.0f} s: {before:.0f} tweets/s before, "
-          f"{during:.0f} during ({during / before:.2f})")
-    assert during >= 0.5 * before, (before, during)
+          f"{during:.0f} during ({during / before:.2f}), nothing finished for {gap:.2f} s at most")
+    assert during >= 0.3 * before, (before, during)
+    assert gap < 1.0, gap
     # The quarantined worker started nothing, before, during or after
     assert held not in {r["worker"] for r in results}
