@@ -35,6 +35,16 @@ def create_api(service: ApiService) -> FastAPI:
                   docs_url=None, redoc_url=None, lifespan=lifespan)
     door = Door(service)
 
+    _error_handlers(api)
+    api.include_router(messages_router(door))
+    api.include_router(jobs_router(door))
+    _fleet_routes(api, door)
+    _probe_routes(api, service)
+    api.add_middleware(Metered, metrics=service.metrics)
+    return api
+
+
+def _error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         body = ErrorBody(error=exc.error, detail=exc.detail,
@@ -47,8 +57,9 @@ def create_api(service: ApiService) -> FastAPI:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return JSONResponse(ErrorBody(error="invalid_request", detail=detail).model_dump(), 422)
 
-    api.include_router(messages_router(door))
-    api.include_router(jobs_router(door))
+
+def _fleet_routes(api: FastAPI, door: Door) -> None:
+    service = door.service
 
     @api.get("/v1/fleet", response_model=FleetOut, tags=["fleet"], operation_id="fleet",
              responses=errors(503))
@@ -65,6 +76,8 @@ def create_api(service: ApiService) -> FastAPI:
         return {"id": key.id, "name": key.name, "scopes": list(key.scopes),
                 "rate": key.rate or service.settings.api_rate, "counts": counts}
 
+
+def _probe_routes(api: FastAPI, service: ApiService) -> None:
     @api.get("/healthz", tags=["probes"], operation_id="healthz")
     async def healthz() -> dict[str, str]:
         """The process is alive."""
@@ -90,9 +103,6 @@ def create_api(service: ApiService) -> FastAPI:
         for queue, depth in service.backlog.depth.items():
             m.backlog.labels(queue).set(depth)
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
-
-    api.add_middleware(Metered, metrics=service.metrics)
-    return api
 
 
 class Metered:

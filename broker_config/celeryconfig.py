@@ -11,19 +11,27 @@ from broker_config.settings import Settings
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for a host fleet; docs/configuration.md explains each choice."""
     fastjson.register()
-    config: dict[str, Any] = {
-        "broker_url": settings.broker_url,
-        "result_backend": settings.effective_result_backend,
-        "broker_connection_retry_on_startup": True,
-        # Only JSON crosses the wire: nothing a producer sends can become code in a worker.
-        # host writes its tasks and results with orjson (broker_config.fastjson: JSON all the
-        # same, under JSON's content type); a batch's envelopes and results are most of what
-        # ingest and a worker do besides VADER's own work.
-        "task_serializer": fastjson.NAME,
-        "result_serializer": fastjson.NAME,
-        "event_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
+    return {"broker_url": settings.broker_url,
+            "result_backend": settings.effective_result_backend,
+            "broker_connection_retry_on_startup": True,
+            **_wire(), **_reliability(settings), **_routing(settings), **_worker(settings),
+            **_transports(settings)}
+
+
+def _wire() -> dict[str, Any]:
+    # Only JSON crosses the wire: nothing a producer sends can become code in a worker. host
+    # writes its tasks and results with orjson (broker_config.fastjson: JSON all the same,
+    # under JSON's content type); a batch's envelopes and results are most of what ingest and
+    # a worker do besides VADER's own work.
+    return {"task_serializer": fastjson.NAME,
+            "result_serializer": fastjson.NAME,
+            "event_serializer": "json",
+            "accept_content": ["json"],
+            "result_accept_content": ["json"]}
+
+
+def _reliability(settings: Settings) -> dict[str, Any]:
+    return {
         # Acknowledge after the task ran, and give the message back if the child process dies:
         # a worker that crashes or is killed loses nothing.
         "task_acks_late": True,
@@ -33,12 +41,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_disable_prefetch": settings.broker_is_redis,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
-        "task_queues": queues.work_queues(settings.queue_type, settings.delivery_limit),
-        "task_default_queue": queues.DEFAULT,
-        "task_default_exchange": queues.DEFAULT,
-        "task_default_routing_key": queues.DEFAULT,
-        "task_routes": queues.TASK_ROUTES,
-        "task_create_missing_queues": False,
         "result_expires": settings.result_expires,
         # Ride out a broker restart: publishers retry for about 30 s, and workers keep retrying
         # to store a result instead of losing it.
@@ -47,6 +49,20 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_always_retry": True,
         "result_backend_max_retries": 30,
         "result_extended": False,
+    }
+
+
+def _routing(settings: Settings) -> dict[str, Any]:
+    return {"task_queues": queues.work_queues(settings.queue_type, settings.delivery_limit),
+            "task_default_queue": queues.DEFAULT,
+            "task_default_exchange": queues.DEFAULT,
+            "task_default_routing_key": queues.DEFAULT,
+            "task_routes": queues.TASK_ROUTES,
+            "task_create_missing_queues": False}
+
+
+def _worker(settings: Settings) -> dict[str, Any]:
+    return {
         # Off by default: the checker's task figures come from the workers' own counts in
         # their wear reports. On (HOST_TASK_EVENTS) for monitors that show tasks (Flower).
         "worker_send_task_events": settings.task_events,
@@ -57,6 +73,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
     }
+
+
+def _transports(settings: Settings) -> dict[str, Any]:
+    config: dict[str, Any] = {}
     if settings.broker_is_redis:
         # kombu's Redis transport, keeping messages a broker restart would otherwise lose and
         # surviving items that are no message (broker_config.transport), under redis://.

@@ -5,9 +5,6 @@ from __future__ import annotations
 import gc
 import signal
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 import click
@@ -16,24 +13,11 @@ from celery.bin.base import CeleryCommand
 from broker_config.app import ConfigurationFailed
 from broker_config.logs import ensure_logging, get_logger
 from broker_config.policy_file import load_policy
-from broker_config.queues import WATCHED_QUEUES, WORK_QUEUES
 from broker_config.settings import ConfigError
 from cli.common import check_broker, host_app
 from healthcheck import webconfig
-from healthcheck.actuator import CeleryActuator
+from healthcheck.assemble import Assembly, assemble
 from healthcheck.errors import StoreUnavailable
-from healthcheck.hearing import IntakeWatch
-from healthcheck.http import app as http_app
-from healthcheck.http import serve
-from healthcheck.lease import Leadership, candidate_id
-from healthcheck.metrics import QueueDepths, broker_depths
-from healthcheck.page import StoredStates, fleet_view
-from healthcheck.probes import CeleryProbeTransport, Prober, known_answers
-from healthcheck.receiver import Ear, RedisEar
-from healthcheck.service import Checker
-from healthcheck.sharding import Shard, routing_keys
-from healthcheck.store import RedisHealthStore
-from healthcheck.webconfig import require_auth
 
 log = get_logger(__name__)
 
@@ -75,47 +59,21 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
         raise click.BadParameter(f"shard {shard} is not one of 0..{shards - 1}",
                                  param_hint="--shard")
     check_broker(app)
-    store = RedisHealthStore.from_url(settings.store, shard, shards)
-    actuator = CeleryActuator(app, secret=settings.control_secret)
-    actuator.warm()
-    watch = IntakeWatch()
     try:
-        prober = Prober(CeleryProbeTransport(app), known_answers(), config.probes)
-        leadership = Leadership(store, candidate_id(), settings.checker_lease)
-        depths = QueueDepths(broker_depths(app, WORK_QUEUES + WATCHED_QUEUES))
-        checker = Checker.from_store(store, actuator, config, tick_s=tick,
-                                     secret=settings.control_secret,
-                                     previous_secret=settings.control_secret_previous,
-                                     prober=prober, leadership=leadership,
-                                     forget_after_s=settings.metrics_worker_ttl,
-                                     depths=depths, nonces=store.nonces(), watch=watch,
-                                     act_pool=ThreadPoolExecutor(4, "host-act"),
-                                     shard=Shard(shard, shards, store.budget()))
+        checker = assemble(app, settings, config, web, tick, shard, shards,
+                           settings.metrics_port if metrics_port is None else metrics_port)
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    if settings.celery_exporter_metrics:
-        checker.metrics.export_celery_families()
-    stop = threading.Event()
-    def subscribed() -> None:
-        watch.subscribe(time.time())
-
-    keys_ = routing_keys(shard, shards) if shards > 1 else None  # one shard: its own workers'
-    ear = (RedisEar(settings.broker, checker.on_events, stop, subscribed, watch.lose,
-                    routing_keys=keys_)
-           if settings.broker_is_redis else Ear(app, checker.on_event, stop, subscribed, watch.lose))
-    checker.resubscribe = ear.resubscribe
-    others = StoredStates(store) if shards > 1 else None  # the page shows every shard's workers
-    handler = http_app(checker.metrics.registry, lambda: _alive(checker),
-                       lambda: checker.ready and watch.subscribed and checker.intake_trusted,
-                       lambda: fleet_view(checker.fleet, checker.history, store,
-                                          checker.leading(), depths, others=others))
-    server, port = serve(require_auth(handler, web.users),
-                         settings.metrics_port if metrics_port is None else metrics_port,
-                         settings.metrics_address, tls=web.tls)
-    log.info("checker_started", metrics_port=port, address=settings.metrics_address,
+    log.info("checker_started", metrics_port=checker.port, address=settings.metrics_address,
              tls=web.tls is not None, basic_auth=bool(web.users), dry_run=dry_run, tick_s=tick,
              policy=policy_path or settings.policy_file or "defaults", shard=shard,
              shards=shards)
+    _run(checker)
+
+
+def _run(checker: Assembly) -> None:
+    """Run until SIGTERM or SIGINT, with the interpreter tuned for one long loop."""
+    stop = checker.stop
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -129,16 +87,7 @@ def healthcheck(ctx: click.Context, metrics_port: int | None, policy_path: str |
     gc.freeze()
     gc.set_threshold(100_000, 50, 1000)
     sys.setswitchinterval(0.02)  # the ear and the loop hand over less often (default 5 ms)
-    threading.Thread(target=ear.run, daemon=True).start()
     try:
-        checker.run(stop)
+        checker.run()
     finally:
-        leadership.release()
-        server.shutdown()
         log.info("checker_stopped")
-
-
-def _alive(checker: Checker) -> bool:
-    import time
-
-    return time.time() - checker.last_loop < 5 * max(checker.tick_s, 1.0)

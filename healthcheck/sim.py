@@ -22,17 +22,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from broker_config.policy_file import load_policy
 from broker_config.settings import ConfigError
 from broker_config.shards import shard_of
 from healthcheck.policy import (
+    Decision,
     Fleet,
     HealthPolicy,
     PolicyConfig,
     ProbeResult,
     Reading,
     State,
+    Transition,
 )
 from healthcheck.policy.config import Guard
 from healthcheck.policy.model import OUT_OF_ROTATION, WearReport
@@ -301,42 +304,15 @@ def run(scenario: Scenario, n: int, seconds: int, seed: int = 0,
     spent = 0.0
     truth = {w.name: w for w in workers}
     for t in range(seconds):
-        batches: dict[int, list[WearReport | ProbeResult]] = {id(f): [] for f in fleets}
-        for i, v in enumerate(workers):
-            fleet = owner[v.name]
-            state = fleet.workers[v.name].state if v.name in fleet.workers else State.HEALTHY
-            # A drained worker finishes its in-flight task within the next report.
-            report, wrong = v.report(float(t), rng, 1 if state is State.HEALTHY else 0)
-            batch = batches[id(fleet)]
-            batch.append(report)
-            if (t + i) % PROBE_EVERY == 0:
-                batch.append(ProbeResult(v.name, t + 0.5, "wrong" if wrong else "ok"))
-        decisions = []
+        batches = _reports(workers, owner, fleets, t, rng)
         start = time.perf_counter()
-        # Each shard takes its reports and publishes what it sees (checkers tick four times
-        # a second, reports come once); then each reads the others and decides.
-        for fleet, view in zip(fleets, views, strict=True):
-            batch = batches[id(fleet)]
-            decisions += [fleet.observe(obs) for obs in batch]
-            observations += len(batch)
-            if shards > 1:
-                view.publish(fleet.own_figures())
-        for fleet, view in zip(fleets, views, strict=True):
-            if shards > 1:
-                fleet.peers = view.peers(t + 0.9, config.guard.window_s)
-            decisions.append(fleet.tick(t + 0.9))
-            if shards > 1:
-                view.publish(fleet.own_figures())
+        decisions, seen = _decide(fleets, views, batches, t, config)
+        observations += seen
         spent += time.perf_counter() - start
         for d in decisions:
             for tr in d.transitions:
                 transitions += 1
-                if tr.automatic and tr.to_state in (State.DRAINING, State.QUARANTINED) \
-                        and tr.from_state not in (State.DRAINING, State.QUARANTINED):
-                    v = truth[tr.worker]
-                    if v.onset is None or tr.at < v.onset:
-                        false_ejections += 1
-                    first_ejection.setdefault(tr.worker, tr.at)
+                false_ejections += _ejection(tr, truth, first_ejection)
         out = sum(c for f in fleets for s, c in f.by_state().items() if s in OUT_OF_ROTATION)
         max_out = max(max_out, out / n)
         over_bound_s += out > bound
@@ -344,6 +320,56 @@ def run(scenario: Scenario, n: int, seconds: int, seed: int = 0,
     result = _result(scenario, n, seconds, workers, first_ejection, false_ejections, max_out,
                      engaged_s, transitions, observations, spent)
     return dataclasses.replace(result, shards=shards, over_bound_s=over_bound_s)
+
+
+def _reports(workers: list[Virtual], owner: dict[str, Fleet], fleets: list[Fleet], t: int,
+             rng: random.Random) -> dict[int, list[WearReport | ProbeResult]]:
+    """Second ``t``'s reports (and probe answers), by the fleet (shard) each goes to."""
+    batches: dict[int, list[WearReport | ProbeResult]] = {id(f): [] for f in fleets}
+    for i, v in enumerate(workers):
+        fleet = owner[v.name]
+        state = fleet.workers[v.name].state if v.name in fleet.workers else State.HEALTHY
+        # A drained worker finishes its in-flight task within the next report.
+        report, wrong = v.report(float(t), rng, 1 if state is State.HEALTHY else 0)
+        batch = batches[id(fleet)]
+        batch.append(report)
+        if (t + i) % PROBE_EVERY == 0:
+            batch.append(ProbeResult(v.name, t + 0.5, "wrong" if wrong else "ok"))
+    return batches
+
+
+def _decide(fleets: list[Fleet], views: list[Any], batches: dict[int, list[Any]], t: int,
+            config: PolicyConfig) -> tuple[list[Decision], int]:
+    """Each shard takes its reports and publishes what it sees (checkers tick four times a
+    second, reports come once); then each reads the others and decides. The decisions, and
+    how many observations were taken."""
+    decisions: list[Decision] = []
+    observations = 0
+    sharded = len(fleets) > 1
+    for fleet, view in zip(fleets, views, strict=True):
+        batch = batches[id(fleet)]
+        decisions += [fleet.observe(obs) for obs in batch]
+        observations += len(batch)
+        if sharded:
+            view.publish(fleet.own_figures())
+    for fleet, view in zip(fleets, views, strict=True):
+        if sharded:
+            fleet.peers = view.peers(t + 0.9, config.guard.window_s)
+        decisions.append(fleet.tick(t + 0.9))
+        if sharded:
+            view.publish(fleet.own_figures())
+    return decisions, observations
+
+
+def _ejection(tr: Transition, truth: dict[str, Virtual], first: dict[str, float]) -> int:
+    """1 when ``tr`` takes a worker out for nothing (before its fault began), else 0; the
+    first ejection of each worker is noted in ``first``."""
+    if not (tr.automatic and tr.to_state in (State.DRAINING, State.QUARANTINED)
+            and tr.from_state not in (State.DRAINING, State.QUARANTINED)):
+        return 0
+    first.setdefault(tr.worker, tr.at)
+    v = truth[tr.worker]
+    return 1 if v.onset is None or tr.at < v.onset else 0
 
 
 def _result(scenario: Scenario, n: int, seconds: int, workers: list[Virtual],

@@ -8,6 +8,7 @@ has a result, a dead-letter record, or is reported missing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -123,19 +124,11 @@ def read_lines(stream: IO[bytes], source: str, fmt: str, limits: Limits) -> Iter
 WINDOW_INPUTS = 20_000
 
 
-def feed(
-    app: Celery,
-    lines: Iterable[Line],
-    out: IO[str],
-    store: DeadLetterStore,
-    fmt: str = "auto",
-    batch: int = 1,
-    idle_timeout: float = 60.0,
-    progress: ProgressFn | None = None,
-    rate: float | None = None,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
-    window: int = WINDOW_INPUTS,
-) -> FeedReport:
+def feed(app: Celery, lines: Iterable[Line], out: IO[str], store: DeadLetterStore,
+         fmt: str = "auto", batch: int = 1, idle_timeout: float = 60.0,
+         progress: ProgressFn | None = None, rate: float | None = None,
+         on_record: Callable[[dict[str, Any]], None] | None = None,
+         window: int = WINDOW_INPUTS) -> FeedReport:
     """Queue every line for analysis and write one JSON line per input to ``out``.
 
     Sending and collecting overlap: at most ``window`` inputs are in flight (sent, no result
@@ -158,47 +151,69 @@ def feed(
     started = time.monotonic()
     report = FeedReport()
     wire_fmt = "jsonl" if fmt == "json" else fmt
-
-    def emit(record: dict[str, Any]) -> None:
-        out.write(line_of(record))
-        report.add(record)
-        if on_record:
-            on_record(record)
-
+    emit = functools.partial(_emit, out, report, on_record)
     flight = InFlight(app, report, emit, idle_timeout, progress, redis_lives(app))
-    limit = max(1, window // batch)  # tasks in flight
-    chunks = _chunks(lines, batch)
-    sending = True
+    send = functools.partial(_send_chunk, app, batch=batch, wire_fmt=wire_fmt, store=store,
+                             emit=emit, flight=flight, report=report)
+    pump = _Pump(_chunks(lines, batch), send, flight, report, max(1, window // batch),
+                 progress, rate, started)
     try:
         with app.producer_or_acquire() as producer:
-            while sending or flight.pending:
-                while sending and len(flight.pending) < limit:
-                    chunk = next(chunks, None)
-                    if chunk is None:
-                        sending, flight.all_sent = False, True
-                        break
-                    _send_chunk(app, producer, chunk, batch, wire_fmt, store, emit, flight, report)
-                    if rate and _due(started, report.inputs, rate) > 0:
-                        break  # collect while the next input is not due yet
-                if progress:
-                    progress(report.accounted, report.inputs, not sending)
-                # a steady stream collects until its next input is due (unless the window is
-                # full); otherwise collect until half the window is back (or all of it, at the end)
-                paced = rate and sending and len(flight.pending) < limit
-                due = (time.monotonic() + _due(started, report.inputs, rate)) if paced else None
-                refill_at = limit // 2 if sending else -1
-                if not flight.collect(refill_at, due):
-                    report.stopped = sending
-                    break
+            pump.run(producer)
     except BROKEN as exc:  # publishing retried for ~30 s and gave up, or the store is gone
         report.unreachable = f"the broker or the store stopped answering: {exc}"
-        report.stopped = sending
+        report.stopped = pump.sending
         flight.collect(-1, None)
     finally:
         flight.close()
     report.missing = [ref for refs in flight.pending.values() for ref in refs]
     report.elapsed_s = time.monotonic() - started
     return report
+
+
+def _emit(out: IO[str], report: FeedReport, on_record: Callable[[dict[str, Any]], None] | None,
+          record: dict[str, Any]) -> None:
+    out.write(line_of(record))
+    report.add(record)
+    if on_record:
+        on_record(record)
+
+
+class _Pump:
+    """Sends while fewer than ``limit`` tasks are in flight and collects in between: a steady
+    stream (``rate``) collects until its next input is due, unless the window is full;
+    otherwise it collects until half the window is back (all of it, at the end)."""
+
+    def __init__(self, chunks: Iterator[list[Line]], send: Callable[[Any, list[Line]], None],
+                 flight: InFlight, report: FeedReport, limit: int,
+                 progress: ProgressFn | None, rate: float | None, started: float) -> None:
+        self.chunks, self.send, self.flight, self.report = chunks, send, flight, report
+        self.limit, self.progress, self.rate, self.started = limit, progress, rate, started
+        self.sending = True
+
+    def run(self, producer: Any) -> None:
+        flight, report = self.flight, self.report
+        while self.sending or flight.pending:
+            self._send_some(producer)
+            if self.progress:
+                self.progress(report.accounted, report.inputs, not self.sending)
+            paced = self.rate and self.sending and len(flight.pending) < self.limit
+            due = (time.monotonic() + _due(self.started, report.inputs, self.rate)) if paced \
+                else None
+            refill_at = self.limit // 2 if self.sending else -1
+            if not flight.collect(refill_at, due):
+                report.stopped = self.sending
+                return
+
+    def _send_some(self, producer: Any) -> None:
+        while self.sending and len(self.flight.pending) < self.limit:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                self.sending, self.flight.all_sent = False, True
+                return
+            self.send(producer, chunk)
+            if self.rate and _due(self.started, self.report.inputs, self.rate) > 0:
+                return  # collect while the next input is not due yet
 
 
 def _send_chunk(app: Celery, producer: Any, chunk: list[Line], batch: int, wire_fmt: str,

@@ -122,10 +122,7 @@ class JobRunner:
         new chunks from ``lines`` (which starts at item ``written``)."""
         started = time.monotonic()
         report = JobReport(self.job_id, items=written, written=written)
-        for cost in self.store.costs(self.job_id)[-5:]:
-            self.sizer.measured(cost.get("n", 0), cost.get("cpu_s", 0.0), cost.get("rss_mb", 0.0))
-        self.next_id = max([e["id"] for e in plan], default=-1) + 1
-        self.next_id = max(self.next_id, int((self.store.get(self.job_id) or {}).get("next_id", 0)))
+        self._recall(plan)
         pending_plan = list(plan)
         first = written
         reading = True
@@ -141,24 +138,8 @@ class JobRunner:
                             report.state = "cancelled"
                             break
                         self._look()
-                    while len(self.inflight) < self.allowed and (pending_plan or reading):
-                        if pending_plan:
-                            entry = pending_plan.pop(0)
-                            chunk = Chunk(entry["id"], entry["first"],
-                                          _take(lines, entry["n"]), entry.get("task", ""))
-                            first = chunk.first + chunk.n
-                            report.items = max(report.items, first)
-                            self._resume_chunk(producer, chunk, report)
-                            continue
-                        taken = _take(lines, self._next_size(first))
-                        if not taken:
-                            reading = False
-                            break
-                        chunk = Chunk(self._new_id(), first, taken)
-                        first += chunk.n
-                        report.items = first
-                        self._send(producer, chunk)
-                        self.store.planned(self.job_id, [chunk])
+                    first, reading = self._send_more(producer, lines, pending_plan, first,
+                                                     reading, report)
                     self._collect(producer, report)
                     report.written = self._write(report.written, report)
         except BROKEN as exc:  # publishing gave up after its retries, or the store is gone
@@ -170,6 +151,37 @@ class JobRunner:
             report.state = "done"
         report.elapsed_s = time.monotonic() - started
         return report
+
+    def _recall(self, plan: list[dict[str, Any]]) -> None:
+        """What a resumed job knew: the cost of its last chunks, and the next chunk's id."""
+        for cost in self.store.costs(self.job_id)[-5:]:
+            self.sizer.measured(cost.get("n", 0), cost.get("cpu_s", 0.0), cost.get("rss_mb", 0.0))
+        self.next_id = max([e["id"] for e in plan], default=-1) + 1
+        self.next_id = max(self.next_id, int((self.store.get(self.job_id) or {}).get("next_id", 0)))
+
+    def _send_more(self, producer: Any, lines: Iterator[Line], pending_plan: list[dict[str, Any]],
+                   first: int, reading: bool, report: JobReport) -> tuple[int, bool]:
+        """Send chunks while fewer than ``allowed`` are in flight: a resumed job's planned ones
+        first, then new ones from ``lines``; the next item's number, and whether there may be
+        more to read."""
+        while len(self.inflight) < self.allowed and (pending_plan or reading):
+            if pending_plan:
+                entry = pending_plan.pop(0)
+                chunk = Chunk(entry["id"], entry["first"], _take(lines, entry["n"]),
+                              entry.get("task", ""))
+                first = chunk.first + chunk.n
+                report.items = max(report.items, first)
+                self._resume_chunk(producer, chunk, report)
+                continue
+            taken = _take(lines, self._next_size(first))
+            if not taken:
+                return first, False
+            chunk = Chunk(self._new_id(), first, taken)
+            first += chunk.n
+            report.items = first
+            self._send(producer, chunk)
+            self.store.planned(self.job_id, [chunk])
+        return first, reading
 
     def _next_size(self, first: int) -> int:
         """The sizer's size, but never so large that the last chunks leave workers idle: at

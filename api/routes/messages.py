@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import redis
@@ -35,23 +36,29 @@ MESSAGE: dict[str, Any] = {"oneOf": [
 PARSE_INLINE_BYTES = 65_536
 
 
+#: What ``POST /v1/messages`` answers, and the bodies it takes, as the schema documents them.
+SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": SubmitOut, "description": "every message answered"},
+    202: {"model": SubmitOut, "description": "accepted", "links": {
+        "ReadMessage": {"operationId": "read_message", "parameters": {
+            "message_id": "$response.body#/messages/0/id"}}}},
+    **errors(400, 408, 409, 413, 415, 503)}
+SUBMIT_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"oneOf": [
+        MESSAGE, {"type": "array", "items": MESSAGE, "minItems": 1}]}},
+    "application/x-ndjson": {"schema": {"type": "string"}},
+    "text/plain": {"schema": {"type": "string"}},
+    "text/tab-separated-values": {"schema": {"type": "string"}}}}}
+
+
 def messages_router(door: Door) -> APIRouter:
     router = APIRouter(tags=["messages"])
     service = door.service
+    idempotency = Idempotency(service.stores.client)
 
     @router.post("/v1/messages", status_code=202, response_model=SubmitOut, tags=["messages"],
-              operation_id="submit_messages",
-              responses={200: {"model": SubmitOut, "description": "every message answered"},
-                         202: {"model": SubmitOut, "description": "accepted", "links": {
-                             "ReadMessage": {"operationId": "read_message", "parameters": {
-                                 "message_id": "$response.body#/messages/0/id"}}}},
-                         **errors(400, 408, 409, 413, 415, 503)},
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": {"oneOf": [
-                      MESSAGE, {"type": "array", "items": MESSAGE, "minItems": 1}]}},
-                  "application/x-ndjson": {"schema": {"type": "string"}},
-                  "text/plain": {"schema": {"type": "string"}},
-                  "text/tab-separated-values": {"schema": {"type": "string"}}}}})
+                 operation_id="submit_messages", responses=SUBMIT_RESPONSES,
+                 openapi_extra=SUBMIT_BODY)
     async def submit(request: Request,
                      key: Annotated[ApiKey, Depends(door.allowed("submit"))],
                      wait: Annotated[float, Query(ge=0.0, le=door.settings.api_wait_max,
@@ -67,86 +74,19 @@ def messages_router(door: Door) -> APIRouter:
                            {"Retry-After": "2"})
         body = await door.body_of(request, door.settings.api_max_body)
         fingerprint = hashlib.sha256(fmt.encode() + b"\0" + body).hexdigest()
-        if idempotency_key is not None:
-            replay = await asyncio.to_thread(claim, key.id, idempotency_key, fingerprint)
-            if replay is not None:
-                return JSONResponse(replay, 202, headers={"Idempotent-Replayed": "true"})
-        try:
-            accepted = await parse(body, fmt, key)
-            sub = Submission(key.id, accepted.entries, accepted.envelopes,
-                             asyncio.get_running_loop())
-            service.dispatcher.submit(sub)
-            try:
-                await sub.sent
-            except Unavailable as exc:
-                raise ApiError(503, "unavailable", str(exc), {"Retry-After": "2"}) from None
-        except BaseException:
-            if idempotency_key is not None:
-                await asyncio.to_thread(release, key.id, idempotency_key)
-            raise
-        out = {"accepted": len(sub.entries), "messages": [_out(e) for e in sub.entries]}
-        if idempotency_key is not None:
-            await asyncio.to_thread(remember, key.id, idempotency_key, fingerprint, out)
-        if wait > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(sub.done), wait)
-            out["messages"] = [_out({**e, "answered_at": sub.answered_at.get(e["id"])},
-                                    sub.records.get(e["id"])) for e in sub.entries]
-            if sub.done.done():
-                return JSONResponse(out, 200)
-        return JSONResponse(out, 202)
-
-    async def parse(body: bytes, fmt: str, key: ApiKey) -> Accepted:
-        def run() -> Accepted | list[Problem]:
-            inputs = read_inputs(body, fmt)
-            if not inputs:
-                raise ApiError(422, "no_messages", "the body holds no message")
-            if len(inputs) > door.settings.api_max_messages:
-                raise ApiError(422, "too_many_messages",
-                               f"{len(inputs)} messages > {door.settings.api_max_messages} in one request")
-            return check(inputs, service.limits, key.id, time.time())
-        try:
-            result = await asyncio.to_thread(run) if len(body) > PARSE_INLINE_BYTES else run()
-        except BadBody as exc:
-            raise ApiError(400, exc.code, exc.detail) from None
-        if isinstance(result, list):
-            refused = Counter(f"refused:{p.reason}" for p in result)
-            for what, n in refused.items():
-                service.metrics.tally(key.id, what, n)
-            with contextlib.suppress(*BROKEN, redis.RedisError):  # the key's own view
-                await asyncio.to_thread(service.stores.keys.count, {key.id: refused})
-            raise ApiError(422, "inputs_refused", f"{len(result)} input(s) refused: nothing was "
-                           "accepted", problems=result)
-        return result
-
-    def claim(key_id: str, idem: str, fingerprint: str) -> dict[str, Any] | None:
-        name = keys.api_idempotency(key_id, idem)
-        client = service.stores.client
-        if client.set(name, json.dumps({"fingerprint": fingerprint}), nx=True,
-                      ex=IDEMPOTENCY_KEEP_S):
-            return None
-        seen = json.loads(client.get(name) or "{}")
-        if seen.get("fingerprint") != fingerprint:
-            raise ApiError(422, "idempotency_key_reused",
-                           "this Idempotency-Key was used for another body")
-        if "response" not in seen:
-            raise ApiError(409, "in_progress", "a request with this Idempotency-Key is being "
-                           "answered", {"Retry-After": "1"})
-        response: dict[str, Any] = seen["response"]
-        return response
-
-    def remember(key_id: str, idem: str, fingerprint: str, out: dict[str, Any]) -> None:
-        with contextlib.suppress(*BROKEN, redis.RedisError):
-            service.stores.client.set(keys.api_idempotency(key_id, idem), json.dumps(
-                {"fingerprint": fingerprint, "response": out}), ex=IDEMPOTENCY_KEEP_S)
-
-    def release(key_id: str, idem: str) -> None:
-        with contextlib.suppress(*BROKEN, redis.RedisError):
-            service.stores.client.delete(keys.api_idempotency(key_id, idem))
+        if idempotency_key is None:
+            sub = await _enqueue(door, body, fmt, key)
+            out = {"accepted": len(sub.entries), "messages": [_out(e) for e in sub.entries]}
+            return await _answer(sub, out, wait)
+        found = await idempotency.once(key.id, idempotency_key, fingerprint,
+                                       lambda: _enqueue(door, body, fmt, key))
+        if isinstance(found, dict):
+            return JSONResponse(found, 202, headers={"Idempotent-Replayed": "true"})
+        sub, out = found
+        return await _answer(sub, out, wait)
 
     @router.get("/v1/messages/{message_id}", response_model=MessageOut, tags=["messages"],
-             operation_id="read_message",
-             responses=errors(404, 503))
+                operation_id="read_message", responses=errors(404, 503))
     async def message(message_id: Annotated[str, Path(max_length=64)],
                       key: Annotated[ApiKey, Depends(door.allowed("read"))]) -> dict[str, Any]:
         """A message's outcome: analysed (its scores), rejected (its dead-letter reason),
@@ -157,6 +97,106 @@ def messages_router(door: Door) -> APIRouter:
         return _out(entry, entry.get("result"))
 
     return router
+
+
+async def _enqueue(door: Door, body: bytes, fmt: str, key: ApiKey) -> Submission:
+    """Parse and check a body, hand its messages to the dispatcher, and wait until they are
+    sent (503 when the broker cannot take them)."""
+    accepted = await _parse(door, body, fmt, key)
+    sub = Submission(key.id, accepted.entries, accepted.envelopes, asyncio.get_running_loop())
+    door.service.dispatcher.submit(sub)
+    try:
+        await sub.sent
+    except Unavailable as exc:
+        raise ApiError(503, "unavailable", str(exc), {"Retry-After": "2"}) from None
+    return sub
+
+
+async def _answer(sub: Submission, out: dict[str, Any], wait: float) -> Response:
+    """202 with the ids, or after waiting up to ``wait`` s, 200 when every outcome is in."""
+    if wait > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(sub.done), wait)
+        out["messages"] = [_out({**e, "answered_at": sub.answered_at.get(e["id"])},
+                                sub.records.get(e["id"])) for e in sub.entries]
+        if sub.done.done():
+            return JSONResponse(out, 200)
+    return JSONResponse(out, 202)
+
+
+async def _parse(door: Door, body: bytes, fmt: str, key: ApiKey) -> Accepted:
+    service = door.service
+
+    def run() -> Accepted | list[Problem]:
+        inputs = read_inputs(body, fmt)
+        if not inputs:
+            raise ApiError(422, "no_messages", "the body holds no message")
+        if len(inputs) > door.settings.api_max_messages:
+            raise ApiError(422, "too_many_messages",
+                           f"{len(inputs)} messages > {door.settings.api_max_messages} in one request")
+        return check(inputs, service.limits, key.id, time.time())
+    try:
+        result = await asyncio.to_thread(run) if len(body) > PARSE_INLINE_BYTES else run()
+    except BadBody as exc:
+        raise ApiError(400, exc.code, exc.detail) from None
+    if isinstance(result, list):
+        refused = Counter(f"refused:{p.reason}" for p in result)
+        for what, n in refused.items():
+            service.metrics.tally(key.id, what, n)
+        with contextlib.suppress(*BROKEN, redis.RedisError):  # the key's own view
+            await asyncio.to_thread(service.stores.keys.count, {key.id: refused})
+        raise ApiError(422, "inputs_refused", f"{len(result)} input(s) refused: nothing was "
+                       "accepted", problems=result)
+    return result
+
+
+class Idempotency:
+    """What a retried submission with the same Idempotency-Key finds: nothing (go on), the
+    first answer (replayed), a conflict (another body, or the first still being answered)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    async def once(self, key_id: str, idem: str, fingerprint: str,
+                   enqueue: Callable[[], Awaitable[Submission]]
+                   ) -> dict[str, Any] | tuple[Submission, dict[str, Any]]:
+        """The first answer to this key and body (replayed), or ``enqueue``'s submission and
+        its answer, remembered for the retries (forgotten if enqueueing fails)."""
+        replay = await asyncio.to_thread(self.claim, key_id, idem, fingerprint)
+        if replay is not None:
+            return replay
+        try:
+            sub = await enqueue()
+        except BaseException:
+            await asyncio.to_thread(self.release, key_id, idem)
+            raise
+        out = {"accepted": len(sub.entries), "messages": [_out(e) for e in sub.entries]}
+        await asyncio.to_thread(self.remember, key_id, idem, fingerprint, out)
+        return sub, out
+
+    def claim(self, key_id: str, idem: str, fingerprint: str) -> dict[str, Any] | None:
+        name = keys.api_idempotency(key_id, idem)
+        if self.client.set(name, json.dumps({"fingerprint": fingerprint}), nx=True,
+                           ex=IDEMPOTENCY_KEEP_S):
+            return None
+        seen = json.loads(self.client.get(name) or "{}")
+        if seen.get("fingerprint") != fingerprint:
+            raise ApiError(422, "idempotency_key_reused",
+                           "this Idempotency-Key was used for another body")
+        if "response" not in seen:
+            raise ApiError(409, "in_progress", "a request with this Idempotency-Key is being "
+                           "answered", {"Retry-After": "1"})
+        response: dict[str, Any] = seen["response"]
+        return response
+
+    def remember(self, key_id: str, idem: str, fingerprint: str, out: dict[str, Any]) -> None:
+        with contextlib.suppress(*BROKEN, redis.RedisError):
+            self.client.set(keys.api_idempotency(key_id, idem), json.dumps(
+                {"fingerprint": fingerprint, "response": out}), ex=IDEMPOTENCY_KEEP_S)
+
+    def release(self, key_id: str, idem: str) -> None:
+        with contextlib.suppress(*BROKEN, redis.RedisError):
+            self.client.delete(keys.api_idempotency(key_id, idem))
 
 
 def _out(entry: dict[str, Any], record: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -64,54 +64,11 @@ class FleetCollector(Collector):
         fleet = self._fleet()
         workers = self.exported(fleet)
         readings = self._wear()
-        state = GaugeMetricFamily("host_worker_state", "1 for the state each worker is in",
-                                  labels=["worker", "state"])
-        score = GaugeMetricFamily("host_worker_health_score",
-                                  "Headroom below the nearest hard wear limit (0-1); 0 when out "
-                                  "of rotation", labels=["worker"])
-        busy = GaugeMetricFamily("host_worker_busy",
-                                 "1 while a worker's CPU or load is over its soft limit because "
-                                 "of the work it gets done (busy, not worn: never ejected for it)",
-                                 labels=["worker"])
-        for w in workers:
-            for s in State:
-                state.add_metric([w.name, s.value], 1.0 if w.state is s else 0.0)
-            score.add_metric([w.name], health_score(w, readings.get(w.name, {}),
-                                                    fleet.config.thresholds))
-            busy.add_metric([w.name], 1.0 if w.busy and w.state in CONSUMING else 0.0)
-        yield state
-        info = GaugeMetricFamily("host_worker_info", "1 for each worker, labelled with the "
-                                 "hostname celery-exporter's families give it (a join key)",
-                                 labels=["worker", "hostname"])
-        for w in workers:
-            info.add_metric([w.name, hostname_of(w.name)], 1.0)
-        yield info
-        yield score
-        yield busy
-        counts = fleet.by_state()
-        by_state = GaugeMetricFamily("host_fleet_workers", "Workers in each state",
-                                     labels=["state"])
-        for s in State:
-            by_state.add_metric([s.value], counts.get(s, 0))
-        yield by_state
-        consumers = GaugeMetricFamily("host_queue_healthy_consumers",
-                                      "Workers in rotation that report consuming each work "
-                                      "queue", labels=["queue"])
-        for q in WORK_QUEUES:
-            consumers.add_metric([q], fleet.healthy_consumers(q))
-        yield consumers
-        guard = GaugeMetricFamily("host_blast_radius_guard_engaged",
-                                  "1 while the fleet guard holds ejections back")
-        guard.add_metric([], 1.0 if fleet.guard_engaged else 0.0)
-        yield guard
-        held = GaugeMetricFamily("host_guard_held_workers",
-                                 "Workers the guard keeps in rotation although the policy "
-                                 "would eject them")
-        held.add_metric([], fleet.figures().held_back)
-        yield held
+        yield from _per_worker(fleet, workers, readings)
+        yield from _fleet_wide(fleet)
+        names = {w.name for w in workers}
         wear = GaugeMetricFamily("host_worker_wear", "Each worker's last smoothed wear readings",
                                  labels=["worker", "metric"])
-        names = {w.name for w in workers}
         for worker, worker_readings in readings.items():
             if worker in names:
                 for metric, reading in worker_readings.items():
@@ -125,14 +82,7 @@ class FleetCollector(Collector):
                 if worker in names:
                     held.add_metric([worker], n)
             yield held
-        limits = GaugeMetricFamily("host_wear_threshold", "The policy's wear limits",
-                                   labels=["metric", "limit"])
-        for metric, t in sorted(fleet.config.thresholds.items()):
-            for limit in ("soft", "hard"):
-                value = getattr(t, limit)
-                if value is not None:
-                    limits.add_metric([metric, limit], value)
-        yield limits
+        yield _limits(fleet)
         if self._depths is not None:
             depth = GaugeMetricFamily("host_queue_messages",
                                       "Messages waiting in each work queue, and in Celery's "
@@ -141,3 +91,61 @@ class FleetCollector(Collector):
             for q, n in sorted(self._depths().items()):
                 depth.add_metric([q], n)
             yield depth
+
+
+def _per_worker(fleet: Fleet, workers: list[WorkerHealth],
+                readings: Mapping[str, Mapping[str, Any]]) -> Iterator[GaugeMetricFamily]:
+    state = GaugeMetricFamily("host_worker_state", "1 for the state each worker is in",
+                              labels=["worker", "state"])
+    score = GaugeMetricFamily("host_worker_health_score",
+                              "Headroom below the nearest hard wear limit (0-1); 0 when out "
+                              "of rotation", labels=["worker"])
+    busy = GaugeMetricFamily("host_worker_busy",
+                             "1 while a worker's CPU or load is over its soft limit because "
+                             "of the work it gets done (busy, not worn: never ejected for it)",
+                             labels=["worker"])
+    info = GaugeMetricFamily("host_worker_info", "1 for each worker, labelled with the "
+                             "hostname celery-exporter's families give it (a join key)",
+                             labels=["worker", "hostname"])
+    for w in workers:
+        for s in State:
+            state.add_metric([w.name, s.value], 1.0 if w.state is s else 0.0)
+        score.add_metric([w.name], health_score(w, readings.get(w.name, {}),
+                                                fleet.config.thresholds))
+        busy.add_metric([w.name], 1.0 if w.busy and w.state in CONSUMING else 0.0)
+        info.add_metric([w.name, hostname_of(w.name)], 1.0)
+    yield from (state, info, score, busy)
+
+
+def _fleet_wide(fleet: Fleet) -> Iterator[GaugeMetricFamily]:
+    counts = fleet.by_state()
+    by_state = GaugeMetricFamily("host_fleet_workers", "Workers in each state", labels=["state"])
+    for s in State:
+        by_state.add_metric([s.value], counts.get(s, 0))
+    yield by_state
+    consumers = GaugeMetricFamily("host_queue_healthy_consumers",
+                                  "Workers in rotation that report consuming each work queue",
+                                  labels=["queue"])
+    for q in WORK_QUEUES:
+        consumers.add_metric([q], fleet.healthy_consumers(q))
+    yield consumers
+    guard = GaugeMetricFamily("host_blast_radius_guard_engaged",
+                              "1 while the fleet guard holds ejections back")
+    guard.add_metric([], 1.0 if fleet.guard_engaged else 0.0)
+    yield guard
+    held = GaugeMetricFamily("host_guard_held_workers",
+                             "Workers the guard keeps in rotation although the policy would "
+                             "eject them")
+    held.add_metric([], fleet.figures().held_back)
+    yield held
+
+
+def _limits(fleet: Fleet) -> GaugeMetricFamily:
+    limits = GaugeMetricFamily("host_wear_threshold", "The policy's wear limits",
+                               labels=["metric", "limit"])
+    for metric, t in sorted(fleet.config.thresholds.items()):
+        for limit in ("soft", "hard"):
+            value = getattr(t, limit)
+            if value is not None:
+                limits.add_metric([metric, limit], value)
+    return limits

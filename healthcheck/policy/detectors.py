@@ -49,31 +49,7 @@ def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = N
     hard: list[str] = []
     evidence: dict[str, float | str] = {}
     factor = config.recovery.probation_tighten if tight else 1.0
-    over: list[str] = []
-    busy: list[str] = []
-    lost = lost_progress(report, config.load)
-    for metric, limits in config.thresholds.items():
-        reading = report.wear.get(metric)
-        if reading is None:
-            continue
-        hot = (reading.last is not None and limits.hard is not None
-               and reading.last >= limits.hard)
-        if hot:
-            over.append(metric)  # counted for the sustained rule, busy or not
-        if metric not in LOAD_METRICS or lost is None:
-            _check_reading(metric, reading.value, reading.peak, limits, factor, soft, hard,
-                           evidence)
-        elif lost:
-            # Idle: judged by the raw sample too, so that a worker whose backlog has just run
-            # out is not judged by a smoothed value still on its way down.
-            idle = report.running == 0 and reading.last is not None
-            value = min(reading.value, reading.last or 0.0) if idle else reading.value
-            _check_reading(metric, value, reading.peak, limits, factor, soft, hard, evidence,
-                           f" {lost}")
-            if metric in evidence and report.stalled_s is not None:
-                evidence["stalled_s"] = report.stalled_s  # progress lost: a cause that cures
-        elif (limits.soft is not None and reading.value >= limits.soft * factor) or hot:
-            busy.append(metric)
+    over, busy = _check_thresholds(report, config, factor, soft, hard, evidence)
     _check_failures(report, config, soft, hard, evidence)
     _check_latency(report, config, fleet_p95, soft, evidence)
     _check_cost(report, config, cost_norm, soft, evidence)
@@ -88,6 +64,39 @@ def assess(report: WearReport, config: PolicyConfig, fleet_p95: float | None = N
     if soft:
         return Verdict("soft", tuple(soft), evidence, tuple(over), tuple(busy))
     return Verdict("ok", over_hard=tuple(over), busy=tuple(busy)) if over or busy else OK
+
+
+def _check_thresholds(report: WearReport, config: PolicyConfig, factor: float, soft: list[str],
+                      hard: list[str], evidence: dict[str, float | str]
+                      ) -> tuple[list[str], list[str]]:
+    """Each reading against its limits; the metrics with a raw sample over the hard limit (the
+    sustained rule counts them, busy or not) and the load metrics high only from being busy."""
+    over: list[str] = []
+    busy: list[str] = []
+    lost = lost_progress(report, config.load)
+    for metric, limits in config.thresholds.items():
+        reading = report.wear.get(metric)
+        if reading is None:
+            continue
+        hot = (reading.last is not None and limits.hard is not None
+               and reading.last >= limits.hard)
+        if hot:
+            over.append(metric)
+        if metric not in LOAD_METRICS or lost is None:
+            _check_reading(metric, reading.value, reading.peak, limits, factor, soft, hard,
+                           evidence)
+        elif lost:
+            # Idle: judged by the raw sample too, so that a worker whose backlog has just run
+            # out is not judged by a smoothed value still on its way down.
+            idle = report.running == 0 and reading.last is not None
+            value = min(reading.value, reading.last or 0.0) if idle else reading.value
+            _check_reading(metric, value, reading.peak, limits, factor, soft, hard, evidence,
+                           f" {lost}")
+            if metric in evidence and report.stalled_s is not None:
+                evidence["stalled_s"] = report.stalled_s  # progress lost: a cause that cures
+        elif (limits.soft is not None and reading.value >= limits.soft * factor) or hot:
+            busy.append(metric)
+    return over, busy
 
 
 def sustained(verdict: Verdict, report: WearReport, hot: int, hot_s: float,
