@@ -67,6 +67,16 @@ class RabbitServer:
             "log.file.level = warning\n"
         )
 
+    def listen_also(self, addresses: list[str]) -> None:
+        """Listen on ``addresses`` too, on the same port (a test's network namespaces);
+        before ``start``."""
+        conf = self.base / "rabbitmq.conf"
+        extra = "".join(f"listeners.tcp.{n} = {a}:{self.port}\n"
+                        for n, a in enumerate(addresses, start=2))
+        conf.write_text(conf.read_text().replace(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n",
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n{extra}"))
+
     @property
     def url(self) -> str:
         """The broker URL of the default virtual host."""

@@ -24,6 +24,7 @@ from tests.nemesis.check import Report, check
 from tests.nemesis.fleet import PROFILES, Fleet
 from tests.nemesis.schedule import Fault, draw, dumps
 from tests.nemesis.workload import Workload
+from tests.support.netns import Link
 
 #: After the last fault heals: the most the fleet may take to be back in full rotation with
 #: every input answered.
@@ -33,9 +34,11 @@ RECOVERY_S = 120.0
 def run(seed: int, minutes: float, workers: int, run_dir: Path, say: Any = print,
         profile: str = "redis") -> tuple[Report, dict[str, Any]]:
     seconds = minutes * 60
-    faults = draw(seed, seconds, workers, checkers=4 if profile == "shards" else 2)
+    network = Link.unavailable()
+    faults = draw(seed, seconds, workers, checkers=4 if profile == "shards" else 2,
+                  network=network is None)
     say(f"nemesis: seed {seed}, {minutes:g} min, {workers} workers, profile {profile}, "
-        f"{len(faults)} faults")
+        f"{len(faults)} faults" + (f" (no network faults: {network})" if network else ""))
     for f in faults:
         say(f"  {f}")
     (run_dir / "schedule.json").write_text(dumps(faults))

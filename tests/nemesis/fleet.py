@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,14 @@ from harness.api_server import ApiServer, api_env
 from harness.processes import WorkerProcess, node_name, terminate
 from harness.rabbitmq_server import RabbitServer
 from harness.redis_server import RedisServer, free_port
+from tests.support.netns import Link
 from workers.app import create_app
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "nemesis-control-secret"
 WEAR = "cpu=100,spin=3"
+#: The share of a worker's packets a ``net_loss`` fault drops, each way.
+NET_LOSS = 0.3
 
 
 PROFILES = ("redis", "amqp", "shards")
@@ -54,7 +58,11 @@ class Fleet:
     """Two Redis servers (the broker with the results, durable across a restart; the store),
     ``workers`` workers, two checkers and the API. Profiles: ``redis``; ``amqp`` (the broker a
     private RabbitMQ node, the results on the durable Redis); ``shards`` (two shards, a leader
-    and a standby checker each)."""
+    and a standby checker each).
+
+    Where network namespaces can be made (root, iproute2), each worker runs in one of its own,
+    reaching the servers over a veth pair that the network faults cut or make lossy; the
+    checkers, the API and the producers stay on this side."""
 
     def __init__(self, run_dir: Path, workers: int = 4, profile: str = "redis") -> None:
         if profile not in PROFILES:
@@ -70,6 +78,11 @@ class Fleet:
         self.api: ApiServer | None = None
         self.token = ""
         self.lock = threading.Lock()
+        self.links: list[Link] = []
+        self.network = Link.unavailable() is None
+        #: Network faults under way on each worker's link, by kind: two that overlap on one
+        #: worker end when the later ends, not the earlier.
+        self.net_faults: Counter[tuple[str, int]] = Counter()
 
     @property
     def env(self) -> dict[str, str]:
@@ -84,7 +97,24 @@ class Fleet:
                    HOST_API_JOBS_DIR=str(self.dir / "api-jobs"), PYTHONUNBUFFERED="1")
         return env
 
+    def worker_env(self, i: int) -> dict[str, str]:
+        """A worker's environment: the servers' addresses as seen from its namespace."""
+        env = self.env
+        if not self.links:
+            return env
+        there = self.links[i].host_ip
+        return {k: v.replace("127.0.0.1", there) if k in ("HOST_BROKER_URL", "HOST_STORE_URL",
+                                                          "HOST_RESULT_BACKEND") else v
+                for k, v in env.items()}
+
     def start(self) -> None:
+        if self.network:
+            for i in range(self.n):
+                self.links.append(Link(index=i + 1).create())  # each made before the next
+            bind = ("127.0.0.1", *(link.host_ip for link in self.links))
+            self.broker.bind = self.store.bind = bind
+            if self.rabbit is not None:
+                self.rabbit.listen_also([link.host_ip for link in self.links])
         self.broker.start()
         self.store.start()
         if self.rabbit is not None:
@@ -102,8 +132,9 @@ class Fleet:
         self.api = ApiServer(api_env(self.env), self.dir / "api.log").start()
 
     def _worker(self, i: int) -> WorkerProcess:
-        return WorkerProcess(node_name(f"nw{i}"), self.env, (), 1,
-                             log_path=self.dir / f"worker{i}.log").start()
+        return WorkerProcess(node_name(f"nw{i}"), self.worker_env(i), (), 1,
+                             log_path=self.dir / f"worker{i}.log",
+                             prefix=self.links[i].prefix if self.links else ()).start()
 
     def _store_client(self) -> Any:
         import redis
@@ -128,6 +159,8 @@ class Fleet:
         if self.rabbit is not None:
             self._rabbit_signal(signal.SIGCONT)
             self.rabbit.stop()
+        for link in self.links:
+            link.close()
 
     def _rabbit_signal(self, sig: int) -> None:
         if self.rabbit is not None and self.rabbit.proc is not None:
@@ -278,6 +311,47 @@ class Fleet:
             self.workers[i] = self._worker(i)
         return f"{said}; restarted {name}"
 
+    def _link(self, i: int) -> Link:
+        if not self.links:
+            raise RuntimeError(f"no network namespace here: {Link.unavailable()}")
+        return self.links[i]
+
+    def _net_begins(self, kind: str, i: int) -> bool:
+        """True when no fault of ``kind`` was under way on worker ``i``'s link."""
+        with self.lock:
+            self.net_faults[kind, i] += 1
+            return self.net_faults[kind, i] == 1
+
+    def _net_ends(self, kind: str, i: int) -> bool:
+        """True when the last fault of ``kind`` on worker ``i``'s link ends."""
+        with self.lock:
+            self.net_faults[kind, i] = max(0, self.net_faults[kind, i] - 1)
+            return self.net_faults[kind, i] == 0
+
+    def _begin_net_cut(self, i: int) -> str:
+        link = self._link(i)
+        if self._net_begins("cut", i):
+            link.cut()
+        return f"cut {self.workers[i].name} off"
+
+    def _end_net_cut(self, i: int) -> str:
+        if self._net_ends("cut", i):
+            self._link(i).mend()
+            return "mended"
+        return "still cut (another cut goes on)"
+
+    def _begin_net_loss(self, i: int) -> str:
+        link = self._link(i)
+        if self._net_begins("loss", i):
+            link.lose(NET_LOSS)
+        return f"{NET_LOSS:.0%} of {self.workers[i].name}'s packets lost each way"
+
+    def _end_net_loss(self, i: int) -> str:
+        if self._net_ends("loss", i):
+            self._link(i).whole()
+            return "no loss"
+        return "still lossy (another loss goes on)"
+
     def _begin_bad_inputs(self, _: int) -> str:
         return "bad inputs"  # the workload sends them (it watches for this fault)
 
@@ -311,6 +385,10 @@ class Fleet:
     def heal(self) -> list[str]:
         """Every fault ended: processes resumed or restarted, injections cleared."""
         said = []
+        self.net_faults.clear()
+        for link in self.links:
+            link.mend()
+            link.whole()
         for server in (self.broker, self.store):
             self._pause(server, signal.SIGCONT)
         if self.rabbit is not None:

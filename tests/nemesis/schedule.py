@@ -27,8 +27,16 @@ KINDS: dict[str, tuple[float, tuple[float, float]]] = {
     "liar": (1.0, (6.0, 25.0)),             # wrong_answers=1 injected; cleared and restored after
     "platform_restart": (1.0, (0.0, 0.0)),  # the stop hook (`drain --stopping`), SIGTERM, start
 }
-#: Mean seconds between two faults.
+#: Faults of a worker's network (each worker runs in a network namespace of its own): drawn
+#: from a second stream of the same seed, so that the schedules of the seeds named before they
+#: existed (tests, docs) are what they were, with these on top.
+NET_KINDS: dict[str, tuple[float, tuple[float, float]]] = {
+    "net_cut": (1.0, (2.0, 15.0)),          # every packet to and from a worker dropped
+    "net_loss": (1.0, (5.0, 20.0)),         # 30 % of them, at random, each way
+}
+#: Mean seconds between two faults, and between two network faults.
 MEAN_GAP_S = 6.0
+NET_MEAN_GAP_S = 20.0
 #: No fault starts in the first seconds (the fleet settles) nor in the last (it heals).
 QUIET_START_S, QUIET_END_S = 10.0, 15.0
 
@@ -45,19 +53,28 @@ class Fault:
         return f"t={self.at:7.2f}s {what:<20} for {self.duration:.2f}s"
 
 
-def draw(seed: int, seconds: float, workers: int, checkers: int = 2) -> list[Fault]:
-    """The schedule of one run."""
-    rng = random.Random(seed)
-    kinds = list(KINDS)
-    weights = [KINDS[k][0] for k in kinds]
+def draw(seed: int, seconds: float, workers: int, checkers: int = 2,
+         network: bool = True) -> list[Fault]:
+    """The schedule of one run (``network``: with the network faults)."""
+    faults = _stream(random.Random(seed), KINDS, MEAN_GAP_S, seconds, workers, checkers)
+    if network:
+        faults += _stream(random.Random(f"{seed}/network"), NET_KINDS, NET_MEAN_GAP_S,
+                          seconds, workers, checkers)
+    return sorted(faults, key=lambda f: f.at)
+
+
+def _stream(rng: random.Random, table: dict[str, tuple[float, tuple[float, float]]],
+            mean_gap_s: float, seconds: float, workers: int, checkers: int) -> list[Fault]:
+    kinds = list(table)
+    weights = [table[k][0] for k in kinds]
     faults = []
     t = QUIET_START_S
     while True:
-        t += rng.expovariate(1.0 / MEAN_GAP_S)
+        t += rng.expovariate(1.0 / mean_gap_s)
         if t > seconds - QUIET_END_S:
             break
         kind = rng.choices(kinds, weights)[0]
-        low, high = KINDS[kind][1]
+        low, high = table[kind][1]
         duration = min(rng.uniform(low, high), max(0.0, seconds - QUIET_END_S - t))
         target = rng.randrange(checkers if kind.startswith("checker") else workers)
         faults.append(Fault(round(t, 3), kind, target, round(duration, 3)))

@@ -1,6 +1,10 @@
 """A network namespace of the test's own, joined to this one by a veth pair, so that a real
-network cut can be made between a worker and Redis (root and iproute2 needed; addresses in the
-benchmarking range 198.18.0.0/15, which exist only inside this test)."""
+network cut, or a loss of packets, can be made between a worker and Redis (root and iproute2
+needed; addresses in the benchmarking range 198.18.0.0/15, which exist only inside this test).
+
+Loss is a classic BPF program on the veth's clsact hooks, in both directions: this kernel has
+no netem and no tc actions, but cls_bpf in direct-action mode runs, and classic BPF can read a
+random number (the ancillary load ``SKF_AD_RANDOM``)."""
 
 from __future__ import annotations
 
@@ -8,26 +12,46 @@ import os
 import shutil
 import subprocess
 
+#: Classic BPF's ancillary load of a random 32-bit number: SKF_AD_OFF (-0x1000) + SKF_AD_RANDOM.
+_LOAD_RANDOM = 0xFFFFF000 + 56
+#: What a direct-action tc program returns: let the packet through, or drop it.
+_TC_ACT_OK, _TC_ACT_SHOT = 0, 2
+
+
+def loss_program(fraction: float) -> str:
+    """tc's bytecode for a program that drops ``fraction`` of the packets, each at random:
+    load a random number; at or above the threshold, let it through; below, drop it."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"a fraction of packets is between 0 and 1, not {fraction}")
+    threshold = min(int(fraction * 2**32), 2**32 - 1)
+    code = [(0x20, 0, 0, _LOAD_RANDOM),       # ld [random]
+            (0x35, 1, 0, threshold),          # jge #threshold, +1 (pass), +0 (drop)
+            (0x06, 0, 0, _TC_ACT_SHOT),       # ret #shot
+            (0x06, 0, 0, _TC_ACT_OK)]         # ret #ok
+    return f"{len(code)}," + ",".join(" ".join(map(str, op)) for op in code) + ","
+
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
 
 class Link:
-    """Namespace ``host-p<pid>``: this side ``198.18.<k>.1``, the other ``198.18.<k>.2``, with
-    ``k`` from the process id, moved on past any ``k`` this machine already uses (two test
-    sessions run at once: ``make test``)."""
+    """Namespace ``host-p<pid>`` (``host-p<pid>-<index>`` for a process's second and later):
+    this side ``198.18.<k>.1``, the other ``198.18.<k>.2``, with ``k`` from the process id,
+    moved on past any ``k`` this machine already uses (two test sessions run at once: ``make
+    test``; a process making several creates each before it makes the next)."""
 
-    def __init__(self) -> None:
+    def __init__(self, index: int = 0) -> None:
         pid = os.getpid()
         used = _ip("-o", "-4", "addr", "show", check=False).stdout if shutil.which("ip") else ""
-        k = pid % 250 + 1
+        k = (pid + index) % 250 + 1
         for _ in range(250):
             if f" 198.18.{k}." not in used:
                 break
             k = k % 250 + 1
-        self.ns = f"host-p{pid}"
-        self.here, self.there = f"hp{pid}a"[:15], f"hp{pid}b"[:15]
+        tag = f"{pid}" if index == 0 else f"{pid}-{index}"
+        self.ns = f"host-p{tag}"
+        self.here, self.there = f"hp{tag}a"[:15], f"hp{tag}b"[:15]
         self.host_ip, self.ns_ip = f"198.18.{k}.1", f"198.18.{k}.2"
 
     @staticmethod
@@ -62,6 +86,22 @@ class Link:
 
     def mend(self) -> None:
         _ip("link", "set", self.here, "up")
+
+    def lose(self, fraction: float) -> None:
+        """Drop ``fraction`` of the packets each way, at random, until ``whole``."""
+        self.whole()
+        program = loss_program(fraction)
+        _ip_tc = ("tc", "filter", "add", "dev", self.here)
+        for hook in ("ingress", "egress"):
+            subprocess.run([*_ip_tc, hook, "bpf", "da", "bytecode", program],
+                           capture_output=True, text=True, check=True)
+
+    def whole(self) -> None:
+        """No packet dropped any more (``lose`` undone)."""
+        subprocess.run(["tc", "qdisc", "del", "dev", self.here, "clsact"],
+                       capture_output=True, check=False)
+        subprocess.run(["tc", "qdisc", "add", "dev", self.here, "clsact"],
+                       capture_output=True, check=True)
 
     def close(self) -> None:
         _ip("netns", "del", self.ns, check=False)

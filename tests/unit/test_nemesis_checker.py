@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.nemesis.check import check
-from tests.nemesis.schedule import Fault, draw
+from tests.nemesis.schedule import NET_KINDS, Fault, draw
 
 T0 = 1_000_000_000.0  # 2001-09-09T01:46:40Z
 
@@ -45,6 +45,14 @@ class TestSchedule:
         overlapping = sum(1 for x, y in itertools.pairwise(a) if y.at < x.at + x.duration)
         assert overlapping > 0
         assert all(10 <= f.at <= 600 - 15 and f.at + f.duration <= 600 - 15 + 1e-6 for f in a)
+        assert [f.at for f in a] == sorted(f.at for f in a)
+
+    def test_network_faults_come_on_top_of_the_schedule_a_seed_had_without_them(self) -> None:
+        for seed in (1, 17, 51, 355):
+            with_net = draw(seed, 180, 4)
+            assert {f.kind for f in with_net} & set(NET_KINDS)
+            assert [f for f in with_net if f.kind not in NET_KINDS] == draw(seed, 180, 4,
+                                                                            network=False)
 
 
 class TestChecks:
@@ -106,3 +114,15 @@ class TestChecks:
                   transition("w3", "DRAINING", T0 + 1),
                   transition("w3", "HEALTHY", T0 + 4, cause="", automatic=False)]
         assert check(tmp_path, FAULTS, T0, earned, {}, 8).ok  # (8: within the bound)
+
+
+class TestBrokenBuilds:
+    def test_each_broken_build_still_applies_and_names_a_promise_the_checker_has(self) -> None:
+        from tests.nemesis.broken.__main__ import BUILDS, applies, patch_of
+
+        promises = {"answered", "exactly once", "nothing unexpected", "out of rotation",
+                    "blast radius", "fencing", "audited", "earned way back", "recovery"}
+        assert {p.stem for p in patch_of("x").parent.glob("*.patch")} == set(BUILDS)
+        for name, build in BUILDS.items():
+            assert applies(name), f"{name}.patch no longer applies: make it again"
+            assert set(build.promises) <= promises
