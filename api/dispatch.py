@@ -35,7 +35,7 @@ from api.keys import KeyStore
 from api.messages import MessageStore, status_of
 from broker_config import tracing
 from broker_config.contract import ANALYSE_BATCH
-from producer.feed import BROKEN, FeedReport, InFlight, redis_lives
+from producer.inflight import BROKEN, FeedReport, InFlight, redis_lives
 
 log = structlog.get_logger("host.api")
 

@@ -21,7 +21,7 @@ import structlog
 from celery import Celery
 
 from producer import jobs
-from producer.feed import BROKEN
+from producer.inflight import BROKEN
 from producer.job_store import JobStore
 
 log = structlog.get_logger("host.api")

@@ -28,7 +28,7 @@ from broker_config.contract import TWEETS_QUEUE
 from broker_config.queues import WORK_QUEUES
 from broker_config.settings import Settings
 from healthcheck.store import RedisHealthStore
-from producer.feed import BROKEN
+from producer.inflight import BROKEN
 from producer.job_store import JobStore, RedisJobStore
 from workers.inbound import Limits
 

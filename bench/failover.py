@@ -44,7 +44,8 @@ from bench.plain_app import make_app  # noqa: E402
 from broker_config.contract import envelope  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
 from harness.processes import WorkerProcess, node_name, terminate  # noqa: E402
-from harness.redis_server import SentinelGroup, free_port  # noqa: E402
+from harness.redis_server import free_port  # noqa: E402
+from harness.sentinel import SentinelGroup  # noqa: E402
 from workers.app import create_app  # noqa: E402
 
 GROUND_TRUTH = REPO.parent / "shared" / "data" / "tweets_groundtruth.tsv"

@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO))
 
 from broker_config.settings import Settings  # noqa: E402
 from harness.processes import WorkerProcess, node_name, terminate, wait_until  # noqa: E402
-from harness.redis_server import STORE_FAULTS, FaultyStore, RedisServer, free_port  # noqa: E402
+from harness.redis_server import RedisServer, free_port  # noqa: E402
+from harness.store_faults import STORE_FAULTS, FaultyStore  # noqa: E402
 from healthcheck.store import RedisHealthStore  # noqa: E402
 from workers.app import create_app  # noqa: E402
 

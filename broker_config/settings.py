@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from broker_config import redis_url
+from broker_config.settings_rules import AMQP_SCHEMES, CHECKS, is_redis, problems
 
 PREFIX = "HOST_"
 #: Names the optional TOML file; its keys are the field names below, without the prefix.
 CONFIG_FILE_VAR = "HOST_CONFIG_FILE"
 
-ENVIRONMENTS = ("development", "production")
-LOG_FORMATS = ("auto", "json", "console")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel", "amqp", "amqps", "pyamqp", "memory")
-REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
-AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
-QUEUE_TYPES = ("classic", "quorum")
-#: How a worker recycles at the checker's word: its pool restarted in place, or the whole
-#: worker exiting with EX_RECYCLE for its platform to start again (HOST_RECYCLE).
-RECYCLE_MODES = ("pool", "exit")
 #: The exit code of a worker that recycles by exiting (EX_TEMPFAIL: try again).
 EX_RECYCLE = 75
 
@@ -167,49 +158,13 @@ class Settings:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            check = _CHECKS.get(f.name)
+            check = CHECKS.get(f.name)
             if check is not None:
                 reason = check(getattr(self, f.name))
                 if reason:
                     raise ConfigError(env_key(f.name), getattr(self, f.name), reason)
-        if self.task_soft_time_limit >= self.task_time_limit:
-            raise ConfigError(
-                env_key("task_soft_time_limit"),
-                self.task_soft_time_limit,
-                f"must be below HOST_TASK_TIME_LIMIT ({self.task_time_limit})",
-            )
-        if not 0 <= self.checker_shard < self.checker_shards:
-            raise ConfigError(env_key("checker_shard"), self.checker_shard,
-                              f"must be between 0 and HOST_CHECKER_SHARDS - 1 "
-                              f"({self.checker_shards - 1})")
-        if self.queue_type != "classic" and not self.broker_is_amqp:
-            raise ConfigError(env_key("queue_type"), self.queue_type,
-                              "quorum queues need a RabbitMQ broker (amqp://)")
-        if self.broker_is_amqp and self.task_time_limit > self.broker_consumer_timeout / 2:
-            raise ConfigError(
-                env_key("task_time_limit"), self.task_time_limit,
-                f"must be at most half HOST_BROKER_CONSUMER_TIMEOUT ({self.broker_consumer_timeout}):"
-                " RabbitMQ closes the channel of a message held longer than that")
-        if not self.result_backend and not _is_redis(self.broker_url):
-            raise ConfigError(
-                env_key("result_backend"), "", "must be set when the broker is not Redis"
-            )
-        if not self.store_url and not _is_redis(self.broker_url):
-            raise ConfigError(env_key("store_url"), "", "must be set when the broker is not Redis")
-        for name in ("broker_url", "result_backend", "store_url"):
-            if redis_url.is_sentinel(getattr(self, name)) and not self.sentinel_master:
-                raise ConfigError(env_key("sentinel_master"), "",
-                                  f"must be set: {env_key(name)} is a sentinel:// URL")
-        if self.sentinel_tls_ca_file and not Path(self.sentinel_tls_ca_file).is_file():
-            raise ConfigError(env_key("sentinel_tls_ca_file"), self.sentinel_tls_ca_file,
-                              "no such file")
-        if not self.signs_control and (self.control_secret or self.control_secret_previous):
-            raise ConfigError(env_key("control_secret"), "<set>",
-                              "must not be set for the API: it never signs a control command, "
-                              "and the operators' channel does not ride on its door")
-        if self.env == "production" and not self.control_secret and self.signs_control:
-            raise ConfigError(env_key("control_secret"), "",
-                              "required when HOST_ENV=production (control commands are signed)")
+        for name, value, reason in problems(self):
+            raise ConfigError(env_key(name), value, reason)
 
     @property
     def effective_result_backend(self) -> str:
@@ -245,7 +200,7 @@ class Settings:
     @property
     def broker_is_redis(self) -> bool:
         """True when the broker is Redis (prefetch and visibility settings apply)."""
-        return _is_redis(self.broker_url)
+        return is_redis(self.broker_url)
 
     @property
     def broker_is_amqp(self) -> bool:
@@ -288,10 +243,6 @@ def env_key(field_name: str) -> str:
     return PREFIX + field_name.upper()
 
 
-def _is_redis(url: str) -> bool:
-    return urlsplit(url).scheme in REDIS_SCHEMES
-
-
 def _read_file(file_name: str) -> dict[str, Any]:
     path = Path(file_name)
     try:
@@ -328,96 +279,6 @@ def _coerce(key: str, raw: str, kind: type) -> Any:
     except ValueError:
         raise ConfigError(key, raw, f"must be {'an integer' if kind is int else 'a number'}") from None
 
-
-def _url(schemes: tuple[str, ...], empty_ok: bool) -> Callable[[str], str | None]:
-    def check(value: str) -> str | None:
-        if not value:
-            return None if empty_ok else "must not be empty"
-        parts = urlsplit(value)
-        if parts.scheme not in schemes:
-            return f"scheme must be one of {', '.join(schemes)}"
-        if parts.scheme == redis_url.SCHEME:
-            return redis_url.problem(value)
-        try:
-            parts.port  # noqa: B018 - raises on a non-numeric port
-        except ValueError:
-            return "port is not a number"
-        if parts.scheme in ("redis", "rediss", "amqp", "amqps", "pyamqp") and not parts.hostname:
-            return "has no host"
-        return None
-
-    return check
-
-
-#: Celery's remote-control built-ins that change what a worker consumes or how much it can do
-#: (revoke ones only with terminate). Host workers refuse them unless signed or allowed.
-GUARDED_BUILTINS = ("add_consumer", "cancel_consumer", "rate_limit", "time_limit", "autoscale",
-                    "pool_grow", "pool_shrink", "objgraph", "revoke",
-                    "revoke_by_stamped_headers", "shutdown", "pool_restart", "terminate")
-
-
-def _builtins(value: str) -> str | None:
-    unknown = [n.strip() for n in value.split(",") if n.strip()
-               and n.strip() not in GUARDED_BUILTINS]
-    return (f"unknown command(s) {', '.join(unknown)}; one of {', '.join(GUARDED_BUILTINS)}"
-            if unknown else None)
-
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-def _one_of(options: tuple[str, ...]) -> Callable[[str], str | None]:
-    return lambda value: None if value in options else f"must be one of {', '.join(options)}"
-
-
-def _port(value: int) -> str | None:
-    return None if 0 < value < 65536 else "must be a TCP port (1-65535)"
-
-
-def _port_or_off(value: int) -> str | None:
-    return None if 0 <= value < 65536 else "must be a TCP port (1-65535), or 0 for none"
-
-
-_CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "broker_url": _url(BROKER_SCHEMES, empty_ok=False),
-    "result_backend": _url(REDIS_SCHEMES, empty_ok=True),
-    "store_url": _url(REDIS_SCHEMES, empty_ok=True),
-    "env": _one_of(ENVIRONMENTS),
-    "metrics_port": _port,
-    "worker_status_port": _port_or_off,
-    "checker_lease": _positive,
-    "checker_shards": lambda v: None if 1 <= v <= 1024 else "must be between 1 and 1024",
-    "metrics_worker_ttl": _positive,
-    "wear_interval": _positive,
-    "worker_memory_limit": lambda v: None if v >= 0 else "must be >= 0 (bytes; 0: the cgroup's)",
-    "visibility_timeout": _positive,
-    "unacked_restore_interval": _positive,
-    "queue_type": _one_of(QUEUE_TYPES),
-    "recycle": _one_of(RECYCLE_MODES),
-    "delivery_limit": _positive,
-    "broker_consumer_timeout": _positive,
-    "task_soft_time_limit": _positive,
-    "task_time_limit": _positive,
-    "result_expires": _positive,
-    "max_line_bytes": _positive,
-    "max_text_chars": _positive,
-    "max_batch": _positive,
-    "max_message_bytes": _positive,
-    "max_emoji": _positive,
-    "input_cpu_budget": _positive,
-    "deadletter_keep": _positive,
-    "log_format": _one_of(LOG_FORMATS),
-    "log_level": _one_of(LOG_LEVELS),
-    "allow_control": _builtins,
-    "metrics_address": lambda v: None if v.strip() else "must not be empty",
-    "api_address": lambda v: None if v.strip() else "must not be empty",
-    "api_port": _port,
-    **{name: _positive for name in ("api_wait_max", "api_max_body", "api_max_upload",
-                                    "api_max_messages", "api_backlog_max", "api_batch_window",
-                                    "api_record_ttl", "api_rate", "api_body_timeout",
-                                    "api_shutdown_timeout")},
-}
 
 _TYPES: dict[str, type] = {
     f.name: {"str": str, "int": int, "float": float, "bool": bool}[str(f.type)]

@@ -23,7 +23,7 @@ COUNTS = ("requeued", "inbound", "tweets", "control_refused", "dead_letters",
           "subscriptions_undone", "task_outcomes", "task_runtimes", "task_events",
           "task_exceptions", "task_waits")
 #: ``task_outcomes`` counts settled tasks by ``"<queue>|<task>|<outcome>"`` (succeeded, failed,
-#: retried, rejected: ``workers.wear.TaskTotals``); ``task_events`` counts the tasks received,
+#: retried, rejected: ``workers.task_stats.TaskTotals``); ``task_events`` counts the tasks received,
 #: started and revoked the same way (what Celery's task events of those names would count);
 #: ``task_exceptions`` the failures by ``"<queue>|<task>|<exception class>"``.
 #: Upper bounds of the runtime buckets a worker counts its succeeded tasks in

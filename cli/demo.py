@@ -38,7 +38,8 @@ from harness.redis_server import RedisServer, free_port
 from healthcheck.actuator import control_reply
 from healthcheck.audit import Kind, parse_all
 from healthcheck.store import RedisHealthStore
-from producer.feed import FeedReport, feed, read_lines
+from producer.feed import feed, read_lines
+from producer.inflight import FeedReport
 from workers.app import create_app
 from workers.deadletter import RedisDeadLetterStore
 from workers.inbound import Limits

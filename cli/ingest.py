@@ -20,7 +20,8 @@ from cli.common import (
     host_app,
     start_tracing,
 )
-from producer.feed import FeedReport, feed, read_lines
+from producer.feed import feed, read_lines
+from producer.inflight import FeedReport
 from workers.deadletter import WRITE_TIMEOUT_S, Aside, RedisDeadLetterStore
 from workers.inbound import FORMATS, Limits
 

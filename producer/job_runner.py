@@ -31,7 +31,8 @@ from celery.utils import uuid as task_uuid
 
 from broker_config import tracing
 from broker_config.contract import envelope
-from producer.feed import BROKEN, POLL_S, line_of
+from producer.feed import line_of
+from producer.inflight import BROKEN, POLL_S
 from producer.job_store import JobStore
 from producer.pacing import ChunkBudget, Sizer, pace
 from producer.results import ResultReader

@@ -22,7 +22,8 @@ from broker_config.redis_url import SentinelOptions
 from broker_config.settings import Settings
 from harness.processes import WorkerProcess, node_name, terminate
 from harness.rabbitmq_server import RabbitServer, RabbitServerNotFound
-from harness.redis_server import RedisServer, RedisServerNotFound, SentinelGroup, free_port
+from harness.redis_server import RedisServer, RedisServerNotFound, free_port
+from harness.sentinel import SentinelGroup
 from tests.support.api_server import ApiServer
 from workers.app import create_app
 

@@ -28,7 +28,8 @@ from celery.worker.control import Panel, control_command
 
 from broker_config.app import settings_of
 from broker_config.logs import get_logger
-from broker_config.settings import EX_RECYCLE, GUARDED_BUILTINS
+from broker_config.settings import EX_RECYCLE
+from broker_config.settings_rules import GUARDED_BUILTINS
 from broker_config.signing import SIGNATURE_FIELDS, NonceMemory, Verifier
 from workers import gate
 from workers.runtime import RUNTIME

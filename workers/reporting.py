@@ -23,7 +23,8 @@ from broker_config.wear_event import TaskFigures, WearEvent
 from workers import control, gate, inject, tally
 from workers.runtime import RUNTIME
 from workers.shared import Injection
-from workers.wear import ItemCost, Progress, Smoothed
+from workers.task_stats import ItemCost, Progress
+from workers.wear import Smoothed
 
 log = get_logger(__name__)
 

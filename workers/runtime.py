@@ -24,7 +24,7 @@ from typing import Any
 from broker_config.signing import Verifier
 from workers.checker_view import CheckerView
 from workers.shared import Gate, InjectionBoard
-from workers.wear import TaskTotals, TaskWindow
+from workers.task_stats import TaskTotals, TaskWindow
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from api.inputs import CONTENT_TYPES, Problem
 from api.keys import ApiKey
 from api.service import ApiService
-from producer.feed import BROKEN
+from producer.inflight import BROKEN
 
 
 class ProblemOut(BaseModel):

@@ -19,7 +19,7 @@ from api.inputs import Accepted, BadBody, Problem, check, read_inputs
 from api.keys import ApiKey
 from api.routes.common import ApiError, Door, MessageOut, SubmitOut, errors
 from broker_config import keys
-from producer.feed import BROKEN
+from producer.inflight import BROKEN
 
 IDEMPOTENCY_KEEP_S = 86_400
 #: One message of a JSON body, as the schema documents it.

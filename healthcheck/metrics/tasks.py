@@ -1,6 +1,6 @@
 """``host_tasks_total`` and ``host_task_runtime_seconds``, from the totals in workers' reports.
 
-Each worker counts its settled tasks in its main process (``workers.wear.TaskTotals``) and
+Each worker counts its settled tasks in its main process (``workers.task_stats.TaskTotals``) and
 sends the totals in every wear report; ``Cumulative`` turns them into fleet totals that survive
 worker restarts. No Celery task events are needed: they cost a plain Celery worker about a
 third of its per-task throughput, and with them on the checker would receive every task's

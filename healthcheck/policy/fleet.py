@@ -32,10 +32,8 @@ from dataclasses import dataclass, field, replace
 
 from healthcheck.policy import holds
 from healthcheck.policy.config import PolicyConfig
-from healthcheck.policy.detectors import CostNorm, cost_limit
 from healthcheck.policy.machine import HealthPolicy, Proposal
 from healthcheck.policy.model import (
-    CONSUMING,
     Cause,
     Observation,
     State,
@@ -43,6 +41,7 @@ from healthcheck.policy.model import (
     WearReport,
     WorkerHealth,
 )
+from healthcheck.policy.norms import PeerNorms
 from healthcheck.policy.shards import Budget, Peers, ShardFigures, bound, rate_limit, refusal
 
 #: Causes whose ejections count against the guard's budget (operators' do not).
@@ -128,12 +127,8 @@ class Fleet:
     _proposed: dict[str, Proposal] = field(init=False, default_factory=dict)
     _proposed_at: dict[str, float] = field(init=False, default_factory=dict)
     _recent: deque[float] = field(init=False, default_factory=deque)
-    _p95: dict[str, float] = field(init=False, default_factory=dict)
-    _fleet_p95: float | None = field(init=False, default=None)
-    #: Each worker's last cost per item, its usual cost, and the peers' medians by queues.
-    _cost: dict[str, float] = field(init=False, default_factory=dict)
-    _usual_cost: dict[str, float] = field(init=False, default_factory=dict)
-    _peer_cost: dict[tuple[str, ...], float] = field(init=False, default_factory=dict)
+    #: What each worker's latency and cost per item are judged against.
+    _norms: PeerNorms = field(init=False, default_factory=PeerNorms)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -159,11 +154,8 @@ class Fleet:
             w = holds.adopted(obs)
         if w is None:
             w = WorkerHealth(name=obs.worker, since=obs.at, last_seen=obs.at, reason="first seen")
-        norm = None
-        if isinstance(obs, WearReport):
-            self._note_latency(obs)
-            norm = self._note_cost(w, obs)
-        step = self.policy.observe(w, obs, self._fleet_p95, self._jitter(), norm)
+        norm = self._norms.note(w, obs, self.config) if isinstance(obs, WearReport) else None
+        step = self.policy.observe(w, obs, self._norms.fleet_p95, self._jitter(), norm)
         if step.eject is not None and step.eject.cause in EXEMPT:
             step = self.policy.eject(step.health, step.eject, obs.at)
         elif step.eject is not None:
@@ -201,8 +193,7 @@ class Fleet:
         return Decision(tuple(done), self.guard_engaged, changed, held)
 
     def _sweep(self, now: float, done: list[Transition]) -> None:
-        self._fleet_p95 = self._median_p95()
-        self._peer_cost = self._median_costs()
+        self._norms.refresh(self.workers, self.config)
         for w in list(self.workers.values()):
             step = self.policy.tick(w, now, self._jitter())
             if step.health is not w:
@@ -351,57 +342,8 @@ class Fleet:
             self._queue_size[q] += sign
             self._queue_out[q] += sign * out
 
-    def _note_latency(self, r: WearReport) -> None:
-        if r.runtime_p95 is not None and r.completed + r.failed >= self.config.latency.min_volume:
-            self._p95[r.worker] = r.runtime_p95
-        else:
-            self._p95.pop(r.worker, None)
-
-    def _median_p95(self) -> float | None:
-        # Compare against workers in rotation only: the degraded must not set the bar.
-        values = sorted(v for k, v in self._p95.items()
-                        if k in self.workers and self.workers[k].state in CONSUMING)
-        if len(values) < self.config.latency.min_fleet:
-            return None
-        return _median(values)
-
-    def _note_cost(self, w: WorkerHealth, r: WearReport) -> CostNorm | None:
-        """Remember the report's cost per item (and, while the worker is HEALTHY and within the
-        limit, let its usual cost follow: its first cost starts it); what it is judged against
-        (the usual cost as it was before this report)."""
-        if r.cost_ms is None:
-            self._cost.pop(r.worker, None)
-            return None
-        self._cost[r.worker] = r.cost_ms
-        median = self._peer_cost.get(r.queues or w.queues)
-        usual = self._usual_cost.get(r.worker)
-        if w.state is State.HEALTHY:
-            if usual is None:  # its first cost is what it usually costs, to start with
-                self._usual_cost[r.worker] = r.cost_ms
-            elif median is None or r.cost_ms <= cost_limit(self.config, median, usual):
-                c = self.config.cost
-                weight = c.usual_fall if r.cost_ms < usual else c.usual_rise
-                self._usual_cost[r.worker] = usual + weight * (r.cost_ms - usual)
-        return median, usual
-
-    def _median_costs(self) -> dict[tuple[str, ...], float]:
-        # Per set of queues consumed (the same work), over workers in rotation only.
-        by_queues: dict[tuple[str, ...], list[float]] = {}
-        for name, cost in self._cost.items():
-            w = self.workers.get(name)
-            if w is not None and w.state in CONSUMING:
-                by_queues.setdefault(w.queues, []).append(cost)
-        return {q: _median(sorted(v)) for q, v in by_queues.items()
-                if len(v) >= self.config.cost.min_fleet}
-
     def _jitter(self) -> float:
         return self._rng.uniform(0, self.config.backoff.jitter_s)
-
-
-def _median(values: list[float]) -> float:
-    """The median of sorted, non-empty ``values``."""
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def replay(fleet: Fleet, events: Iterable[Observation | float]) -> list[Decision]:

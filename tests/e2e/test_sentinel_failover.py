@@ -31,7 +31,7 @@ from kombu.exceptions import OperationalError
 from broker_config.app import HostCelery
 from broker_config.settings import Settings
 from harness.processes import WorkerProcess
-from harness.redis_server import SentinelGroup
+from harness.sentinel import SentinelGroup
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
 from tests.support.cli import REPO, celery, feed, read_jsonl

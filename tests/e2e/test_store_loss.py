@@ -19,7 +19,8 @@ import pytest
 
 from broker_config.app import HostCelery
 from broker_config.settings import Settings
-from harness.redis_server import RedisServer, SentinelGroup
+from harness.redis_server import RedisServer
+from harness.sentinel import SentinelGroup
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
 from tests.support.cli import REPO, celery, read_jsonl

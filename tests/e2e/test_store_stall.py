@@ -22,7 +22,7 @@ import pytest
 
 from broker_config.app import HostCelery
 from broker_config.settings import Settings
-from harness.redis_server import STORE_FAULTS, FaultyStore
+from harness.store_faults import STORE_FAULTS, FaultyStore
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
 from tests.support.cli import REPO, celery, read_jsonl

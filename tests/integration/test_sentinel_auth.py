@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker_config.redis_url import RedisAddress, SentinelOptions
-from harness.redis_server import SentinelGroup
+from harness.sentinel import SentinelGroup
 from healthcheck.errors import StoreUnavailable
 from healthcheck.policy import State, WorkerHealth
 from healthcheck.store import RedisHealthStore

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from broker_config.redis_url import RedisAddress, SentinelOptions
-from harness.redis_server import SentinelGroup
+from harness.sentinel import SentinelGroup
 from healthcheck.store import RedisHealthStore
 from tests.support.polling import wait_until
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from broker_config.redis_url import RedisAddress, SentinelOptions
-from harness.redis_server import SentinelGroup, self_signed
+from harness.redis_server import self_signed
+from harness.sentinel import SentinelGroup
 from healthcheck.errors import StoreUnavailable
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, WorkerFactory

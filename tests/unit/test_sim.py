@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from healthcheck import sim
+from healthcheck import scenarios, sim
 from healthcheck.policy import Fleet, PolicyConfig
 from healthcheck.policy.config import Load
 
@@ -15,7 +15,7 @@ N, SECONDS = 200, 90
 
 @pytest.fixture(scope="module")
 def results() -> dict[str, sim.Result]:
-    return {name: sim.run(s, N, SECONDS, seed=2) for name, s in sim.SCENARIOS.items()}
+    return {name: sim.run(s, N, SECONDS, seed=2) for name, s in scenarios.SCENARIOS.items()}
 
 
 class TestSimulator:
@@ -71,7 +71,7 @@ class TestSimulator:
         """The same peak with CPU judged as wear (the rule off) ejects workers and engages the
         guard: what the two tests above would see without it."""
         off = PolicyConfig(load=Load(enabled=False))
-        r = sim.run(sim.SCENARIOS["traffic_peak"], N, SECONDS, seed=2, config=off)
+        r = sim.run(scenarios.SCENARIOS["traffic_peak"], N, SECONDS, seed=2, config=off)
         assert r.false_ejections > 0 and r.guard_engaged_s > 0
 
     def test_stuck_workers_in_a_busy_fleet_are_out_as_fast_as_a_step(
@@ -98,8 +98,8 @@ class TestSimulator:
 
     def test_same_seed_same_figures(self) -> None:
         """A simulation is reproducible (apart from the real time it took)."""
-        a = sim.run(sim.SCENARIOS["flapping"], 50, 40, seed=5)
-        b = sim.run(sim.SCENARIOS["flapping"], 50, 40, seed=5)
+        a = sim.run(scenarios.SCENARIOS["flapping"], 50, 40, seed=5)
+        b = sim.run(scenarios.SCENARIOS["flapping"], 50, 40, seed=5)
         strip = ("policy_seconds", "observations_per_s")
         assert {k: v for k, v in vars(a).items() if k not in strip} == \
             {k: v for k, v in vars(b).items() if k not in strip}
@@ -108,7 +108,7 @@ class TestSimulator:
         """--json prints one object per scenario with the documented fields."""
         assert sim.main(["--workers", "30", "--seconds", "30", "--json"]) == 0
         lines = capsys.readouterr().out.splitlines()
-        assert len(lines) == len(sim.SCENARIOS)
+        assert len(lines) == len(scenarios.SCENARIOS)
         for line in lines:
             obj = json.loads(line)
             for key in ("scenario", "detection_p50_s", "detection_p99_s", "false_ejections",
@@ -138,8 +138,8 @@ class TestShardedSimulator:
     @classmethod
     def pairs(cls) -> dict[str, tuple[sim.Result, sim.Result]]:
         names = ("sustained_step", "broken_memory_metrics", "correlated_half", "gradual_wear")
-        return {name: (sim.run(sim.SCENARIOS[name], cls.SHARDED_N, SECONDS, seed=3),
-                       sim.run(sim.SCENARIOS[name], cls.SHARDED_N, SECONDS, seed=3, shards=8))
+        return {name: (sim.run(scenarios.SCENARIOS[name], cls.SHARDED_N, SECONDS, seed=3),
+                       sim.run(scenarios.SCENARIOS[name], cls.SHARDED_N, SECONDS, seed=3, shards=8))
                 for name in names}
 
     def test_no_bound_is_ever_exceeded(self, pairs: dict[str, tuple[sim.Result, sim.Result]]

@@ -13,15 +13,8 @@ import pytest
 from workers import inject
 from workers.inject import InjectedFailure
 from workers.shared import Injection, InjectionBoard
-from workers.wear import (
-    PowerMeter,
-    Progress,
-    Smoothed,
-    TaskWindow,
-    WearSampler,
-    memory_limit,
-    percentile,
-)
+from workers.task_stats import Progress, TaskWindow, percentile
+from workers.wear import PowerMeter, Smoothed, WearSampler, memory_limit
 
 
 class TestSmoothed:
@@ -269,7 +262,7 @@ class TestTaskTotals:
         """What the report sends for the checker's task metrics: totals by queue, task and
         outcome, runtimes in fixed buckets (not cumulative) with their sum; queues and tasks
         that are not host's are ``other``, a verify queue is ``verify``."""
-        from workers.wear import TaskTotals
+        from workers.task_stats import TaskTotals
 
         t = TaskTotals()
         t.record("tweets", "host.analyse", "succeeded", 0.004)
@@ -284,7 +277,7 @@ class TestTaskTotals:
                               "verify|host.probe|inf": 1, "verify|host.probe|sum_us": 99000000}
 
     def test_events_exceptions_and_waits_for_the_celery_exporter_families(self) -> None:
-        from workers.wear import MAX_EXCEPTION_NAMES, TaskTotals
+        from workers.task_stats import MAX_EXCEPTION_NAMES, TaskTotals
 
         t = TaskTotals()
         t.event("tweets", "host.analyse", "received")
@@ -315,7 +308,7 @@ class TestItemCost:
     def test_cpu_per_item_over_the_window(self) -> None:
         """Two cores, the tree at 25 % of the machine (half a core): 0.5 CPU-s a second; 50
         items a second: 10 ms an item."""
-        from workers.wear import ItemCost
+        from workers.task_stats import ItemCost
 
         cost = ItemCost(cores=2, window_s=10.0, min_items=20)
         for i in range(21):
@@ -323,7 +316,7 @@ class TestItemCost:
         assert cost.ms() == 10.0
 
     def test_too_few_items_say_nothing_and_a_restart_starts_again(self) -> None:
-        from workers.wear import ItemCost
+        from workers.task_stats import ItemCost
 
         cost = ItemCost(cores=1, window_s=10.0, min_items=20)
         for i in range(5):
