@@ -15,15 +15,14 @@ from broker_config.app import HostCelery
 from broker_config.queues import WATCHED_QUEUES, WORK_QUEUES
 from broker_config.settings import Settings
 from healthcheck.actuator import CeleryActuator
-from healthcheck.hearing import IntakeWatch
 from healthcheck.http import app as http_app
 from healthcheck.http import serve
+from healthcheck.intake import Ear, IntakeWatch, RedisEar
 from healthcheck.lease import Leadership, candidate_id
 from healthcheck.metrics import QueueDepths, broker_depths
 from healthcheck.page import StoredStates, fleet_view
 from healthcheck.policy import PolicyConfig
 from healthcheck.probes import CeleryProbeTransport, Prober, known_answers
-from healthcheck.receiver import Ear, RedisEar
 from healthcheck.service import Checker
 from healthcheck.sharding import Shard, routing_keys
 from healthcheck.store import RedisHealthStore

@@ -20,13 +20,11 @@ from typing import Any
 
 from broker_config.logs import get_logger
 from broker_config.signing import NonceMemory, Verifier
-from broker_config.wear_event import WEAR_EVENT, WearEvent
 from healthcheck.actuator import Actuator
 from healthcheck.audit import AuditRecord
 from healthcheck.enforcement import Enforcer
 from healthcheck.errors import HealthcheckError
-from healthcheck.hearing import Hearing, Inbox, IntakeWatch
-from healthcheck.intake import Intake, observation, wear_report
+from healthcheck.intake import Hearing, Inbox, Intake, IntakeWatch, read
 from healthcheck.leading import Lead, Succession
 from healthcheck.lease import Leadership
 from healthcheck.ledger import Ledger
@@ -37,7 +35,6 @@ from healthcheck.policy import (
     Decision,
     Fleet,
     HealthPolicy,
-    Heartbeat,
     PolicyConfig,
     Reading,
     WearReport,
@@ -217,16 +214,13 @@ class Checker(Succession):
     def _handle(self, event: Mapping[str, Any], at: float) -> None:
         if self.sharding is not None and not self.sharding.mine(str(event.get("hostname"))):
             return  # another shard's worker
-        report = WearEvent.parse(event) if event.get("type") == WEAR_EVENT else None
-        obs: WearReport | Heartbeat | None
-        if report is not None:
-            obs = wear_report(report, at)
+        observed = read(event, at)
+        if observed is None:
+            return
+        obs, report = observed
+        if report is not None and isinstance(obs, WearReport):
             self.intake.take(obs)
             self.metrics.on_report(report.hostname, report.counts, count=self.leading())
-        else:
-            obs = observation(event, at)
-        if obs is None:
-            return
         if not self.leading():
             return  # a standby only watches: its states come from the store
         before = self.fleet.workers.get(obs.worker)

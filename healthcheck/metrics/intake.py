@@ -52,7 +52,7 @@ class IntakeFigures(Collector):
         yield events
         lag, inbox, hearing = self.state()
         yield GaugeMetricFamily("host_checker_intake_lag_seconds", "How far behind the checker "
-                                "takes in the fleet's events (healthcheck/intake.IntakeWatch)",
+                                "takes in the fleet's events (healthcheck.intake.IntakeWatch)",
                                 value=lag)
         yield GaugeMetricFamily("host_checker_inbox_events", "Events received and not yet "
                                 "applied", value=inbox)

@@ -14,7 +14,7 @@ from broker_config.contract import envelope
 from broker_config.queues import verify_queue
 from broker_config.shards import shard_of
 from harness.processes import node_name, wait_until
-from healthcheck.receiver import RedisEar
+from healthcheck.intake import RedisEar
 from healthcheck.sharding import routing_keys
 from tests.conftest import WorkerFactory
 from tests.support.cli import celery

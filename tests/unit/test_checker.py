@@ -358,7 +358,7 @@ class TestIntakeWatch:
     """A checker that cannot hear the fleet makes nobody OFFLINE for its own deafness."""
 
     def make(self) -> tuple[Checker, Clock, list[str]]:
-        from healthcheck.hearing import IntakeWatch
+        from healthcheck.intake import IntakeWatch
 
         store, clock = InMemoryHealthStore(), Clock()
         watch = IntakeWatch(deaf_after_s=5.0, behind_after_s=2.0)
@@ -421,7 +421,7 @@ class TestIntakeWatch:
         assert len(asked) == 1  # the fresh subscription was not renewed: its silence is the fleet's
 
     def test_a_checker_started_in_front_of_a_dead_fleet_believes_the_silence(self) -> None:
-        from healthcheck.hearing import IntakeWatch
+        from healthcheck.intake import IntakeWatch
 
         store, clock = InMemoryHealthStore(), Clock()
         store.save([WorkerHealth(name=w, since=990.0, last_seen=990.0, queues=("tweets",))

@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from healthcheck.receiver import _decode
+from healthcheck.intake.ear import _decode
 
 EVENT = {"type": "worker-wear", "hostname": "w1@x", "timestamp": 1.5, "wear": {"cpu": [1, 2]}}
 

@@ -1,11 +1,11 @@
-"""Intake: Celery events in, the policy's observations out, and what the checker keeps of
-each worker's last report (its readings, its sparkline history, the summary ``fleet status``
-shows). Never raises on a malformed event: it is dropped."""
+"""Events into the policy's observations, each kind parsed once (``read``), and what the
+checker keeps of each worker's last report (its readings, its sparkline history, the summary
+``fleet status`` shows). Never raises on a malformed event: it is dropped."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from broker_config.wear_event import WEAR_EVENT, WearEvent
 from healthcheck.page import WearHistory
@@ -16,14 +16,23 @@ LIVENESS_EVENTS = ("worker-heartbeat", "worker-online")
 EVENT_TYPES = (WEAR_EVENT, *LIVENESS_EVENTS, "worker-offline")
 
 
-def observation(event: Mapping[str, Any], at: float) -> WearReport | Heartbeat | None:
-    """The observation an event carries (``at``: when the checker received it), or None."""
+class Observed(NamedTuple):
+    """What one event says: the policy's observation, and for a wear report the report as the
+    worker sent it (its counts feed the task metrics, its summary ``fleet status``)."""
+
+    observation: WearReport | Heartbeat
+    report: WearEvent | None = None
+
+
+def read(event: Mapping[str, Any], at: float) -> Observed | None:
+    """What an event says (``at``: when the checker received it), or None: an event of no
+    kind the policy observes, or a malformed one."""
     if event.get("type") == WEAR_EVENT:
         report = WearEvent.parse(event)
-        return None if report is None else wear_report(report, at)
+        return None if report is None else Observed(wear_report(report, at), report)
     worker = event.get("hostname")
     if event.get("type") in LIVENESS_EVENTS and isinstance(worker, str) and worker:
-        return Heartbeat(worker, at, event.get("type") == "worker-online")
+        return Observed(Heartbeat(worker, at, event.get("type") == "worker-online"))
     return None
 
 

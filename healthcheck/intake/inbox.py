@@ -9,7 +9,7 @@ from typing import Any
 
 from broker_config.logs import get_logger
 from broker_config.wear_event import WEAR_EVENT
-from healthcheck.intake import EVENT_TYPES
+from healthcheck.intake.observations import EVENT_TYPES
 from healthcheck.metrics import CheckerMetrics
 from healthcheck.policy import Fleet, State
 
