@@ -27,7 +27,7 @@ from broker_config.wear_event import WearEvent
 from healthcheck.actuator import Actuator, Reply
 from healthcheck.audit import AuditRecord, Kind
 from healthcheck.errors import HealthcheckError, LeaseLost
-from healthcheck.leading import Lead
+from healthcheck.lease import Lead
 from healthcheck.ledger import Ledger
 from healthcheck.metrics import CheckerMetrics
 from healthcheck.policy import Transition, WorkerHealth

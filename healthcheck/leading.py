@@ -1,104 +1,91 @@
-"""Whether this checker may act now, the token its writes are fenced with, and what the
-checker does when it takes the lease, loses it, or stands by."""
+"""What a checker does when it takes the lease, loses it, or stands by: an object the checker
+holds (``Succession``), which rebuilds the fleet from the store on taking over and treats a
+refused fenced write as the lease lost. Whether it may act at all is the lease's word
+(``lease.Lead``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from broker_config.logs import get_logger
 from healthcheck.actuator import Actuator
 from healthcheck.audit import AuditRecord
+from healthcheck.enforcement import Enforcer
 from healthcheck.errors import LeaseLost
-from healthcheck.lease import Leadership
+from healthcheck.lease import Lead, Leadership
 from healthcheck.ledger import Ledger
 from healthcheck.metrics import CheckerMetrics
 from healthcheck.policy import Fleet
+from healthcheck.probes import Prober
+from healthcheck.resume import resumed_fleet
+from healthcheck.sharding import Sharding
 from healthcheck.store import HealthStore
 
 log = get_logger(__name__)
 
 
-class Lead:
-    """This checker's standing, as every part that writes or acts asks for it.
+class Succession:
+    """The checker's side of leadership.
 
     Args:
-        leadership: the lease (None: a checker that runs alone, without one, always leads).
+        standing: the lease's word on whether this checker may act, and its fence.
+        store: where a new leader reads the fleet from.
+        ledger, enforcer, prober, actuator, metrics, sharding: the parts a change of leader
+            resets or tells.
+        clock: the checker's wall clock.
     """
 
-    def __init__(self, leadership: Leadership | None) -> None:
-        self.leadership = leadership
-
-    def leading(self) -> bool:
-        """True when this checker may act (it holds the lease, or runs without one)."""
-        return self.leadership is None or self.leadership.leading()
-
-    @property
-    def fence(self) -> str:
-        """The lease token every write is fenced with ("" without a lease)."""
-        if self.leadership is None:
-            return ""
-        return self.leadership.token or "none"  # not leading: a token no lease ever matches
+    def __init__(self, standing: Lead, store: HealthStore, ledger: Ledger, enforcer: Enforcer,
+                 prober: Prober | None, actuator: Actuator, metrics: CheckerMetrics,
+                 sharding: Sharding | None, clock: Callable[[], float]) -> None:
+        self.standing, self.store, self.ledger, self.enforcer = standing, store, ledger, enforcer
+        self.prober, self.actuator, self.metrics = prober, actuator, metrics
+        self.sharding, self.clock = sharding, clock
 
     @property
-    def epoch(self) -> int | None:
-        """The epoch this checker leads under (None without a lease)."""
-        return None if self.leadership is None else self.leadership.epoch
-
-
-class Succession:
-    """The checker's side of leadership (``service.Checker`` is one): taking over from what the
-    store holds, standing by, and treating a refused fenced write as the lease lost."""
-
-    leadership: Leadership | None
-    standing: Lead
-    fleet: Fleet
-    store: HealthStore
-    ledger: Ledger
-    enforcer: Any  # healthcheck.enforcement.Enforcer (which imports this module)
-    prober: Any  # healthcheck.probes.Prober | None
-    actuator: Actuator
-    metrics: CheckerMetrics
-    sharding: Any  # healthcheck.sharding.Sharding | None (which imports this module)
-    clock: Callable[[], float]
-
-    def flush(self) -> None:  # the checker's
-        raise NotImplementedError
-
-    def resumed(self, now: float, seed: int | None, recall: bool = True) -> Fleet:  # the checker's
-        raise NotImplementedError
+    def leadership(self) -> Leadership | None:
+        return self.standing.leadership
 
     def leading(self) -> bool:
         """True when this checker may act (it holds the lease, or runs without one)."""
         return self.standing.leading()
 
-    def lead(self) -> None:
-        """Renew or take the lease when due; take over or stand by when that changed."""
-        if self.leadership is None or not self.leadership.step():
-            return
-        if self.leadership.leading():
-            self._guarded(self.take_over)
-        else:
-            self.stand_by("lease not renewed in time" if self.leadership.token
+    def step(self, fleet: Fleet) -> Fleet:
+        """Renew or take the lease when due; take over or stand by when that changed. The
+        fleet to go on with: on taking over, the one the store holds."""
+        leadership = self.leadership
+        if leadership is None or not leadership.step():
+            return fleet
+        if not leadership.leading():
+            self.stand_by("lease not renewed in time" if leadership.token
                           else "another checker leads")
+            return fleet
+        fleet = self.resumed(fleet, self.clock(), None)
+        self.guarded(lambda: self._take_over(fleet, leadership))
+        return fleet
 
-    def take_over(self) -> None:
+    def resumed(self, fleet: Fleet, now: float, seed: int | None, recall: bool = True) -> Fleet:
+        """This checker's fleet (its shard's) rebuilt from the store, under ``fleet``'s policy."""
+        sharding = self.sharding
+        new = resumed_fleet(self.store, fleet.config, now, seed, recall,
+                            sharding.mine if sharding else None)
+        return sharding.attach(new) if sharding else new
+
+    def _take_over(self, fleet: Fleet, leadership: Leadership) -> None:
         """Lead from what the store holds: states as stored, nobody re-drained."""
-        assert self.leadership is not None
-        self.fleet = self.resumed(self.clock(), None)
         self.ledger.clear()
-        self.ledger.record(AuditRecord.leader(self.clock(), self.leadership.candidate,
-                                              self.leadership.epoch))
+        self.ledger.record(AuditRecord.leader(self.clock(), leadership.candidate,
+                                              leadership.epoch))
         self.enforcer.reset()
         if self.prober is not None:
             self.prober.reset()
-        self.actuator.epoch = self.leadership.epoch
+        self.actuator.epoch = leadership.epoch
         self.metrics.leading(True)
         if self.sharding is not None:
-            self.sharding.after_tick(self.fleet)  # the other shards count this one at once
-        log.info("checker_leading", epoch=self.leadership.epoch, workers=len(self.fleet.workers),
-                 states={s.value: n for s, n in self.fleet.by_state().items()})
-        self.flush()
+            self.sharding.after_tick(fleet)  # the other shards count this one at once
+        log.info("checker_leading", epoch=leadership.epoch, workers=len(fleet.workers),
+                 states={s.value: n for s, n in fleet.by_state().items()})
+        self.ledger.flush(fleet.workers, self.standing.fence, self.standing.epoch)
 
     def lose(self, exc: LeaseLost) -> None:
         """A fenced write was refused: another checker leads now."""
@@ -113,10 +100,9 @@ class Succession:
         log.warning("checker_standing_by", reason=why,
                     leader=self.leadership.leader if self.leadership else None)
 
-    def _guarded(self, step: Callable[[], None]) -> None:
+    def guarded(self, step: Callable[[], None]) -> None:
         """Run one step; a fenced write refused anywhere in it means the lease is lost."""
         try:
             step()
         except LeaseLost as exc:
             self.lose(exc)
-

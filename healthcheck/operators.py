@@ -14,7 +14,7 @@ from broker_config.logs import get_logger
 from broker_config.signing import Verifier
 from healthcheck.audit import AuditRecord
 from healthcheck.errors import HealthcheckError, LeaseLost
-from healthcheck.leading import Lead
+from healthcheck.lease import Lead
 from healthcheck.metrics import CheckerMetrics
 from healthcheck.policy import Cause, Decision, Fleet, State, WorkerHealth
 from healthcheck.store import OperatorRequests

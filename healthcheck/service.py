@@ -25,8 +25,8 @@ from healthcheck.audit import AuditRecord
 from healthcheck.enforcement import Enforcer
 from healthcheck.errors import HealthcheckError
 from healthcheck.intake import Hearing, Inbox, Intake, IntakeWatch, read
-from healthcheck.leading import Lead, Succession
-from healthcheck.lease import Leadership
+from healthcheck.leading import Succession
+from healthcheck.lease import Lead, Leadership
 from healthcheck.ledger import Ledger
 from healthcheck.metrics import CheckerMetrics
 from healthcheck.operators import OperatorDesk
@@ -57,7 +57,7 @@ SWEEP_EVERY_S = 1.0
 EAGER_S = 0.02
 
 
-class Checker(Succession):
+class Checker:
     """Keeps every worker's state and acts on the policy's verdicts.
 
     Args:
@@ -105,6 +105,8 @@ class Checker(Succession):
                                                       nonces=nonces),
                                       self.standing, self.metrics, clock, self.sharding)
         self.prober = prober
+        self.succession = Succession(self.standing, store, self.ledger, self.enforcer, prober,
+                                     actuator, self.metrics, self.sharding, clock)
         self.watch = watch
         self.hearing = Hearing(watch)
         self.inbox = Inbox(self.metrics, clock, watch)
@@ -302,10 +304,20 @@ class Checker(Succession):
 
     def resumed(self, now: float, seed: int | None, recall: bool = True) -> Fleet:
         """This checker's fleet (its shard's) rebuilt from the store."""
-        sharding = self.sharding
-        fleet = resumed_fleet(self.store, self.fleet.config, now, seed, recall,
-                              sharding.mine if sharding else None)
-        return sharding.attach(fleet) if sharding else fleet
+        return self.succession.resumed(self.fleet, now, seed, recall)
+
+    # --- leading -------------------------------------------------------------------------
+
+    def leading(self) -> bool:
+        """True when this checker may act (it holds the lease, or runs without one)."""
+        return self.standing.leading()
+
+    def lead(self) -> None:
+        """Renew or take the lease when due; on taking over, the fleet the store holds."""
+        self.fleet = self.succession.step(self.fleet)
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        self.succession.guarded(step)
 
     # --- deciding ------------------------------------------------------------------------
 

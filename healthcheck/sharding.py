@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from broker_config.logs import get_logger
 from broker_config.shards import buckets_of, shard_of
 from healthcheck.errors import HealthcheckError, LeaseLost
-from healthcheck.leading import Lead
+from healthcheck.lease import Lead
 from healthcheck.policy import Fleet, Peers
 from healthcheck.store import GuardBudget
 

@@ -22,8 +22,7 @@ import redis
 from broker_config import keys
 from healthcheck.actuator import Reply
 from healthcheck.enforcement import Enforcer
-from healthcheck.leading import Lead
-from healthcheck.lease import Leadership
+from healthcheck.lease import Lead, Leadership
 from healthcheck.ledger import Ledger
 from healthcheck.metrics import CheckerMetrics
 from healthcheck.policy import Fleet, HealthPolicy, PolicyConfig, State
