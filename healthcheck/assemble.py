@@ -83,7 +83,7 @@ def assemble(app: HostCelery, settings: Settings, config: PolicyConfig, web: Web
     ear = (RedisEar(settings.broker, checker.on_events, stop, subscribed, watch.lose,
                     routing_keys=keys)
            if settings.broker_is_redis else Ear(app, checker.on_event, stop, subscribed, watch.lose))
-    checker.resubscribe = ear.resubscribe
+    checker.hearing.resubscribe = ear.resubscribe
     others = StoredStates(store) if shards > 1 else None  # the page shows every shard's workers
     handler = http_app(checker.metrics.registry, lambda: alive(checker),
                        lambda: checker.ready and watch.subscribed and checker.intake_trusted,

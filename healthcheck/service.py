@@ -15,22 +15,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
 from typing import Any
 
 from broker_config.logs import get_logger
-from broker_config.signing import NonceMemory, Verifier
 from healthcheck.actuator import Actuator
 from healthcheck.audit import AuditRecord
-from healthcheck.enforcement import Enforcer
-from healthcheck.errors import HealthcheckError
-from healthcheck.intake import Hearing, Inbox, Intake, IntakeWatch, read
-from healthcheck.leading import Succession
-from healthcheck.lease import Lead, Leadership
-from healthcheck.ledger import Ledger
-from healthcheck.metrics import CheckerMetrics
-from healthcheck.operators import OperatorDesk
+from healthcheck.intake import read
+from healthcheck.lease import Leadership
 from healthcheck.page import WearHistory
+from healthcheck.parts import Parts, build
 from healthcheck.policy import (
     Decision,
     Fleet,
@@ -41,9 +34,7 @@ from healthcheck.policy import (
 )
 from healthcheck.policy.holds import hold_of
 from healthcheck.policy.model import OUT_OF_ROTATION
-from healthcheck.probes import Prober
 from healthcheck.resume import resumed_fleet
-from healthcheck.sharding import Shard, Sharding
 from healthcheck.store import HealthStore
 
 log = get_logger(__name__)
@@ -61,78 +52,51 @@ class Checker:
     """Keeps every worker's state and acts on the policy's verdicts.
 
     Args:
-        fleet: the policy's fleet (loaded from the store by ``from_store``).
-        store: where states, gate keys, requests and the lease live.
-        actuator: takes workers in and out of rotation.
-        metrics: what the checker exports.
-        clock: the checker's wall clock (``time.time``).
+        parts: its parts, built once (``healthcheck.parts.build``; ``from_store`` builds them).
         tick_s: how often time-based decisions (and the guard's) are made.
-        reconcile_s: the least time between two corrections of one worker's gate.
     """
 
-    def __init__(self, fleet: Fleet, store: HealthStore, actuator: Actuator,
-                 metrics: CheckerMetrics | None = None, clock: Callable[[], float] = time.time,
-                 tick_s: float = 0.25, reconcile_s: float = 2.0, secret: str = "",
-                 previous_secret: str = "", prober: Prober | None = None,
-                 leadership: Leadership | None = None, forget_after_s: float = 3600.0,
-                 depths: Callable[[], Mapping[str, int]] | None = None,
-                 nonces: NonceMemory | None = None, watch: IntakeWatch | None = None,
-                 act_pool: Executor | None = None, shard: Shard | None = None) -> None:
-        self.fleet = fleet
-        self.store = store
-        self.actuator = actuator
-        self.clock = clock
-        self.tick_s = tick_s
-        self.intake = Intake()
-        self.metrics = metrics or CheckerMetrics(lambda: self.fleet, lambda: self.wear,
-                                                 clock=clock, forget_after_s=forget_after_s,
-                                                 depths=depths,
-                                                 inflight=lambda: self.intake.inflight,
-                                                 running=lambda: self.intake.running)
-        self.leadership = leadership
-        self.standing = Lead(leadership)
-        self.sharding: Sharding | None = None
-        if shard is not None and shard.count > 1:
-            self.sharding = Sharding(shard.index, shard.count, shard.budget, self.standing,
-                                     settle_s=2 * tick_s)
-            self.sharding.attach(fleet)
-            actuator.shard = shard.index
-            self.metrics.sharded(shard.count)
-        self.ledger = Ledger(store)
-        self.enforcer = Enforcer(store, actuator, self.standing, self.ledger, self.flush,
-                                 self.metrics, clock, reconcile_s, act_pool)
-        self.operators = OperatorDesk(store, Verifier(secret, clock, previous=previous_secret,
-                                                      nonces=nonces),
-                                      self.standing, self.metrics, clock, self.sharding)
-        self.prober = prober
-        self.succession = Succession(self.standing, store, self.ledger, self.enforcer, prober,
-                                     actuator, self.metrics, self.sharding, clock)
-        self.watch = watch
-        self.hearing = Hearing(watch)
-        self.inbox = Inbox(self.metrics, clock, watch)
-        self._probes_sent = 0.0
-        self._swept = 0.0
-        self._ticked = 0.0
-        self.last_loop = 0.0
-        self.ready = False
+    def __init__(self, parts: Parts, tick_s: float = 0.25) -> None:
+        self.parts, self.tick_s = parts, tick_s
+        self._current = parts.current
+        self.store, self.actuator, self.clock = parts.store, parts.actuator, parts.clock
+        self.metrics, self.standing, self.sharding = parts.metrics, parts.standing, parts.sharding
+        self.ledger, self.enforcer, self.operators = parts.ledger, parts.enforcer, parts.operators
+        self.prober, self.succession, self.intake = parts.prober, parts.succession, parts.intake
+        self.watch, self.hearing, self.inbox = parts.watch, parts.hearing, parts.inbox
+        self.flush = parts.flush
+        self._probes_sent = self._swept = self._ticked = self.last_loop = 0.0
         self._pruned = 0.0
-        self._refreshed = 0.0
-        self._refresh_took = 0.0
-        self.metrics.intake.state = lambda: (self.watch.lag_s if self.watch else 0.0,
-                                             self.inbox.qsize(), self.intake_trusted)
+        self.ready = False
         self.metrics.leading(self.leading())
 
     @classmethod
     def from_store(cls, store: HealthStore, actuator: Actuator, config: PolicyConfig,
                    clock: Callable[[], float] = time.time, seed: int | None = None,
-                   **kwargs: Any) -> Checker:
+                   tick_s: float = 0.25, **kwargs: Any) -> Checker:
         """A checker that resumes from the stored states (nobody is re-drained); with a
-        ``shard``, that shard's workers only."""
-        checker = cls(Fleet(HealthPolicy(config)), store, actuator, clock=clock, **kwargs)
+        ``shard``, that shard's workers only. ``kwargs``: ``healthcheck.parts.build``'s."""
+        parts = build(Fleet(HealthPolicy(config)), store, actuator, clock=clock, tick_s=tick_s,
+                      **kwargs)
+        checker = cls(parts, tick_s)
         checker.fleet = fleet = checker.resumed(clock(), seed)
         log.info("checker_resumed", workers=len(fleet.workers),
                  states={s.value: n for s, n in fleet.by_state().items()})
         return checker
+
+    @property
+    def fleet(self) -> Fleet:
+        """The fleet this checker goes by now."""
+        return self._current.fleet
+
+    @fleet.setter
+    def fleet(self, fleet: Fleet) -> None:
+        self._current.fleet = fleet
+
+    @property
+    def leadership(self) -> Leadership | None:
+        """The lease (None: this checker runs alone, without one)."""
+        return self.standing.leadership
 
     @property
     def wear(self) -> dict[str, Mapping[str, Reading]]:
@@ -183,16 +147,6 @@ class Checker:
     def on_events(self, events: list[dict[str, Any]]) -> None:
         """Receiver thread: queue events for the loop, stamped with their arrival time."""
         self.inbox.take(events)
-
-    @property
-    def resubscribe(self) -> Callable[[str], None] | None:
-        """Takes a new event subscription (set by whoever runs the receiver)."""
-        renew: Callable[[str], None] | None = self.hearing.resubscribe
-        return renew
-
-    @resubscribe.setter
-    def resubscribe(self, renew: Callable[[str], None] | None) -> None:
-        self.hearing.resubscribe = renew
 
     @property
     def intake_trusted(self) -> bool:
@@ -287,20 +241,9 @@ class Checker:
             log.info("worker_forgotten", worker=name,
                      note="offline too long: no longer exported in metrics")
 
-    def refresh(self, now: float, every_s: float = 1.0) -> None:
-        """A standby's view: the stored states, read again every ``every_s`` (for metrics), or
-        every ten readings' time when reading them takes longer (a large fleet: 1.5 s for
-        100,000 workers), so that a standby spends at most a tenth of its time on it and its
-        loop stays free to take the lease."""
-        if now - self._refreshed < max(every_s, 10 * self._refresh_took):
-            return
-        self._refreshed = now
-        try:
-            self.fleet = self.resumed(now, self.fleet.seed, recall=False)
-        except HealthcheckError as exc:
-            log.warning("store_read_failed", error=str(exc))
-        self._refresh_took = max(0.0, self.clock() - now)
-        self.ledger.reports.clear()
+    def refresh(self, now: float) -> None:
+        """A standby's view: the stored states (``Succession.refresh``)."""
+        self.fleet = self.succession.refresh(self.fleet, now)
 
     def resumed(self, now: float, seed: int | None, recall: bool = True) -> Fleet:
         """This checker's fleet (its shard's) rebuilt from the store."""
@@ -348,11 +291,3 @@ class Checker:
             self.enforcer.enforce(t, hold_of(held) if held is not None else "")
             if t.recycle and t.enforced:
                 self.enforcer.recycle(t.worker, t.reason)
-
-    def flush(self) -> None:
-        """Store the ledger.
-
-        Raises:
-            LeaseLost: another checker leads (nothing was written).
-        """
-        self.ledger.flush(self.fleet.workers, self.standing.fence, self.standing.epoch)

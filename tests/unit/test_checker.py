@@ -366,7 +366,7 @@ class TestIntakeWatch:
         checker = Checker.from_store(store, InMemoryActuator(), PolicyConfig(), clock=clock,
                                      seed=1, watch=watch)
         asked: list[str] = []
-        checker.resubscribe = asked.append
+        checker.hearing.resubscribe = asked.append
         return checker, clock, asked
 
     def states(self, checker: Checker) -> dict[str, str]:
@@ -430,7 +430,7 @@ class TestIntakeWatch:
         checker = Checker.from_store(store, InMemoryActuator(), PolicyConfig(), clock=clock,
                                      seed=1, watch=watch)
         asked: list[str] = []
-        checker.resubscribe = asked.append
+        checker.hearing.resubscribe = asked.append
         watch.subscribe(clock())
         for _ in range(24):
             clock.now += 0.25
