@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from healthcheck.policy import Reading
-from healthcheck.policy.model import WearReport
+from healthcheck.policy.observations import WearReport
 
 SMOOTHING = 0.3  # EWMA weight of the newest sample, as the wear reporter uses
 PEAK_WINDOW = 10

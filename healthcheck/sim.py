@@ -35,7 +35,8 @@ from healthcheck.policy import (
     Transition,
 )
 from healthcheck.policy.config import Guard
-from healthcheck.policy.model import OUT_OF_ROTATION, WearReport
+from healthcheck.policy.model import OUT_OF_ROTATION
+from healthcheck.policy.observations import WearReport
 from healthcheck.scenarios import SCENARIOS, Scenario, Virtual
 from healthcheck.store.memory import InMemoryGuardBudgets, ShardBudget
 

@@ -5,17 +5,8 @@ from __future__ import annotations
 from healthcheck.policy.config import PolicyConfig, Threshold
 from healthcheck.policy.fleet import Decision, Fleet, GuardFigures
 from healthcheck.policy.machine import HealthPolicy, Step
-from healthcheck.policy.model import (
-    Cause,
-    Code,
-    Heartbeat,
-    ProbeResult,
-    Reading,
-    State,
-    Transition,
-    WearReport,
-    WorkerHealth,
-)
+from healthcheck.policy.model import Cause, Code, State, Transition, WorkerHealth
+from healthcheck.policy.observations import Heartbeat, ProbeResult, Reading, WearReport
 from healthcheck.policy.shards import Budget, Peers
 
 __all__ = [

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from healthcheck.policy.config import LOAD_METRICS, Load, PolicyConfig, Threshold
-from healthcheck.policy.model import OK, Verdict, WearReport
+from healthcheck.policy.model import OK, Verdict
+from healthcheck.policy.observations import WearReport
 
 
 def lost_progress(report: WearReport, load: Load) -> str | None:

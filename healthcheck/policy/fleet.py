@@ -32,23 +32,15 @@ from dataclasses import dataclass, field, replace
 
 from healthcheck.policy import holds
 from healthcheck.policy.config import PolicyConfig
+from healthcheck.policy.counts import OutCounts
 from healthcheck.policy.machine import HealthPolicy, Proposal
-from healthcheck.policy.model import (
-    Cause,
-    Observation,
-    State,
-    Transition,
-    WearReport,
-    WorkerHealth,
-)
+from healthcheck.policy.model import Cause, State, Transition, WorkerHealth
 from healthcheck.policy.norms import PeerNorms
+from healthcheck.policy.observations import Observation, WearReport
 from healthcheck.policy.shards import Budget, Peers, ShardFigures, bound, rate_limit, refusal
 
-#: Causes whose ejections count against the guard's budget (operators' do not).
-AUTOMATIC = frozenset({Cause.WEAR, Cause.PROBE, Cause.SELF})
 #: Causes that never wait for the guard's admission.
 EXEMPT = frozenset({Cause.PROBE, Cause.SELF})
-_OUT = frozenset({State.DRAINING, State.QUARANTINED, State.OFFLINE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,18 +70,6 @@ class GuardFigures:
     held_back: int = 0
 
 
-def auto_out(w: WorkerHealth) -> bool:
-    """True when the worker is out of rotation by automatic action (counts against the budget)."""
-    return w.cause in AUTOMATIC and w.state in _OUT
-
-
-def operator_out(w: WorkerHealth) -> bool:
-    """True when a person (or the worker's platform, stopping it) took the worker out:
-    MAINTENANCE, or a manual quarantine."""
-    return (w.cause in (Cause.OPERATOR, Cause.STOPPING)
-            and w.state in (State.MAINTENANCE, State.QUARANTINED))
-
-
 @dataclass
 class Fleet:
     """Every worker's health, updated by observations and ticks.
@@ -114,13 +94,8 @@ class Fleet:
     #: bounds count the whole fleet.
     peers: Peers = field(default_factory=Peers)
     _rng: random.Random = field(init=False, repr=False)
-    _auto_out: int = field(init=False, default=0)
-    _operator_out: int = field(init=False, default=0)
-    #: Out of rotation and counted against the bound (automatic, plus operators' when the
-    #: policy says so), in the fleet and per queue.
-    _budget_out: int = field(init=False, default=0)
-    _queue_size: Counter[str] = field(init=False, default_factory=Counter)
-    _queue_out: Counter[str] = field(init=False, default_factory=Counter)
+    #: Who is out of rotation, by whose action, in the fleet and per queue.
+    _out: OutCounts = field(init=False, default_factory=OutCounts)
     #: Workers whose latest verdict wants them out for wear and who are not out yet
     #: (proposed since the last tick, or held back by the guard).
     _waiting: set[str] = field(init=False, default_factory=set)
@@ -245,14 +220,14 @@ class Fleet:
 
     def figures(self) -> GuardFigures:
         """The guard's numbers, for metrics and ``fleet status``."""
-        return GuardFigures(len(self.workers) + self.peers.size, self.bound(), self._auto_out,
-                            self._operator_out, len(self._waiting), self._recent_ejections(),
+        return GuardFigures(len(self.workers) + self.peers.size, self.bound(), self._out.auto,
+                            self._out.operator, len(self._waiting), self._recent_ejections(),
                             self.guard_engaged, sum(1 for w in self.workers.values() if w.held))
 
     def own_figures(self) -> ShardFigures:
         """This fleet's own figures, as the other shards' guards count them."""
-        return ShardFigures(len(self.workers), self._budget_out, len(self._waiting),
-                            len(self._recent), +self._queue_size, +self._queue_out)
+        return ShardFigures(len(self.workers), self._out.budget, len(self._waiting),
+                            len(self._recent), +self._out.queue_size, +self._out.queue_out)
 
     def healthy_consumers(self, queue: str) -> int:
         """Workers in rotation (HEALTHY, SUSPECT or PROBATION) that really consume ``queue``,
@@ -273,7 +248,7 @@ class Fleet:
         return rate_limit(self.config.guard, len(self.workers) + self.peers.size)
 
     def _looking_bad(self) -> int:
-        return self._budget_out + len(self._waiting) + self.peers.out + self.peers.waiting
+        return self._out.budget + len(self._waiting) + self.peers.out + self.peers.waiting
 
     def _recent_ejections(self) -> int:
         return len(self._recent) + self.peers.recent
@@ -327,20 +302,11 @@ class Fleet:
                                                                     new.queues):
             self.workers[new.name] = new  # nothing the guard counts changed
             return
+        counted = self.config.guard.count_operator_out
         if old is not None:
-            self._count(old, -1)
+            self._out.count(old, -1, counted)
         self.workers[new.name] = new
-        self._count(new, +1)
-
-    def _count(self, w: WorkerHealth, sign: int) -> None:
-        automatic, manual = auto_out(w), operator_out(w)
-        out = automatic or (manual and self.config.guard.count_operator_out)
-        self._auto_out += sign * automatic
-        self._operator_out += sign * manual
-        self._budget_out += sign * out
-        for q in w.queues:
-            self._queue_size[q] += sign
-            self._queue_out[q] += sign * out
+        self._out.count(new, +1, counted)
 
     def _jitter(self) -> float:
         return self._rng.uniform(0, self.config.backoff.jitter_s)

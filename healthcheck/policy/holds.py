@@ -10,7 +10,8 @@ gate gives, instead of as a new healthy worker whose closed gate it would "corre
 
 from __future__ import annotations
 
-from healthcheck.policy.model import OUT_OF_ROTATION, Cause, State, WearReport, WorkerHealth
+from healthcheck.policy.model import OUT_OF_ROTATION, Cause, State, WorkerHealth
+from healthcheck.policy.observations import WearReport
 
 PERSON = "person"
 

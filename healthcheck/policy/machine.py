@@ -18,15 +18,13 @@ from healthcheck.policy.model import (
     CONSUMING,
     Cause,
     Code,
-    Heartbeat,
-    ProbeResult,
     State,
     Transition,
     Verdict,
-    WearReport,
     WorkerHealth,
     transition_code,
 )
+from healthcheck.policy.observations import Heartbeat, ProbeResult, WearReport
 
 #: Where an OFFLINE worker goes when it is heard from again, by the state it had.
 _RESUME = {

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from healthcheck.policy.config import PolicyConfig
 from healthcheck.policy.detectors import CostNorm, cost_limit
-from healthcheck.policy.model import CONSUMING, State, WearReport, WorkerHealth
+from healthcheck.policy.model import CONSUMING, State, WorkerHealth
+from healthcheck.policy.observations import WearReport
 
 
 @dataclass

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from healthcheck.policy import State, WorkerHealth
 from healthcheck.policy.holds import adopted, hold_of
-from healthcheck.policy.model import OUT_OF_ROTATION, Cause, WearReport
+from healthcheck.policy.model import OUT_OF_ROTATION, Cause
+from healthcheck.policy.observations import WearReport
 from tests.unit.test_checker import make, wear_event
 
 

@@ -16,8 +16,9 @@ from healthcheck.policy import (
     WearReport,
 )
 from healthcheck.policy.config import Guard
-from healthcheck.policy.fleet import auto_out
-from healthcheck.policy.model import CONSUMING, Observation
+from healthcheck.policy.counts import auto_out
+from healthcheck.policy.model import CONSUMING
+from healthcheck.policy.observations import Observation
 
 QUEUES = (("tweets",), ("tweets", "bulk"), ("default",))
 
@@ -90,12 +91,12 @@ def check_transition(fleet: Fleet, t: object) -> None:
         assert t.from_state is not State.MAINTENANCE or t.to_state is State.OFFLINE, t
     if t.automatic and t.to_state is State.DRAINING and t.cause is Cause.WEAR:
         # The bound holds at the moment of every ejection for wear.
-        assert fleet._auto_out <= fleet.bound(), (fleet._auto_out, fleet.bound())
+        assert fleet._out.auto <= fleet.bound(), (fleet._out.auto, fleet.bound())
 
 
 def check_fleet(fleet: Fleet) -> None:
     # Incremental counters equal a recount from scratch.
-    assert fleet._auto_out == sum(auto_out(w) for w in fleet)
+    assert fleet._out.auto == sum(auto_out(w) for w in fleet)
     for queue in ("tweets", "bulk", "default"):
         consumers = fleet.healthy_consumers(queue)
         assert consumers == sum(1 for w in fleet if w.state in CONSUMING and queue in (
