@@ -63,7 +63,7 @@ def run(seed: int, minutes: float, workers: int, run_dir: Path, say: Any = print
         audit = _audit(fleet)
         report = check(run_dir, faults, begun, audit, outcomes, workers)
         if recovered is None:
-            report.violations.insert(0, _late())
+            report.violations.insert(0, _late(fleet.not_back))
     finally:
         events.close()
         fleet.stop()
@@ -103,25 +103,27 @@ def _log(events: Any, begun: float, f: Fault, phase: str, said: str, say: Any) -
 
 
 def _recover(fleet: Fleet, work: Workload, begun: float, say: Any) -> float | None:
-    """Seconds until every worker is back in rotation and every input is answered (restoring
-    any worker still held out, as an operator would); None past RECOVERY_S."""
+    """Seconds until every worker is back in rotation — by the checker's word and by its own
+    report — and every input is answered (restoring any worker still held out, as an operator
+    would); None past RECOVERY_S."""
     healed = time.time()
     restored: set[int] = set()
+    why: dict[str, str] = {}
     while time.time() - healed < RECOVERY_S:
         states = fleet.states()
-        out = [i for i, w in enumerate(fleet.workers) if states.get(w.name) != "HEALTHY"]
-        for i in out:
-            if states.get(fleet.workers[i].name) in ("QUARANTINED", "MAINTENANCE") \
-                    and i not in restored:
+        why = fleet.in_rotation()
+        for i, w in enumerate(fleet.workers):
+            if states.get(w.name) in ("QUARANTINED", "MAINTENANCE") and i not in restored:
                 restored.add(i)
-                say(f"restore {fleet.workers[i].name}: {fleet.restore_if_out(i)}")
+                say(f"restore {w.name}: {fleet.restore_if_out(i)}")
         report_path = fleet.dir / "feed-report.json"
-        if not out and report_path.exists():
+        if not any(why.values()) and report_path.exists():
             took = time.time() - healed
-            say(f"t={time.time() - begun:7.2f}s recovered: every worker HEALTHY, the feed "
-                f"done, {took:.1f}s after the heal")
+            say(f"t={time.time() - begun:7.2f}s recovered: every worker HEALTHY and consuming, "
+                f"the feed done, {took:.1f}s after the heal")
             return round(took, 1)
         time.sleep(1)
+    fleet.not_back = {w: r for w, r in why.items() if r}
     return None
 
 
@@ -132,11 +134,13 @@ def _audit(fleet: Fleet) -> list[dict[str, Any]]:
     return store.history(limit=1_000_000)
 
 
-def _late() -> Any:
+def _late(not_back: dict[str, str]) -> Any:
     from tests.nemesis.check import Violation
 
+    workers = "; ".join(f"{w}: {why}" for w, why in sorted(not_back.items())) or "none"
     return Violation("recovery", f"the fleet was not back in full rotation with every input "
-                     f"answered within {RECOVERY_S:.0f}s of the last fault healing")
+                     f"answered within {RECOVERY_S:.0f}s of the last fault healing (not back: "
+                     f"{workers})")
 
 
 def main() -> int:

@@ -83,6 +83,8 @@ class Fleet:
         #: Network faults under way on each worker's link, by kind: two that overlap on one
         #: worker end when the later ends, not the earlier.
         self.net_faults: Counter[tuple[str, int]] = Counter()
+        #: Why each worker was not back in rotation when recovery gave up.
+        self.not_back: dict[str, str] = {}
 
     @property
     def env(self) -> dict[str, str]:
@@ -374,6 +376,28 @@ class Fleet:
         except Exception:
             return {}
         return {name: json.loads(v).get("state", "") for name, v in raw.items()}
+
+    def in_rotation(self) -> dict[str, str]:
+        """Why each worker is not back in rotation ("" when it is): by the checker's word
+        (HEALTHY) and by its own (its last report stored: gate open, consuming its queues)."""
+        try:
+            reports = {n: json.loads(v) for n, v in
+                       self._store_client().hgetall("host:reports").items()}
+        except Exception:
+            reports = {}
+        states = self.states()
+        why = {}
+        for w in self.workers:
+            state, said = states.get(w.name, ""), reports.get(w.name) or {}
+            consuming, queues = said.get("consuming") or [], said.get("queues") or []
+            if state != "HEALTHY":
+                why[w.name] = f"{state or 'unknown'} by the checker's word"
+            elif said.get("gate") != "open" or not queues or set(consuming) != set(queues):
+                why[w.name] = (f"HEALTHY, but it says: gate {said.get('gate')}, consuming "
+                               f"{consuming} of {queues}")
+            else:
+                why[w.name] = ""
+        return why
 
     def restore_if_out(self, i: int) -> str:
         name = self.workers[i].name

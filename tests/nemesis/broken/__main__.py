@@ -31,7 +31,8 @@ BUILDS = {
                               "a platform's stop drain moves a worker already out to "
                               "MAINTENANCE/stopping"),
     "audited": Broken(("audited",), 355, "the checker writes no audit record"),
-    "recovery": Broken(("recovery",), 355, "probation never ends"),
+    "recovery": Broken(("recovery",), 355, "an admit does nothing on the worker: once out, "
+                       "it never consumes again, whatever the checker's word"),
     "fencing": Broken(("fencing",), 132,
                       "split brain: a checker whose lease ran out goes on leading, its writes "
                       "unfenced, and workers obey a command of any epoch (seed 132 pauses the "
