@@ -39,8 +39,9 @@ from workers.app import create_app  # noqa: E402
 def run_job(chunk_cpu: float) -> Any:
     """What ``celery -A host job run`` runs (producer.job_runner.JobRunner), in this process."""
     def run(cfg: Config, tweets: list[tuple[str, str]]) -> float:
+        from producer.chunks import new_job_id
         from producer.feed import read_lines
-        from producer.job_runner import JobRunner, new_job_id
+        from producer.job_runner import JobRunner
         from producer.job_store import RedisJobStore
         from producer.pacing import ChunkBudget
         from workers.inbound import Limits

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from broker_config import redis_url
-
-if TYPE_CHECKING:
-    from broker_config.settings import Settings
 
 ENVIRONMENTS = ("development", "production")
 LOG_FORMATS = ("auto", "json", "console")
@@ -26,7 +23,44 @@ QUEUE_TYPES = ("classic", "quorum")
 RECYCLE_MODES = ("pool", "exit")
 
 
-def problems(s: Settings) -> Iterator[tuple[str, object, str]]:
+class Combined(Protocol):
+    """What the rules between fields read of the settings (``Settings`` has it all)."""
+
+    @property
+    def task_soft_time_limit(self) -> float: ...
+    @property
+    def task_time_limit(self) -> float: ...
+    @property
+    def checker_shard(self) -> int: ...
+    @property
+    def checker_shards(self) -> int: ...
+    @property
+    def queue_type(self) -> str: ...
+    @property
+    def broker_consumer_timeout(self) -> float: ...
+    @property
+    def result_backend(self) -> str: ...
+    @property
+    def broker_url(self) -> str: ...
+    @property
+    def store_url(self) -> str: ...
+    @property
+    def sentinel_master(self) -> str: ...
+    @property
+    def sentinel_tls_ca_file(self) -> str: ...
+    @property
+    def signs_control(self) -> bool: ...
+    @property
+    def control_secret(self) -> str: ...
+    @property
+    def control_secret_previous(self) -> str: ...
+    @property
+    def env(self) -> str: ...
+    @property
+    def broker_is_amqp(self) -> bool: ...
+
+
+def problems(s: Combined) -> Iterator[tuple[str, object, str]]:
     """What is wrong between fields: (the field, its value, why), first problem first."""
     if s.task_soft_time_limit >= s.task_time_limit:
         yield ("task_soft_time_limit", s.task_soft_time_limit,

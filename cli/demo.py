@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,8 +31,8 @@ from broker_config.app import HostCelery
 from broker_config.logs import ensure_logging
 from cli.common import EXIT_INCOMPLETE, Progress, check_broker, host_app
 from cli.demo_api import ApiSide, api_side
-from harness.processes import WorkerProcess, node_name, terminate
-from harness.redis_server import RedisServer, free_port
+from cli.demo_fleet import checker_of, workers_of
+from harness.redis_server import RedisServer
 from healthcheck.actuator import control_reply
 from healthcheck.audit import Kind, parse_all
 from healthcheck.store import RedisHealthStore
@@ -128,8 +126,8 @@ class Run:
         env, settings = self._broker(stack, app)
         fleet_app = create_app(settings)
         check_broker(fleet_app)
-        workers = stack.enter_context(_fleet(fleet_app, env, self.n_workers, self.tmp, self.console))
-        stack.enter_context(_checker(env, self.tmp, self.console))
+        workers = stack.enter_context(workers_of(fleet_app, env, self.n_workers, self.tmp, self.console))
+        stack.enter_context(checker_of(env, self.tmp, self.console))
         self.console.print(f"{len(workers)} workers ready: {', '.join(w.name for w in workers)}; "
                            f"checker running (logs in {self.tmp})")
         if self.api_share > 0:
@@ -195,58 +193,6 @@ class Run:
                                                if w == worker and t > verdict_at)
         self.story.results_after_verdict = sum(1 for w, t in self.records
                                                if w != worker and t > verdict_at)
-
-
-@contextmanager
-def _fleet(app: HostCelery, env: dict[str, str], n: int, tmp: Path,
-           console: Console) -> Iterator[list[WorkerProcess]]:
-    workers = [WorkerProcess(node_name(f"w{i}"), env, concurrency=1, log_path=tmp / f"w{i}.log")
-               for i in range(1, n + 1)]
-    try:
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.wait_ready(app, timeout=60)
-        yield workers
-    finally:
-        console.print("stopping workers")
-        for w in workers:
-            w.stop()
-
-
-@contextmanager
-def _checker(env: dict[str, str], tmp: Path, console: Console) -> Iterator[None]:
-    log = (tmp / "checker.log").open("ab")
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "healthcheck",
-                             "--metrics-port", str(port), "--tick", "0.1"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_ready(proc, port, tmp / "checker.log")
-        console.print(f"fleet page: http://127.0.0.1:{port}/   metrics: http://127.0.0.1:{port}/metrics")
-        yield
-    finally:
-        console.print("stopping the checker")
-        terminate(proc)
-        log.close()
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 30) -> None:
-    """Poll the checker's /readyz until it answers 200 (it then receives events)."""
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise click.ClickException(f"the checker exited; see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise click.ClickException(f"the checker did not become ready in {timeout:g}s; see {log}")
 
 
 @contextmanager

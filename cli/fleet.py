@@ -17,8 +17,6 @@ from rich.console import Console
 from rich.table import Table
 
 from broker_config.app import HostCelery
-from broker_config.queues import WORK_QUEUES
-from broker_config.shards import shard_of
 from broker_config.signing import sign
 from cli import control
 from cli.common import (
@@ -28,10 +26,11 @@ from cli.common import (
     check_broker,
     host_app,
 )
+from cli.fleet_table import checker_now, print_status, status_of
 from healthcheck.audit import Kind, parse_all
 from healthcheck.errors import StoreUnavailable
 from healthcheck.policy.model import CONSUMING
-from healthcheck.store import RedisHealthStore, to_dict
+from healthcheck.store import RedisHealthStore
 from workers.shared import Injection
 
 
@@ -79,69 +78,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
         workers, reports, leaders = store.load(), store.reports(), store.leaders()
     except StoreUnavailable as exc:
         raise click.ClickException(str(exc)) from None
-    rows = [_row(to_dict(w), reports.get(name, {})) for name, w in sorted(workers.items())]
-    queues = {q: sum(1 for w in workers.values() if w.consumes(q)) for q in WORK_QUEUES}
-    shards = [{"shard": k, "leader": token,
-               "workers": sum(1 for name in workers if shard_of(name, store.shards) == k)}
-              for k, token in leaders.items()]
+    data = status_of(workers, reports, leaders, store.shards)
     if as_json:
-        click.echo(json.dumps({"workers": rows, "healthy_consumers": queues, "shards": shards}))
+        click.echo(json.dumps(data))
         return
-    table = Table(title="host fleet")
-    for col in ("worker", "state", "reason", "since", "cpu %", "mem %", "in flight", "consuming"):
-        table.add_column(col)
-    now = checker_now(reports)
-    for r in rows:
-        state = _color(r["state"]) + (" [magenta]busy[/]" if r["busy"] else "")
-        table.add_row(r["worker"], state, r["reason"][:110],
-                      _ago(now - r["since"]), _num(r["wear"].get("cpu_percent")),
-                      _num(r["wear"].get("memory_percent")), str(r["inflight"] or 0),
-                      ",".join(r["consuming"] or []) or "-")
-    console = Console()
-    console.print(table)
-    console.print("healthy consumers: " + ", ".join(f"{q} {n}" for q, n in queues.items()))
-    for s in shards:
-        console.print(f"shard {s['shard']}: {s['workers']} workers, "
-                      f"leader {s['leader'] or '[red]none[/red]'}")
-
-
-def checker_now(reports: dict[str, dict[str, Any]]) -> float:
-    """"Now" by the checker's clock, which wrote every stored time: when it received the newest
-    report (workers report every second). Ages are never this machine's clock minus the
-    checker's; with no report stored, this machine's clock is all there is."""
-    times = [r["at"] for r in reports.values() if isinstance(r.get("at"), (int, float))]
-    return max(times, default=time.time())
-
-
-def _row(w: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
-    return {"worker": w["name"], "state": w["state"], "reason": w["reason"], "since": w["since"],
-            "cause": w["cause"], "queues": w["queues"], "held": w.get("held") or None,
-            "wear": report.get("wear") or {},
-            "consuming": report.get("consuming"), "inflight": report.get("inflight"),
-            "gate": report.get("gate"), "reported_at": report.get("at"),
-            # busy, not worn: over a soft CPU or load limit with its work getting done
-            "busy": report.get("busy") if w["state"] in CONSUMING_STATES else None}
-
-
-CONSUMING_STATES = {s.value for s in CONSUMING}
-
-
-def _color(state: str) -> str:
-    color = {"HEALTHY": "green", "PROBATION": "cyan", "SUSPECT": "yellow",
-             "MAINTENANCE": "blue"}.get(state, "red")
-    return f"[{color}]{state}[/]"
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
-
-
-def _num(value: Any) -> str:
-    return f"{value:.0f}" if isinstance(value, (int, float)) else "-"
+    print_status(data, checker_now(reports))
 
 
 @fleet.command()

@@ -20,7 +20,7 @@ from cli.common import (
     start_tracing,
 )
 from producer import jobs
-from producer.job_runner import JobReport
+from producer.chunks import JobReport
 from producer.job_store import JobStore, RedisJobStore
 from workers.inbound import FORMATS
 

@@ -153,3 +153,26 @@ class InMemoryActuator:
         now = self.worker_clock()
         body = {"ok": True, "at": now} if self.answering else {}
         return Reply(worker, command, now, self.answering, body)
+
+
+def judged(reply: Reply) -> tuple[str | None, str]:
+    """(error, outcome) of a worker's answer: an answer that refuses (a stale epoch, a bad
+    signature) is an answer, not a confirmation."""
+    if not reply.answered:
+        return "no reply", "no_reply"
+    error = reply.body.get("error")
+    return (None, "confirmed") if error is None else (str(error), "refused")
+
+
+@dataclass
+class Sent:
+    """One control command: what was asked, and (once run) how it went."""
+
+    command: str  # "drain", "admit" or "recycle"
+    worker: str
+    reason: str
+    verdict_at: float | None  # when the drain's verdict took effect (None: a correction)
+    hold: str = ""  # a drain's: what the worker is held out as
+    reply: Reply | None = None
+    error: str = ""
+    answered_at: float = 0.0

@@ -19,12 +19,11 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 from broker_config.logs import get_logger
 from broker_config.wear_event import WearEvent
-from healthcheck.actuator import Actuator, Reply
+from healthcheck.actuator import Actuator, Reply, Sent, judged
 from healthcheck.audit import AuditRecord, Kind
 from healthcheck.errors import HealthcheckError, LeaseLost
 from healthcheck.lease import Lead
@@ -242,7 +241,7 @@ class Enforcer:
         if sent.command == "recycle":
             self._recycled(sent, reply)
             return
-        error, outcome = _judged(reply)
+        error, outcome = judged(reply)
         confirmed = outcome == "confirmed"
         self.metrics.command(sent.command, outcome)
         if reply.answered:
@@ -275,7 +274,7 @@ class Enforcer:
         self.flush()
 
     def _recycled(self, sent: Sent, reply: Reply) -> None:
-        error, outcome = _judged(reply)
+        error, outcome = judged(reply)
         self.metrics.command("recycle", outcome)
         fields: dict[str, Any] = {"reason": sent.reason}
         if error is None:
@@ -289,26 +288,3 @@ class Enforcer:
         log.warning(kind.value, worker=sent.worker, reason=sent.reason, error=error)
         self.ledger.record(AuditRecord(kind, sent.worker, sent.answered_at, fields))
         self.flush()
-
-
-def _judged(reply: Reply) -> tuple[str | None, str]:
-    """(error, outcome) of a worker's answer: an answer that refuses (a stale epoch, a bad
-    signature) is an answer, not a confirmation."""
-    if not reply.answered:
-        return "no reply", "no_reply"
-    error = reply.body.get("error")
-    return (None, "confirmed") if error is None else (str(error), "refused")
-
-
-@dataclass
-class Sent:
-    """One control command: what was asked, and (once run) how it went."""
-
-    command: str  # "drain", "admit" or "recycle"
-    worker: str
-    reason: str
-    verdict_at: float | None  # when the drain's verdict took effect (None: a correction)
-    hold: str = ""  # a drain's: what the worker is held out as
-    reply: Reply | None = None
-    error: str = ""
-    answered_at: float = 0.0

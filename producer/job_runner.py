@@ -16,12 +16,9 @@ then moves its mark. ``resume`` truncates the output to the mark and goes on fro
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 import redis
@@ -31,6 +28,7 @@ from celery.utils import uuid as task_uuid
 
 from broker_config import tracing
 from broker_config.contract import envelope
+from producer.chunks import Chunk, JobReport, merge, take
 from producer.feed import line_of
 from producer.inflight import BROKEN, POLL_S
 from producer.job_store import JobStore
@@ -40,48 +38,6 @@ from workers.inbound import Line
 
 #: Seconds between looks at the fleet (wear, who is in rotation) and at cancellation.
 LOOK_S = 1.0
-
-
-@dataclass
-class Chunk:
-    """A run of consecutive input items, sent as one task."""
-
-    id: int
-    first: int
-    lines: list[Line]
-    task_id: str = ""
-    sent_at: float = 0.0
-    records: list[dict[str, Any]] | None = None
-
-    @property
-    def n(self) -> int:
-        return len(self.lines)
-
-    def plan_entry(self) -> str:
-        return json.dumps({"first": self.first, "n": self.n, "task": self.task_id})
-
-
-@dataclass
-class JobReport:
-    """How a job run (or resume) ended."""
-
-    job_id: str
-    state: str = "running"
-    items: int = 0
-    written: int = 0
-    chunks: int = 0
-    resent: int = 0
-    failed: int = 0
-    elapsed_s: float = 0.0
-    #: Why the run stopped early (state "interrupted"): the broker or the store went away.
-    error: str = ""
-    costs: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("costs")
-        d["elapsed_s"] = round(self.elapsed_s, 3)
-        return d
 
 
 #: Called with (items written, items known, chunks written, detail text).
@@ -168,13 +124,13 @@ class JobRunner:
         while len(self.inflight) < self.allowed and (pending_plan or reading):
             if pending_plan:
                 entry = pending_plan.pop(0)
-                chunk = Chunk(entry["id"], entry["first"], _take(lines, entry["n"]),
+                chunk = Chunk(entry["id"], entry["first"], take(lines, entry["n"]),
                               entry.get("task", ""))
                 first = chunk.first + chunk.n
                 report.items = max(report.items, first)
                 self._resume_chunk(producer, chunk, report)
                 continue
-            taken = _take(lines, self._next_size(first))
+            taken = take(lines, self._next_size(first))
             if not taken:
                 return first, False
             chunk = Chunk(self._new_id(), first, taken)
@@ -292,7 +248,7 @@ class JobRunner:
         """Write the collected chunks that come next in input order; returns items written."""
         while written in self.ready:
             chunk = self.ready.pop(written)
-            for record in _merge(chunk):
+            for record in merge(chunk):
                 self.out.write(line_of(record).encode("utf-8"))
             self.out.flush()
             written += chunk.n
@@ -301,30 +257,3 @@ class JobRunner:
             if self.progress:
                 self.progress(written, max(self.total, report.items), report.chunks, self.waiting)
         return written
-
-
-def _merge(chunk: Chunk) -> list[dict[str, Any]]:
-    """One record per line of the chunk: its framing rejection, or the worker's record."""
-    analysed = iter(chunk.records or [])
-    out = []
-    for line in chunk.lines:
-        if line.rejection is not None:
-            out.append(line.rejection.record(at=time.time(), stage="job"))
-        else:
-            out.append(next(analysed, {"status": "failed", "ref": line.ref,
-                                       "reason": "no record for this item"}))
-    return out
-
-
-def _take(lines: Iterator[Line], n: int) -> list[Line]:
-    out = []
-    for _ in range(n):
-        line = next(lines, None)
-        if line is None:
-            break
-        out.append(line)
-    return out
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex[:12]

@@ -20,9 +20,10 @@ from broker_config.app import settings_of
 from broker_config.policy_file import load_policy
 from broker_config.queues import BULK
 from healthcheck.store import RedisHealthStore
+from producer.chunks import JobReport, new_job_id
 from producer.feed import read_lines
 from producer.inflight import BROKEN
-from producer.job_runner import JobProgress, JobReport, JobRunner, new_job_id
+from producer.job_runner import JobProgress, JobRunner
 from producer.job_store import JobStore
 from producer.pacing import ChunkBudget, fleet_pressure
 from workers.inbound import Limits

@@ -13,7 +13,7 @@ import redis
 
 from broker_config import keys
 from harness.redis_server import RedisServer
-from producer.job_runner import Chunk
+from producer.chunks import Chunk
 from producer.job_store import JOB_KEEP_S, InMemoryJobStore, JobStore, RedisJobStore
 from workers.inbound import Line
 

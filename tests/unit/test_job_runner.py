@@ -7,7 +7,8 @@ import io
 
 from celery import Celery
 
-from producer.job_runner import Chunk, JobReport, JobRunner
+from producer.chunks import Chunk, JobReport
+from producer.job_runner import JobRunner
 from producer.job_store import InMemoryJobStore
 from producer.pacing import ChunkBudget
 from workers.inbound import Line
