@@ -148,5 +148,5 @@ def check(inputs: list[Input | Problem], limits: Limits, key_id: str,
             continue
         entries.append({"id": message_id, "ref": item.ref or message_id, "key": key_id,
                         "status": "pending", "accepted_at": now})
-        envs.append(envelope(message_id, item.line, item.fmt, now))
+        envs.append(envelope(message_id, item.line, item.fmt))
     return problems or Accepted(entries, envs)

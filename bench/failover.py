@@ -94,7 +94,7 @@ def host(url: str, logs: Path) -> Made:
                                stdout=(logs / "checker.log").open("wb"), stderr=subprocess.STDOUT,
                                start_new_session=True)
     return (lambda: create_app(Settings.from_env(env)), (lambda a, i, t: a.send_task(
-        "host.analyse", args=[envelope(f"bench:{i}", t, "text", time.time())])), [checker], env)
+        "host.analyse", args=[envelope(f"bench:{i}", t, "text")])), [checker], env)
 
 
 def started_at(value: Any) -> float:

@@ -31,7 +31,7 @@ from celery.result import ResultSet
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from broker_config.contract import envelope  # noqa: E402
+from broker_config.contract import envelope, headers  # noqa: E402
 from broker_config.settings import Settings  # noqa: E402
 from harness.processes import WorkerProcess, node_name  # noqa: E402
 from harness.rabbitmq_server import RabbitServer  # noqa: E402
@@ -85,13 +85,13 @@ def send_plain(batch: int) -> Callable[[Celery, list[tuple[str, str]]], list[Any
 
 def send_host(batch: int) -> Callable[[Celery, list[tuple[str, str]]], list[Any]]:
     def send(app: Celery, tweets: list[tuple[str, str]]) -> list[Any]:
-        now = time.time()
-        envs = [envelope(f"bench:{i}", text, "text", now) for i, (_, text) in enumerate(tweets)]
+        envs = [envelope(f"bench:{i}", text, "text") for i, (_, text) in enumerate(tweets)]
         with app.producer_or_acquire() as producer:
             if batch == 1:
-                return [app.send_task("host.analyse", args=[e], producer=producer) for e in envs]
-            return [app.send_task("host.analyse_batch", args=[chunk], producer=producer)
-                    for chunk in chunks(envs, batch)]
+                return [app.send_task("host.analyse", args=[e], producer=producer,
+                                      headers=headers()) for e in envs]
+            return [app.send_task("host.analyse_batch", args=[chunk], producer=producer,
+                                  headers=headers()) for chunk in chunks(envs, batch)]
     return send
 
 

@@ -4,7 +4,7 @@ in prose; ``CONTRACT_VERSION`` changes when anything here changes incompatibly.
 
 Version 1:
 
-* ``host.analyse`` takes one argument, an *envelope* ``{"ref", "line", "format", "queued_at"}``
+* ``host.analyse`` takes one argument, an *envelope* ``{"ref", "line", "format"}``
   (``line``: one inbound line — a Twitter v2 or v1.1 JSON object, an ``id<TAB>rating<TAB>text``
   line or plain text; ``format``: ``auto``, ``jsonl``, ``tsv`` or ``text``), and returns one
   record; ``host.analyse_batch`` takes a list of up to ``HOST_MAX_BATCH`` envelopes and returns
@@ -44,29 +44,33 @@ ROUTES: dict[str, dict[str, str]] = {ANALYSE: {"queue": TWEETS_QUEUE},
                                      ANALYSE_BATCH: {"queue": TWEETS_QUEUE}}
 #: Header with the contract version a producer speaks (informational in version 1).
 VERSION_HEADER = "host_contract"
-#: Header producers set to the time they sent a message (queue wait = start - sent).
+#: Header producers set to the time they sent a message (Unix seconds): the one stamp a
+#: message's queue wait is measured from (a worker's figures, and each record's
+#: ``queue_wait_s``: start - sent).
 SENT_AT_HEADER = "host_sent_at"
 FORMATS = ("auto", "jsonl", "tsv", "text")
 
 
-def envelope(ref: str, line: str, fmt: str = "auto", queued_at: float | None = None) -> dict[str, Any]:
+def envelope(ref: str, line: str, fmt: str = "auto") -> dict[str, Any]:
     """What a producer sends for one inbound line."""
-    return {"ref": ref, "line": line, "format": fmt, "queued_at": queued_at}
+    return {"ref": ref, "line": line, "format": fmt}
+
+
+def headers() -> dict[str, Any]:
+    """The headers of a message sent now: the contract's version and the time it is sent."""
+    return {VERSION_HEADER: CONTRACT_VERSION, SENT_AT_HEADER: time.time()}
 
 
 def analyse(app: Any, line: str, ref: str | None = None, fmt: str = "auto") -> Any:
     """Send one line to ``host.analyse`` on the tweets queue; Celery's AsyncResult."""
-    env = envelope(ref or str(uuid.uuid4()), line, fmt, time.time())
-    return app.send_task(ANALYSE, args=[env], queue=TWEETS_QUEUE,
-                         headers={VERSION_HEADER: CONTRACT_VERSION})
+    env = envelope(ref or str(uuid.uuid4()), line, fmt)
+    return app.send_task(ANALYSE, args=[env], queue=TWEETS_QUEUE, headers=headers())
 
 
 def analyse_batch(app: Any, lines: Iterable[str], fmt: str = "auto") -> Any:
     """Send lines as one ``host.analyse_batch`` task; its result is one record per line."""
-    now = time.time()
-    envs = [envelope(f"batch:{i}", line, fmt, now) for i, line in enumerate(lines)]
-    return app.send_task(ANALYSE_BATCH, args=[envs], queue=TWEETS_QUEUE,
-                         headers={VERSION_HEADER: CONTRACT_VERSION})
+    envs = [envelope(f"batch:{i}", line, fmt) for i, line in enumerate(lines)]
+    return app.send_task(ANALYSE_BATCH, args=[envs], queue=TWEETS_QUEUE, headers=headers())
 
 
 def rejected(record: Any) -> bool:

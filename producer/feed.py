@@ -154,7 +154,7 @@ def _send_chunk(app: Celery, producer: Any, chunk: list[Line], batch: int, wire_
         store.record(rejected)
         for rec in rejected:
             emit(rec)
-    envs = [envelope(ln.ref, ln.text, wire_fmt, time.time())
+    envs = [envelope(ln.ref, ln.text, wire_fmt)
             for ln in chunk if ln.text is not None]
     if envs:
         refs = [e["ref"] for e in envs]

@@ -18,9 +18,8 @@ from celery.result import denied_join_result
 from celery.utils import uuid
 from kombu.exceptions import OperationalError
 
-from broker_config import tracing
+from broker_config import contract, tracing
 from broker_config.app import settings_of
-from broker_config.contract import SENT_AT_HEADER
 from producer.results import ResultReader
 
 #: Called with (accounted, total_known, sending_done) whenever progress is made.
@@ -138,11 +137,11 @@ class InFlight:
             self.results.watch(task_id)
         self.pending[task_id] = refs
         self.messages[task_id] = (name, args)
-        headers = {SENT_AT_HEADER: time.time()}  # lets workers measure queue wait
-        # results are read here, not by Celery's result consumer
+        # results are read here, not by Celery's result consumer; the headers carry the
+        # stamp workers measure queue wait from
         with denied_join_result(), tracing.sending(refs):
             self.app.send_task(name, args=args, task_id=task_id, producer=producer,
-                               headers=headers)
+                               headers=contract.headers())
         # the idle timeout counts from the last thing that happened, a task sent or a result
         # read: reading and sending a large input on a busy machine is not waiting
         self.last = time.monotonic()

@@ -27,7 +27,7 @@ from celery.result import denied_join_result
 from celery.utils import uuid as task_uuid
 
 from broker_config import tracing
-from broker_config.contract import envelope
+from broker_config.contract import envelope, headers
 from producer.chunks import Chunk, JobReport, merge, take
 from producer.feed import line_of
 from producer.inflight import BROKEN, POLL_S
@@ -168,15 +168,15 @@ class JobRunner:
 
     def _send(self, producer: Any, chunk: Chunk) -> None:
         chunk.task_id, chunk.sent_at = task_uuid(), time.monotonic()
-        envs = [envelope(ln.ref, ln.text, "auto", time.time())
-                for ln in chunk.lines if ln.text is not None]
+        envs = [envelope(ln.ref, ln.text, "auto") for ln in chunk.lines if ln.text is not None]
         self.inflight[chunk.task_id] = chunk
         self.results.watch(chunk.task_id)
         # results are read by self.results
         with denied_join_result(), tracing.sending([ln.ref for ln in chunk.lines]):
             self.app.send_task("host.job_chunk", task_id=chunk.task_id, producer=producer,
                                args=[self.job_id, chunk.id, envs,
-                                     self.budget.cpu_s * self.budget.hard_multiple])
+                                     self.budget.cpu_s * self.budget.hard_multiple],
+                               headers=headers())
 
     def _resume_chunk(self, producer: Any, chunk: Chunk, report: JobReport) -> None:
         """A chunk of a resumed job: done while nobody listened, or sent again."""

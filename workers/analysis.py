@@ -35,6 +35,8 @@ class RunContext:
     clock: Callable[[], float] = time.time
     #: When the task started (passed the health gate); None: when the analysis begins.
     started_at: float | None = None
+    #: When its producer sent it (the message's ``host_sent_at`` header; None: not said).
+    sent_at: float | None = None
 
 
 def analyse_envelope(env: object, ctx: RunContext) -> dict[str, Any]:
@@ -109,8 +111,8 @@ def _record(env: object, outcome: _Outcome, finished: float, started: float,
     if isinstance(outcome, Rejection):
         return outcome.record(at=started, stage="worker", worker=ctx.worker)
     message, scores = outcome
-    queued_at = env.get("queued_at") if isinstance(env, dict) else None
-    wait = started - queued_at if isinstance(queued_at, (int, float)) else None
+    sent_at = ctx.sent_at
+    wait = started - sent_at if isinstance(sent_at, (int, float)) else None
     return {
         "status": "analysed",
         "ref": message.ref,

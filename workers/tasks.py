@@ -9,6 +9,7 @@ from typing import Any
 from celery import Task, shared_task
 
 from broker_config.app import settings_of
+from broker_config.contract import SENT_AT_HEADER
 from workers import inject, tally
 from workers.analysis import RunContext, analyse_envelope, analyse_many, keep_dead_letters
 from workers.deadletter import store_of
@@ -72,6 +73,7 @@ def _context(task: Task[Any, Any]) -> RunContext:
         task_id=task.request.id,
         limits=limits_of(settings),
         started_at=getattr(task.request, "host_started_at", None),
+        sent_at=getattr(task.request, SENT_AT_HEADER, None),
     )
 
 

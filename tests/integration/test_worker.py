@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from broker_config.app import HostCelery
-from broker_config.contract import envelope
+from broker_config.contract import SENT_AT_HEADER, envelope, headers
 from broker_config.queues import verify_queue_name
 from tests.conftest import WorkerFactory
 from tests.support.brokers import on_both_brokers
@@ -40,6 +40,17 @@ class TestWorkerQueues:
         assert record["label"] == "positive"
         assert record["worker"] == worker.name
         assert record["queue"] == "tweets"
+        assert record["queue_wait_s"] is None  # sent without the contract's headers
+
+    def test_queue_wait_is_measured_from_the_sent_at_header(
+            self, app: HostCelery, start_worker: WorkerFactory) -> None:
+        """The one stamp a queue wait is measured from: the message's host_sent_at header."""
+        start_worker("wq4")
+        sent = headers()
+        sent[SENT_AT_HEADER] -= 7.0  # as if it had waited in the queue for 7 s
+        record = app.send_task("host.analyse", args=[envelope("t:2", "a fine day")],
+                               headers=sent).get(timeout=20)
+        assert 7.0 <= record["queue_wait_s"] < 27.0
 
 
 class TestConfigurationErrors:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
@@ -27,7 +29,7 @@ class TestAnalysis:
     def test_scores_equal_the_library_called_directly(self) -> None:
         """The result carries exactly vaderSentiment's scores for the text."""
         text = "The movie was not bad at all, actually GREAT!!! :)"
-        result = analyse_envelope(envelope("r:1", text, "text", queued_at=99.5), CTX)
+        result = analyse_envelope(envelope("r:1", text, "text"), replace(CTX, sent_at=99.5))
         direct = SentimentIntensityAnalyzer().polarity_scores(text)
         assert {k: result[k] for k in ("neg", "neu", "pos", "compound")} == direct
         assert result["label"] == "positive"
