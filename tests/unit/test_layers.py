@@ -20,18 +20,21 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("broker_config", "workers", "healthcheck", "producer", "harness", "api", "cli")
 
 
-def documented_layers() -> dict[str, int]:
-    """``module prefix -> layer`` from the table after the marker in docs/architecture.md."""
+def table_after(marker: str) -> list[list[str]]:
+    """The rows of the table after ``marker`` in docs/architecture.md, as cells."""
     text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
-    table = text.split("<!-- layers -->", 1)[1]
-    layers = {}
-    for line in table.splitlines()[2:]:
+    rows = []
+    for line in text.split(marker, 1)[1].strip().splitlines()[2:]:
         if not line.startswith("|"):
             break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        for name in re.findall(r"`([\w.]+)`", cells[1]):
-            layers[name] = int(cells[0])
-    return layers
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def documented_layers() -> dict[str, int]:
+    """``module prefix -> layer`` from the table after the marker in docs/architecture.md."""
+    return {name: int(cells[0]) for cells in table_after("<!-- layers -->")
+            for name in re.findall(r"`([\w.]+)`", cells[1])}
 
 
 LAYERS = documented_layers()
@@ -164,15 +167,7 @@ class TestLayers:
 
 def documented_long_modules() -> dict[str, str]:
     """``path -> reason`` from the table after the marker in docs/architecture.md."""
-    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
-    table = text.split("<!-- longer modules -->", 1)[1]
-    named = {}
-    for line in table.splitlines()[3:]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        named[cells[0].strip("`")] = cells[1]
-    return named
+    return {cells[0].strip("`"): cells[1] for cells in table_after("<!-- longer modules -->")}
 
 
 MODULE_LINES, LONGER_LINES, FUNCTION_LINES = 300, 400, 50
