@@ -49,7 +49,7 @@ def applies(name: str, tree: Path = REPO) -> bool:
                           capture_output=True, check=False).returncode == 0
 
 
-def run(name: str, seed: int, minutes: float) -> int:
+def run(name: str, seed: int, minutes: float, keep: Path | None = None) -> int:
     build = BUILDS[name]
     with tempfile.TemporaryDirectory(prefix=f"host-broken-{name}-") as tmp:
         tree = Path(tmp) / REPO.name
@@ -62,8 +62,9 @@ def run(name: str, seed: int, minutes: float) -> int:
                 return 2
             subprocess.run(["git", "apply", str(patch_of(name))], cwd=tree, check=True)
             print(f"{name}: {build.what}; seed {seed}, {minutes:g} min", flush=True)
+            where = ["--dir", str(keep / name)] if keep else []
             proc = subprocess.run([sys.executable, "-m", "tests.nemesis", "--seed", str(seed),
-                                   "--minutes", str(minutes), "--json"], cwd=tree,
+                                   "--minutes", str(minutes), "--json", *where], cwd=tree,
                                   capture_output=True, text=True, check=False)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
@@ -87,12 +88,14 @@ def main() -> int:
     parser.add_argument("name", choices=[*BUILDS, "all"])
     parser.add_argument("--seed", type=int, default=None, help="default: the build's own")
     parser.add_argument("--minutes", type=float, default=2.5)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep each run's files under this directory (one folder a build)")
     args = parser.parse_args()
     names = list(BUILDS) if args.name == "all" else [args.name]
     worst = 0
     for name in names:
         seed = BUILDS[name].seed if args.seed is None else args.seed
-        worst = max(worst, run(name, seed, args.minutes))
+        worst = max(worst, run(name, seed, args.minutes, args.keep))
     return worst
 
 
