@@ -11,13 +11,14 @@ import signal
 import subprocess
 import sys
 import threading
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from api.keys import RedisKeyStore, new_key
+from broker_config import keys
 from broker_config.settings import Settings
 from harness.api_server import ApiServer, api_env
 from harness.processes import WorkerProcess, node_name, terminate
@@ -83,6 +84,8 @@ class Fleet:
         #: Network faults under way on each worker's link, by kind: two that overlap on one
         #: worker end when the later ends, not the earlier.
         self.net_faults: Counter[tuple[str, int]] = Counter()
+        #: The checkers paused as leaders, oldest first (-1: a pause that found none).
+        self.paused_leaders: deque[int] = deque()
         #: Why each worker was not back in rotation when recovery gave up.
         self.not_back: dict[str, str] = {}
 
@@ -354,6 +357,30 @@ class Fleet:
             return "no loss"
         return "still lossy (another loss goes on)"
 
+    def _begin_leader_pause(self, shard: int) -> str:
+        """SIGSTOP whichever checker holds shard ``shard``'s lease now."""
+        try:
+            token = self._store_client().get(keys.leader(shard)) or ""
+        except Exception as exc:
+            return f"no leader known: {type(exc).__name__}"
+        for i, c in enumerate(self.checkers):
+            if c.proc is not None and c.proc.poll() is None and f"-{c.proc.pid}-" in token:
+                c.signal(signal.SIGSTOP)
+                with self.lock:
+                    self.paused_leaders.append(i)
+                return f"paused checker {i}, the leader ({token})"
+        with self.lock:
+            self.paused_leaders.append(-1)
+        return f"no live checker holds the lease ({token or 'none'})"
+
+    def _end_leader_pause(self, _: int) -> str:
+        with self.lock:
+            i = self.paused_leaders.popleft() if self.paused_leaders else -1
+        if i < 0:
+            return "nothing to resume"
+        self.checkers[i].signal(signal.SIGCONT)
+        return f"resumed checker {i}"
+
     def _begin_bad_inputs(self, _: int) -> str:
         return "bad inputs"  # the workload sends them (it watches for this fault)
 
@@ -410,6 +437,7 @@ class Fleet:
         """Every fault ended: processes resumed or restarted, injections cleared."""
         said = []
         self.net_faults.clear()
+        self.paused_leaders.clear()
         for link in self.links:
             link.mend()
             link.whole()

@@ -34,9 +34,17 @@ NET_KINDS: dict[str, tuple[float, tuple[float, float]]] = {
     "net_cut": (1.0, (2.0, 15.0)),          # every packet to and from a worker dropped
     "net_loss": (1.0, (5.0, 20.0)),         # 30 % of them, at random, each way
 }
-#: Mean seconds between two faults, and between two network faults.
+#: A pause of whichever checker leads at that moment, long enough for a standby to take the
+#: lease (5 s) while the old leader lives on: a third stream of the seed. Fencing is what keeps
+#: the resumed one from acting (its lease no longer trusted, its writes refused, its commands
+#: of an older epoch refused by the workers).
+LEADER_KINDS: dict[str, tuple[float, tuple[float, float]]] = {
+    "leader_pause": (1.0, (4.0, 9.0)),
+}
+#: Mean seconds between two faults, between two network faults, and two leader pauses.
 MEAN_GAP_S = 6.0
 NET_MEAN_GAP_S = 20.0
+LEADER_MEAN_GAP_S = 45.0
 #: No fault starts in the first seconds (the fleet settles) nor in the last (it heals).
 QUIET_START_S, QUIET_END_S = 10.0, 15.0
 
@@ -54,12 +62,16 @@ class Fault:
 
 
 def draw(seed: int, seconds: float, workers: int, checkers: int = 2,
-         network: bool = True) -> list[Fault]:
-    """The schedule of one run (``network``: with the network faults)."""
+         network: bool = True, leader: bool = True) -> list[Fault]:
+    """The schedule of one run (``network``: with the network faults; ``leader``: with the
+    leader's pauses)."""
     faults = _stream(random.Random(seed), KINDS, MEAN_GAP_S, seconds, workers, checkers)
     if network:
         faults += _stream(random.Random(f"{seed}/network"), NET_KINDS, NET_MEAN_GAP_S,
                           seconds, workers, checkers)
+    if leader:
+        faults += _stream(random.Random(f"{seed}/leader"), LEADER_KINDS, LEADER_MEAN_GAP_S,
+                          seconds, 1, checkers)  # target 0: shard 0's leader
     return sorted(faults, key=lambda f: f.at)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.nemesis.check import check
-from tests.nemesis.schedule import NET_KINDS, Fault, draw
+from tests.nemesis.schedule import LEADER_KINDS, NET_KINDS, Fault, draw
 
 T0 = 1_000_000_000.0  # 2001-09-09T01:46:40Z
 
@@ -47,12 +47,14 @@ class TestSchedule:
         assert all(10 <= f.at <= 600 - 15 and f.at + f.duration <= 600 - 15 + 1e-6 for f in a)
         assert [f.at for f in a] == sorted(f.at for f in a)
 
-    def test_network_faults_come_on_top_of_the_schedule_a_seed_had_without_them(self) -> None:
+    def test_network_faults_and_leader_pauses_come_on_top_of_a_seeds_old_schedule(self) -> None:
+        added = {*NET_KINDS, *LEADER_KINDS}
         for seed in (1, 17, 51, 355):
-            with_net = draw(seed, 180, 4)
-            assert {f.kind for f in with_net} & set(NET_KINDS)
-            assert [f for f in with_net if f.kind not in NET_KINDS] == draw(seed, 180, 4,
-                                                                            network=False)
+            every = draw(seed, 180, 4)
+            assert {f.kind for f in every} & set(NET_KINDS)
+            assert [f for f in every if f.kind not in added] == draw(seed, 180, 4, network=False,
+                                                                     leader=False)
+        assert any(f.kind == "leader_pause" for seed in range(5) for f in draw(seed, 180, 4))
 
 
 class TestChecks:

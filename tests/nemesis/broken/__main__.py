@@ -33,10 +33,10 @@ BUILDS = {
     "audited": Broken(("audited",), 355, "the checker writes no audit record"),
     "recovery": Broken(("recovery",), 355, "an admit does nothing on the worker: once out, "
                        "it never consumes again, whatever the checker's word"),
-    "fencing": Broken(("fencing",), 132,
+    "fencing": Broken(("fencing",), 355,
                       "split brain: a checker whose lease ran out goes on leading, its writes "
-                      "unfenced, and workers obey a command of any epoch (seed 132 pauses the "
-                      "leader for 5.5 s at 13 s: the standby takes over)"),
+                      "unfenced, and workers obey a command of any epoch (seed 355 pauses the "
+                      "leader for 7.7 s at 55 s: the standby takes over)"),
 }
 
 
