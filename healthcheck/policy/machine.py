@@ -323,6 +323,9 @@ class HealthPolicy:
               cause: Cause = Cause.NONE, automatic: bool = True,
               evidence: Mapping[str, float | str] | None = None, code: Code | None = None
               ) -> tuple[WorkerHealth, Transition]:
+        # Never dated before the state it leaves began: an observation that arrived before a
+        # person's restore, applied after it, moves the worker from the restore's time on.
+        now = max(now, w.since)
         t = Transition(worker=w.name, from_state=w.state, to_state=to, reason=reason, at=now,
                        cause=cause, automatic=automatic, enforced=self.config.enforce,
                        evidence=dict(evidence or {}),

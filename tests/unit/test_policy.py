@@ -197,6 +197,16 @@ class TestStateMachine:
         assert back.health.state is State.QUARANTINED
         assert back.health.cause is Cause.WEAR
 
+    def test_no_transition_is_dated_before_the_state_it_leaves(self) -> None:
+        """A report that arrived at 99.9, applied after a person's restore at 100, moves the
+        worker from 100 on: the audit log's times agree with its order (seed 33 of the nemesis
+        read a HEALTHY -> SUSPECT dated before the restore that made it HEALTHY)."""
+        out = dataclasses.replace(healthy(), state=State.QUARANTINED, cause=Cause.PROBE)
+        back = self.policy.operator(out, State.HEALTHY, "nemesis heals", now=100.0).health
+        step = self.policy.observe_wear(back, wear(at=99.9, cpu=90))
+        assert [(t.to_state, t.at) for t in step.transitions] == [(State.SUSPECT, 100.0)]
+        assert step.health.since == 100.0
+
     def test_maintenance_is_never_left_automatically(self) -> None:
         """The checker never re-admits a worker in MAINTENANCE on its own."""
         w = self.policy.operator(healthy(), State.MAINTENANCE, "fan swap", now=0).health
