@@ -179,8 +179,7 @@ def _blast_radius(report: Report, audit: list[dict[str, Any]], faults: list[Faul
     ejections = 0
     for r in sorted((r for r in audit if r.get("kind") == "transition"), key=lambda r: r["at"]):
         w = str(r.get("worker"))
-        cause = r.get("cause") or state.get(w, ("", ""))[1]
-        state[w] = (str(r.get("to")), str(cause))
+        state[w] = (str(r.get("to")), str(r.get("cause") or ""))  # as recorded: "" is nobody's
         if r.get("to") == "DRAINING" and r.get("automatic") and r.get("cause") == "wear":
             ejections += 1
             out = [n for n, (s, c) in state.items() if c in AUTOMATIC

@@ -84,6 +84,17 @@ class TestChecks:
         (v,) = check(tmp_path, FAULTS, T0, audit, {}, 4).violations  # 4 workers: bound 1
         assert v.promise == "blast radius" and "w2" in v.what
 
+    def test_a_worker_silent_after_its_return_is_not_out_by_automatic_action(
+            self, tmp_path: Path) -> None:
+        """Seed 44: w2, once ejected for wear and back, goes OFFLINE (cause none: nobody's
+        verdict) as w1 is ejected. Only w1 is out by automatic action: within the bound."""
+        history(tmp_path, [], [])
+        audit = [transition("w2", "DRAINING", T0 + 1), transition("w2", "QUARANTINED", T0 + 2),
+                 transition("w2", "HEALTHY", T0 + 3, cause="", automatic=False),
+                 transition("w2", "OFFLINE", T0 + 9, cause=""),
+                 transition("w1", "DRAINING", T0 + 10)]
+        assert check(tmp_path, FAULTS, T0, audit, {}, 4).violations == []
+
     def test_an_older_epoch_applied_after_a_newer_one(self, tmp_path: Path) -> None:
         history(tmp_path, [], [])
         stamp = "2001-09-09T01:46:40Z"
