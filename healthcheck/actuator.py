@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -41,17 +42,27 @@ def control_reply(app: Celery, command: str, worker: str, arguments: dict[str, A
     """
     if not worker or not worker.strip():
         raise ValueError("a control command needs one named worker; refusing to broadcast")
+    broken: tuple[type[BaseException], ...] = (OperationalError, OSError,
+                                               *_errors_of(connection))
     try:
         signed = sign(secret, command, arguments or {}, worker, time.time())
         replies = app.control.broadcast(command, arguments=signed, destination=[worker],
                                         reply=True, timeout=timeout, connection=connection) or []
-    except (OperationalError, OSError) as exc:
-        raise ControlUnavailable(str(exc)) from exc
+    except broken as exc:
+        raise ControlUnavailable(f"{type(exc).__name__}: {exc}") from exc
     for reply in replies:
         if worker in reply:
             answer = reply[worker]
             return answer if isinstance(answer, dict) else {"ok": answer}
     return None
+
+
+def _errors_of(connection: Any) -> tuple[type[BaseException], ...]:
+    """The errors a broker connection's own client raises when the broker goes away (redis-py's
+    ConnectionError on a connection the server closed, after a restart)."""
+    if connection is None:
+        return ()
+    return (*connection.connection_errors, *connection.channel_errors)
 
 
 class Actuator(Protocol):
@@ -120,9 +131,19 @@ class CeleryActuator:
             arguments["epoch"] = self.epoch
         if self.shard is not None:
             arguments["shard"] = self.shard
-        body = control_reply(self.app, command, worker, arguments, self.timeout,
-                             connection=self._conn, secret=self.secret)
+        try:
+            body = control_reply(self.app, command, worker, arguments, self.timeout,
+                                 connection=self._conn, secret=self.secret)
+        except ControlUnavailable:
+            self._forget_connection()  # the next command starts on a fresh one
+            raise
         return Reply(worker, command, sent, body is not None, body or {})
+
+    def _forget_connection(self) -> None:
+        conn, self._local.conn = getattr(self._local, "conn", None), None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.release()
 
 
 class InMemoryActuator:

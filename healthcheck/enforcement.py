@@ -223,6 +223,12 @@ class Enforcer:
                 sent.reply = command[sent.command](sent.worker, sent.reason)
         except HealthcheckError as exc:
             sent.error = str(exc)
+        except Exception as exc:  # whatever it was, the worker's line goes on
+            # An error nobody foresaw (a broker client's own, after a restart) must not leave
+            # the command in its worker's line for ever: every later command and correction
+            # to that worker would wait behind it (seed 55 of the nemesis: a worker left
+            # drained while the checker said HEALTHY). It counts as a command not answered.
+            sent.error = f"{type(exc).__name__}: {exc}"
         sent.answered_at = self.clock()
         # Here, before the command leaves its worker's line (on a pool thread, before the loop
         # settles it): from then on ``correct`` reads reports again, and must know the answer.
