@@ -116,16 +116,26 @@ def _exactly_once(report: Report, sent: list[dict[str, Any]],
 
 
 def _out_intervals(audit: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
-    """Per worker, the times it was out of rotation by a verdict: from the verdict (a
-    transition into DRAINING, QUARANTINED or MAINTENANCE) to its re-admission."""
+    """Per worker, the times it was out of rotation by a verdict the store held: from the gate
+    key's closing (the ``drain_ordered`` record written with it, after a transition into
+    DRAINING, QUARANTINED or MAINTENANCE) to its re-admission. The transition is the checker's
+    decision; until its gate key is written no worker can know of it (a loaded checker takes
+    more than the slack between the two)."""
     spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    decided: set[str] = set()
     opened: dict[str, float] = {}
-    for r in sorted((r for r in audit if r.get("kind") == "transition"), key=lambda r: r["at"]):
+    kinds = ("transition", "drain_ordered")
+    for r in sorted((r for r in audit if r.get("kind") in kinds), key=lambda r: r["at"]):
         w, to = str(r.get("worker")), r.get("to")
-        if to in OUT and w not in opened:
-            opened[w] = r["at"]
-        elif to in IN and w in opened:
-            spans[w].append((opened.pop(w), r["at"]))
+        if r.get("kind") == "drain_ordered":
+            if w in decided and w not in opened:
+                opened[w] = r["at"]
+        elif to in OUT:
+            decided.add(w)
+        elif to in IN:
+            decided.discard(w)
+            if w in opened:
+                spans[w].append((opened.pop(w), r["at"]))
     for w, start in opened.items():
         spans[w].append((start, float("inf")))
     return spans

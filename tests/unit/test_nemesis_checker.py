@@ -37,6 +37,12 @@ def transition(worker: str, to: str, at: float, cause: str = "wear",
 FAULTS = [Fault(5.0, "worker_kill", 1, 3.0)]
 
 
+def ordered(worker: str, at: float) -> dict[str, Any]:
+    """The record written with a worker's gate key as it closes."""
+    return {"kind": "drain_ordered", "worker": worker, "at": at, "reason": "r",
+            "correction": False}
+
+
 class TestSchedule:
     def test_a_seed_replays_its_schedule_and_faults_overlap(self) -> None:
         a, b = draw(7, 600, 4), draw(7, 600, 4)
@@ -74,9 +80,20 @@ class TestChecks:
     def test_a_task_started_after_the_verdict(self, tmp_path: Path) -> None:
         history(tmp_path, ["f1", "f2"], [analysed("f1", started=T0 + 5.0),
                                          analysed("f2", started=T0 + 12.0)])
-        audit = [transition("w1", "DRAINING", T0 + 4.0), transition("w1", "PROBATION", T0 + 10.0)]
+        audit = [transition("w1", "DRAINING", T0 + 4.0), ordered("w1", T0 + 4.01),
+                 transition("w1", "PROBATION", T0 + 10.0)]
         (v,) = check(tmp_path, FAULTS, T0, audit, {}, 4).violations
         assert v.promise == "out of rotation" and "f1" in v.what and v.faults
+
+    def test_the_verdict_counts_from_its_gate_key(self, tmp_path: Path) -> None:
+        """Seed 55: a loaded checker decided at 4.0 and closed the gate key at 4.3; a task
+        stamped at 4.2 could not know. One stamped at 4.5 could."""
+        history(tmp_path, ["f1", "f2"], [analysed("f1", started=T0 + 4.2),
+                                         analysed("f2", started=T0 + 4.5)])
+        audit = [transition("w1", "MAINTENANCE", T0 + 4.0, cause="operator", automatic=False),
+                 ordered("w1", T0 + 4.3)]
+        (v,) = check(tmp_path, FAULTS, T0, audit, {}, 4).violations
+        assert v.promise == "out of rotation" and "f2" in v.what
 
     def test_more_ejected_for_wear_than_the_bound(self, tmp_path: Path) -> None:
         history(tmp_path, [], [])
