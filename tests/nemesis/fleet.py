@@ -323,39 +323,35 @@ class Fleet:
 
     def _net_begins(self, kind: str, i: int) -> bool:
         """True when no fault of ``kind`` was under way on worker ``i``'s link."""
+        self._link(i)  # there is one (raises otherwise)
         with self.lock:
             self.net_faults[kind, i] += 1
             return self.net_faults[kind, i] == 1
 
-    def _net_ends(self, kind: str, i: int) -> bool:
-        """True when the last fault of ``kind`` on worker ``i``'s link ends."""
+    def _net_ends(self, kind: str, i: int, undo: Any) -> bool:
+        """When the last fault of ``kind`` on worker ``i``'s link ends, ``undo`` it: True."""
         with self.lock:
             self.net_faults[kind, i] = max(0, self.net_faults[kind, i] - 1)
-            return self.net_faults[kind, i] == 0
+            last = self.net_faults[kind, i] == 0
+        if last:
+            undo(self._link(i))
+        return last
 
     def _begin_net_cut(self, i: int) -> str:
-        link = self._link(i)
         if self._net_begins("cut", i):
-            link.cut()
+            self._link(i).cut()
         return f"cut {self.workers[i].name} off"
 
     def _end_net_cut(self, i: int) -> str:
-        if self._net_ends("cut", i):
-            self._link(i).mend()
-            return "mended"
-        return "still cut (another cut goes on)"
+        return "mended" if self._net_ends("cut", i, Link.mend) else "still cut (another goes on)"
 
     def _begin_net_loss(self, i: int) -> str:
-        link = self._link(i)
         if self._net_begins("loss", i):
-            link.lose(NET_LOSS)
+            self._link(i).lose(NET_LOSS)
         return f"{NET_LOSS:.0%} of {self.workers[i].name}'s packets lost each way"
 
     def _end_net_loss(self, i: int) -> str:
-        if self._net_ends("loss", i):
-            self._link(i).whole()
-            return "no loss"
-        return "still lossy (another loss goes on)"
+        return "no loss" if self._net_ends("loss", i, Link.whole) else "still lossy (another goes on)"
 
     def _begin_leader_pause(self, shard: int) -> str:
         """SIGSTOP whichever checker holds shard ``shard``'s lease now."""
