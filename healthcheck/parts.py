@@ -101,6 +101,6 @@ def build(fleet: Fleet, store: HealthStore, actuator: Actuator,
     hearing = Hearing(watch)
     inbox = Inbox(metrics, clock, watch)
     metrics.intake.state = lambda: (watch.lag_s if watch else 0.0, inbox.qsize(),
-                                    hearing.untrusted_since is None)
+                                    hearing.trusted_now)
     return Parts(current, store, actuator, clock, metrics, standing, sharding, ledger, flush,
                  enforcer, operators, prober, succession, intake, watch, hearing, inbox)

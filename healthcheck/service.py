@@ -34,12 +34,11 @@ from healthcheck.policy import (
 )
 from healthcheck.policy.holds import hold_of
 from healthcheck.policy.model import OUT_OF_ROTATION
-from healthcheck.resume import resumed_fleet
 from healthcheck.store import HealthStore
 
 log = get_logger(__name__)
 
-__all__ = ["Checker", "resumed_fleet"]
+__all__ = ["Checker"]
 
 #: How often every worker's clock-driven changes (OFFLINE, drain time-outs, probation) are
 #: looked at; proposed ejections are decided at every tick regardless.
@@ -57,7 +56,7 @@ class Checker:
     """
 
     def __init__(self, parts: Parts, tick_s: float = 0.25) -> None:
-        self.parts, self.tick_s = parts, tick_s
+        self.tick_s = tick_s
         self._current = parts.current
         self.store, self.actuator, self.clock = parts.store, parts.actuator, parts.clock
         self.metrics, self.standing, self.sharding = parts.metrics, parts.standing, parts.sharding
@@ -151,7 +150,7 @@ class Checker:
     @property
     def intake_trusted(self) -> bool:
         """True while silence from a worker means the worker (``hearing.Hearing``)."""
-        return self.hearing.untrusted_since is None
+        return self.hearing.trusted_now
 
     def apply_events(self, events: list[dict[str, Any]], at: float) -> None:
         """Apply events that arrived together at ``at``."""

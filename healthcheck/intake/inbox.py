@@ -79,6 +79,11 @@ class Hearing:
         self.untrusted_since: float | None = None
         self._resubscribed_at = 0.0
 
+    @property
+    def trusted_now(self) -> bool:
+        """True while silence from a worker means the worker (nothing untrusted it)."""
+        return self.untrusted_since is None
+
     def trusted(self, now: float, fleet: Fleet) -> bool:
         watch = self.watch
         if watch is None:

@@ -10,7 +10,8 @@ from prometheus_client import generate_latest
 from healthcheck.actuator import InMemoryActuator
 from healthcheck.metrics import Cumulative, QueueDepths, health_score, queue_label
 from healthcheck.policy import PolicyConfig, Reading, State, WorkerHealth
-from healthcheck.service import Checker, resumed_fleet
+from healthcheck.resume import resumed_fleet
+from healthcheck.service import Checker
 from healthcheck.store import InMemoryHealthStore
 from tests.unit.test_checker import Clock, sample, wear_event
 from workers import tally
