@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker_config import fastjson, queues, redis_url, transport
+from broker_config import fastjson, queues, redis_url, results, transport
 from broker_config.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for a host fleet; docs/configuration.md explains each choice."""
     fastjson.register()
+    # Results are stored by host's own Redis backends: Celery's, in one round trip a task.
+    results.register()
     return {"broker_url": settings.broker_url,
             "result_backend": settings.effective_result_backend,
             "broker_connection_retry_on_startup": True,
