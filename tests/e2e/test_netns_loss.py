@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.cli import REPO
 from tests.support.netns import Link
 
 pytestmark = pytest.mark.skipif(Link.unavailable() is not None, reason=str(Link.unavailable()))
@@ -71,3 +72,31 @@ def test_a_cut_drops_everything(link: Link) -> None:
     finally:
         link.mend()
     assert delivered(link) == SENT
+
+
+MAKE_LINKS = """
+import sys, time
+from tests.support.netns import Link
+start = float(sys.argv[1])
+while time.time() < start:
+    pass
+links = [Link(index=i + 1).create() for i in range(3)]
+print(" ".join(link.host_ip for link in links), flush=True)
+sys.stdin.read()  # held until the test has read every process's addresses
+for link in links:
+    link.close()
+"""
+
+
+def test_processes_making_links_at_once_each_get_addresses_of_their_own() -> None:
+    """Two test sessions (or nemesis runs) start together: each link's address is its own."""
+    start = time.time() + 1.0
+    procs = [subprocess.Popen([sys.executable, "-c", MAKE_LINKS, str(start)], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    try:
+        addresses = [a for p in procs for a in (p.stdout.readline() if p.stdout else "").split()]
+    finally:
+        for p in procs:
+            p.communicate("", timeout=30)
+    assert len(addresses) == 9 and len(set(addresses)) == 9, addresses

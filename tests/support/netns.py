@@ -8,9 +8,12 @@ random number (the ancillary load ``SKF_AD_RANDOM``)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 #: Classic BPF's ancillary load of a random 32-bit number: SKF_AD_OFF (-0x1000) + SKF_AD_RANDOM.
 _LOAD_RANDOM = 0xFFFFF000 + 56
@@ -37,22 +40,21 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 class Link:
     """Namespace ``host-p<pid>`` (``host-p<pid>-<index>`` for a process's second and later):
-    this side ``198.18.<k>.1``, the other ``198.18.<k>.2``, with ``k`` from the process id,
-    moved on past any ``k`` this machine already uses (two test sessions run at once: ``make
-    test``; a process making several creates each before it makes the next)."""
+    this side ``198.18.<k>.1``, the other ``198.18.<k>.2``, ``k`` the first from the process id
+    on that no address of this machine uses yet. Processes choose under one lock, each until
+    its link holds its address: two test sessions, or two nemesis runs, start at once and would
+    otherwise both see a ``k`` free and both take it (seen: two runs started together, each
+    with a worker that never reached its server)."""
+
+    #: The lock every process on this machine takes to choose and claim an address.
+    LOCK = Path(tempfile.gettempdir()) / "host-netns.lock"
 
     def __init__(self, index: int = 0) -> None:
-        pid = os.getpid()
-        used = _ip("-o", "-4", "addr", "show", check=False).stdout if shutil.which("ip") else ""
-        k = (pid + index) % 250 + 1
-        for _ in range(250):
-            if f" 198.18.{k}." not in used:
-                break
-            k = k % 250 + 1
-        tag = f"{pid}" if index == 0 else f"{pid}-{index}"
+        self.index = index
+        tag = f"{os.getpid()}" if index == 0 else f"{os.getpid()}-{index}"
         self.ns = f"host-p{tag}"
         self.here, self.there = f"hp{tag}a"[:15], f"hp{tag}b"[:15]
-        self.host_ip, self.ns_ip = f"198.18.{k}.1", f"198.18.{k}.2"
+        self.host_ip = self.ns_ip = ""  # chosen when it is created
 
     @staticmethod
     def unavailable() -> str | None:
@@ -68,12 +70,25 @@ class Link:
         _ip("netns", "add", self.ns)
         _ip("link", "add", self.here, "type", "veth", "peer", "name", self.there)
         _ip("link", "set", self.there, "netns", self.ns)
-        _ip("addr", "add", f"{self.host_ip}/30", "dev", self.here)
+        with self.LOCK.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            k = self._free_k()
+            self.host_ip, self.ns_ip = f"198.18.{k}.1", f"198.18.{k}.2"
+            _ip("addr", "add", f"{self.host_ip}/30", "dev", self.here)
         _ip("link", "set", self.here, "up")
         for args in (("addr", "add", f"{self.ns_ip}/30", "dev", self.there),
                      ("link", "set", self.there, "up"), ("link", "set", "lo", "up")):
             _ip("netns", "exec", self.ns, "ip", *args)
         return self
+
+    def _free_k(self) -> int:
+        used = _ip("-o", "-4", "addr", "show").stdout
+        k = (os.getpid() + self.index) % 250 + 1
+        for _ in range(250):
+            if f" 198.18.{k}." not in used:
+                return k
+            k = k % 250 + 1
+        raise RuntimeError("every 198.18.<k>.0/30 for k in 1..250 is in use on this machine")
 
     @property
     def prefix(self) -> tuple[str, ...]:
