@@ -7,6 +7,7 @@ from broker_config.app import HostCelery
 from broker_config.settings import Settings
 from workers import control, jobs, signals, tasks  # noqa: F401 - importing registers them
 from workers.consumer import dead_letter_raw
+from workers.gate_settler import GateSettler
 from workers.reporter import WearReporter
 from workers.visibility import VisibilityKeeper
 
@@ -19,4 +20,5 @@ def create_app(settings: Settings | None = None) -> HostCelery:
     signals.connect(app)
     app.steps["consumer"].add(WearReporter)
     app.steps["consumer"].add(VisibilityKeeper)
+    app.steps["consumer"].add(GateSettler)
     return app

@@ -38,14 +38,22 @@ AWAY_FIRST_S = 0.25
 AWAY_MAX_S = 2.0
 
 
+class StoreAway(Exception):
+    """The store did not answer: what the checker decided is not known here."""
+
+
 class CheckerView(Protocol):
     """What a worker reads of the checker's decisions."""
 
     def closed(self, worker: str) -> bool:
         """True when the checker holds ``worker`` out (False also when the store is away)."""
 
-    def reason(self, worker: str) -> str | None:
-        """Why the checker holds ``worker`` out (None: it does not, or the store is away)."""
+    def reason(self, worker: str, quick: bool = False) -> str | None:
+        """Why the checker holds ``worker`` out (None: it does not).
+
+        Raises:
+            StoreAway: the store did not answer (``quick``: within the per-task timeout).
+        """
 
     def epoch(self, shard: int = 0) -> int | None:
         """The current fencing epoch of a shard's checker lease (None when the store cannot
@@ -125,8 +133,11 @@ class RedisCheckerView:
             own.conn = self._per_task.connection_pool.make_connection()
         return own.conn
 
-    def reason(self, worker: str) -> str | None:
-        value = self._get(self._client.get, keys.gate(worker))
+    def reason(self, worker: str, quick: bool = False) -> str | None:
+        try:
+            value: Any = (self._per_task if quick else self._client).get(keys.gate(worker))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreAway(str(exc)) from None
         return value.decode() if value else None
 
     def epoch(self, shard: int = 0) -> int | None:
@@ -138,12 +149,6 @@ class RedisCheckerView:
 
     def nonces(self) -> NonceMemory:
         return RedisNonces(self._client)
-
-    def _get(self, read: Any, key: str) -> Any:
-        try:
-            return read(key)
-        except (redis.ConnectionError, redis.TimeoutError):
-            return None  # fail static
 
 
 class InMemoryCheckerView:
@@ -158,8 +163,10 @@ class InMemoryCheckerView:
     def closed(self, worker: str) -> bool:
         return not self.down and worker in self.gates
 
-    def reason(self, worker: str) -> str | None:
-        return None if self.down else self.gates.get(worker)
+    def reason(self, worker: str, quick: bool = False) -> str | None:
+        if self.down:
+            raise StoreAway("down")
+        return self.gates.get(worker)
 
     def epoch(self, shard: int = 0) -> int | None:
         if self.down:

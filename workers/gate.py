@@ -20,24 +20,57 @@ from celery.worker import state as worker_state
 
 from broker_config.logs import get_logger
 from broker_config.queues import verify_queue_name
-from workers.checker_view import CheckerView
+from workers.checker_view import CheckerView, StoreAway
 from workers.runtime import RUNTIME
 from workers.shared import Gate
 
 log = get_logger(__name__)
 
 
+#: Why a worker's gate is closed while the store has not said whether the checker holds it out.
+NOT_KNOWN = "started while the store could not say whether the checker holds it out"
+
+
 def install(worker: str, configured: list[str], checker: CheckerView | None) -> str | None:
     """Set this worker's gate up (main process, before the pool forks): closed if the checker
-    still holds it out (the reason is returned), else open."""
+    still holds it out, or if the store cannot say (the reason is returned), else open.
+
+    A worker the checker took out and that starts again while the store does not answer
+    (restarted by its platform during a store stall) cannot know its verdict: it starts out of
+    rotation, and ``settle`` asks again until the store answers."""
     RUNTIME.worker = worker
     RUNTIME.verify_queue = verify_queue_name(worker) if worker else ""
     RUNTIME.configured = tuple(q for q in configured if q != RUNTIME.verify_queue)
     RUNTIME.checker = checker
-    held = checker.reason(worker) if checker is not None and worker else None
+    try:
+        held = checker.reason(worker) if checker is not None and worker else None
+    except StoreAway:
+        RUNTIME.gate = Gate(False, NOT_KNOWN)
+        return NOT_KNOWN
     RUNTIME.gate = (Gate(False, f"restarted while held out: {held}") if held is not None
                     else Gate(True, "clean start"))
     return held
+
+
+def settle(consumer: Any) -> bool:
+    """A gate closed as ``NOT_KNOWN``: ask the store again (with the per-task timeout: this
+    runs on the worker's event loop). Put back in rotation when the checker does not hold it
+    out, kept out with the checker's reason when it does. True once settled, whoever settled
+    it (a command from the checker may have meanwhile)."""
+    g, checker = RUNTIME.gate, RUNTIME.checker
+    if g is None or checker is None or g.is_open() or g.reason != NOT_KNOWN:
+        return True
+    try:
+        held = checker.reason(RUNTIME.worker, quick=True)
+    except StoreAway:
+        return False
+    if held is None:
+        put_back(consumer, "the store answered: not held out")
+        log.info("gate_settled", gate="open", worker=RUNTIME.worker)
+    else:
+        g.close(f"restarted while held out: {held}")
+        log.warning("gate_settled", gate="closed", reason=held, worker=RUNTIME.worker)
+    return True
 
 
 def in_rotation_only(queue: str | None) -> bool:

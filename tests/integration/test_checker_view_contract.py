@@ -16,7 +16,7 @@ from broker_config import keys
 from harness.redis_server import RedisServer
 from healthcheck.store import RedisHealthStore
 from tests.support.polling import wait_until
-from workers.checker_view import CheckerView, InMemoryCheckerView, RedisCheckerView
+from workers.checker_view import CheckerView, InMemoryCheckerView, RedisCheckerView, StoreAway
 
 
 @dataclass
@@ -65,7 +65,17 @@ class TestGateKeys:
     def test_a_store_that_is_away_fails_static(self, subject: Subject) -> None:
         subject.close("w1", "x")
         away = subject.away()
-        assert not away.closed("w1") and away.reason("w1") is None and away.epoch() is None
+        assert not away.closed("w1") and away.epoch() is None
+
+    def test_a_reason_the_store_cannot_give_is_not_known_never_none(self,
+                                                                    subject: Subject) -> None:
+        """None would say "not held out": a worker starting then would open its gate."""
+        subject.close("w1", "x")
+        away = subject.away()
+        for quick in (False, True):
+            with pytest.raises(StoreAway):
+                away.reason("w1", quick=quick)
+        assert subject.reader.reason("w1", quick=True) == "x"
 
 
 class TestRedisCheckerView:

@@ -90,6 +90,37 @@ class TestGate:
         assert gate.holds_back("tweets") and not gate.holds_back(VERIFY)
         assert gate.configured_work_queues() == ["bulk", "tweets"]
 
+    @pytest.mark.parametrize("held", [None, "quarantined: wrong answers"])
+    def test_a_worker_starting_while_the_store_is_away_starts_out_until_it_knows(
+            self, held: str | None) -> None:
+        """Restarted by its platform during a store stall, a worker cannot know whether the
+        checker holds it out: it starts out of rotation and asks until the store answers."""
+        keys = InMemoryCheckerView({WORKER: held} if held else {})
+        keys.down = True
+        consumer, _ = started(keys)
+        g = gate.gate()
+        assert g is not None and not g.is_open() and g.reason == gate.NOT_KNOWN
+        assert consumer.subscribed() == [VERIFY] and gate.holds_back("tweets")
+        assert not gate.settle(consumer) and not g.is_open()  # still away: still out
+        keys.down = False
+        assert gate.settle(consumer)
+        if held is None:
+            assert g.is_open() and consumer.subscribed() == sorted(["bulk", "tweets", VERIFY])
+        else:
+            assert not g.is_open() and consumer.subscribed() == [VERIFY]
+            assert g.reason == f"restarted while held out: {held}"
+        assert gate.settle(consumer)  # settled: no further question
+
+    def test_a_command_that_settled_the_gate_first_is_not_undone(self) -> None:
+        keys = InMemoryCheckerView()
+        keys.down = True
+        consumer, _ = started(keys)
+        gate.take_out(consumer, "drain: by the checker's command")
+        keys.down = False
+        assert gate.settle(consumer)
+        assert gate.gate().reason == "drain: by the checker's command"  # type: ignore[union-attr]
+        assert consumer.subscribed() == [VERIFY]
+
     def test_take_out_then_put_back(self) -> None:
         consumer, _ = started()
         status = gate.take_out(consumer, "drain")
