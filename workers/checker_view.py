@@ -27,8 +27,11 @@ from typing import Any, Protocol
 import redis
 
 from broker_config import keys
+from broker_config.logs import get_logger
 from broker_config.redis_url import RedisAddress, address
 from broker_config.signing import NonceMemory, RedisNonces
+
+log = get_logger(__name__)
 
 #: The longest a task waits for the gate key (a healthy store answers in well under 1 ms).
 READ_TIMEOUT_S = 0.05
@@ -112,7 +115,13 @@ class RedisCheckerView:
             break
         own.away_s = min(AWAY_MAX_S, own.away_s * 2 if own.away_s else AWAY_FIRST_S)
         own.away_until = self._clock() + own.away_s
-        return bool(own.last.get(worker, False))  # fail static: what it last read
+        last = bool(own.last.get(worker, False))
+        # Said once a window: every task this process starts until ``until`` goes by ``last``
+        # (a verdict written meanwhile is known here only by the checker's drain command).
+        now = time.time()
+        log.warning("gate_read_failed", worker=worker, pid=os.getpid(), at=now,
+                    until=now + own.away_s, last="closed" if last else "open")
+        return last  # fail static: what it last read
 
     def _state(self) -> Any:
         own = self._own

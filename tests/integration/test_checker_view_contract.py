@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import pytest
 import redis
+import structlog
+import structlog.testing
 
 from broker_config import keys
 from harness.redis_server import RedisServer
@@ -90,6 +92,21 @@ class TestRedisCheckerView:
         ids = [c["id"] for c in redis_client.client_list() if c["name"] == "gate-reader"]
         assert ids and all(redis_client.client_kill_filter(_id=i) == 1 for i in ids)
         assert reader.closed("w1") and not reader.closed("w2")
+
+
+class TestAReadThatFails:
+    def test_each_window_on_the_last_answer_is_said_once_with_its_bounds(self) -> None:
+        """What the nemesis's checker reads: a worker that went by its last answer says so,
+        once a window, with when the window began and ends (wall clock)."""
+        reader = RedisCheckerView.from_url("redis://127.0.0.1:1/0")  # nothing listens there
+        with structlog.testing.capture_logs() as logs:
+            before = time.time()
+            answers = [reader.closed("w1") for _ in range(5)]
+        said = [e for e in logs if e["event"] == "gate_read_failed"]
+        assert answers == [False] * 5 and len(said) == 1, said
+        (e,) = said
+        assert e["worker"] == "w1" and e["last"] == "open" and e["pid"] == os.getpid()
+        assert before <= e["at"] <= time.time() and e["until"] - e["at"] == pytest.approx(0.25)
 
 
 class TestAStoreThatStalls:

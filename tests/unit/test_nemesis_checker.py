@@ -95,6 +95,24 @@ class TestChecks:
         (v,) = check(tmp_path, FAULTS, T0, audit, {}, 4).violations
         assert v.promise == "out of rotation" and "f2" in v.what
 
+    def test_a_start_on_the_last_answer_while_its_read_failed_is_counted_not_a_violation(
+            self, tmp_path: Path) -> None:
+        """Seed 55: 30 % of w1's packets lost, its gate read timed out 0.1 s before the verdict
+        and it went by its last answer for 0.5 s (the data plane never waits on the store). A
+        start in that window is the documented trade; one after it, or on a worker whose reads
+        answered, is a violation."""
+        history(tmp_path, ["f1", "f2", "f3"], [analysed("f1", started=T0 + 4.6),
+                                               analysed("f2", started=T0 + 5.5),
+                                               analysed("f3", worker="w2", started=T0 + 4.6)])
+        write(tmp_path / "worker0.log", [
+            {"event": "gate_read_failed", "worker": "w1", "at": T0 + 4.0, "until": T0 + 4.75,
+             "last": "open"}])
+        audit = [transition("w1", "DRAINING", T0 + 4.1), ordered("w1", T0 + 4.1),
+                 transition("w2", "DRAINING", T0 + 4.1), ordered("w2", T0 + 4.1)]
+        report = check(tmp_path, FAULTS, T0, audit, {}, 8)
+        assert sorted(v.what.split()[0] for v in report.violations) == ["f2", "f3"]
+        assert report.checked["started_on_last_answer"] == 1
+
     def test_more_ejected_for_wear_than_the_bound(self, tmp_path: Path) -> None:
         history(tmp_path, [], [])
         audit = [transition("w1", "DRAINING", T0 + 1), transition("w2", "DRAINING", T0 + 2)]
