@@ -24,8 +24,8 @@ class Broken:
 #: Each patch in this directory: the promise it breaks and a seed whose run shows it.
 BUILDS = {
     "answered": Broken(("answered", "exactly once"), 355,
-                       "messages acknowledged when received, not after they ran: a worker or "
-                       "a pool process killed mid-task loses what it held"),
+                       "a batch's last answer replaced by a copy of its first: one input "
+                       "answered twice, another never"),
     "out_of_rotation": Broken(("out of rotation",), 1,
                               "the drain does nothing on the worker and the gate key is not read"),
     "blast_radius": Broken(("blast radius",), 17,
