@@ -8,6 +8,9 @@ the table reports medians and the ratio to each plain baseline.
 
     python bench/throughput.py [--broker redis|amqp] [--tweets 2000] [--runs 5] [--batch 1000]
                                [--only NAME ...] [--json]
+
+To compare two commits, run each one's copy from its own checkout directory: workers start as
+``python -m celery``, which puts the current directory first on their import path.
 """
 
 from __future__ import annotations
