@@ -27,9 +27,9 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.throughput import load_tweets  # noqa: E402
 from workers.scorer import Scorer  # noqa: E402
 
-GROUND_TRUTH = REPO.parent / "shared" / "data" / "tweets_groundtruth.tsv"
 BATCH = 1000
 
 
@@ -76,8 +76,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows = [line.split("\t", 2) for line in GROUND_TRUTH.read_text(encoding="utf-8").splitlines()]
-    texts = [rows[i % len(rows)][2] for i in range(args.tweets)]
+    texts = [text for _, text in load_tweets(args.tweets)]
     scorer = Scorer.from_package()
     steps = stages(texts, scorer)
     for step in steps.values():  # warm: the scorer's token memory, and every stage's input
