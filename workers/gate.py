@@ -47,8 +47,7 @@ def install(worker: str, configured: list[str], checker: CheckerView | None) -> 
     except StoreAway:
         RUNTIME.gate = Gate(False, NOT_KNOWN)
         return NOT_KNOWN
-    RUNTIME.gate = (Gate(False, f"restarted while held out: {held}") if held is not None
-                    else Gate(True, "clean start"))
+    RUNTIME.gate = Gate(False, _held_out(held)) if held is not None else Gate(True, "clean start")
     return held
 
 
@@ -68,9 +67,13 @@ def settle(consumer: Any) -> bool:
         put_back(consumer, "the store answered: not held out")
         log.info("gate_settled", gate="open", worker=RUNTIME.worker)
     else:
-        g.close(f"restarted while held out: {held}")
+        g.close(_held_out(held))
         log.warning("gate_settled", gate="closed", reason=held, worker=RUNTIME.worker)
     return True
+
+
+def _held_out(reason: str) -> str:
+    return f"restarted while held out: {reason}"
 
 
 def in_rotation_only(queue: str | None) -> bool:
