@@ -24,6 +24,7 @@ from harness.processes import WorkerProcess, node_name, terminate
 from harness.rabbitmq_server import RabbitServer, RabbitServerNotFound
 from harness.redis_server import RedisServer, RedisServerNotFound, free_port
 from harness.sentinel import SentinelGroup
+from harness.store_faults import FaultyStore
 from tests.support.api_server import ApiServer
 from workers.app import create_app
 
@@ -50,6 +51,15 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture
+def faulty_store(request: pytest.FixtureRequest) -> Iterator[FaultyStore]:
+    """host's store on a Redis of its own that the test can take away (pause, refuse, fail
+    over): the fault is the test's indirect parameter. Stopped after the test."""
+    store = FaultyStore(request.param)
+    yield store
+    store.stop()
 
 
 @pytest.fixture(scope="session")

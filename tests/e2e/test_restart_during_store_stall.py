@@ -7,7 +7,6 @@ was paused, ran 45 tasks in the 20 s before a person restored it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,16 +24,9 @@ from tests.conftest import WorkerFactory
 WATCH_S = 3.0
 
 
-@pytest.fixture(params=["pause", "refuse"])
-def store(request: pytest.FixtureRequest) -> Iterator[FaultyStore]:
-    store = FaultyStore(request.param)
-    yield store
-    store.stop()
-
-
 @pytest.fixture
-def host_env(host_env: dict[str, str], store: FaultyStore) -> dict[str, str]:
-    return {**host_env, **store.env, "HOST_WEAR_INTERVAL": "0.5"}
+def host_env(host_env: dict[str, str], faulty_store: FaultyStore) -> dict[str, str]:
+    return {**host_env, **faulty_store.env, "HOST_WEAR_INTERVAL": "0.5"}
 
 
 def send(app: HostCelery, n: int) -> list[AsyncResult[Any]]:
@@ -42,14 +34,15 @@ def send(app: HostCelery, n: int) -> list[AsyncResult[Any]]:
             for i in range(n)]
 
 
+@pytest.mark.parametrize("faulty_store", ["pause", "refuse"], indirect=True)
 @pytest.mark.parametrize("held", [False, True], ids=["not-held", "held-out"])
 def test_a_worker_started_while_the_store_is_away_starts_nothing_until_it_knows(
-        app: HostCelery, start_worker: WorkerFactory, store: FaultyStore, held: bool) -> None:
+        app: HostCelery, start_worker: WorkerFactory, faulty_store: FaultyStore, held: bool) -> None:
     name = node_name("rs1")
-    writer = RedisHealthStore(redis.Redis.from_url(store.env["HOST_STORE_URL"]))
+    writer = RedisHealthStore(redis.Redis.from_url(faulty_store.env["HOST_STORE_URL"]))
     if held:
         writer.close_gate(name, "QUARANTINED: wrong answers")
-    store.begin()
+    faulty_store.begin()
     try:
         worker = start_worker("rs1")  # its platform starts it again, the store away
         assert worker.name == name
@@ -58,7 +51,7 @@ def test_a_worker_started_while_the_store_is_away_starts_nothing_until_it_knows(
         ran = [r for r in results if r.ready()]
         assert ran == [], f"{len(ran)} task(s) ran before the worker knew its verdict"
     finally:
-        store.end()
+        faulty_store.end()
     if not held:
         records = [r.get(timeout=60) for r in results]  # it asks again, and is in rotation
         assert {rec["worker"] for rec in records} == {name}

@@ -15,7 +15,6 @@ import itertools
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,16 +31,9 @@ from workers.deadletter import RedisDeadLetterStore
 STALL_S = 6.0
 
 
-@pytest.fixture(params=STORE_FAULTS)
-def store(request: pytest.FixtureRequest) -> Iterator[FaultyStore]:
-    store = FaultyStore(request.param)
-    yield store
-    store.stop()
-
-
 @pytest.fixture
-def host_env(host_env: dict[str, str], store: FaultyStore) -> dict[str, str]:
-    return {**host_env, **store.env}
+def host_env(host_env: dict[str, str], faulty_store: FaultyStore) -> dict[str, str]:
+    return {**host_env, **faulty_store.env}
 
 
 def longest_gap(results: list[dict[str, object]], start: float, end: float) -> float:
@@ -57,10 +49,11 @@ def rate(results: list[dict[str, object]], start: float, end: float) -> float:
 
 
 @pytest.mark.background
+@pytest.mark.parametrize("faulty_store", STORE_FAULTS, indirect=True)
 @pytest.mark.skipif(not GROUND_TRUTH.exists(), reason=f"{GROUND_TRUTH} is absent")
 def test_a_stalled_store_stalls_no_analysis(
         app: HostCelery, start_worker: WorkerFactory, start_checker: CheckerFactory,
-        host_env: dict[str, str], store: FaultyStore, tmp_path: Path) -> None:
+        host_env: dict[str, str], faulty_store: FaultyStore, tmp_path: Path) -> None:
     health = RedisHealthStore.from_url(Settings.from_env(host_env).store)
     workers = [start_worker(f"ss{i}", concurrency=1) for i in (1, 2, 3)]
     start_checker("--tick", "0.1")
@@ -87,9 +80,9 @@ def test_a_stalled_store_stalls_no_analysis(
                               stderr=(tmp_path / "ingest.err").open("w"))
     time.sleep(STALL_S)  # the stream at its normal rate
     stalled_at = time.time()
-    store.begin()
+    faulty_store.begin()
     time.sleep(STALL_S)
-    store.end()
+    faulty_store.end()
     resumed_at = time.time()
     assert ingest.wait(300) == 0, (tmp_path / "ingest.err").read_text()[-2000:]
     every = read_jsonl(out)
@@ -103,7 +96,7 @@ def test_a_stalled_store_stalls_no_analysis(
     before = rate(results, stalled_at - STALL_S + 2, stalled_at)
     during = rate(results, stalled_at + 0.5, resumed_at)
     gap = longest_gap(results, stalled_at + 0.5, resumed_at)
-    print(f"store fault {store.fault!r} for {STALL_S:.0f} s: {before:.0f} tweets/s before, "
+    print(f"store fault {faulty_store.fault!r} for {STALL_S:.0f} s: {before:.0f} tweets/s before, "
           f"{during:.0f} during ({during / before:.2f}), nothing finished for {gap:.2f} s at most")
     assert during >= 0.3 * before, (before, during)
     assert gap < 1.0, gap
