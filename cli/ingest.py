@@ -22,7 +22,7 @@ from cli.common import (
 )
 from producer.feed import feed, read_lines
 from producer.inflight import FeedReport
-from workers.deadletter import WRITE_TIMEOUT_S, Aside, RedisDeadLetterStore
+from workers.deadletter import Aside
 from workers.inbound import FORMATS, Limits
 
 #: How long ingest waits at its end for dead-letter records the store did not take at once.
@@ -58,8 +58,7 @@ def ingest(ctx: click.Context, source: str, fmt: str, out_path: str, batch: int,
     start_tracing(app, "host-ingest")
     limits = Limits(settings.max_line_bytes, settings.max_text_chars)
     # Framing rejections go to the store without ever holding the feed up (Aside).
-    store = Aside(RedisDeadLetterStore.from_url(settings.store, settings.deadletter_keep,
-                                                timeout=WRITE_TIMEOUT_S))
+    store = Aside.from_url(settings.store, settings.deadletter_keep)
     with ExitStack() as stack:
         inp: IO[bytes] = (sys.stdin.buffer if source == "-"
                           else stack.enter_context(open(source, "rb")))

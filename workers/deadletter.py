@@ -1,9 +1,11 @@
 """Dead-letter records: every rejected input is kept with its reason and counted.
 
 Writing one never keeps a task, the worker's event loop or ``ingest`` waiting on a store that
-does not answer (paused, gone, failing over): ``Aside`` writes at once on a connection with a
-short timeout, and when that fails keeps the records in memory for a background thread, which
-writes them, oldest first, once the store answers again.
+does not answer (paused, gone, failing over): ``Aside`` writes at once on a connection with the
+per-task timeout (the gate's, 50 ms), and when that fails keeps the records in memory for a
+background thread, which writes them, oldest first and with patience, once the store answers
+again. A wait of a second there was a second in which the fleet finished nothing: ingest stops
+feeding while it waits, and a worker's event loop stops dispatching.
 """
 
 from __future__ import annotations
@@ -31,8 +33,12 @@ log = get_logger(__name__)
 PENDING_MAX = 10_000
 #: Seconds between the background writer's tries while the store does not answer (doubling).
 RETRY_S = (0.25, 5.0)
-#: The longest one write may wait for the store before its records are set aside.
-WRITE_TIMEOUT_S = 1.0
+#: The longest a caller (a task, a worker's event loop, ingest's feed) waits for one write
+#: before its records are set aside: a healthy store answers in well under a millisecond.
+WRITE_TIMEOUT_S = 0.05
+#: The longest the background writer waits for one write of the records set aside (up to a
+#: thousand at a time, to a store that has just come back).
+LATE_WRITE_TIMEOUT_S = 5.0
 #: What a store that is away raises.
 STORE_ERRORS = (redis.RedisError, OSError)
 #: Seconds a record's id is remembered (a write repeated later than this counts twice).
@@ -125,14 +131,16 @@ class Aside:
 
     Each write goes to ``store`` at once; when the store does not answer (or records are
     already waiting), the records wait in this process's memory instead, and a background
-    thread writes them when the store answers again, oldest first. At most ``pending_max``
-    wait: beyond that the oldest are dropped, counted in ``dropped`` and logged (each one was
-    also answered to its producer as a rejected result). Safe across fork: a child starts
-    with nothing waiting.
+    thread writes them to ``late`` (the same store, with a longer timeout; ``store`` when not
+    given) when it answers again, oldest first. At most ``pending_max`` wait: beyond that the
+    oldest are dropped, counted in ``dropped`` and logged (each one was also answered to its
+    producer as a rejected result). Safe across fork: a child starts with nothing waiting.
     """
 
-    def __init__(self, store: DeadLetterStore, pending_max: int = PENDING_MAX) -> None:
+    def __init__(self, store: DeadLetterStore, pending_max: int = PENDING_MAX,
+                 late: DeadLetterStore | None = None) -> None:
         self.store = store
+        self.late = late or store
         self.pending_max = pending_max
         self.dropped = 0
         self._pid = -1
@@ -150,6 +158,13 @@ class Aside:
         """Records set aside, not yet written."""
         self._own()
         return len(self._pending)
+
+    @classmethod
+    def from_url(cls, url: RedisAddress | str, keep: int = 100_000) -> Aside:
+        """Dead letters on the Redis at ``url``: written at once within ``WRITE_TIMEOUT_S``,
+        set aside and written late within ``LATE_WRITE_TIMEOUT_S``."""
+        return cls(RedisDeadLetterStore.from_url(url, keep, timeout=WRITE_TIMEOUT_S),
+                   late=RedisDeadLetterStore.from_url(url, keep, timeout=LATE_WRITE_TIMEOUT_S))
 
     def record(self, records: Iterable[Mapping[str, Any]],
                ids: Sequence[str] | None = None) -> None:
@@ -209,7 +224,7 @@ class Aside:
                     self._writer = None
                     return
             try:
-                self.store.record([r for _, r in batch], [i for i, _ in batch])
+                self.late.record([r for _, r in batch], [i for i, _ in batch])
             except STORE_ERRORS:
                 delay = min(delay * 2, RETRY_S[1])
                 continue
@@ -231,7 +246,7 @@ def store_of(app: Any) -> Aside:
 @cache
 def _cached(url: RedisAddress, keep: int) -> Aside:
     # redis-py reconnects after a fork or a broker restart: one client serves a process.
-    return Aside(RedisDeadLetterStore.from_url(url, keep, timeout=WRITE_TIMEOUT_S))
+    return Aside.from_url(url, keep)
 
 
 class InMemoryDeadLetterStore:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from harness.redis_server import RedisServer
 from tests.support.polling import wait_until
-from workers.deadletter import Aside, RedisDeadLetterStore
+from workers.deadletter import WRITE_TIMEOUT_S, Aside, RedisDeadLetterStore
 
 
 @pytest.fixture
@@ -66,3 +67,27 @@ def test_beyond_its_bound_the_oldest_waiting_go_and_are_counted(server: RedisSer
     pause(server, False)
     assert aside.flush(20) == 0
     assert [r["ref"] for r in store.latest(10)] == ["r7", "r6", "r5", "r4", "r3"]
+
+
+def test_a_caller_gives_a_stalled_store_the_per_task_timeout_not_a_second(
+        server: RedisServer) -> None:
+    """The ``Aside`` every worker and ``ingest`` use: a caller that wrote while the store was
+    paused waited for it once, within the per-task timeout. A wait of a second here was a
+    second in which the whole fleet finished nothing (ingest stopped feeding; a worker's event
+    loop stopped dispatching). What is set aside is written late, all of it, in one batch of a
+    thousand with the patience the caller could not spare."""
+    aside = Aside.from_url(server.url)
+    aside.record([record(0)])  # connected, the script loaded
+    pause(server, True)
+    waits = []
+    for n in range(1, 1001):
+        began = time.monotonic()
+        aside.record([record(n)])
+        waits.append(time.monotonic() - began)
+    assert aside.waiting == 1000
+    assert max(waits) < 0.5 and sum(waits) < 0.5, (max(waits), sum(waits))
+    assert max(waits) >= WRITE_TIMEOUT_S  # the first did wait (for the per-task timeout)
+    pause(server, False)
+    assert aside.flush(20) == 0
+    counts = RedisDeadLetterStore.from_url(server.url).counts()
+    assert counts == {"total": 1001, "too_many_emoji": 1001}
