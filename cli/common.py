@@ -64,23 +64,42 @@ def check_broker(app: HostCelery, timeout: float = 5.0) -> None:
         raise BrokerUnreachable(f"broker {_redact(url)} is unreachable: {exc}") from None
 
 
-def check_store(app: HostCelery, timeout: float = 5.0) -> None:
-    """Raise BrokerUnreachable unless host's store and the result backend (Redis) answer within
-    ``timeout`` seconds (trying again every half second)."""
+def check_store(app: HostCelery, timeout: float = 5.0, optional: bool = False) -> bool:
+    """Raise BrokerUnreachable unless the result backend and host's store answer within
+    ``timeout`` seconds (trying again every half second).
+
+    ``optional``: host's store, where it is not the result backend, is asked once (half a
+    second at most) and may be away: False then, not an error. A command that only writes dead
+    letters there sets them aside until it answers, and must not refuse work meanwhile."""
+    settings = app.host_settings
+    _answers(settings.backend, timeout)
+    if settings.store == settings.backend:
+        return True
+    if not optional:
+        _answers(settings.store, timeout)
+        return True
+    try:
+        _answers(settings.store, 0.5, tries=1)
+    except BrokerUnreachable:
+        return False
+    return True
+
+
+def _answers(where: redis_url.RedisAddress, timeout: float, tries: int | None = None) -> None:
     import redis
 
-    settings = app.host_settings
     deadline = time.monotonic() + timeout
-    for where in dict.fromkeys((settings.store, settings.backend)):
-        client = where.client(socket_timeout=timeout, socket_connect_timeout=timeout)
-        while True:
-            try:
-                client.ping()
-                break
-            except (redis.RedisError, OSError) as exc:
-                if time.monotonic() >= deadline:
-                    raise BrokerUnreachable(f"store {where} is unreachable: {exc}") from None
-                time.sleep(0.5)
+    client = where.client(socket_timeout=timeout, socket_connect_timeout=timeout)
+    tried = 0
+    while True:
+        try:
+            client.ping()
+            return
+        except (redis.RedisError, OSError) as exc:
+            tried += 1
+            if time.monotonic() >= deadline or tried == tries:
+                raise BrokerUnreachable(f"store {where} is unreachable: {exc}") from None
+            time.sleep(0.5)
 
 
 def _redact(url: str) -> str:

@@ -54,7 +54,12 @@ def ingest(ctx: click.Context, source: str, fmt: str, out_path: str, batch: int,
     if batch > settings.max_batch:
         raise click.BadParameter(f"at most HOST_MAX_BATCH={settings.max_batch}", param_hint="--batch")
     check_broker(app)
-    check_store(app)
+    if not check_store(app, optional=True):
+        # Dead letters are all ingest writes there: set aside until it answers (Aside), as
+        # when it goes away mid-run. A producer that refused to start would stop the inflow.
+        click.echo(f"warning: host's store {settings.store} does not answer; dead letters "
+                   f"wait in memory until it does (and are in the output all the same)",
+                   err=True)
     start_tracing(app, "host-ingest")
     limits = Limits(settings.max_line_bytes, settings.max_text_chars)
     # Framing rejections go to the store without ever holding the feed up (Aside).

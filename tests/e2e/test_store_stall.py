@@ -102,3 +102,35 @@ def test_a_stalled_store_stalls_no_analysis(
     assert gap < 1.0, gap
     # The quarantined worker started nothing, before, during or after
     assert held not in {r["worker"] for r in results}
+
+
+@pytest.mark.parametrize("faulty_store", ["pause", "refuse"], indirect=True)
+def test_ingest_started_while_the_store_is_away_feeds_the_fleet(
+        start_worker: WorkerFactory, host_env: dict[str, str], faulty_store: FaultyStore,
+        tmp_path: Path) -> None:
+    """A producer started during a store outage feeds the fleet: dead letters are all ingest
+    writes to host's store, and it sets them aside until the store answers. It used to wait
+    5 s for the store and then exit 3, so an outage longer than that stopped every new inflow."""
+    start_worker("sa1")  # it knows its verdict: the store answered when it started
+    faulty_store.begin()
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"".join([f"tweet {i} is lovely\n".encode() for i in range(20)]
+                                + [b"\xff\xfe not text\n", b"\xc3 nor this\n"]))
+    out, err = tmp_path / "out.jsonl", tmp_path / "ingest.err"
+    try:
+        ingest = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "ingest",
+                                   str(source), "--out", str(out), "--timeout", "60"],
+                                  env=host_env, cwd=REPO, stdout=subprocess.DEVNULL,
+                                  stderr=err.open("w"))
+        # every result is in while the store is still away; its two dead letters wait
+        wait_until(lambda: (out.exists() and len(read_jsonl(out)) == 22) or ingest.poll(), 60,
+                   "every input accounted for")
+        assert ingest.poll() is None, err.read_text()[-2000:]
+    finally:
+        faulty_store.end()
+    assert ingest.wait(60) == 0, err.read_text()[-2000:]
+    assert "does not answer" in err.read_text()
+    records = read_jsonl(out)
+    assert sorted(r["status"] for r in records) == ["analysed"] * 20 + ["rejected"] * 2
+    dead = RedisDeadLetterStore.from_url(Settings.from_env(host_env).store)
+    assert dead.counts() == {"total": 2, "invalid_utf8": 2}
