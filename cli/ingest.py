@@ -39,10 +39,13 @@ DEAD_LETTER_FLUSH_S = 30.0
               help="Messages per task.")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Give up after this many seconds with no task sent and no new result.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Send at most this many inputs a second, a steady stream (default: as fast "
+                   "as the fleet takes them).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def ingest(ctx: click.Context, source: str, fmt: str, out_path: str, batch: int, timeout: float,
-           as_json: bool) -> None:
+           rate: float | None, as_json: bool) -> None:
     """Queue inbound messages from SOURCE (a file, or - for standard input) for analysis.
 
     Every input line ends up in the output exactly once: as a result, or as a dead-letter
@@ -73,7 +76,7 @@ def ingest(ctx: click.Context, source: str, fmt: str, out_path: str, batch: int,
         name = "stdin" if source == "-" else source.encode("utf-8", "backslashreplace").decode()
         with Progress("ingest").running() as progress:
             report = feed(app, read_lines(inp, name, fmt, limits), out, store, fmt=fmt,
-                          batch=batch, idle_timeout=timeout, progress=progress.update)
+                          batch=batch, idle_timeout=timeout, progress=progress.update, rate=rate)
     unstored = store.flush(DEAD_LETTER_FLUSH_S)
     if unstored:
         click.echo(f"warning: {unstored} dead-letter record(s) could not be stored (the store "

@@ -148,6 +148,23 @@ class TestIngestAccounting:
         assert sorted(r["ref"] for r in records) == sorted(f"{src}:{i}" for i in range(1, 251))
         assert sum(r["status"] == "rejected" for r in records) == 1
 
+    def test_rate_makes_a_steady_stream(self, start_worker: WorkerFactory,
+                                        host_env: dict[str, str], tmp_path: Path) -> None:
+        """--rate 20 sends 41 inputs over two seconds at least (input n at n / 20 s), every one
+        accounted for; at once, one worker runs them in a fraction of that."""
+        start_worker("rt1")
+        src = tmp_path / "steady.txt"
+        src.write_text("".join(f"tweet {i} is fine\n" for i in range(41)))
+        out = tmp_path / "out.jsonl"
+        proc = celery("ingest", str(src), "--rate", "20", "--out", str(out), env=host_env)
+        assert proc.returncode == 0, proc.stderr
+        started = sorted(r["started_at"] for r in read_jsonl(out))
+        assert len(started) == 41
+        assert started[-1] - started[0] >= 1.9, started[-1] - started[0]
+        for bad in ("0", "-5", "fast"):
+            refused = celery("ingest", str(src), "--rate", bad, env=host_env)
+            assert refused.returncode == 2 and "--rate" in refused.stderr, refused.stderr
+
     def test_sending_and_collecting_overlap_within_a_bounded_window(
             self, app: HostCelery, start_worker: WorkerFactory, redis_client: redis.Redis
     ) -> None:
