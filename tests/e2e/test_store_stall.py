@@ -15,8 +15,6 @@ rates."""
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from broker_config.settings import Settings
 from harness.store_faults import STORE_FAULTS, FaultyStore
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
-from tests.support.cli import REPO, celery, read_jsonl
+from tests.support.cli import celery, read_jsonl, start_celery
 from tests.support.polling import wait_until
 from workers.deadletter import RedisDeadLetterStore
 
@@ -82,11 +80,8 @@ def test_a_stalled_store_stalls_no_analysis(
     source = tmp_path / "tweets.tsv"
     source.write_bytes(b"".join(lines))
     out = tmp_path / "results.jsonl"
-    ingest = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "ingest",
-                               str(source), "--out", str(out), "--timeout", "120",
-                               "--rate", str(RATE)],
-                              env=host_env, cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=(tmp_path / "ingest.err").open("w"))
+    ingest = start_celery("ingest", str(source), "--out", str(out), "--timeout", "120",
+                          "--rate", str(RATE), env=host_env, stderr=tmp_path / "ingest.err")
     # the stream at its normal rate (from its first result: a loaded machine starts it slowly)
     wait_until(lambda: (out.exists() and out.stat().st_size > 0) or ingest.poll() is not None, 60,
                "ingest's first result")
@@ -130,10 +125,8 @@ def test_ingest_started_while_the_store_is_away_feeds_the_fleet(
                                 + [b"\xff\xfe not text\n", b"\xc3 nor this\n"]))
     out, err = tmp_path / "out.jsonl", tmp_path / "ingest.err"
     try:
-        ingest = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "ingest",
-                                   str(source), "--out", str(out), "--timeout", "60"],
-                                  env=host_env, cwd=REPO, stdout=subprocess.DEVNULL,
-                                  stderr=err.open("w"))
+        ingest = start_celery("ingest", str(source), "--out", str(out), "--timeout", "60",
+                              env=host_env, stderr=err)
         # every result is in while the store is still away; its two dead letters wait
         wait_until(lambda: (out.exists() and len(read_jsonl(out)) == 22) or ingest.poll(), 60,
                    "every input accounted for")

@@ -20,6 +20,12 @@ def celery(*args: str, env: dict[str, str], timeout: float = 300,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def start_celery(*args: str, env: dict[str, str], stderr: Path) -> subprocess.Popen[bytes]:
+    """Start ``celery -A host ARGS`` in the background, its standard error to ``stderr``."""
+    return subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", *args], env=env,
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr.open("w"))
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Every JSON line of a results file."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
