@@ -22,6 +22,7 @@ import yaml
 from broker_config import keys
 from broker_config.app import HostCelery
 from broker_config.contract import envelope
+from broker_config.queues import verify_queue
 from cli.common import EXIT_INCOMPLETE
 from tests.conftest import GROUND_TRUTH, SHARED_DATA, CheckerFactory, WorkerFactory
 from tests.support.cli import REPO, celery, read_jsonl
@@ -147,6 +148,17 @@ def test_the_celery_mixin_on_a_live_fleet(
     app.send_task("host.analyse", args=[envelope("revoked:1", "never analysed")],
                   task_id=revoked_id, queue="tweets")
     redis_client.delete(keys.gate(gated.name))
+    # Failures Prometheus can count: cm2's in the first ingest may all fall between two scrapes
+    # (drained within a second at --tick 0.1), and a failure series born above 0 shows no
+    # increase. So cm2 now fails every task (its probes too): one on its own verify queue, and
+    # a second once Prometheus has the first
+    assert celery("fleet", "inject", failing.name, "fail_rate=1.0", env=host_env).returncode == 0
+    verify: Any = verify_queue(failing.name)  # a Queue: send_task takes one, its stubs say str
+    app.send_task("host.analyse", args=[envelope("fails:1", "fails on cm2")], queue=verify)
+    wait_until(partial(server.query, 'celery_task_failed_total{hostname="node-b",'
+                                     'queue_name="verify",exception!=""} > 0'),
+               30, "cm2's first failure on its verify queue in Prometheus")
+    app.send_task("host.analyse", args=[envelope("fails:2", "fails on cm2")], queue=verify)
     for event in ("revoked", "rejected", "failed", "succeeded", "received", "started"):
         wait_until(partial(server.query, f"sum(increase(celery_task_{event}_total[10m])) > 0"),
                    60, f"celery_task_{event}_total counted")
