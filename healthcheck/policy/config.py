@@ -134,6 +134,10 @@ class Sustained:
 #: wear only while the worker makes no progress (``Load``). A worker busy with its backlog sits
 #: at 90-100% CPU; that is capacity in use, not a fault.
 LOAD_METRICS = ("cpu_percent", "load_per_core")
+#: Of those, the ones read off the whole machine: a worker running no task adds nothing to
+#: them, so while it runs none they are its neighbours' work and never its wear (its own
+#: ``cpu_percent`` still tells a runaway thread or child).
+MACHINE_METRICS = ("load_per_core",)
 
 
 @dataclass(frozen=True, slots=True)

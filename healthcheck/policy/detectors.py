@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from healthcheck.policy.config import LOAD_METRICS, Load, PolicyConfig, Threshold
+from healthcheck.policy.config import LOAD_METRICS, MACHINE_METRICS, Load, PolicyConfig, Threshold
 from healthcheck.policy.model import OK, Verdict
 from healthcheck.policy.observations import WearReport
 
@@ -77,7 +77,8 @@ def _check_thresholds(report: WearReport, config: PolicyConfig, factor: float, s
     lost = lost_progress(report, config.load)
     for metric, limits in config.thresholds.items():
         reading = report.wear.get(metric)
-        if reading is None:
+        if reading is None or (lost is not None and report.running == 0
+                               and metric in MACHINE_METRICS):  # its neighbours' load
             continue
         hot = (reading.last is not None and limits.hard is not None
                and reading.last >= limits.hard)

@@ -96,6 +96,32 @@ class TestBusyStays:
         assert f.workers["w1"].busy == ""
 
 
+    def test_idle_workers_on_a_loaded_machine_are_not_worn(self) -> None:
+        """The machine's load at any level, the whole fleet idle (its own CPU low, nothing
+        running, nothing done for minutes): the load is the neighbours' work, not theirs."""
+        f = fleet()
+        idle = {n: (lambda t, n=n: report(n, t, cpu=2, last=3, running=0, stalled_s=t,
+                                         load=5.0 + t % 7)) for n in FLEET}
+        assert run(f, 120, idle) == [] and not f.guard_engaged
+        assert all(w.state is State.HEALTHY and not w.busy for w in f)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.floats(0, 84), st.floats(0, 96), st.floats(0, 600),
+                              st.floats(0, 1000)), min_size=1, max_size=60))
+    def test_no_load_on_the_machine_ever_ejects_an_idle_worker(
+            self, steps: list[tuple[float, float, float, float]]) -> None:
+        """No task running, own CPU under its limits: whatever the machine's load."""
+        policy = HealthPolicy()
+        w = fleet().workers["w1"]
+        for i, (cpu, last, stalled, load) in enumerate(steps):
+            r = report("w1", 1.0 + i * 0.25, cpu=cpu, last=last, running=0, stalled_s=stalled,
+                       load=load)
+            assert assess(r, policy.config).level == "ok"
+            step = policy.observe_wear(w, r)
+            assert step.eject is None and not step.transitions
+            w = step.health
+
+
 class TestWornStillGoes:
     def test_a_busy_worker_that_stalls_is_out_at_the_first_report_past_the_floor(self) -> None:
         f = fleet()
@@ -116,6 +142,21 @@ class TestWornStillGoes:
         moves = run(f, 5, {"w1": burning})
         assert [(m[0], m[2]) for m in moves][:1] == [("w1", State.DRAINING)]
         assert "no task running" in moves[0][3]
+
+    def test_a_pool_starved_on_a_loaded_machine_is_wear(self) -> None:
+        """Tasks running and none done past the floor, the machine at 9 per core: out."""
+        f = fleet()
+        starved = lambda t: report("w1", t, cpu=20, last=20, load=9.0,  # noqa: E731
+                                   stalled_s=t, completed=0)
+        moves = run(f, 5, {"w1": starved})
+        assert [(m[0], m[2]) for m in moves][:1] == [("w1", State.DRAINING)]
+        assert "load_per_core" in moves[0][3] and "none done" in moves[0][3]
+
+    def test_an_older_idle_worker_is_judged_by_the_load_as_before(self) -> None:
+        f = fleet()
+        moves = run(f, 2, {"w1": lambda t: report("w1", t, cpu=2, last=2, load=9.0,
+                                                   running=None, stalled_s=None)})
+        assert [(m[0], m[2]) for m in moves][:1] == [("w1", State.DRAINING)]
 
     def test_memory_is_wear_however_busy(self) -> None:
         f = fleet()
