@@ -233,7 +233,8 @@ def _say(answer: dict[str, Any], as_json: bool) -> None:
 
 def _wait_empty(app: HostCelery, worker: str, timeout: float, as_json: bool) -> bool:
     """Poll the worker until nothing is in flight; False on timeout."""
-    deadline = time.monotonic() + timeout
+    began = time.monotonic()
+    deadline = began + timeout
     last = None
     while time.monotonic() < deadline:
         reply = control.send(app, "host_gate", worker, {}, timeout=2.0)
@@ -243,7 +244,8 @@ def _wait_empty(app: HostCelery, worker: str, timeout: float, as_json: bool) -> 
             last = inflight
         if inflight == 0 and not reply.get("consuming"):
             if not as_json:
-                click.echo(f"{worker}: drained, holds no work")
+                click.echo(f"{worker}: drained, holds no work "
+                           f"(waited {time.monotonic() - began:.1f} s)")
             return True
         time.sleep(0.5)
     click.echo(f"{worker}: still {last} task(s) in flight after {timeout:g}s", err=True)
