@@ -104,7 +104,10 @@ class TestBrokerRestart:
                                        str(src), "--out", str(out), "--timeout", "90"],
                                       env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                                       stderr=(tmp_path / "ingest.err").open("w"))
-            time.sleep(3)  # mid-stream
+            # mid-stream: from its first result (a loaded machine takes seconds to start it,
+            # and a restart during its start-up check is a refusal, not a stream surviving)
+            wait_until(lambda: (out.exists() and out.stat().st_size > 0) or ingest.poll(), 90,
+                       "ingest's first result")
             for _ in range(3):
                 restartable.restart()
                 time.sleep(1.5)

@@ -117,14 +117,15 @@ class TestFleetCommands:
         # op5 alone consumes tweets: the slow task is its work (a probe would not be: a drain
         # waits for work, not for the checker's probes)
         worker = start_worker("op5", queues=("tweets",), concurrency=2,  # (a probe may run too)
-                              env={**FAST, "HOST_WEAR_INJECT": "slow=8"})
+                              env={**FAST, "HOST_WEAR_INJECT": "slow=20"})
         start_worker("op6", queues=("default",), env=FAST)
         start_checker("--tick", "0.1")
         wait_until(lambda: len(fleet_json(host_env)["workers"]) == 2, 20, "both workers known")
         result = app.send_task("host.analyse", args=[envelope("w:1", "slow one")], queue="tweets")
-        time.sleep(1)  # it is running now
+        time.sleep(1)  # it is running now, for 20 s: past the command's start and its 2 s
+        # wait, even where starting a command takes 5-8 s (a slow machine under the suite)
         proc = celery("fleet", "drain", worker.name, "--yes", "--wait", "--timeout", "2",
                       env=host_env)
         assert proc.returncode == 1, proc.stderr
         assert "in flight after 2s" in proc.stderr
-        assert result.get(timeout=20)["worker"] == worker.name  # the task itself finished
+        assert result.get(timeout=40)["worker"] == worker.name  # the task itself finished
