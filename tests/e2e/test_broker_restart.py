@@ -25,7 +25,7 @@ from healthcheck.actuator import control_reply
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH
 from tests.support.brokers import on_both_brokers
-from tests.support.cli import REPO, read_jsonl
+from tests.support.cli import REPO, read_jsonl, start_celery, wait_first_result
 from tests.support.polling import consumed, wait_until
 from workers.app import create_app
 
@@ -100,14 +100,11 @@ class TestBrokerRestart:
             src = tmp_path / "1000.tsv"
             src.write_text("\n".join(GROUND_TRUTH.read_text(encoding="utf-8")
                                      .splitlines()[:1000]) + "\n")
-            ingest = subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", "ingest",
-                                       str(src), "--out", str(out), "--timeout", "90"],
-                                      env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                                      stderr=(tmp_path / "ingest.err").open("w"))
+            ingest = start_celery("ingest", str(src), "--out", str(out), "--timeout", "90",
+                                  env=env, stderr=tmp_path / "ingest.err")
             # mid-stream: from its first result (a loaded machine takes seconds to start it,
             # and a restart during its start-up check is a refusal, not a stream surviving)
-            wait_until(lambda: (out.exists() and out.stat().st_size > 0) or ingest.poll(), 90,
-                       "ingest's first result")
+            wait_first_result(out, ingest, 90)
             for _ in range(3):
                 restartable.restart()
                 time.sleep(1.5)

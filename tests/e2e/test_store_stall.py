@@ -25,7 +25,7 @@ from broker_config.settings import Settings
 from harness.store_faults import STORE_FAULTS, FaultyStore
 from healthcheck.store import RedisHealthStore
 from tests.conftest import GROUND_TRUTH, CheckerFactory, WorkerFactory
-from tests.support.cli import celery, read_jsonl, start_celery
+from tests.support.cli import celery, read_jsonl, start_celery, wait_first_result
 from tests.support.polling import wait_until
 from workers.deadletter import RedisDeadLetterStore
 
@@ -83,8 +83,7 @@ def test_a_stalled_store_stalls_no_analysis(
     ingest = start_celery("ingest", str(source), "--out", str(out), "--timeout", "120",
                           "--rate", str(RATE), env=host_env, stderr=tmp_path / "ingest.err")
     # the stream at its normal rate (from its first result: a loaded machine starts it slowly)
-    wait_until(lambda: (out.exists() and out.stat().st_size > 0) or ingest.poll() is not None, 60,
-               "ingest's first result")
+    wait_first_result(out, ingest)
     time.sleep(STALL_S)
     stalled_at = time.time()
     faulty_store.begin()

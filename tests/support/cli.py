@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.support.polling import wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -24,6 +26,13 @@ def start_celery(*args: str, env: dict[str, str], stderr: Path) -> subprocess.Po
     """Start ``celery -A host ARGS`` in the background, its standard error to ``stderr``."""
     return subprocess.Popen([sys.executable, "-m", "celery", "-A", "host", *args], env=env,
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr.open("w"))
+
+
+def wait_first_result(out: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Wait until a producer started with ``start_celery`` has written its first result to
+    ``out`` (or has ended): where the stream really begins, however slowly it started."""
+    wait_until(lambda: (out.exists() and out.stat().st_size > 0) or proc.poll() is not None,
+               timeout, "the producer's first result")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
